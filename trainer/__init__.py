@@ -1,0 +1,1 @@
+"""Compact ModernBERT trainer: model, attention backends, data loading, checkpoints, export."""
