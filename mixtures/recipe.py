@@ -201,7 +201,9 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         budgets = {}
         for source, amount in (spec.get("budgets") or {}).items():
             if source not in sources:
-                raise RecipeError(f"{here}.budgets: unknown source {source!r} (sources: {', '.join(sources)})")
+                raise RecipeError(
+                    f"{here}.budgets: unknown source {source!r} (sources: {', '.join(sources)})"
+                )
             budgets[source] = parse_tokens(amount)
         try:
             temperature = float(_require(spec, "temperature", here))

@@ -1,0 +1,144 @@
+"""`mmbert-data`: build per-language token shards, inspect them, compile mixtures."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from pipeline.errors import InputError
+
+app = typer.Typer(
+    help="The mmBERT data pipeline: build per-language Arrow token shards from FineWeb2, DCLM, Dolmino, "
+    "Wikipedia and ArXiv, then compile phase mixtures from their statistics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+class Phase(str, Enum):
+    pretrain = "pretrain"
+    midtrain = "midtrain"
+    decay = "decay"
+
+
+class Lid(str, Enum):
+    trust = "trust"
+    glotlid = "glotlid"
+    ft176 = "ft176"
+
+
+class OnError(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+@app.command()
+def build(
+    phase: Phase = typer.Option(..., help="Which phase of the recipe to build."),
+    recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML (sources, languages, filters, budgets)."),
+    output: Path = typer.Option(Path("runs/build"), help="Output root; shards go to OUTPUT/PHASE/..."),
+    sources: str = typer.Option(
+        None, help="Comma-separated subset of the phase's sources, e.g. fineweb2,wikipedia."
+    ),
+    languages: str = typer.Option(
+        None,
+        help="Comma-separated languages instead of the phase's: ISO 639-3 (fra) or with script (srp_Latn).",
+    ),
+    input_root: str = typer.Option(
+        None,
+        help="Local mirror of the hub: hf://datasets/<repo>/... is read from INPUT_ROOT/datasets/<repo>/...",
+    ),
+    tokenizer: str = typer.Option(
+        None,
+        help="tokenizer.json path, hub name, or sample:DIR (a BPE trained on DIR). Default: the recipe's.",
+    ),
+    lid: Lid = typer.Option(
+        None, help="Language ID: trust the source's labels, or run GlotLID / fastText LID-176."
+    ),
+    lid_model: str = typer.Option(
+        None, help="Local model file for --lid glotlid/ft176 instead of the default."
+    ),
+    filter_configs: str = typer.Option(
+        None, help="Directory of FineWeb2-format {lang}_{Script}.yml thresholds."
+    ),
+    dedup: bool = typer.Option(
+        None, "--dedup/--no-dedup", help="MinHash near-duplicate removal per language."
+    ),
+    rehydrate: bool = typer.Option(
+        None, "--rehydrate/--no-rehydrate", help="FineWeb2-style repetition by cluster size."
+    ),
+    keep_removed: bool = typer.Option(
+        False, help="Write dropped documents to OUTPUT/PHASE/removed/ for audit."
+    ),
+    on_error: OnError = typer.Option(
+        OnError.fail, help="Bad input: stop naming the file/line, or skip and report it."
+    ),
+    executor: str = typer.Option("local", help="Executor (local)."),
+    tasks: int = typer.Option(4, min=1, help="Number of tasks the input is split into (the unit of resume)."),
+    workers: int = typer.Option(1, min=1, help="Tasks run at the same time."),
+    limit: int = typer.Option(-1, help="Read at most this many documents per source per task (-1: all)."),
+    dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
+) -> None:
+    """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes."""
+    from pipeline.build import Build, BuildOptions
+    from pipeline.stats import print_stats
+
+    if executor != "local":
+        raise typer.BadParameter("only the local executor is available", param_hint="--executor")
+    try:
+        options = BuildOptions(
+            recipe=load_recipe(recipe),
+            phase=phase.value,
+            output=output,
+            sources=_split(sources),
+            languages=_split(languages),
+            input_root=input_root,
+            tokenizer=tokenizer,
+            lid=lid.value if lid else None,
+            lid_model=lid_model,
+            filter_configs=filter_configs,
+            dedup=dedup,
+            rehydrate=rehydrate,
+            keep_removed=keep_removed,
+            on_error=on_error.value,
+            limit=limit,
+            tasks=tasks,
+            workers=workers,
+        )
+        plan = Build(options)
+        if dry_run:
+            typer.echo(plan.describe())
+            return
+        stats = plan.run()
+    except (InputError, RecipeError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from err
+    print_stats(stats, Console())
+    typer.echo(f"wrote {plan.phase_dir / 'stats.json'}")
+
+
+@app.command()
+def stats(
+    path: Path = typer.Argument(..., help="A phase directory (OUTPUT/PHASE) or its stats.json."),
+) -> None:
+    """Print a build's per-(source, language) statistics as a table."""
+    from pipeline.stats import load_stats, print_stats
+
+    try:
+        print_stats(load_stats(path), Console())
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from err
+
+
+if __name__ == "__main__":
+    app()

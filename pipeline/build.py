@@ -1,0 +1,246 @@
+"""The build graph of one phase, and running it with a datatrove executor.
+
+Stage 1 (``process``, N tasks): read every source of the phase, identify the
+language, drop by language score and the per-language quality filters. Without
+deduplication it tokenizes and writes shards directly. With deduplication it
+writes the surviving documents and their MinHash signatures, and three more
+stages follow: ``buckets`` (one task per MinHash bucket), ``clusters`` (one task)
+and ``write`` (N tasks: drop near-duplicates, tokenize, write shards).
+
+Executors are separate from steps, as in datatrove: :func:`build_executors`
+returns the chained executors; every task's completion is recorded under
+``_logs/{stage}``, so running the same build again skips finished tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.writers import JsonlWriter
+
+from mixtures.recipe import PhaseSpec, Recipe
+from pipeline.cache import cache_dir
+from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
+from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
+from pipeline.quality import (
+    FILTER_FAMILIES,
+    DocumentSizeFilter,
+    FilterConfigs,
+    LanguageQualityFilter,
+    StreamFilter,
+)
+from pipeline.shards import ArrowShardWriter, BatchTokenizer
+from pipeline.sources import SourceReader
+from pipeline.stats import StreamCounter, compile_stats
+from pipeline.tokenizer import load_tokenizer
+
+
+class StreamLanguageScoreFilter(StreamFilter, LanguageScoreFilter):
+    """The language filter, with its drops counted per stream like every other filter."""
+
+
+@dataclass
+class BuildOptions:
+    """Everything `mmbert-data build` can be told; None means "as the recipe says"."""
+
+    recipe: Recipe
+    phase: str
+    output: Path
+    sources: tuple[str, ...] | None = None
+    languages: tuple[str, ...] | None = None
+    input_root: str | None = None
+    tokenizer: str | None = None
+    lid: str | None = None
+    lid_model: str | None = None
+    filter_configs: str | None = None
+    dedup: bool | None = None
+    rehydrate: bool | None = None
+    keep_removed: bool = False
+    on_error: str = "fail"
+    limit: int = -1
+    tasks: int = 4
+    workers: int = 1
+    progress: bool = True
+    minhash: MinhashConfig = field(default_factory=MinhashConfig)
+
+
+class Build:
+    """One phase's build: its resolved settings, stage graph and outputs."""
+
+    def __init__(self, options: BuildOptions):
+        self.options = options
+        self.spec: PhaseSpec = options.recipe.phase(options.phase)
+        processing = self.spec.processing
+        self.phase_dir = Path(options.output).resolve() / options.phase
+        self.lid = options.lid or processing.lid
+        self.dedup = processing.dedup if options.dedup is None else options.dedup
+        self.rehydrate = processing.rehydrate if options.rehydrate is None else options.rehydrate
+        self.languages = options.languages if options.languages is not None else self.spec.languages
+        self.filter_configs = FilterConfigs(options.filter_configs or processing.filter_configs)
+        wanted = options.sources or ("fineweb2", *self.spec.budgets)
+        unknown = [s for s in wanted if s not in options.recipe.sources]
+        if unknown:
+            raise ValueError(
+                f"unknown source(s) {unknown}; the recipe has {', '.join(options.recipe.sources)}"
+            )
+        self.sources = [options.recipe.sources[name] for name in wanted]
+        self.tokenizer_spec = options.tokenizer or options.recipe.tokenizer
+
+    # ---- steps ---------------------------------------------------------------------------------------
+    def _removed_writer(self, name: str) -> JsonlWriter | None:
+        if not self.options.keep_removed:
+            return None
+        return JsonlWriter(str(self.phase_dir / "removed" / name), output_filename="${rank}.jsonl.gz")
+
+    def readers(self) -> list[SourceReader]:
+        return [
+            SourceReader(
+                source,
+                languages=self.languages,
+                input_root=self.options.input_root,
+                on_error=self.options.on_error,
+                errors_dir=str(self.phase_dir / "_errors"),
+                limit=self.options.limit,
+                file_progress=self.options.progress,
+            )
+            for source in self.sources
+        ]
+
+    def filters(self) -> list[PipelineStep]:
+        processing = self.spec.processing
+        return [
+            LanguageIdentifier(self.lid, model_path=self.options.lid_model),
+            StreamCounter("read"),
+            DocumentSizeFilter(processing.max_document_bytes, exclusion_writer=self._removed_writer("size")),
+            StreamLanguageScoreFilter(
+                self.languages,
+                self.filter_configs.language_score,
+                exclusion_writer=self._removed_writer("language"),
+            ),
+            *(
+                LanguageQualityFilter(
+                    family, self.filter_configs, exclusion_writer=self._removed_writer(family)
+                )
+                for family in FILTER_FAMILIES
+            ),
+        ]
+
+    def writers(self, tokenizer_name: str, tokenizer_sha256: str) -> list[PipelineStep]:
+        processing = self.spec.processing
+        return [
+            *([Rehydrate()] if self.rehydrate else []),
+            BatchTokenizer(self.tokenizer_spec, batch_size=processing.tokenize_batch),
+            ArrowShardWriter(
+                str(self.phase_dir),
+                self.options.phase,
+                tokenizer_name,
+                tokenizer_sha256,
+                processing.shard_bytes,
+            ),
+        ]
+
+    def stages(self, tokenizer_name: str = "", tokenizer_sha256: str = "") -> list[tuple[str, list, int]]:
+        """(name, pipeline, tasks) of each stage, in order."""
+        tasks = self.options.tasks
+        process = [*self.readers(), *self.filters()]
+        if not self.dedup:
+            return [("process", [*process, *self.writers(tokenizer_name, tokenizer_sha256)], tasks)]
+        work = self.phase_dir / "_work"
+        minhash = self.options.minhash
+        return [
+            (
+                "process",
+                [
+                    *process,
+                    JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl.gz"),
+                    LanguageScopedSignature(str(work / "signatures"), config=minhash),
+                ],
+                tasks,
+            ),
+            (
+                "buckets",
+                [MinhashDedupBuckets(str(work / "signatures"), str(work / "buckets"), config=minhash)],
+                minhash.num_buckets,
+            ),
+            (
+                "clusters",
+                [MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=minhash)],
+                1,
+            ),
+            (
+                "write",
+                [
+                    RankFileReader(str(work / "filtered")),
+                    StreamMinhashFilter(str(work / "remove"), exclusion_writer=self._removed_writer("dedup")),
+                    *self.writers(tokenizer_name, tokenizer_sha256),
+                ],
+                tasks,
+            ),
+        ]
+
+    # ---- running -------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """The stage graph and the files each source would read (`--dry-run`)."""
+        lines = [f"phase {self.options.phase} -> {self.phase_dir}"]
+        lines.append(
+            f"tokenizer {self.tokenizer_spec}; lid {self.lid}; dedup {'on' if self.dedup else 'off'}"
+        )
+        for name, pipeline, tasks in self.stages():
+            lines.append(f"stage {name} ({tasks} task{'s' if tasks != 1 else ''}):")
+            lines.extend(f"  {step}" for step in pipeline)
+        for reader in self.readers():
+            files = reader.list_files()
+            lines.append(f"source {reader.source.name} ({reader.data_folder.path}): {len(files)} file(s)")
+            lines.extend(f"  {path}" for path in files)
+        return "\n".join(lines)
+
+    def executors(self, tokenizer_name: str, tokenizer_sha256: str) -> list[LocalPipelineExecutor]:
+        chain: list[LocalPipelineExecutor] = []
+        for name, pipeline, tasks in self.stages(tokenizer_name, tokenizer_sha256):
+            chain.append(
+                LocalPipelineExecutor(
+                    pipeline,
+                    tasks=tasks,
+                    workers=min(self.options.workers, tasks),
+                    logging_dir=str(self.phase_dir / "_logs" / name),
+                    depends=chain[-1] if chain else None,
+                )
+            )
+        return chain
+
+    def run(self) -> dict:
+        """Run (or resume) every stage, then compile and return ``stats.json``."""
+        loaded = load_tokenizer(
+            self.tokenizer_spec
+        )  # once here: trains/caches a sample tokenizer before forking
+        self.phase_dir.mkdir(parents=True, exist_ok=True)
+        self.executors(loaded.name, loaded.sha256)[-1].run()
+        stats = compile_stats(
+            self.phase_dir,
+            self.options.phase,
+            recipe={"path": str(self.options.recipe.path), "sha256": self.options.recipe.sha256},
+            tokenizer={"name": loaded.name, "sha256": loaded.sha256},
+        )
+        record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
+        return stats
+
+
+def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:
+    """Remember where the last build wrote, so `mmbert-data mixture` finds it without flags."""
+    pointer = cache_dir() / "last-build.json"
+    try:
+        last = json.loads(pointer.read_text())
+    except (OSError, json.JSONDecodeError):
+        last = {}
+    if last.get("output") != str(output):
+        last = {"output": str(output), "phases": {}}
+    last["phases"][phase] = str(phase_dir)
+    tmp = pointer.with_name(f"{pointer.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(last, indent=1))
+    os.replace(tmp, pointer)

@@ -1,0 +1,59 @@
+"""Bad input handling: one policy (`fail` or `skip`) applied everywhere input is read.
+
+With ``fail`` the first bad file or record stops the build with an :class:`InputError`
+naming the file and line/row. With ``skip`` the build goes on and every problem is
+kept in a per-task report, so nothing bad is silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ON_ERROR_CHOICES = ("fail", "skip")
+
+
+class InputError(ValueError):
+    """A bad input file or record; the message starts with ``path[:line]``."""
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """One bad file or record, as listed in the errors report."""
+
+    source: str
+    path: str
+    line: int | None  # 1-based line (JSON lines) or 0-based row (parquet); None for a whole file
+    error: str
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.error}"
+
+
+class ErrorLog:
+    """Collects the problems one task meets and applies the ``on_error`` policy."""
+
+    def __init__(self, on_error: str = "fail"):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        self.on_error = on_error
+        self.problems: list[InputProblem] = []
+
+    def report(self, source: str, path: str, line: int | None, error: str) -> None:
+        """Raise under ``fail``; remember the problem under ``skip``."""
+        problem = InputProblem(source, path, line, error)
+        if self.on_error == "fail":
+            raise InputError(f"{problem} (rerun with --on-error skip to skip bad input and list it)")
+        self.problems.append(problem)
+
+    def write(self, path: Path) -> None:
+        """Write the problems as JSON lines (temp name, then rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for problem in self.problems:
+                f.write(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)

@@ -1,0 +1,186 @@
+"""Tokenizing documents and writing them as per-language Arrow shards.
+
+Layout: ``{phase_dir}/{source}/{lang_Script}/{rank:05d}-{seq:04d}.arrow``, one Arrow
+IPC *stream* file per shard, one row per document: ``id: string`` and
+``input_ids: list<uint32>`` (bos + tokens + eos). The schema metadata names the
+tokenizer (name and SHA-256), source, language and phase, so a shard describes
+itself. ``datasets.Dataset.from_file`` memory-maps these files directly.
+
+Shards are written under ``*.arrow.tmp`` and renamed when complete, so a final
+name always holds a complete file. A task starts by removing what an earlier,
+interrupted attempt of the same task left, so a rerun produces the same shards as
+an uninterrupted run. Each task lists its shards in ``_shards/{rank:05d}.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.batching import batched
+
+from pipeline.quality import stream_key
+from pipeline.tokenizer import load_tokenizer
+
+SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))])
+FLUSH_DOCS = 1024
+MAX_OPEN_SHARDS = 64
+
+
+class BatchTokenizer(PipelineStep):
+    """Encodes documents in batches (Rust, multi-threaded) into ``metadata["input_ids"]``."""
+
+    name = "🔢 tokenize"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, tokenizer: str, batch_size: int = 1000):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        loaded = load_tokenizer(self.tokenizer)
+        for batch in batched(data, self.batch_size):
+            with self.track_time("batch"):
+                encodings = loaded.tokenizer.encode_batch_fast(
+                    [doc.text for doc in batch], add_special_tokens=False
+                )
+            for doc, encoding in zip(batch, encodings, strict=True):
+                ids = np.empty(len(encoding.ids) + 2, dtype=np.uint32)
+                ids[0], ids[-1] = loaded.bos_id, loaded.eos_id
+                ids[1:-1] = encoding.ids
+                doc.metadata["input_ids"] = ids
+                yield doc
+
+
+@dataclass
+class ShardInfo:
+    """One finished shard, as listed in the task index and in stats.json."""
+
+    path: str  # relative to the phase directory
+    source: str
+    language: str
+    documents: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+
+class _OpenShard:
+    """A shard being written: rows are buffered and flushed as record batches."""
+
+    def __init__(self, final: Path, metadata: dict[bytes, bytes]):
+        self.final = final
+        self.tmp = final.with_name(final.name + ".tmp")
+        self.writer = pa.ipc.new_stream(str(self.tmp), SCHEMA.with_metadata(metadata))
+        self.ids: list[str] = []
+        self.arrays: list[np.ndarray] = []
+        self.documents = self.tokens = self.size = 0
+
+    def add(self, doc_id: str, input_ids: np.ndarray) -> None:
+        self.ids.append(doc_id)
+        self.arrays.append(input_ids)
+        self.documents += 1
+        self.tokens += len(input_ids)
+        self.size += 4 * len(input_ids) + len(doc_id) + 8
+        if len(self.ids) >= FLUSH_DOCS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        offsets = np.zeros(len(self.arrays) + 1, dtype=np.int32)
+        np.cumsum([len(a) for a in self.arrays], out=offsets[1:])
+        values = pa.array(np.concatenate(self.arrays), type=pa.uint32())
+        column = pa.ListArray.from_arrays(pa.array(offsets), values)
+        self.writer.write_batch(pa.record_batch([pa.array(self.ids, pa.string()), column], schema=SCHEMA))
+        self.ids, self.arrays = [], []
+
+    def close(self) -> str:
+        """Finish the file, rename it to its final name and return its SHA-256."""
+        self.flush()
+        self.writer.close()
+        with open(self.tmp, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        os.replace(self.tmp, self.final)
+        return digest
+
+
+class ArrowShardWriter(PipelineStep):
+    """Writes tokenized documents into per-(source, language) Arrow shards that rotate at a size bound."""
+
+    name = "💾 arrow shards"
+    type = "💽 - WRITER"
+
+    def __init__(
+        self, phase_dir: str, phase: str, tokenizer_name: str, tokenizer_sha256: str, shard_bytes: int
+    ):
+        super().__init__()
+        self.phase_dir = Path(phase_dir)
+        self.phase = phase
+        self.tokenizer_name = tokenizer_name
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.shard_bytes = shard_bytes
+
+    def _remove_earlier_attempt(self, rank: int) -> None:
+        for path in self.phase_dir.glob(f"*/*/{rank:05d}-*.arrow*"):
+            path.unlink()
+        (self.phase_dir / "_shards" / f"{rank:05d}.json").unlink(missing_ok=True)
+
+    def _open(self, source: str, language: str, rank: int, seq: int) -> _OpenShard:
+        directory = self.phase_dir / source / language
+        directory.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            b"mmbert.tokenizer.name": self.tokenizer_name.encode(),
+            b"mmbert.tokenizer.sha256": self.tokenizer_sha256.encode(),
+            b"mmbert.source": source.encode(),
+            b"mmbert.language": language.encode(),
+            b"mmbert.phase": self.phase.encode(),
+        }
+        return _OpenShard(directory / f"{rank:05d}-{seq:04d}.arrow", metadata)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._remove_earlier_attempt(rank)
+        open_shards: dict[tuple[str, str], _OpenShard] = {}
+        next_seq: dict[tuple[str, str], int] = {}
+        finished: list[ShardInfo] = []
+
+        def finish(key: tuple[str, str]) -> None:
+            shard = open_shards.pop(key)
+            digest = shard.close()
+            path = str(shard.final.relative_to(self.phase_dir))
+            finished.append(
+                ShardInfo(path, *key, shard.documents, shard.tokens, shard.final.stat().st_size, digest)
+            )
+
+        for doc in data:
+            with self.track_time():
+                key = (doc.metadata["source"], doc.metadata["language"])
+                if key not in open_shards:
+                    if len(open_shards) >= MAX_OPEN_SHARDS:  # bound open files: finish the oldest
+                        finish(next(iter(open_shards)))
+                    open_shards[key] = self._open(*key, rank, next_seq.get(key, 0))
+                    next_seq[key] = next_seq.get(key, 0) + 1
+                input_ids = doc.metadata.pop("input_ids")
+                open_shards[key].add(doc.id, input_ids)
+                stream = stream_key(doc)
+                self.stat_update(f"stream/{stream}/kept")
+                self.stat_update(f"stream/{stream}/tokens", value=len(input_ids))
+                self.stat_update(f"stream/{stream}/bytes", value=len(doc.text.encode("utf-8")))
+                if open_shards[key].size >= self.shard_bytes:
+                    finish(key)
+            yield doc
+        for key in list(open_shards):
+            finish(key)
+        index = self.phase_dir / "_shards" / f"{rank:05d}.json"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(index.name + ".tmp")
+        tmp.write_text(json.dumps([asdict(info) for info in finished], indent=1))
+        os.replace(tmp, index)

@@ -1,0 +1,179 @@
+"""Build statistics: per (source, language) counts, compiled from datatrove's own stats.
+
+Steps count what happens to each document under labels ``stream/{source}/{lang}/...``
+(``read``, ``kept``, ``tokens``, ``bytes``, ``dropped/{reason}``) with datatrove's
+``stat_update``; the executor saves them per task. :func:`compile_stats` adds them
+up over tasks and stages, joins the shard lists the writer left, and writes
+``{phase_dir}/stats.json`` — the file the mixture compiler reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.quality import stream_key
+
+STATS_FORMAT = "mmbert-data/stats"
+STATS_VERSION = 1
+
+
+class StreamCounter(PipelineStep):
+    """Counts documents per (source, language) stream under one label and passes them on."""
+
+    name = "🧮 count"
+    type = "📊 - STATS"
+
+    def __init__(self, label: str):
+        super().__init__()
+        self.label = label
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            self.stat_update(f"stream/{stream_key(doc)}/{self.label}")
+            yield doc
+
+
+def _metric_total(value) -> int:
+    return int(value["total"] if isinstance(value, dict) else value)
+
+
+def stream_counters(logs_dir: Path) -> dict[tuple[str, str], dict]:
+    """Add up the ``stream/...`` counters of every task of every stage under ``logs_dir``."""
+    streams: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"counts": defaultdict(int), "drops": defaultdict(int)}
+    )
+    for stats_file in sorted(logs_dir.glob("*/stats/*.json")):
+        for step in json.loads(stats_file.read_text()):
+            for label, value in step.get("stats", {}).items():
+                if not label.startswith("stream/"):
+                    continue
+                _, source, language, *rest = label.split("/")
+                entry = streams[(source, language)]
+                if rest[0] == "dropped":
+                    entry["drops"][rest[1]] += _metric_total(value)
+                else:
+                    entry["counts"][rest[0]] += _metric_total(value)
+    return streams
+
+
+def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) -> dict:
+    """Write ``stats.json`` for a finished build and return it."""
+    shards: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for index in sorted((phase_dir / "_shards").glob("*.json")):
+        for shard in json.loads(index.read_text()):
+            shards[(shard["source"], shard["language"])].append(
+                {k: shard[k] for k in ("path", "documents", "tokens", "bytes", "sha256")}
+            )
+    problems = []
+    for report in sorted((phase_dir / "_errors").glob("*.jsonl")):
+        problems.extend(json.loads(line) for line in report.read_text(encoding="utf-8").splitlines() if line)
+    errors_path = phase_dir / "errors.jsonl"
+    _write_atomic(errors_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+    errors_by_source: dict[str, int] = defaultdict(int)
+    for problem in problems:
+        errors_by_source[problem["source"]] += 1
+
+    streams = []
+    for (source, language), entry in sorted(stream_counters(phase_dir / "_logs").items()):
+        counts, drops = entry["counts"], entry["drops"]
+        stream_shards = sorted(shards.get((source, language), []), key=lambda s: s["path"])
+        streams.append(
+            {
+                "source": source,
+                "language": language,
+                "documents_read": counts["read"],
+                "documents_kept": counts["kept"],
+                "drops": dict(sorted(drops.items())),
+                "tokens": counts["tokens"],
+                "bytes": counts["bytes"],
+                "shards": stream_shards,
+            }
+        )
+    stats = {
+        "format": STATS_FORMAT,
+        "version": STATS_VERSION,
+        "phase": phase,
+        "recipe": recipe,
+        "tokenizer": tokenizer,
+        "streams": streams,
+        "errors": {
+            "count": len(problems),
+            "by_source": dict(sorted(errors_by_source.items())),
+            "report": errors_path.name if problems else None,
+        },
+    }
+    _write_atomic(phase_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
+    return stats
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_stats(path: Path) -> dict:
+    """Read a stats.json (or the one inside a phase directory) and check its format."""
+    path = path / "stats.json" if path.is_dir() else path
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read build statistics {path}: {err}") from err
+    if stats.get("format") != STATS_FORMAT:
+        raise ValueError(f"{path} is not an mmbert-data stats file (format {stats.get('format')!r})")
+    return stats
+
+
+def _human(n: float) -> str:
+    for unit in ("", "k", "M", "B", "T"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}P"
+
+
+def print_stats(stats: dict, console: Console | None = None) -> None:
+    """The per-(source, language) table a user checks after a build."""
+    console = console or Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    table = Table(title=f"{stats['phase']}: {len(stats['streams'])} streams", show_footer=True)
+    totals = defaultdict(int)
+    for stream in stats["streams"]:
+        for key in ("documents_read", "documents_kept", "tokens", "bytes"):
+            totals[key] += stream[key]
+        totals["shards"] += len(stream["shards"])
+    table.add_column("source", footer="total")
+    table.add_column("language", footer=str(len({s["language"] for s in stats["streams"]})))
+    table.add_column("read", justify="right", footer=str(totals["documents_read"]))
+    table.add_column("kept", justify="right", footer=str(totals["documents_kept"]))
+    table.add_column("tokens", justify="right", footer=_human(totals["tokens"]))
+    table.add_column("bytes", justify="right", footer=_human(totals["bytes"]))
+    table.add_column("shards", justify="right", footer=str(totals["shards"]))
+    table.add_column("drops (reason: documents)")
+    for stream in stats["streams"]:
+        drops = " ".join(f"{reason}:{n}" for reason, n in stream["drops"].items())
+        table.add_row(
+            stream["source"],
+            stream["language"],
+            str(stream["documents_read"]),
+            str(stream["documents_kept"]),
+            _human(stream["tokens"]),
+            _human(stream["bytes"]),
+            str(len(stream["shards"])),
+            drops,
+        )
+    console.print(table)
+    errors = stats["errors"]
+    if errors["count"]:
+        console.print(
+            f"[yellow]{errors['count']} bad input file(s)/record(s) skipped; see {errors['report']}[/]"
+        )

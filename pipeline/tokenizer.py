@@ -1,0 +1,133 @@
+"""Loading the tokenizer a build encodes with, and training the demo's small one.
+
+A tokenizer is named by a ``tokenizer.json`` path, a directory holding one, a hub
+repository (``jhu-clsp/mmBERT-base``: resolved through huggingface_hub, so the
+standard HF cache and ``HF_HUB_OFFLINE=1`` apply), or ``sample:DIR``, which trains
+a small byte-level BPE on the text under DIR and caches it by content hash. Every
+shard records the tokenizer's name and the SHA-256 of its ``tokenizer.json`` so
+that mixtures and training can refuse to mix tokenizers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from pipeline.cache import cache_dir
+
+# Gemma 2's special tokens, in its id order, so that ids 0..4 mean the same in every tokenizer we make.
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+SAMPLE_PREFIX = "sample:"
+SAMPLE_VOCAB = 8192
+
+
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer with the identity that shards record and the ids wrapped around each document."""
+
+    tokenizer: Tokenizer
+    name: str
+    sha256: str
+    bos_id: int
+    eos_id: int
+
+
+def _special_id(tokenizer: Tokenizer, candidates: tuple[str, ...], what: str, name: str) -> int:
+    for token in candidates:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    raise ValueError(f"tokenizer {name} has no {what} token (looked for {', '.join(candidates)})")
+
+
+def _from_json_bytes(raw: bytes, name: str) -> LoadedTokenizer:
+    tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+    return LoadedTokenizer(
+        tokenizer=tokenizer,
+        name=name,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        bos_id=_special_id(tokenizer, ("<bos>", "<s>", "[CLS]"), "beginning-of-sequence", name),
+        eos_id=_special_id(tokenizer, ("<eos>", "</s>", "[SEP]"), "end-of-sequence", name),
+    )
+
+
+def load_tokenizer(spec: str) -> LoadedTokenizer:
+    """Load a tokenizer by path, hub name or ``sample:DIR`` (see the module docstring)."""
+    if spec.startswith(SAMPLE_PREFIX):
+        path = sample_tokenizer_path(Path(spec[len(SAMPLE_PREFIX) :]))
+        return _from_json_bytes(path.read_bytes(), spec)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        return _from_json_bytes(path.read_bytes(), spec)
+    if path.suffix == ".json" or spec.startswith((".", "/")):
+        raise FileNotFoundError(f"tokenizer file {path} does not exist")
+    from huggingface_hub import hf_hub_download
+
+    return _from_json_bytes(Path(hf_hub_download(spec, "tokenizer.json")).read_bytes(), spec)
+
+
+def _sample_texts(root: Path) -> Iterator[str]:
+    """All document texts under a sample directory (parquet and JSON-lines files, any compression)."""
+    import gzip
+    import json
+
+    import pyarrow.parquet as pq
+    import zstandard
+
+    for path in sorted(root.rglob("*")):
+        if path.suffix == ".parquet":
+            yield from (t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t)
+        elif path.name.endswith((".json.gz", ".json.zst", ".jsonl.zstd", ".jsonl.zst")):
+            raw = path.read_bytes()
+            data = (
+                gzip.decompress(raw)
+                if path.suffix == ".gz"
+                else zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+            )
+            for line in data.splitlines():
+                text = json.loads(line).get("text")
+                if text:
+                    yield text
+
+
+def _fingerprint(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def sample_tokenizer_path(root: Path) -> Path:
+    """Train (once) a byte-level BPE on a sample directory's text and return its cached tokenizer.json.
+
+    Byte-level BPE without normalization or an added prefix space is lossless: decoding a
+    document's ids gives back its text exactly, which the build's round-trip checks rely on.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"sample directory {root} does not exist")
+    path = cache_dir() / "tokenizers" / f"sample-{_fingerprint(root)}-{SAMPLE_VOCAB}.json"
+    if path.exists():
+        return path
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=SAMPLE_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_sample_texts(root), trainer=trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, path)
+    return path
