@@ -120,10 +120,39 @@ def build(
             return
         stats = plan.run()
     except (InputError, RecipeError, ValueError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     print_stats(stats, Console())
     typer.echo(f"wrote {plan.phase_dir / 'stats.json'}")
+
+
+@app.command()
+def download(
+    phase: Phase = typer.Option(..., help="Which phase's files to mirror."),
+    to: Path = typer.Option(..., help="Mirror directory; build from it later with --input-root DIR."),
+    recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML."),
+    sources: str = typer.Option(None, help="Comma-separated subset of the phase's sources."),
+    languages: str = typer.Option(None, help="Comma-separated languages instead of the phase's."),
+) -> None:
+    """Mirror just the files a phase needs (per language), resumable and size-checked."""
+    from pipeline.build import Build, BuildOptions
+    from pipeline.download import download_phase
+
+    try:
+        plan = Build(
+            BuildOptions(
+                recipe=load_recipe(recipe),
+                phase=phase.value,
+                output=to,
+                sources=_split(sources),
+                languages=_split(languages),
+            )
+        )
+        result = download_phase(plan, to, progress=lambda path, size: console.print(f"{size:>12,d}  {path}"))
+    except (RecipeError, ValueError, OSError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from err
+    typer.echo(f"copied {result.copied} file(s) ({result.bytes:,d} bytes), {result.skipped} already present")
 
 
 @app.command()
@@ -136,7 +165,7 @@ def stats(
     try:
         print_stats(load_stats(path), Console())
     except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
 
 

@@ -188,11 +188,11 @@ class LanguageQualityFilter(StreamFilter):
     type = "🔻 - FILTER"
 
     def __init__(self, family: str, configs: FilterConfigs, exclusion_writer=None):
-        super().__init__(exclusion_writer)
         if family not in FILTER_FAMILIES:
             raise ValueError(f"unknown filter family {family!r} (known: {', '.join(FILTER_FAMILIES)})")
+        self.name = family.replace("_", " ")  # before super().__init__, which names the stats after it
+        super().__init__(exclusion_writer)
         self.family = family
-        self.name = family.replace("_", " ")
         self.configs = configs
         self._by_language: dict[str, BaseFilter] = {}
 

@@ -32,15 +32,18 @@ from mixtures.recipe import SourceSpec
 from pipeline.errors import ErrorLog
 from pipeline.languages import is_language_label, normalize_label, to_iso639_3
 
-HUB_PREFIX = "hf://"
 ENGLISH = "eng_Latn"
 PARQUET_BATCH_ROWS = 256
 
 
 def resolve_uri(uri: str, input_root: str | None) -> str:
-    """Map ``hf://datasets/<repo>/...`` onto ``input_root/datasets/<repo>/...`` when a mirror is given."""
-    if input_root and uri.startswith(HUB_PREFIX):
-        return posixpath.join(str(input_root), uri[len(HUB_PREFIX) :])
+    """Map a source URI onto a local mirror: ``hf://datasets/<repo>/x`` -> ``input_root/datasets/<repo>/x``.
+
+    Any ``scheme://path`` maps to ``input_root/path``, which is also where `mmbert-data download`
+    puts a source's files; plain local paths are used as they are.
+    """
+    if input_root and "://" in uri:
+        return posixpath.join(str(input_root), uri.split("://", 1)[1].lstrip("/"))
     return uri
 
 
@@ -60,9 +63,45 @@ class LanguageSelection:
         return self.names is None or any(name.split("_", 1)[0] == iso639_3 for name in self.names)
 
 
+class _CheckedZstdReader(io.RawIOBase):
+    """Decompresses concatenated zstd frames; raises EOFError when the input ends inside a frame.
+
+    (zstandard's own stream reader returns a clean end of file for a truncated frame.)
+    """
+
+    def __init__(self, raw: io.BufferedIOBase):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = None
+        self._buffer, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while self._pos == len(self._buffer):
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._frame is not None:
+                    raise EOFError("input ends inside a zstd frame")
+                return 0
+            output = []
+            while chunk:
+                self._frame = self._frame or self._dctx.decompressobj()
+                output.append(self._frame.decompress(chunk))
+                chunk = self._frame.unused_data if self._frame.eof else b""
+                if self._frame.eof:
+                    self._frame = None
+            self._buffer, self._pos = b"".join(output), 0
+        n = min(len(target), len(self._buffer) - self._pos)
+        target[:n] = self._buffer[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
 def _decompressed(raw: io.BufferedIOBase, path: str) -> io.BufferedIOBase:
     if path.endswith((".zst", ".zstd")):
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(_CheckedZstdReader(raw), buffer_size=1 << 20)
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw)
     return raw
@@ -152,7 +191,7 @@ class SourceReader(BaseDiskReader):
         line_no = 0
         try:
             with self.data_folder.open(path, "rb") as raw, _decompressed(raw, path) as stream:
-                for line_no, line in enumerate(io.BufferedReader(stream), start=1):
+                for line_no, line in enumerate(stream, start=1):
                     try:
                         record = json.loads(line.decode("utf-8"))
                     except UnicodeDecodeError as err:

@@ -10,12 +10,17 @@ that mixtures and training can refuse to mix tokenizers.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from pipeline.cache import cache_dir
@@ -74,27 +79,17 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
 
 
 def _sample_texts(root: Path) -> Iterator[str]:
-    """All document texts under a sample directory (parquet and JSON-lines files, any compression)."""
-    import gzip
-    import json
-
-    import pyarrow.parquet as pq
-    import zstandard
-
+    """Document texts under a sample directory (parquet and JSON lines); unreadable files are skipped."""
     for path in sorted(root.rglob("*")):
-        if path.suffix == ".parquet":
-            yield from (t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t)
-        elif path.name.endswith((".json.gz", ".json.zst", ".jsonl.zstd", ".jsonl.zst")):
-            raw = path.read_bytes()
-            data = (
-                gzip.decompress(raw)
-                if path.suffix == ".gz"
-                else zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-            )
-            for line in data.splitlines():
-                text = json.loads(line).get("text")
-                if text:
-                    yield text
+        try:
+            if path.suffix == ".parquet":
+                yield from (t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t)
+            elif path.name.endswith((".json.gz", ".json.zst", ".jsonl.zstd", ".jsonl.zst")):
+                opener = gzip.open if path.suffix == ".gz" else zstandard.open
+                with opener(path, "rt", encoding="utf-8") as lines:
+                    yield from (text for line in lines if (text := json.loads(line).get("text")))
+        except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError, zstandard.ZstdError):
+            continue  # a demo tokenizer does not need every file; the build reports bad input itself
 
 
 def _fingerprint(root: Path) -> str:

@@ -1,0 +1,241 @@
+"""End-to-end behaviour of `mmbert-data build` on generated hub-layout corpora."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from cli.data import app
+from mixtures.recipe import load_recipe
+from pipeline.build import Build, BuildOptions
+from pipeline.tokenizer import load_tokenizer
+from tests.corpus import STOPWORDS, prose, small_hub, write_fineweb2
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMBERT_DATA_CACHE", str(tmp_path / "cache"))
+
+
+def build(hub: Path, out: Path, **overrides) -> tuple[Build, dict]:
+    options = BuildOptions(
+        recipe=load_recipe(),
+        phase=overrides.pop("phase", "pretrain"),
+        output=out,
+        input_root=str(hub),
+        tokenizer=f"sample:{hub}",
+        tasks=overrides.pop("tasks", 2),
+        progress=False,
+        **overrides,
+    )
+    plan = Build(options)
+    return plan, plan.run()
+
+
+def shard_rows(phase_dir: Path) -> dict[str, list[tuple[str, list[int]]]]:
+    """language -> sorted (id, input_ids) over every shard of the phase."""
+    rows: dict[str, list] = {}
+    for path in sorted(phase_dir.glob("*/*/*.arrow")):
+        table = datasets.Dataset.from_file(str(path))
+        language = path.parent.name
+        rows.setdefault(language, []).extend(zip(table["id"], table["input_ids"], strict=True))
+    return {language: sorted(r) for language, r in rows.items()}
+
+
+def test_round_trip_stats_and_shards(tmp_path):
+    hub = tmp_path / "hub"
+    written = small_hub(hub)
+    plan, stats = build(hub, tmp_path / "out", dedup=False)
+    tokenizer = load_tokenizer(f"sample:{hub}")
+
+    kept_texts = {}
+    for stream in stats["streams"]:
+        assert stream["documents_read"] == stream["documents_kept"] + sum(stream["drops"].values())
+        assert stream["documents_kept"] == sum(s["documents"] for s in stream["shards"])
+        assert stream["tokens"] == sum(s["tokens"] for s in stream["shards"])
+        for shard in stream["shards"]:
+            path = plan.phase_dir / shard["path"]
+            table = datasets.Dataset.from_file(str(path))  # memory-mapped, as users load it
+            assert len(table) == shard["documents"]
+            assert sum(len(ids) for ids in table["input_ids"]) == shard["tokens"]
+            schema = pa.ipc.open_stream(path.read_bytes()).schema
+            assert schema.metadata[b"mmbert.language"].decode() == stream["language"]
+            assert schema.metadata[b"mmbert.tokenizer.sha256"].decode() == tokenizer.sha256
+            for ids in table["input_ids"]:
+                assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+                kept_texts.setdefault(stream["language"], set()).add(tokenizer.tokenizer.decode(ids[1:-1]))
+    # a lossless tokenizer gives back exactly the documents that went in
+    assert set(written["fra_Latn"]) == kept_texts["fra_Latn"]
+    assert set(written["rus_Cyrl"]) == kept_texts["rus_Cyrl"]
+    assert set(written["eng_Latn"]) == kept_texts["eng_Latn"]
+    sources = {(s["source"], s["language"]) for s in stats["streams"]}
+    assert {
+        ("fineweb2", "fra_Latn"),
+        ("wikipedia", "fra_Latn"),
+        ("dclm", "eng_Latn"),
+        ("dolmino", "eng_Latn"),
+        ("arxiv", "eng_Latn"),
+    } <= sources
+    assert json.loads((plan.phase_dir / "stats.json").read_text()) == stats
+    assert not list(plan.phase_dir.rglob("*.tmp"))
+
+
+def test_phase_languages_select_what_is_built(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    rng = random.Random(3)
+    write_fineweb2(hub, "fao_Latn", [prose(rng, "eng_Latn") for _ in range(3)])  # a decay-only language
+    _, pretrain = build(hub, tmp_path / "out", dedup=False)
+    _, decay = build(hub, tmp_path / "out", phase="decay", dedup=False)
+    assert "fao_Latn" not in {s["language"] for s in pretrain["streams"]}
+    assert "fao_Latn" in {s["language"] for s in decay["streams"]}
+
+
+def test_filter_configs_drive_thresholds_and_stop_words(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    # French: stop words the generated text never uses -> Gopher's stop-word rule drops every document.
+    (configs / "fra_Latn.yml").write_text("stopwords:\n- zzq\n- qqz\nlanguage_score: 0.5\n")
+    # Russian: its real stop words pass; German: a score threshold above the documents' 0.95.
+    (configs / "rus_Cyrl.yml").write_text("stopwords:\n" + "".join(f"- {w}\n" for w in STOPWORDS["rus_Cyrl"]))
+    (configs / "deu_Latn.yml").write_text("language_score: 0.99\n")
+    _, stats = build(hub, tmp_path / "out", dedup=False, filter_configs=str(configs), sources=("fineweb2",))
+    by_language = {s["language"]: s for s in stats["streams"]}
+    assert by_language["fra_Latn"]["documents_kept"] == 0
+    assert by_language["fra_Latn"]["drops"] == {"gopher_enough_stop_words": 6}
+    assert by_language["deu_Latn"]["drops"] == {"language_score": 6}
+    assert by_language["rus_Cyrl"]["documents_kept"] == 6
+
+
+def test_bad_filter_config_is_named(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "fra_Latn.yml").write_text("dup_line_fraction: 0.2\n")
+    result = runner.invoke(
+        app,
+        [
+            "build",
+            "--phase",
+            "pretrain",
+            "--input-root",
+            str(hub),
+            "--output",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            f"sample:{hub}",
+            "--filter-configs",
+            str(configs),
+            "--no-dedup",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "fra_Latn.yml" in result.output and "dup_line_fraction" in result.output
+
+
+def test_dedup_removes_injected_near_duplicates_per_language(tmp_path):
+    hub = tmp_path / "hub"
+    rng = random.Random(7)
+    originals = [prose(rng, "fra_Latn", sentences=15) for _ in range(8)]
+    near_copies = []
+    for text in originals[:3]:  # three near-duplicates: a few words changed
+        words = text.split(" ")
+        for i in rng.sample(range(len(words)), 3):
+            words[i] = "changé"
+        near_copies.append(" ".join(words))
+    write_fineweb2(hub, "fra_Latn", originals + near_copies)
+    # the same text under another language label is a different stream: not a duplicate
+    write_fineweb2(hub, "deu_Latn", originals[:2])
+    _, stats = build(hub, tmp_path / "out", dedup=True, sources=("fineweb2",))
+    by_language = {s["language"]: s for s in stats["streams"]}
+    assert by_language["fra_Latn"]["drops"] == {"near_duplicate": 3}
+    assert by_language["fra_Latn"]["documents_kept"] == 8
+    assert by_language["deu_Latn"]["documents_kept"] == 2
+
+
+def test_huge_document_is_dropped_with_a_reason(tmp_path):
+    hub = tmp_path / "hub"
+    rng = random.Random(1)
+    huge = (prose(rng, "fra_Latn", sentences=40) + "\n\n") * 8000  # ~20 MB
+    assert len(huge.encode()) > 20_000_000
+    write_fineweb2(hub, "fra_Latn", [prose(rng, "fra_Latn"), huge])
+    _, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
+    (stream,) = stats["streams"]
+    assert stream["drops"] == {"too_large": 1}
+    assert stream["documents_kept"] == 1
+
+
+def test_keep_removed_writes_dropped_documents(tmp_path):
+    hub = tmp_path / "hub"
+    rng = random.Random(2)
+    write_fineweb2(hub, "fra_Latn", [prose(rng, "fra_Latn"), "Trop court."])
+    plan, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), keep_removed=True, tasks=1)
+    removed = [
+        json.loads(line)
+        for p in (plan.phase_dir / "removed").rglob("*.jsonl.gz")
+        for line in gzip.decompress(p.read_bytes()).splitlines()
+    ]
+    assert [r["text"] for r in removed] == ["Trop court."]
+    reason = removed[0]["metadata"]["filter_reason"]
+    assert stats["streams"][0]["drops"] == {reason: 1}
+
+
+def test_dry_run_prints_graph_and_files(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    result = runner.invoke(
+        app,
+        [
+            "build",
+            "--phase",
+            "pretrain",
+            "--input-root",
+            str(hub),
+            "--output",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            f"sample:{hub}",
+            "--dry-run",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "stage process" in result.output and "stage clusters" in result.output
+    assert "data/fra_Latn/train/000_00000.parquet" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_build_then_stats(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    args = [
+        "build",
+        "--phase",
+        "pretrain",
+        "--input-root",
+        str(hub),
+        "--output",
+        str(tmp_path / "out"),
+        "--tokenizer",
+        f"sample:{hub}",
+        "--languages",
+        "fra,eng",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["stats", str(tmp_path / "out" / "pretrain")])
+    assert shown.exit_code == 0
+    assert "fra_Latn" in shown.output and "rus_Cyrl" not in shown.output
+    last = json.loads((tmp_path / "cache" / "last-build.json").read_text())
+    assert last["phases"]["pretrain"] == str((tmp_path / "out" / "pretrain").resolve())
