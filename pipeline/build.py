@@ -33,16 +33,11 @@ from pipeline.quality import (
     DocumentSizeFilter,
     FilterConfigs,
     LanguageQualityFilter,
-    StreamFilter,
 )
 from pipeline.shards import ArrowShardWriter, BatchTokenizer
 from pipeline.sources import SourceReader
 from pipeline.stats import StreamCounter, compile_stats
 from pipeline.tokenizer import load_tokenizer
-
-
-class StreamLanguageScoreFilter(StreamFilter, LanguageScoreFilter):
-    """The language filter, with its drops counted per stream like every other filter."""
 
 
 @dataclass
@@ -118,7 +113,7 @@ class Build:
             LanguageIdentifier(self.lid, model_path=self.options.lid_model),
             StreamCounter("read"),
             DocumentSizeFilter(processing.max_document_bytes, exclusion_writer=self._removed_writer("size")),
-            StreamLanguageScoreFilter(
+            LanguageScoreFilter(
                 self.languages,
                 self.filter_configs.language_score,
                 exclusion_writer=self._removed_writer("language"),

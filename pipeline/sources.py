@@ -19,7 +19,6 @@ import io
 import json
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +29,7 @@ from datatrove.pipeline.readers.base import BaseDiskReader
 
 from mixtures.recipe import SourceSpec
 from pipeline.errors import ErrorLog
-from pipeline.languages import is_language_label, normalize_label, to_iso639_3
+from pipeline.languages import LanguageSelection, is_language_label, normalize_label, parse_label
 
 ENGLISH = "eng_Latn"
 PARQUET_BATCH_ROWS = 256
@@ -45,22 +44,6 @@ def resolve_uri(uri: str, input_root: str | None) -> str:
     if input_root and "://" in uri:
         return posixpath.join(str(input_root), uri.split("://", 1)[1].lstrip("/"))
     return uri
-
-
-@dataclass(frozen=True)
-class LanguageSelection:
-    """A phase's languages: ISO 639-3 codes (every script) and/or ``xxx_Script`` labels; None = all."""
-
-    names: tuple[str, ...] | None
-
-    def matches(self, label: str) -> bool:
-        if self.names is None:
-            return True
-        return any(label == name or label.split("_", 1)[0] == name for name in self.names)
-
-    def matches_code(self, iso639_3: str) -> bool:
-        """Whether any script of a language could be selected (for per-language file listings)."""
-        return self.names is None or any(name.split("_", 1)[0] == iso639_3 for name in self.names)
 
 
 class _CheckedZstdReader(io.RawIOBase):
@@ -124,7 +107,7 @@ class SourceReader(BaseDiskReader):
     ):
         super().__init__(resolve_uri(source.uri, input_root), limit=limit, file_progress=file_progress)
         self.source = source
-        self.selection = LanguageSelection(languages)
+        self.selection = LanguageSelection.parse(languages)
         self.on_error = on_error
         self.errors_dir = errors_dir
         self.errors = ErrorLog(on_error)
@@ -150,9 +133,9 @@ class SourceReader(BaseDiskReader):
             for path in folder.glob(f"{date}.*/train-*.parquet"):
                 code = path.split("/")[0].split(".", 1)[1]
                 try:
-                    selected = self.selection.matches_code(to_iso639_3(code.split("-")[0]))
+                    selected = self.selection.may_match_code(parse_label(code)[0])
                 except ValueError:
-                    selected = self.selection.names is None
+                    selected = self.selection.everything
                 if selected:
                     files.append(path)
             return sorted(files)

@@ -1,0 +1,223 @@
+"""Language labels: one spelling, ``xxx_Script`` (ISO 639-3 + ISO 15924), for every source.
+
+FineWeb2 and GlotLID already speak ``fra_Latn``; Wikipedia names wikis ``fr``,
+``simple`` or ``zh-yue``; fastText LID-176 predicts ``__label__fr``. The mixture
+compiler counts tokens per label and the writer uses labels as directory names,
+so every label is mapped to the FineWeb2 spelling here and anything that is not
+strictly ``[a-z]{3}_[A-Z][a-z]{3}`` is rejected before it can reach a path.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from iso639 import Lang
+from iso639.exceptions import DeprecatedLanguageValue, InvalidLanguageValue
+
+_LABEL_RE = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}")
+_CODE_SCRIPT_RE = re.compile(r"([a-z]{2,3})_([A-Z][a-z]{3})")
+_CODE_RE = re.compile(r"[a-z]{2,3}")
+_ASCII_LETTER_RE = re.compile(r"[A-Za-z]")
+_FASTTEXT_PREFIX = "__label__"
+
+# ISO 639-3 macrolanguages -> the individual language FineWeb2 (GlotLID) files their text under,
+# so that `zh`, `zho` and `cmn` all land in cmn_Hani. Macrolanguages FineWeb2 keeps as such
+# (fas, san, srd, hbs, ...) are absent and stay unchanged.
+_FINEWEB2_INDIVIDUAL = {
+    "aka": "twi", "ara": "arb", "aym": "ayr", "aze": "azj", "est": "ekk", "grn": "gug",
+    "iku": "ike", "ipk": "esk", "kau": "knc", "kom": "kpv", "kon": "kng", "kur": "kmr",
+    "lav": "lvs", "mlg": "plt", "mon": "khk", "msa": "zsm", "nep": "npi", "nor": "nob",
+    "oji": "ojb", "ori": "ory", "orm": "gaz", "pus": "pbt", "sqi": "als", "swa": "swh",
+    "uzb": "uzn", "yid": "ydd", "zha": "zyb", "zho": "cmn",
+    "tgl": "fil",  # an individual language, but FineWeb2 files Tagalog text as Filipino
+}
+
+# Withdrawn two-letter ISO 639-1 codes whose registry entry names no single replacement.
+_WITHDRAWN = {"sh": "hbs", "mo": "ron"}
+
+# Wikipedia / LID-176 language codes that are not ISO 639 codes of the same language
+# (`als` is Alemannic on Wikipedia but Tosk Albanian in ISO 639-3).
+_WIKI_CODES = {
+    "simple": "eng", "als": "gsw", "bh": "bho", "eml": "egl",
+    "zh-yue": "yue", "zh-classical": "lzh", "zh-min-nan": "nan",
+    "be-tarask": "bel", "be-x-old": "bel", "bat-smg": "sgs", "fiu-vro": "vro",
+    "roa-rup": "rup", "roa-tara": "nap", "map-bms": "jav", "nds-nl": "nds", "cbk-zam": "cbk",
+}
+
+# Script detection: only the first characters are read (it runs once per document), and
+# characters shared by all scripts (digits, punctuation, combining marks) do not vote.
+SCRIPT_SAMPLE_CHARS = 2000
+_SHARED_SCRIPTS = ("Zyyy", "Zinh", "Zzzz")
+_UNDETERMINED_SCRIPT = "Zyyy"
+# Japanese mixes kana with Han; a text counts as Japanese once kana reach 1/20 of its Han+kana.
+_KANA_SHARE_FOR_JAPANESE = 20
+# Languages whose Han-only text is still filed under their usual script.
+_HAN_SCRIPT_OF = {"jpn": "Jpan", "kor": "Hang"}
+
+
+def is_language_label(value: object) -> bool:
+    """Whether ``value`` is a ``xxx_Script`` label (and hence safe as a path component)."""
+    return isinstance(value, str) and _LABEL_RE.fullmatch(value) is not None
+
+
+def language_code(label: str) -> str:
+    """The ISO 639-3 part of a label: ``srp_Latn`` -> ``srp``."""
+    return label.split("_", 1)[0]
+
+
+@functools.lru_cache(maxsize=8192)
+def to_iso639_3(code: str) -> str:
+    """Map an ISO 639-1/-2/-3 code to the ISO 639-3 code FineWeb2 uses for that language.
+
+    Macrolanguages become FineWeb2's individual language (``zh`` -> ``cmn``, ``no`` -> ``nob``,
+    ``ar`` -> ``arb``). Three-letter codes ISO has since retired stay as they are, because
+    FineWeb2 and GlotLID still file text under some of them (``eml``, ``kzj``); collective codes
+    FineWeb2 uses (``nah``) are kept too.
+    """
+    if not isinstance(code, str) or not _CODE_RE.fullmatch(code.lower()):
+        raise ValueError(f"not an ISO 639 language code: {code!r}")
+    code = code.lower()
+    if code in _WITHDRAWN:
+        return to_iso639_3(_WITHDRAWN[code])
+    try:
+        lang = Lang(code)
+    except DeprecatedLanguageValue as err:
+        if len(code) == 3:
+            return code
+        replacement = getattr(err, "change_to", "")
+        if not replacement:
+            raise ValueError(f"withdrawn ISO 639 code with no single replacement: {code!r}") from None
+        return to_iso639_3(replacement)
+    except InvalidLanguageValue:
+        raise ValueError(f"unknown ISO 639 language code: {code!r}") from None
+    iso3 = lang.pt3 or lang.pt5
+    if not iso3:  # a few ISO 639-2 groups (`him`) have no ISO 639-3/-5 code
+        raise ValueError(f"ISO 639 code {code!r} has no ISO 639-3 equivalent")
+    return _FINEWEB2_INDIVIDUAL.get(iso3, iso3)
+
+
+class _ScriptTable(NamedTuple):
+    """Script id of every Unicode code point (0: shared by all scripts), from GlotScript's ranges."""
+
+    script_of_point: np.ndarray
+    names: tuple[str, ...]
+
+
+@functools.cache
+def _script_table() -> _ScriptTable:
+    from GlotScript.GlotScript import SCRIPT_RANGES
+
+    names = ("", *sorted((set(SCRIPT_RANGES) - set(_SHARED_SCRIPTS)) | {"Jpan"}))
+    script_of_point = np.zeros(sys.maxunicode + 1, dtype=np.uint16)
+    for script, ranges in SCRIPT_RANGES.items():
+        if script not in _SHARED_SCRIPTS:
+            for low, high in ranges:
+                script_of_point[low : high + 1] = names.index(script)
+    return _ScriptTable(script_of_point, names)
+
+
+def detect_script(text: str) -> str:
+    """The dominant ISO 15924 script of ``text``, read from its first characters.
+
+    Japanese (kana with Han) is ``Jpan``, Korean ``Hang``, Chinese ``Hani``; text without any
+    letters is ``Zyyy`` (ISO 15924 "common").
+    """
+    sample = text[:SCRIPT_SAMPLE_CHARS]
+    if sample.isascii():
+        return "Latn" if _ASCII_LETTER_RE.search(sample) else _UNDETERMINED_SCRIPT
+    table = _script_table()
+    points = np.frombuffer(sample.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    votes = np.bincount(table.script_of_point[points], minlength=len(table.names))
+    votes[0] = 0
+    if not votes.any():
+        return _UNDETERMINED_SCRIPT
+    hira, kata, hani, jpan = (table.names.index(name) for name in ("Hira", "Kana", "Hani", "Jpan"))
+    kana = votes[hira] + votes[kata]
+    votes[hira] = votes[kata] = 0
+    if kana and kana * _KANA_SHARE_FOR_JAPANESE >= kana + votes[hani]:
+        votes[jpan], votes[hani] = kana + votes[hani], 0
+    return table.names[int(votes.argmax())]
+
+
+def parse_label(raw: str) -> tuple[str, str | None]:
+    """Any source's language label as (ISO 639-3 code, script or None when it names none).
+
+    Accepts ``fra_Latn``, ``__label__fra_Latn``, ``fra``, ``fr``, ``__label__fr`` and Wikipedia
+    codes (``simple``, ``zh-yue``/``zh_yue``, ``be-tarask``). Bare codes follow Wikipedia and
+    LID-176, which is where they come from (``als`` is Alemannic there, not Tosk Albanian).
+    Raises ValueError naming ``raw`` for anything else.
+    """
+    if not isinstance(raw, str):
+        raise ValueError(f"language label must be a string, got {raw!r}")
+    try:
+        return _parse_label(raw)
+    except ValueError as err:
+        raise ValueError(f"not a language label: {raw!r} ({err})") from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_label(raw: str) -> tuple[str, str | None]:
+    label = raw.removeprefix(_FASTTEXT_PREFIX)
+    match = _CODE_SCRIPT_RE.fullmatch(label)
+    if match:
+        return to_iso639_3(match[1]), match[2]
+    code = label.lower().replace("_", "-")
+    if code in _WIKI_CODES:
+        return _WIKI_CODES[code], None
+    return to_iso639_3(code), None
+
+
+def normalize_label(raw: str, text: str | None = None) -> str:
+    """Turn any source's language label into FineWeb2's ``xxx_Script`` spelling.
+
+    Labels `parse_label` accepts; when the label names no script, it is detected from ``text``
+    (Han-only text of a Japanese or Korean label keeps that language's usual script).
+    """
+    code, script = parse_label(raw)
+    if script is None:
+        if text is None:
+            raise ValueError(f"language label {raw!r} names no script and no text was given to detect it")
+        script = detect_script(text)
+        if script == "Hani":
+            script = _HAN_SCRIPT_OF.get(code, script)
+    return f"{code}_{script}"
+
+
+@dataclass(frozen=True)
+class LanguageSelection:
+    """Which languages a phase (or ``--languages``) takes: ISO 639-3 codes match every script
+    (``srp`` = srp_Cyrl + srp_Latn), full labels match one script; ``everything`` for "all"."""
+
+    codes: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()
+    everything: bool = False
+
+    @classmethod
+    def parse(cls, languages: Iterable[str] | None) -> LanguageSelection:
+        if languages is None:
+            return cls(everything=True)
+        codes, labels = set(), set()
+        for entry in languages:
+            try:
+                if is_language_label(entry):
+                    labels.add(normalize_label(entry))
+                else:
+                    codes.add(to_iso639_3(entry))
+            except ValueError as err:
+                raise ValueError(f"language selection entry {entry!r}: {err}") from None
+        return cls(frozenset(codes), frozenset(labels))
+
+    def matches(self, label: str) -> bool:
+        return self.everything or label in self.labels or language_code(label) in self.codes
+
+    def may_match_code(self, code: str) -> bool:
+        """Whether some script of language ``code`` could be selected (for per-language file lists)."""
+        if self.everything or code in self.codes:
+            return True
+        return any(language_code(label) == code for label in self.labels)

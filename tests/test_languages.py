@@ -1,0 +1,175 @@
+"""Language labels: ISO 639 mapping, script detection, normalization, hostile labels."""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from pipeline.languages import (
+    SCRIPT_SAMPLE_CHARS,
+    detect_script,
+    is_language_label,
+    language_code,
+    normalize_label,
+    parse_label,
+    to_iso639_3,
+)
+
+FINEWEB2_TABLE = Path("/work/shared/data/fineweb2-language-distribution.csv")
+HOSTILE = ["../../x", "", "   ", "fr/../../etc", "fra_Latn/..", "fra_Latn\n", "__label__", "x", "zzz",
+           "fra_latn", "FRA_Latn", "fr_Latn_x", "ab cd", "fra\x00", "C:\\fr", "fr;rm -rf", "qaa"]
+
+
+@pytest.mark.parametrize("label", ["fra_Latn", "cmn_Hani", "jpn_Jpan", "srp_Cyrl", "und_Kana"])
+def test_is_language_label_accepts_labels(label):
+    assert is_language_label(label)
+
+
+@pytest.mark.parametrize("value", HOSTILE + ["fra", "fr_Latn", None, 42, "fra_Latnn"])
+def test_is_language_label_rejects_everything_else(value):
+    assert not is_language_label(value)
+
+
+def test_language_code():
+    assert language_code("srp_Latn") == "srp"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("fr", "fra"), ("de", "deu"), ("en", "eng"), ("ru", "rus"), ("ja", "jpn"), ("ko", "kor"),
+     ("fre", "fra"), ("ger", "deu"), ("fra", "fra"), ("yue", "yue"), ("als", "als"), ("nah", "nah"),
+     ("FR", "fra"), ("iw", "heb"), ("in", "ind"), ("sh", "hbs"), ("mo", "ron"),
+     ("eml", "eml"), ("kzj", "kzj")],  # retired three-letter codes FineWeb2 still uses stay
+)
+def test_to_iso639_3_maps_iso_codes(code, expected):
+    assert to_iso639_3(code) == expected
+
+
+MACROLANGUAGES = [
+    ("ar", "arb"), ("zh", "cmn"), ("ms", "zsm"), ("sw", "swh"), ("et", "ekk"), ("lv", "lvs"),
+    ("mn", "khk"), ("ne", "npi"), ("ps", "pbt"), ("az", "azj"), ("uz", "uzn"), ("mg", "plt"),
+    ("sq", "als"), ("no", "nob"), ("fa", "fas"), ("yi", "ydd"), ("ku", "kmr"), ("or", "ory"),
+    ("zho", "cmn"), ("ara", "arb"), ("chi", "cmn"), ("tl", "fil"),
+]
+
+
+@pytest.mark.parametrize(("code", "expected"), MACROLANGUAGES)
+def test_to_iso639_3_prefers_fineweb2_individual_languages(code, expected):
+    assert to_iso639_3(code) == expected
+
+
+@pytest.mark.skipif(not FINEWEB2_TABLE.exists(), reason="FineWeb2 reference table not available")
+def test_fineweb2_labels_are_fixed_points_and_macrolanguages_map_into_them():
+    with FINEWEB2_TABLE.open(encoding="utf-8") as f:
+        subsets = {row["subset"] for row in csv.DictReader(f) if row["split"] == "train"}
+    labels = {subset for subset in subsets if not subset.endswith("_removed")}
+    assert len(labels) > 1800
+    assert [label for label in sorted(labels) if normalize_label(label) != label] == []
+    codes = {language_code(label) for label in labels}
+    assert {to_iso639_3(code) for code, _ in MACROLANGUAGES} <= codes
+
+
+@pytest.mark.parametrize("code", ["xyz", "qaa", "e", "", "../x", "fr/x", "bh", "him"])
+def test_to_iso639_3_rejects_unknown_codes_by_name(code):
+    with pytest.raises(ValueError) as err:
+        to_iso639_3(code)
+    assert repr(code) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "script"),
+    [
+        ("The quick brown fox jumps over the lazy dog.", "Latn"),
+        ("Ça coûte 12,50 € — très cher !", "Latn"),
+        ("Съешь же ещё этих мягких французских булок.", "Cyrl"),
+        ("Η γλώσσα είναι ζωντανή.", "Grek"),
+        ("اللغة العربية جميلة", "Arab"),
+        ("עברית היא שפה", "Hebr"),
+        ("हिन्दी एक भाषा है।", "Deva"),
+        ("ภาษาไทยเป็นภาษาที่สวยงาม", "Thai"),
+        ("Հայերենը գեղեցիկ լեզու է", "Armn"),
+        ("ქართული ენა ლამაზია", "Geor"),
+        ("我们明天去北京看朋友。", "Hani"),
+        ("私は明日東京へ行きます。", "Jpan"),
+        ("ひらがなだけのぶんしょう", "Jpan"),
+        ("한국어(韓國語)는 아름다운 언어입니다.", "Hang"),
+        ("текст \ud800 с одиноким суррогатом", "Cyrl"),
+        ("𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀 𐌰𐌱𐌲𐌳", "Goth"),
+        ("1234 5678 !!! ... ---", "Zyyy"),
+        ("", "Zyyy"),
+    ],
+)
+def test_detect_script(text, script):
+    assert detect_script(text) == script
+
+
+def test_detect_script_chinese_with_a_stray_kana_stays_han():
+    text = "这家店的招牌上写着の字，但是整篇文章都是用中文写的，没有别的日文。" * 3
+    assert detect_script(text) == "Hani"
+
+
+def test_detect_script_reads_only_the_leading_sample():
+    text = "a" * SCRIPT_SAMPLE_CHARS + "Ж" * (5 * SCRIPT_SAMPLE_CHARS)
+    assert detect_script(text) == "Latn"
+    assert detect_script("Ж" + text) == "Latn"
+    assert detect_script("Ж" * SCRIPT_SAMPLE_CHARS + text) == "Cyrl"
+
+
+@pytest.mark.parametrize(
+    ("raw", "text", "expected"),
+    [
+        ("fra_Latn", None, "fra_Latn"),
+        ("__label__fra_Latn", None, "fra_Latn"),
+        ("__label__zho_Hani", None, "cmn_Hani"),
+        ("fr_Latn", None, "fra_Latn"),
+        ("eml_Latn", None, "eml_Latn"),
+        ("fra", "Bonjour à tous", "fra_Latn"),
+        ("fr", "Bonjour à tous", "fra_Latn"),
+        ("__label__fr", "Bonjour à tous", "fra_Latn"),
+        ("zh", "我们明天去北京", "cmn_Hani"),
+        ("simple", "Simple English", "eng_Latn"),
+        ("zh-yue", "廣東話係一種語言", "yue_Hani"),
+        ("zh_yue", "廣東話係一種語言", "yue_Hani"),
+        ("be-tarask", "Беларуская мова", "bel_Cyrl"),
+        ("als", "Alemannisch isch e Sprooch", "gsw_Latn"),
+        ("sr", "Српски језик", "srp_Cyrl"),
+        ("sr", "Srpski jezik", "srp_Latn"),
+        ("ja", "東京都庁", "jpn_Jpan"),
+        ("ko", "大韓民國", "kor_Hang"),
+        ("no", "Norsk språk", "nob_Latn"),
+        ("ar", "اللغة العربية", "arb_Arab"),
+    ],
+)
+def test_normalize_label(raw, text, expected):
+    assert normalize_label(raw, text) == expected
+
+
+def test_normalize_label_keeps_a_given_script_over_the_text():
+    assert normalize_label("srp_Latn", "Српски језик") == "srp_Latn"
+
+
+def test_normalize_label_needs_text_when_label_names_no_script():
+    with pytest.raises(ValueError, match="'fr'.*no script"):
+        normalize_label("fr")
+
+
+@pytest.mark.parametrize("raw", HOSTILE + ["zh-unknown", "__label__../x"])
+def test_normalize_label_rejects_hostile_labels_by_name(raw):
+    with pytest.raises(ValueError) as err:
+        normalize_label(raw, "some text")
+    assert repr(raw) in str(err.value)
+
+
+@pytest.mark.parametrize("raw", [None, 3, b"fr", ["fr"], {"fr": 1}])
+def test_normalize_label_rejects_non_strings(raw):
+    with pytest.raises(ValueError):
+        normalize_label(raw, "text")
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [("fra_Latn", ("fra", "Latn")), ("__label__fr", ("fra", None)), ("zh-yue", ("yue", None)),
+     ("simple", ("eng", None)), ("als", ("gsw", None)), ("als_Latn", ("als", "Latn"))],
+)
+def test_parse_label_needs_no_text(raw, parsed):
+    assert parse_label(raw) == parsed
