@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import os
+
+# datatrove logs task failures with loguru; without variable dumps the traceback stays readable.
+os.environ.setdefault("LOGURU_DIAGNOSE", "NO")
+
+from enum import Enum  # noqa: E402
 from pathlib import Path
 
 import typer

@@ -10,7 +10,10 @@ off as in FineWeb2 for non-English data).
 Words are split by :class:`ScriptAwareWordTokenizer`: a fast regex split on
 spaces and punctuation, keeping elided articles (``l'``) as words, and one word per
 character for scripts written without spaces (Han, kana, Thai, Lao, Khmer,
-Myanmar, Tibetan). Its defaults for those scripts use a mean word length of 1..4.
+Myanmar, Tibetan). For those scripts a mean word length of 1..4 characters is
+accepted and the n-gram repetition rules count two characters per word (a word
+of those languages averages about two characters), so FineWeb2's word n-gram
+thresholds keep their meaning.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from pipeline.languages import is_language_label
 
 UNSEGMENTED_SCRIPTS = ("Hani", "Hans", "Hant", "Jpan", "Thai", "Laoo", "Khmr", "Mymr", "Tibt")
 _UNSEG = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
-_WORD_RE = regex.compile(rf"[{_UNSEG}]\p{{M}}*|[^\W{_UNSEG}]+['’](?=\w)|[^\W{_UNSEG}]+|[^\w\s]+")
+# Tibetan's tsheg (U+0F0B/0C) separates syllables the way a space separates words.
+_WORD_RE = regex.compile(
+    rf"(?=\p{{L}})[{_UNSEG}]\p{{M}}*|[^\W{_UNSEG}]+['’](?=\w)|[^\W{_UNSEG}]+|[^\w\s\u0F0B\u0F0C]+"
+)
 _SENTENCE_RE = regex.compile(r"[^.!?。！？\n]*(?:[.!?。！？]+|\n|$)")
 
 
@@ -70,11 +76,25 @@ class LanguageThresholds:
     max_non_alpha_words_ratio: float = 0.8
     new_line_ratio: float = 0.3
     stopwords: tuple[str, ...] = field(default=())
+    chars_per_word: int = 1  # not a config key: 2 for scripts split into one word per character
 
 
-DEFAULTS = LanguageThresholds()
-UNSEGMENTED_DEFAULTS = replace(DEFAULTS, min_avg_word_length=1, max_avg_word_length=4)
-_KEYS = {f.name for f in fields(LanguageThresholds)}
+# Gopher's English-centric mean word length (3..10) is widened: FineWeb2's per-language
+# configs range from 1 to 23, and e.g. Hawaiian or Korean average under 3 characters.
+DEFAULTS = LanguageThresholds(min_avg_word_length=2, max_avg_word_length=14)
+UNSEGMENTED_DEFAULTS = replace(DEFAULTS, min_avg_word_length=1, max_avg_word_length=4, chars_per_word=2)
+# Thai and Tibetan end sentences with a space or a shad, not with punctuation FineWeb's line rule knows.
+UNPUNCTUATED_SCRIPTS = ("Thai", "Tibt")
+
+
+def default_thresholds(script: str) -> LanguageThresholds:
+    """The language-agnostic thresholds for a language without a config, by its script."""
+    if script not in UNSEGMENTED_SCRIPTS:
+        return DEFAULTS
+    if script in UNPUNCTUATED_SCRIPTS:
+        return replace(UNSEGMENTED_DEFAULTS, line_punct_thr=0.0)
+    return UNSEGMENTED_DEFAULTS
+_KEYS = {f.name for f in fields(LanguageThresholds)} - {"chars_per_word"}
 
 
 class FilterConfigError(ValueError):
@@ -99,8 +119,7 @@ class FilterConfigs:
         return self(language).language_score
 
     def _load(self, language: str) -> LanguageThresholds:
-        script = language.rsplit("_", 1)[-1]
-        default = UNSEGMENTED_DEFAULTS if script in UNSEGMENTED_SCRIPTS else DEFAULTS
+        default = default_thresholds(language.rsplit("_", 1)[-1])
         if self.directory is None or not is_language_label(language):
             return default
         path = self.directory / f"{language}.yml"
@@ -147,10 +166,11 @@ class StreamFilter(BaseFilter):
 
 
 def _gopher_repetition(t: LanguageThresholds) -> BaseFilter:
+    scale = t.chars_per_word
     return GopherRepetitionFilter(
         dup_line_frac=t.dup_line_frac,
-        top_n_grams=t.top_n_grams,
-        dup_n_grams=t.dup_n_grams,
+        top_n_grams=tuple((n * scale, frac) for n, frac in t.top_n_grams),
+        dup_n_grams=tuple((n * scale, frac) for n, frac in t.dup_n_grams),
         language=WORD_TOKENIZER,
     )
 
