@@ -7,12 +7,13 @@ import os
 # datatrove logs task failures with loguru; without variable dumps the traceback stays readable.
 os.environ.setdefault("LOGURU_DIAGNOSE", "NO")
 
-from enum import Enum  # noqa: E402
+from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from cli.mixture import mixture
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from pipeline.errors import InputError
 
@@ -35,6 +36,11 @@ class Lid(str, Enum):
     trust = "trust"
     glotlid = "glotlid"
     ft176 = "ft176"
+
+
+class Executor(str, Enum):
+    local = "local"
+    slurm = "slurm"
 
 
 class OnError(str, Enum):
@@ -87,18 +93,21 @@ def build(
     on_error: OnError = typer.Option(
         OnError.fail, help="Bad input: stop naming the file/line, or skip and report it."
     ),
-    executor: str = typer.Option("local", help="Executor (local)."),
+    executor: Executor = typer.Option(
+        Executor.local, help="Run tasks as local processes or Slurm array jobs."
+    ),
     tasks: int = typer.Option(4, min=1, help="Number of tasks the input is split into (the unit of resume)."),
-    workers: int = typer.Option(1, min=1, help="Tasks run at the same time."),
+    workers: int = typer.Option(1, min=1, help="Local tasks run at the same time."),
+    partition: str = typer.Option("cpu", help="Slurm partition."),
+    slurm_time: str = typer.Option("24:00:00", help="Slurm time limit per task."),
+    cpus_per_task: int = typer.Option(1, min=1, help="Slurm CPUs per task."),
     limit: int = typer.Option(-1, help="Read at most this many documents per source per task (-1: all)."),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
 ) -> None:
     """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes."""
-    from pipeline.build import Build, BuildOptions
+    from pipeline.build import Build, BuildOptions, SlurmOptions
     from pipeline.stats import print_stats
 
-    if executor != "local":
-        raise typer.BadParameter("only the local executor is available", param_hint="--executor")
     try:
         options = BuildOptions(
             recipe=load_recipe(recipe),
@@ -118,6 +127,13 @@ def build(
             limit=limit,
             tasks=tasks,
             workers=workers,
+            executor=executor.value,
+            slurm=SlurmOptions(
+                partition=partition,
+                time=slurm_time,
+                cpus_per_task=cpus_per_task,
+                venv_path=os.environ.get("VIRTUAL_ENV"),
+            ),
         )
         plan = Build(options)
         if dry_run:
@@ -127,6 +143,9 @@ def build(
     except (InputError, RecipeError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
+    if stats is None:
+        typer.echo(f"submitted; stats.json appears in {plan.phase_dir} when the last job finishes")
+        return
     print_stats(stats, Console())
     typer.echo(f"wrote {plan.phase_dir / 'stats.json'}")
 
@@ -173,6 +192,8 @@ def stats(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
 
+
+app.command()(mixture)
 
 if __name__ == "__main__":
     app()

@@ -7,9 +7,10 @@ writes the surviving documents and their MinHash signatures, and three more
 stages follow: ``buckets`` (one task per MinHash bucket), ``clusters`` (one task)
 and ``write`` (N tasks: drop near-duplicates, tokenize, write shards).
 
-Executors are separate from steps, as in datatrove: :func:`build_executors`
-returns the chained executors; every task's completion is recorded under
-``_logs/{stage}``, so running the same build again skips finished tasks.
+A last one-task stage, ``stats``, writes ``stats.json``. Executors are separate
+from steps, as in datatrove: :meth:`Build.executors` chains one executor per
+stage, local processes or Slurm array jobs; every task's completion is recorded
+under ``_logs/{stage}``, so running the same build again skips finished tasks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
 from datatrove.pipeline.writers import JsonlWriter
@@ -36,8 +38,19 @@ from pipeline.quality import (
 )
 from pipeline.shards import ArrowShardWriter, BatchTokenizer
 from pipeline.sources import SourceReader
-from pipeline.stats import StreamCounter, compile_stats
+from pipeline.stats import StatsCompiler, StreamCounter, load_stats
 from pipeline.tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Where and how the stages run as Slurm array jobs (``--executor slurm``)."""
+
+    partition: str = "cpu"
+    time: str = "24:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    venv_path: str | None = None
 
 
 @dataclass
@@ -62,6 +75,8 @@ class BuildOptions:
     tasks: int = 4
     workers: int = 1
     progress: bool = True
+    executor: str = "local"
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
     minhash: MinhashConfig = field(default_factory=MinhashConfig)
 
 
@@ -141,7 +156,16 @@ class Build:
         ]
 
     def stages(self, tokenizer_name: str = "", tokenizer_sha256: str = "") -> list[tuple[str, list, int]]:
-        """(name, pipeline, tasks) of each stage, in order."""
+        """(name, pipeline, tasks) of each stage, in order; the last one writes stats.json."""
+        compile_stats = StatsCompiler(
+            str(self.phase_dir),
+            self.options.phase,
+            recipe={"path": str(self.options.recipe.path), "sha256": self.options.recipe.sha256},
+            tokenizer={"name": tokenizer_name, "sha256": tokenizer_sha256},
+        )
+        return [*self._data_stages(tokenizer_name, tokenizer_sha256), ("stats", [compile_stats], 1)]
+
+    def _data_stages(self, tokenizer_name: str, tokenizer_sha256: str) -> list[tuple[str, list, int]]:
         tasks = self.options.tasks
         process = [*self.readers(), *self.filters()]
         if not self.dedup:
@@ -195,35 +219,42 @@ class Build:
             lines.extend(f"  {path}" for path in files)
         return "\n".join(lines)
 
-    def executors(self, tokenizer_name: str, tokenizer_sha256: str) -> list[LocalPipelineExecutor]:
-        chain: list[LocalPipelineExecutor] = []
+    def executors(self, tokenizer_name: str, tokenizer_sha256: str) -> list[PipelineExecutor]:
+        """One executor per stage, each depending on the one before (local processes or Slurm jobs)."""
+        chain: list[PipelineExecutor] = []
         for name, pipeline, tasks in self.stages(tokenizer_name, tokenizer_sha256):
-            chain.append(
-                LocalPipelineExecutor(
+            common = {
+                "tasks": tasks,
+                "logging_dir": str(self.phase_dir / "_logs" / name),
+                "depends": chain[-1] if chain else None,
+            }
+            if self.options.executor == "slurm":
+                slurm = self.options.slurm
+                executor = SlurmPipelineExecutor(
                     pipeline,
-                    tasks=tasks,
-                    workers=min(self.options.workers, tasks),
-                    logging_dir=str(self.phase_dir / "_logs" / name),
-                    depends=chain[-1] if chain else None,
+                    time=slurm.time,
+                    partition=slurm.partition,
+                    cpus_per_task=slurm.cpus_per_task,
+                    mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+                    job_name=f"mmbert-{self.options.phase}-{name}",
+                    venv_path=slurm.venv_path,
+                    **common,
                 )
-            )
+            else:
+                executor = LocalPipelineExecutor(pipeline, workers=min(self.options.workers, tasks), **common)
+            chain.append(executor)
         return chain
 
-    def run(self) -> dict:
-        """Run (or resume) every stage, then compile and return ``stats.json``."""
-        loaded = load_tokenizer(
-            self.tokenizer_spec
-        )  # once here: trains/caches a sample tokenizer before forking
+    def run(self) -> dict | None:
+        """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit and return None."""
+        # Loaded here, once: a sample tokenizer is trained and cached before workers start.
+        loaded = load_tokenizer(self.tokenizer_spec)
         self.phase_dir.mkdir(parents=True, exist_ok=True)
         self.executors(loaded.name, loaded.sha256)[-1].run()
-        stats = compile_stats(
-            self.phase_dir,
-            self.options.phase,
-            recipe={"path": str(self.options.recipe.path), "sha256": self.options.recipe.sha256},
-            tokenizer={"name": loaded.name, "sha256": loaded.sha256},
-        )
         record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
-        return stats
+        if self.options.executor == "slurm":
+            return None
+        return load_stats(self.phase_dir)
 
 
 def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:

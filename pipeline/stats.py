@@ -41,6 +41,28 @@ class StreamCounter(PipelineStep):
             yield doc
 
 
+class StatsCompiler(PipelineStep):
+    """The build's last stage (one task): writes ``stats.json`` once every other stage is done.
+
+    Being a stage of its own, it runs wherever the build runs (locally or as the last
+    Slurm job) and, like any stage, only once.
+    """
+
+    name = "📊 stats.json"
+    type = "📊 - STATS"
+
+    def __init__(self, phase_dir: str, phase: str, recipe: dict, tokenizer: dict):
+        super().__init__()
+        self.phase_dir = phase_dir
+        self.phase = phase
+        self.recipe = recipe
+        self.tokenizer = tokenizer
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        compile_stats(Path(self.phase_dir), self.phase, self.recipe, self.tokenizer)
+        yield from data or ()
+
+
 def _metric_total(value) -> int:
     return int(value["total"] if isinstance(value, dict) else value)
 

@@ -239,3 +239,25 @@ def test_cli_build_then_stats(tmp_path):
     assert "fra_Latn" in shown.output and "rus_Cyrl" not in shown.output
     last = json.loads((tmp_path / "cache" / "last-build.json").read_text())
     assert last["phases"]["pretrain"] == str((tmp_path / "out" / "pretrain").resolve())
+
+
+def test_slurm_executor_chains_the_same_stages(tmp_path):
+    """Without a cluster here, check the job graph a Slurm build would submit."""
+    from datatrove.executor import SlurmPipelineExecutor
+
+    from pipeline.build import SlurmOptions
+
+    options = BuildOptions(
+        recipe=load_recipe(),
+        phase="decay",
+        output=tmp_path / "out",
+        tasks=8,
+        executor="slurm",
+        slurm=SlurmOptions(partition="cpu-long", time="12:00:00"),
+    )
+    chain = Build(options).executors("tok", "0" * 64)
+    assert [type(e) for e in chain] == [SlurmPipelineExecutor] * 5
+    assert [e.tasks for e in chain] == [8, 14, 1, 8, 1]
+    assert all(later.depends is earlier for earlier, later in zip(chain, chain[1:], strict=False))
+    assert {e.partition for e in chain} == {"cpu-long"}
+    assert chain[-1].logging_dir.path.endswith("decay/_logs/stats")
