@@ -9,7 +9,7 @@ CACHE ?= $(HOME)/.cache/mmbert-data
 LID176 := $(CACHE)/lid.176.ftz
 DEMO := runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: setup demo test bench clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+# The stock datatrove peer in bench/pipeline.py tokenizes words with spaCy.
 bench: setup
+	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[bench]'
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:

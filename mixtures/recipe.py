@@ -51,6 +51,7 @@ class SourceSpec:
     uri: str
     subsets: tuple[str, ...] = ()
     date: str | None = None
+    quality_filters: bool = True  # curated sources (Wikipedia, papers) skip the web-text quality rules
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
             uri=str(_require(spec, "uri", f"{where}: sources.{name}")).rstrip("/"),
             subsets=tuple(spec.get("subsets", ())),
             date=str(spec["date"]) if "date" in spec else None,
+            quality_filters=bool(spec.get("quality_filters", True)),
         )
     base_processing = _processing(raw.get("processing") or {}, ProcessingSpec(), f"{where}: processing")
     phases = {}

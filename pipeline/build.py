@@ -135,7 +135,10 @@ class Build:
             ),
             *(
                 LanguageQualityFilter(
-                    family, self.filter_configs, exclusion_writer=self._removed_writer(family)
+                    family,
+                    self.filter_configs,
+                    sources=frozenset(s.name for s in self.sources if s.quality_filters),
+                    exclusion_writer=self._removed_writer(family),
                 )
                 for family in FILTER_FAMILIES
             ),

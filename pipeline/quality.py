@@ -94,6 +94,8 @@ def default_thresholds(script: str) -> LanguageThresholds:
     if script in UNPUNCTUATED_SCRIPTS:
         return replace(UNSEGMENTED_DEFAULTS, line_punct_thr=0.0)
     return UNSEGMENTED_DEFAULTS
+
+
 _KEYS = {f.name for f in fields(LanguageThresholds)} - {"chars_per_word"}
 
 
@@ -203,20 +205,32 @@ FILTER_FAMILIES = {
 
 
 class LanguageQualityFilter(StreamFilter):
-    """One of datatrove's quality filters, instantiated per language with that language's thresholds."""
+    """One of datatrove's quality filters, instantiated per language with that language's thresholds.
+
+    ``sources`` limits it to documents of those sources (the others pass untouched).
+    """
 
     type = "🔻 - FILTER"
 
-    def __init__(self, family: str, configs: FilterConfigs, exclusion_writer=None):
+    def __init__(
+        self,
+        family: str,
+        configs: FilterConfigs,
+        sources: frozenset[str] | None = None,
+        exclusion_writer=None,
+    ):
         if family not in FILTER_FAMILIES:
             raise ValueError(f"unknown filter family {family!r} (known: {', '.join(FILTER_FAMILIES)})")
         self.name = family.replace("_", " ")  # before super().__init__, which names the stats after it
         super().__init__(exclusion_writer)
         self.family = family
         self.configs = configs
+        self.sources = sources  # None: every source
         self._by_language: dict[str, BaseFilter] = {}
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if self.sources is not None and doc.metadata.get("source") not in self.sources:
+            return True
         language = doc.metadata["language"]
         if language not in self._by_language:
             self._by_language[language] = FILTER_FAMILIES[self.family](self.configs(language))

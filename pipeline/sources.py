@@ -32,6 +32,8 @@ from pipeline.errors import ErrorLog
 from pipeline.languages import LanguageSelection, is_language_label, normalize_label, parse_label
 
 ENGLISH = "eng_Latn"
+# Dolma-format files come as JSON lines compressed with zstd or gzip, named .json.* or .jsonl.*
+DOLMA_FILES = ("*.json.zst", "*.json.gz", "*.jsonl.zst", "*.jsonl.gz")
 PARQUET_BATCH_ROWS = 256
 
 
@@ -145,9 +147,14 @@ class SourceReader(BaseDiskReader):
             return sorted(folder.glob("global-shard_*/local-shard_*/*.jsonl.zst*"))
         if fmt == "dolma":
             subsets = self.source.subsets or ("*",)
-            return sorted(p for subset in subsets for p in folder.glob(f"data/{subset}/**/*.json.zst"))
+            return sorted(
+                p
+                for subset in subsets
+                for pattern in DOLMA_FILES
+                for p in folder.glob(f"data/{subset}/**/{pattern}")
+            )
         if fmt == "arxiv":
-            return sorted(folder.glob("data/arxiv/**/*.json.gz"))
+            return sorted(p for pattern in DOLMA_FILES for p in folder.glob(f"data/arxiv/**/{pattern}"))
         raise ValueError(f"unknown source format {fmt!r}")
 
     def _report(self, path: str, line: int | None, error: str) -> None:
@@ -223,9 +230,9 @@ class SourceReader(BaseDiskReader):
             if not isinstance(text, str) or not text.strip():
                 self._report(filepath, line, "missing or empty text")
                 continue
-            raw_id = record.get("id")
-            if raw_id is None or raw_id == "":
-                raw_id = f"{filepath}:{line}"
+            # DCLM has no ids: its pages are named by their WARC record, else by file and line.
+            warc = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+            raw_id = record.get("id") or warc.get("WARC-Record-ID") or f"{filepath}:{line}"
             metadata = {"source": self.source.name, "language": label, "language_score": score}
             if (size := record.get("minhash_cluster_size")) is not None:
                 metadata["minhash_cluster_size"] = int(size)

@@ -72,3 +72,11 @@ def test_each_language_gets_its_own_thresholds(tmp_path):
         "gopher_enough_stop_words",
     )
     assert quality.filter(Document(unrelated, "c", metadata={"language": "deu_Latn"})) is True
+
+
+def test_curated_sources_skip_the_web_text_rules():
+    latex = r"\begin{equation} x^2 + y^2 = z^2 \end{equation} " * 30
+    quality = LanguageQualityFilter("gopher_quality", FilterConfigs(), sources=frozenset({"fineweb2"}))
+    assert quality.filter(Document(latex, "a", metadata={"language": "eng_Latn", "source": "arxiv"})) is True
+    web = Document(latex, "b", metadata={"language": "eng_Latn", "source": "fineweb2"})
+    assert quality.filter(web)[0] is False
