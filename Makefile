@@ -29,11 +29,22 @@ $(LID176): | $(STAMP)
 
 setup: $(STAMP) $(LID176)
 
+# The demo builds all three phases from the bundled sample (pretrain runs LID-176
+# instead of trusting the labels), then compiles each phase's mixture. The sample
+# holds deliberately bad records, so it runs with --on-error skip and lists them.
+SAMPLE := pipeline/sample
+BUILD := $(BIN)/mmbert-data build --output $(DEMO)/data --input-root $(SAMPLE)/hub \
+	--tokenizer sample:$(SAMPLE)/hub --filter-configs $(SAMPLE)/filter-configs --on-error skip
+MIXTURE := $(BIN)/mmbert-data mixture --tokens 150k
+
 demo: setup
-	$(BIN)/mmbert-data build --phase pretrain --output $(DEMO)/data
-	$(BIN)/mmbert-data build --phase midtrain --output $(DEMO)/data
-	$(BIN)/mmbert-data build --phase decay --output $(DEMO)/data
-	$(BIN)/mmbert-data stats $(DEMO)/data/decay
+	$(BUILD) --phase pretrain --lid ft176
+	$(BUILD) --phase midtrain
+	$(BUILD) --phase decay
+	mkdir -p $(DEMO)/manifests
+	$(MIXTURE) --stats $(DEMO)/data/pretrain --output $(DEMO)/manifests/pretrain.json
+	$(MIXTURE) --stats $(DEMO)/data/midtrain --output $(DEMO)/manifests/midtrain.json
+	$(MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
 
 test: setup
 	$(BIN)/ruff check .
