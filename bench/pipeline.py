@@ -1,0 +1,254 @@
+"""Benchmark: `mmbert-data build` (LID + filters + tokenize + write) against a stock datatrove pipeline.
+
+Both run on the same generated FineWeb2-layout corpus (>= 50 MB, sentences of the
+bundled sample's real documents recombined per language), one worker each, with
+the same tokenizer, fastText LID-176 and the Gopher/FineWeb filters:
+
+* ours:  `Build` with --lid ft176, no filter configs, no dedup, one task;
+* stock: ParquetReader -> LanguageFilter(ft176) -> GopherRepetitionFilter ->
+  FineWebQualityFilter -> GopherQualityFilter -> DocumentTokenizer (datatrove's
+  defaults: spaCy word tokenization; the stop-word rule off, as in our defaults).
+
+Each contender runs in its own process, so its peak RSS is its own. A third
+measurement compares our tokenize+write steps with raw `Tokenizer.encode_batch`
+over the same texts. Run: `.venv/bin/python bench/pipeline.py [--mb 50]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "pipeline" / "sample" / "hub" / "datasets" / "HuggingFaceFW" / "fineweb-2" / "data"
+FINEWEB2 = "datasets/HuggingFaceFW/fineweb-2/data"
+SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]+")
+
+
+def generate_corpus(hub: Path, megabytes: int, seed: int = 0) -> tuple[int, int]:
+    """Documents of 5-30 real sentences of one language, until the corpus holds `megabytes` of text."""
+    rng = random.Random(seed)
+    sentences: dict[str, list[str]] = {}
+    for path in sorted(SAMPLE.glob("*/train/*.parquet")):
+        label = path.parts[-3]
+        for text in pq.read_table(path, columns=["text"]).column("text").to_pylist():
+            sentences.setdefault(label, []).extend(
+                s.strip() for s in SENTENCE.findall(text) if len(s.strip()) > 20
+            )
+    sentences = {label: found for label, found in sentences.items() if len(found) >= 20}
+    target, total, documents = megabytes * 1_000_000, 0, 0
+    labels = sorted(sentences)
+    per_file = target // len(labels) + 1
+    for label in labels:
+        texts, size = [], 0
+        while size < per_file:
+            paragraphs = [
+                " ".join(rng.choice(sentences[label]) for _ in range(rng.randint(2, 6)))
+                for _ in range(rng.randint(2, 6))
+            ]
+            text = "\n\n".join(paragraphs)
+            texts.append(text)
+            size += len(text.encode())
+        code, script = label.split("_")
+        path = hub / FINEWEB2 / label / "train" / "000_00000.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = len(texts)
+        pq.write_table(
+            pa.table(
+                {
+                    "text": texts,
+                    "id": [f"<urn:uuid:{label}-{i}>" for i in range(n)],
+                    "language": [code] * n,
+                    "language_script": [script] * n,
+                    "language_score": [0.9] * n,
+                    "minhash_cluster_size": pa.array([1] * n, pa.int64()),
+                }
+            ),
+            path,
+        )
+        total += size
+        documents += n
+    return documents, total
+
+
+def train_tokenizer(hub: Path, path: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [
+        t for p in sorted(hub.rglob("*.parquet")) for t in pq.read_table(p).column("text").to_pylist()[:300]
+    ]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=32000,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.save(str(path))
+
+
+def run_ours(hub: str, out: str, tokenizer: str) -> dict:
+    from mixtures.recipe import load_recipe
+    from pipeline.build import Build, BuildOptions
+
+    options = BuildOptions(
+        recipe=load_recipe(),
+        phase="decay",
+        output=Path(out),
+        input_root=hub,
+        tokenizer=tokenizer,
+        lid="ft176",
+        dedup=False,
+        tasks=1,
+        workers=1,
+        progress=False,
+        sources=("fineweb2",),
+    )
+    start = time.perf_counter()
+    stats = Build(options).run()
+    return {
+        "seconds": time.perf_counter() - start,
+        "kept": sum(s["documents_kept"] for s in stats["streams"]),
+        "tokens": sum(s["tokens"] for s in stats["streams"]),
+    }
+
+
+def run_stock(hub: str, out: str, tokenizer: str) -> dict:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.filters import (
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+        LanguageFilter,
+    )
+    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.tokens import DocumentTokenizer
+    from datatrove.utils.lid import FT176LID
+
+    from pipeline.cache import lid176_model_path
+
+    class LocalFT176(FT176LID):  # the same model file; datatrove would download lid.176.bin
+        MODEL_URL = str(lid176_model_path())
+
+    language_filter = LanguageFilter(language_threshold=0.5)
+    language_filter.model = LocalFT176()
+    executor = LocalPipelineExecutor(
+        [
+            ParquetReader(f"{hub}/{FINEWEB2}", glob_pattern="*/train/*.parquet"),
+            language_filter,
+            GopherRepetitionFilter(),
+            FineWebQualityFilter(),
+            GopherQualityFilter(min_stop_words=None),
+            DocumentTokenizer(
+                f"{out}/tokens",
+                tokenizer_name_or_path=tokenizer,
+                eos_token="<eos>",
+                batch_size=1000,
+                shuffle_documents=False,
+            ),
+        ],
+        tasks=1,
+        workers=1,
+        logging_dir=f"{out}/logs",
+    )
+    start = time.perf_counter()
+    executor.run()
+    seconds = time.perf_counter() - start
+    stats = {step["name"]: step["stats"] for step in json.loads(Path(f"{out}/logs/stats.json").read_text())}
+    tokens = next(v for name, v in stats.items() if "tokeniz" in name.lower())["tokens"]
+    return {"seconds": seconds, "kept": tokens["n"], "tokens": tokens["total"]}
+
+
+def run_tokenize_stage(hub: str, out: str, tokenizer: str) -> dict:
+    """Our BatchTokenizer + ArrowShardWriter vs raw encode_batch over the same texts (in memory)."""
+    from datatrove.data import Document
+
+    from pipeline.shards import ArrowShardWriter, BatchTokenizer
+    from pipeline.tokenizer import load_tokenizer
+
+    texts = [
+        t for p in sorted(Path(hub).rglob("*.parquet")) for t in pq.read_table(p).column("text").to_pylist()
+    ]
+    loaded = load_tokenizer(tokenizer)
+    start = time.perf_counter()
+    for i in range(0, len(texts), 1000):
+        loaded.tokenizer.encode_batch_fast(texts[i : i + 1000], add_special_tokens=False)
+    raw = time.perf_counter() - start
+    docs = [
+        Document(text=t, id=str(i), metadata={"source": "fineweb2", "language": "xxx_Latn"})
+        for i, t in enumerate(texts)
+    ]
+    steps = [
+        BatchTokenizer(tokenizer, batch_size=1000),
+        ArrowShardWriter(out, "bench", loaded.name, loaded.sha256, shard_bytes=512_000_000),
+    ]
+    start = time.perf_counter()
+    data = iter(docs)
+    for step in steps:
+        data = step.run(data)
+    for _ in data:
+        pass
+    ours = time.perf_counter() - start
+    return {"raw_seconds": raw, "ours_seconds": ours, "documents": len(texts)}
+
+
+def measure(kind: str, hub: Path, out: Path, tokenizer: Path) -> dict:
+    """Run one contender in a fresh process and add its peak resident memory."""
+    code = (
+        f"import json, resource, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        f"from bench.pipeline import run_{kind}; "
+        f"r = run_{kind}({str(hub)!r}, {str(out)!r}, {str(tokenizer)!r}); "
+        "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=50, help="corpus size in MB of UTF-8 text")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        hub = tmp / "hub"
+        documents, size = generate_corpus(hub, args.mb)
+        print(
+            f"corpus: {documents:,d} documents, {size / 1e6:.1f} MB, "
+            f"{len(list(hub.rglob('*.parquet')))} languages"
+        )
+        tokenizer = tmp / "tokenizer.json"
+        train_tokenizer(hub, tokenizer)
+        results = {kind: measure(kind, hub, tmp / kind, tokenizer) for kind in ("ours", "stock")}
+        print(f"{'':8}{'docs/s':>10}{'MB/s':>8}{'kept':>9}{'tokens':>12}{'peak RSS MB':>13}")
+        for kind, r in results.items():
+            print(
+                f"{kind:8}{documents / r['seconds']:>10,.0f}{size / 1e6 / r['seconds']:>8.2f}{r['kept']:>9,d}"
+                f"{r['tokens']:>12,d}{r['peak_rss_mb']:>13,.0f}"
+            )
+        ratio = results["stock"]["seconds"] / results["ours"]["seconds"]
+        print(f"build throughput ratio ours/stock: {ratio:.2f}x (goal >= 1.0)")
+        stage = measure("tokenize_stage", hub, tmp / "stage", tokenizer)
+        share = stage["raw_seconds"] / stage["ours_seconds"]
+        print(
+            f"tokenize+write: {size / 1e6 / stage['ours_seconds']:.2f} MB/s vs raw encode_batch "
+            f"{size / 1e6 / stage['raw_seconds']:.2f} MB/s = {share:.0%} (goal >= 70%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
