@@ -1,0 +1,239 @@
+"""`mmbert-data mixture`: compile a phase of the recipe into a manifest, or validate a manifest.
+
+Which phase: ``--phase``, else the phase recorded in ``--stats``, else the
+recipe phase whose temperature is ``--temperature`` (so ``mmbert-data mixture
+--temperature 0.3`` is the decay phase). Which counts: ``--stats`` (a build's
+phase directory), ``--counts`` (a CSV, for planning), or with neither the phase
+directory of the last build. Overrides (``--temperature``, ``--tokens``,
+``--max-epochs``, ``--sampler``, ``--languages``) change the compiled phase
+only; the recipe file stays as it is and the manifest records what was used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from mixtures.compiler import Mixture, compile_phase, multilingual_source
+from mixtures.counts import Counts, last_build_stats, parse_bytes_per_token, read_counts_csv, read_stats
+from mixtures.errors import MixtureError
+from mixtures.manifest import build_manifest, validate_manifest, write_manifest
+from mixtures.plot import plot_shares
+from mixtures.recipe import Recipe, RecipeError, load_recipe, parse_tokens
+from mixtures.table import print_mixture
+
+PROBLEMS_SHOWN = 20
+
+
+class Sampler(str, Enum):
+    temperature = "temperature"
+    unimax = "unimax"
+
+
+def mixture(
+    phase: str | None = typer.Option(
+        None,
+        "--phase",
+        help="Recipe phase to compile (default: the phase of --stats, or the one at --temperature).",
+    ),
+    temperature: float | None = typer.Option(
+        None,
+        "--temperature",
+        help="Sampling temperature; without --phase or --stats it also picks the phase.",
+    ),
+    stats: Path | None = typer.Option(None, "--stats", help="A build's phase directory (or its stats.json)."),
+    counts: Path | None = typer.Option(
+        None,
+        "--counts",
+        help="Plan without a build: FineWeb2's language-distribution CSV or a language,tokens CSV.",
+    ),
+    bytes_per_token: list[str] | None = typer.Option(
+        None,
+        "--bytes-per-token",
+        help="With --counts: SCRIPT=BYTES per token, overriding the estimate (repeatable).",
+    ),
+    tokens: str | None = typer.Option(
+        None,
+        "--tokens",
+        help="Total tokens of the phase (k/M/B/T suffixes); fixed budgets scale by the same ratio.",
+    ),
+    max_epochs: float | None = typer.Option(
+        None, "--max-epochs", help="No stream is asked for more than this many epochs of its data."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed the trainer samples streams with (recorded in the manifest)."
+    ),
+    sampler: Sampler = typer.Option(
+        Sampler.temperature, "--sampler", help="temperature, or unimax (uniform, capped)."
+    ),
+    languages: str | None = typer.Option(
+        None,
+        "--languages",
+        help="Comma-separated ISO 639-3 codes or xxx_Script names replacing the phase's list, or 'all'.",
+    ),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", help="Recipe file (default: the bundled mmBERT recipe)."
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Manifest to write (default with build statistics: manifest.json beside them).",
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="PNG of every phase's per-language share over these counts (other phases as the recipe "
+        "sets them, "
+        "totals scaled like --tokens).",
+    ),
+    top: int = typer.Option(20, "--top", help="Languages shown in the table (plus the smallest few)."),
+    validate: Path | None = typer.Option(
+        None,
+        "--validate",
+        help="Check this manifest and its shards instead of compiling (compile options are ignored).",
+    ),
+    hashes: bool = typer.Option(
+        True,
+        "--hash/--no-hash",
+        help="With --validate: hash every shard (--no-hash: sizes, and one schema per stream).",
+    ),
+    tokenizer: str | None = typer.Option(
+        None, "--tokenizer", help="With --validate: the tokenizer.json (or its directory, or name) to expect."
+    ),
+) -> None:
+    """Turn a phase's temperature schedule into the manifest the trainer reads, or validate a manifest."""
+    console = Console(soft_wrap=True)
+    try:
+        if validate is not None:
+            _validate(console, validate, hashes, tokenizer)
+            return
+        loaded = load_recipe(recipe)
+        found, phase = _counts(loaded, phase, temperature, stats, counts, bytes_per_token or [])
+        pool_source = multilingual_source(loaded)
+        if languages is None:
+            wanted = None
+        elif languages.strip() == "all":
+            wanted = [s.language for s in found.streams if s.source == pool_source]
+        else:
+            wanted = [name.strip() for name in languages.split(",") if name.strip()]
+        compiled = compile_phase(
+            loaded,
+            phase,
+            found,
+            temperature=temperature,
+            tokens=_tokens(tokens),
+            max_epochs=max_epochs,
+            sampler=sampler.value,
+            languages=wanted,
+        )
+        _warn(console, loaded, found, compiled)
+        print_mixture(console, compiled, top)
+        output = output or (found.data_root / "manifest.json" if found.data_root else None)
+        if output is not None:
+            fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)
+            console.print(f"wrote manifest {escape(str(output))} (fingerprint {fingerprint[:16]})")
+        if plot is not None:
+            series = _phase_series(loaded, found, compiled)
+            pool = {s.language: s.tokens for s in found.streams if s.source == pool_source}
+            plot_shares(series, pool, plot)
+            console.print(f"wrote plot {escape(str(plot))}")
+    except (MixtureError, RecipeError, OSError) as err:
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(1) from err
+
+
+def _counts(
+    recipe: Recipe,
+    phase: str | None,
+    temperature: float | None,
+    stats: Path | None,
+    counts: Path | None,
+    bytes_per_token: list[str],
+) -> tuple[Counts, str]:
+    """The counts to compile from and the phase they are compiled for."""
+    if stats is not None and counts is not None:
+        raise MixtureError("pass either --stats (a build) or --counts (a CSV), not both")
+    if bytes_per_token and counts is None:
+        raise MixtureError("--bytes-per-token applies to --counts only")
+    if stats is not None:
+        found = read_stats(stats)
+        if phase is not None and phase != found.phase:
+            raise MixtureError(f"{stats} holds the statistics of phase {found.phase!r}, not {phase!r}")
+        return found, recipe.phase(found.phase).name
+    if phase is None and temperature is None:
+        raise MixtureError("name the phase: --phase NAME, --temperature T, or --stats DIR")
+    name = recipe.phase(phase).name if phase is not None else recipe.phase_for_temperature(temperature).name
+    if counts is not None:
+        table = parse_bytes_per_token(bytes_per_token)
+        return read_counts_csv(counts, multilingual_source(recipe), table), name
+    return read_stats(last_build_stats(name)), name
+
+
+def _tokens(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_tokens(value)
+    except ValueError as err:
+        raise MixtureError(f"--tokens: {err}") from err
+
+
+def _warn(console: Console, recipe: Recipe, counts: Counts, compiled: Mixture) -> None:
+    """Say what the user may not expect: languages without data, statistics of another recipe."""
+    if compiled.languages_without_data:
+        missing = compiled.languages_without_data
+        console.print(
+            f"[yellow]note:[/yellow] {len(missing)} of the phase's languages have no counts "
+            "and get no tokens: "
+            f"{escape(', '.join(missing[:20]))}{' ...' if len(missing) > 20 else ''}"
+        )
+    if counts.recipe_sha256 and counts.recipe_sha256 != recipe.sha256:
+        console.print(
+            f"[yellow]note:[/yellow] the build used another version of the recipe "
+            f"(sha256 {counts.recipe_sha256[:16]}...) than {escape(str(recipe.path))} "
+            f"({recipe.sha256[:16]}...)"
+        )
+
+
+def _phase_series(recipe: Recipe, counts: Counts, compiled: Mixture) -> list[tuple[str, dict[str, float]]]:
+    """Every recipe phase's pool shares over the same counts, the compiled phase as compiled."""
+    scale = compiled.tokens / recipe.phase(compiled.phase).tokens
+    # compiled as a plan: only the pool matters here, other phases' fixed sources need no counts
+    plan = dataclasses.replace(counts, data_root=None)
+    series = []
+    for name, spec in recipe.phases.items():
+        if name == compiled.phase:
+            here = compiled
+        else:
+            try:
+                here = compile_phase(recipe, name, plan, tokens=round(spec.tokens * scale))
+            except MixtureError as err:
+                raise MixtureError(f"--plot: phase {name} over these counts: {err}") from err
+        series.append((f"{name}, tau {here.temperature:g}", here.pool_shares()))
+    return series
+
+
+def _validate(console: Console, manifest: Path, hashes: bool, tokenizer: str | None) -> None:
+    problems = validate_manifest(manifest, check_hashes=hashes, tokenizer=tokenizer)
+    if problems:
+        err = Console(stderr=True, soft_wrap=True)
+        err.print(
+            f"[red]{escape(str(manifest))}: {len(problems)} problem{'s' if len(problems) > 1 else ''}[/red]"
+        )
+        for problem in problems[:PROBLEMS_SHOWN]:
+            err.print(f"  {escape(problem)}")
+        if len(problems) > PROBLEMS_SHOWN:
+            err.print(f"  ... and {len(problems) - PROBLEMS_SHOWN} more")
+        raise typer.Exit(1)
+    checked = (
+        "content sha256 and schema of every shard"
+        if hashes
+        else "size of every shard (--hash checks content)"
+    )
+    console.print(f"{escape(str(manifest))}: valid (fingerprint, {checked}, tokenizer metadata)")

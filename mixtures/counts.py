@@ -1,0 +1,359 @@
+"""Per-language token counts: what the mixture compiler may draw from.
+
+Three inputs give the same ``Counts``:
+
+- a build's ``stats.json`` (``mmbert-data build`` writes one per phase): exact
+  token counts per (source, language) stream, with the shard list the manifest
+  points the trainer at;
+- FineWeb2's language-distribution table as published (``subset, split, code,
+  script, ..., utf8_bytes, ...``), for planning before any build: train split
+  only, ``*_removed`` subsets ignored, tokens estimated from UTF-8 bytes with a
+  per-script bytes-per-token table;
+- a plain ``language,tokens`` CSV (token amounts may carry k/M/B/T suffixes).
+
+CSV rows all belong to the multilingual pool (the recipe's FineWeb2 source).
+Every malformed value is an error naming the file and the line or field.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mixtures.errors import MixtureError
+from mixtures.recipe import parse_tokens
+from pipeline.cache import cache_dir
+
+STATS_FORMAT = "mmbert-data/stats"
+STATS_VERSION = 1
+FINEWEB2_COLUMNS = frozenset({"subset", "split", "code", "script", "utf8_bytes"})
+PLAIN_COLUMNS = frozenset({"language", "tokens"})
+
+# UTF-8 bytes per Gemma 2 token, by ISO 15924 script: coarse planning estimates
+# from each script's bytes per character and typical characters per token.
+# Reference points: mmBERT's token table against FineWeb2's byte sizes gives
+# ~2.1 for Faroese (a small Latin-script language; large ones such as French
+# are nearer 4) and ~3.9 for Tigrinya (Ethiopic). Calibrate on a tokenized
+# sample and override with --bytes-per-token SCRIPT=VALUE.
+BYTES_PER_TOKEN: dict[str, float] = {
+    "Latn": 3.5,
+    "Cyrl": 5.0,
+    "Grek": 5.0,
+    "Arab": 5.0,
+    "Hebr": 5.0,
+    "Armn": 4.5,
+    "Geor": 5.5,
+    "Hani": 4.0,
+    "Jpan": 4.0,
+    "Hang": 4.0,
+    "Thai": 6.0,
+    "Deva": 6.0,
+    "Beng": 5.5,
+    "Guru": 5.0,
+    "Gujr": 5.0,
+    "Orya": 5.0,
+    "Taml": 5.5,
+    "Telu": 5.5,
+    "Knda": 5.5,
+    "Mlym": 5.5,
+    "Sinh": 5.0,
+    "Ethi": 3.9,
+}
+DEFAULT_BYTES_PER_TOKEN = 3.5  # scripts not listed: rare scripts split into short pieces
+
+_NOT_HEX = re.compile(r"[^0-9a-f]")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Available tokens of one (source, language), and the shards that hold them (stats only)."""
+
+    source: str
+    language: str
+    tokens: int
+    shards: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Token counts with their provenance.
+
+    ``origin`` (kind, path, sha256 of the input, and the bytes-per-token table
+    when tokens were estimated) goes into the manifest verbatim. ``data_root``
+    is the directory shard paths are relative to (None when planning from a
+    CSV); ``phase``, ``tokenizer`` and ``recipe_sha256`` are what the build recorded.
+    """
+
+    streams: tuple[Stream, ...]
+    origin: dict[str, Any]
+    data_root: Path | None = None
+    phase: str | None = None
+    tokenizer: dict[str, str | None] = field(default_factory=lambda: {"name": None, "sha256": None})
+    recipe_sha256: str | None = None
+
+
+def read_stats(path: str | Path) -> Counts:
+    """Read a build's ``stats.json`` (or the phase directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "stats.json"
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as err:
+        raise MixtureError(f"cannot read build statistics {path}: {err.strerror or err}") from err
+    try:
+        raw = orjson.loads(raw_bytes)
+    except orjson.JSONDecodeError as err:
+        raise MixtureError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    where = str(path)
+    if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT:
+        raise MixtureError(f"{where}: format: expected {STATS_FORMAT!r}; is this a build's stats.json?")
+    if raw.get("version") != STATS_VERSION:
+        raise MixtureError(f"{where}: version: expected {STATS_VERSION}, got {raw.get('version')!r}")
+    phase = _string(raw, "phase", where)
+    tokenizer = _mapping(raw, "tokenizer", where)
+    recipe = _mapping(raw, "recipe", where)
+    streams_raw = raw.get("streams")
+    if not isinstance(streams_raw, list):
+        raise MixtureError(f"{where}: streams: expected a list")
+    streams = tuple(_stream(item, f"{where}: streams[{i}]") for i, item in enumerate(streams_raw))
+    _check_unique(streams, where)
+    return Counts(
+        streams=streams,
+        origin={
+            "kind": "stats",
+            "path": str(path.resolve()),
+            "sha256": hashlib.sha256(raw_bytes).hexdigest(),
+        },
+        data_root=path.parent.resolve(),
+        phase=phase,
+        tokenizer={
+            "name": _string(tokenizer, "name", f"{where}: tokenizer"),
+            "sha256": _string(tokenizer, "sha256", f"{where}: tokenizer"),
+        },
+        recipe_sha256=_string(recipe, "sha256", f"{where}: recipe"),
+    )
+
+
+def read_counts_csv(
+    path: str | Path, source: str, bytes_per_token: Mapping[str, float] | None = None
+) -> Counts:
+    """Read FineWeb2's distribution table or a ``language,tokens`` CSV as counts of ``source``."""
+    path = Path(path)
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as err:
+        raise MixtureError(f"cannot read counts {path}: {err.strerror or err}") from err
+    try:
+        text = raw_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise MixtureError(f"{path}: not UTF-8 text ({err})") from err
+    reader = csv.DictReader(text.splitlines())
+    columns = set(reader.fieldnames or ())
+    origin = {"path": str(path.resolve()), "sha256": hashlib.sha256(raw_bytes).hexdigest()}
+    if columns >= FINEWEB2_COLUMNS:
+        table = {**BYTES_PER_TOKEN, **(bytes_per_token or {})}
+        tokens = _fineweb2_rows(reader, path, table)
+        origin.update(
+            kind="fineweb2-table", bytes_per_token=table, default_bytes_per_token=DEFAULT_BYTES_PER_TOKEN
+        )
+    elif columns >= PLAIN_COLUMNS:
+        tokens = _plain_rows(reader, path)
+        origin.update(kind="csv")
+    else:
+        raise MixtureError(
+            f"{path}: line 1: unrecognised header {sorted(columns)}; expected FineWeb2's distribution table "
+            f"(columns {', '.join(sorted(FINEWEB2_COLUMNS))}, ...) or 'language,tokens'"
+        )
+    if not tokens:
+        raise MixtureError(f"{path}: no language rows")
+    streams = tuple(Stream(source, language, count) for language, count in sorted(tokens.items()))
+    return Counts(streams=streams, origin=origin)
+
+
+def parse_bytes_per_token(items: Iterable[str]) -> dict[str, float]:
+    """Parse ``SCRIPT=BYTES`` overrides such as ``Latn=3.8``."""
+    table = {}
+    for item in items:
+        script, sep, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not sep or not re.fullmatch(r"[A-Z][a-z]{3}", script) or not number > 0:
+            raise MixtureError(f"--bytes-per-token {item!r}: expected SCRIPT=BYTES, e.g. Latn=3.8")
+        table[script] = number
+    return table
+
+
+def last_build_stats(phase: str) -> Path:
+    """The ``stats.json`` of ``phase`` in the last build, as recorded by ``mmbert-data build``."""
+    pointer = cache_dir() / "last-build.json"
+    if not pointer.exists():
+        raise MixtureError(
+            f"no --stats or --counts given and no build recorded at {pointer}; "
+            "run `mmbert-data build` first or pass --stats DIR / --counts CSV"
+        )
+    try:
+        record = json.loads(pointer.read_text(encoding="utf-8"))
+        phases = record["phases"]
+        output = record.get("output", "?")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise MixtureError(
+            f"{pointer}: not a last-build record ({err}); run `mmbert-data build` again"
+        ) from err
+    if not isinstance(phases, dict) or phase not in phases:
+        known = ", ".join(phases) if isinstance(phases, dict) else "none"
+        raise MixtureError(
+            f"the last build ({output}) has no phase {phase!r} (phases: {known}); "
+            f"run `mmbert-data build --phase {phase}` or pass --stats DIR"
+        )
+    stats = Path(phases[phase]) / "stats.json"
+    if not stats.exists():
+        raise MixtureError(f"the last build's {phase} phase has no statistics: {stats} is missing")
+    return stats
+
+
+def _fineweb2_rows(reader: csv.DictReader, path: Path, table: Mapping[str, float]) -> dict[str, int]:
+    tokens: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        subset = row["subset"]
+        if row["split"] != "train" or subset.endswith("_removed"):
+            continue
+        value = row["utf8_bytes"]
+        if not value.isdigit():
+            raise MixtureError(f"{path}: line {line}: utf8_bytes: expected an integer, got {value!r}")
+        if subset in tokens:
+            raise MixtureError(f"{path}: line {line}: subset {subset!r} appears twice in the train split")
+        tokens[subset] = round(int(value) / table.get(row["script"], DEFAULT_BYTES_PER_TOKEN))
+    return tokens
+
+
+def _plain_rows(reader: csv.DictReader, path: Path) -> dict[str, int]:
+    tokens: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        language = (row["language"] or "").strip()
+        if not language:
+            raise MixtureError(f"{path}: line {line}: language: empty")
+        try:
+            tokens_here = parse_tokens(row["tokens"] or "")
+        except ValueError as err:
+            raise MixtureError(f"{path}: line {line}: tokens: {err}") from err
+        if language in tokens:
+            raise MixtureError(f"{path}: line {line}: language {language!r} appears twice")
+        tokens[language] = tokens_here
+    return tokens
+
+
+def _stream(raw: Any, where: str) -> Stream:
+    if not isinstance(raw, dict):
+        raise MixtureError(f"{where}: expected an object")
+    source = _string(raw, "source", where)
+    language = _string(raw, "language", where)
+    where = f"{where} ({source}/{language})"
+    tokens = _count(raw, "tokens", where)
+    shards = shard_entries(raw.get("shards"), where)
+    shard_tokens = sum(shard["tokens"] for shard in shards)
+    if shard_tokens != tokens:
+        raise MixtureError(f"{where}: tokens is {tokens} but its shards hold {shard_tokens}")
+    return Stream(source, language, tokens, shards)
+
+
+def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+    """A stream's shards as build statistics and manifests list them: path, tokens, bytes, sha256.
+
+    ``path`` is relative to the data root and ``bytes`` is the file's size.
+    """
+    check_shards(raw, where)
+    return tuple(
+        {"path": entry["path"], "tokens": entry["tokens"], "bytes": entry["bytes"], "sha256": entry["sha256"]}
+        for entry in raw
+    )
+
+
+def check_shards(raw: Any, where: str) -> None:
+    """Raise MixtureError naming the first malformed entry of a stream's shard list.
+
+    A phase has 100k+ shards, so the list is checked in bulk (one pass of type
+    tests, then one regex over all the hashes) and only the entry at fault is
+    examined field by field, for the message.
+    """
+    if not isinstance(raw, list):
+        raise MixtureError(f"{where}: shards: expected a list")
+    index = _first_malformed(raw)
+    if index is not None:
+        _check_shard(raw[index], f"{where}: shards[{index}]")
+
+
+def _first_malformed(raw: list) -> int | None:
+    index = 0
+    try:
+        for index, entry in enumerate(raw):  # noqa: B007 (the except clause reports it)
+            path, tokens, size, sha256 = entry["path"], entry["tokens"], entry["bytes"], entry["sha256"]
+            if not (
+                type(path) is str
+                and path
+                and path[0] != "/"
+                and type(tokens) is int
+                and tokens >= 0
+                and type(size) is int
+                and size >= 0
+                and type(sha256) is str
+                and len(sha256) == 64
+            ):
+                return index
+    except (KeyError, TypeError):
+        return index
+    bad = _NOT_HEX.search("".join(entry["sha256"] for entry in raw))
+    return None if bad is None else bad.start() // 64
+
+
+def _check_shard(raw: Any, where: str) -> None:
+    if not isinstance(raw, dict):
+        raise MixtureError(f"{where}: expected an object")
+    path = _string(raw, "path", where)
+    if path.startswith("/") or not path:
+        raise MixtureError(f"{where}: path: must be relative to the data root, got {path!r}")
+    _count(raw, "tokens", where)
+    _count(raw, "bytes", where)
+    sha256 = _string(raw, "sha256", where)
+    if len(sha256) != 64 or _NOT_HEX.search(sha256):
+        raise MixtureError(f"{where}: sha256: expected 64 lowercase hex digits, got {sha256!r}")
+
+
+def _check_unique(streams: tuple[Stream, ...], where: str) -> None:
+    seen = set()
+    for stream in streams:
+        key = (stream.source, stream.language)
+        if key in seen:
+            raise MixtureError(f"{where}: streams: {stream.source}/{stream.language} appears twice")
+        seen.add(key)
+
+
+def _mapping(raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key)
+    if not isinstance(value, dict):
+        raise MixtureError(f"{where}: {key}: expected an object")
+    return value
+
+
+def _string(raw: dict, key: str, where: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str):
+        raise MixtureError(f"{where}: {key}: expected a string, got {value!r}")
+    return value
+
+
+def _count(raw: dict, key: str, where: str) -> int:
+    value = raw.get(key)
+    if type(value) is not int or value < 0:
+        raise MixtureError(f"{where}: {key}: expected an integer >= 0, got {value!r}")
+    return value

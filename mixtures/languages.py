@@ -1,0 +1,96 @@
+"""Matching a phase's language names against the languages that have token counts.
+
+Names follow FineWeb2: ``xxx_Script`` (ISO 639-3 code and ISO 15924 script, e.g.
+``srp_Cyrl``) names one subset, and a bare ISO 639-3 code (``srp``) names every
+script of that language. A name is *known* when it is in the counts or in
+datatrove's language table (the GlotLID-style list of 2,177 language-script pairs
+that FineWeb2 was built with); anything else is a typo and an error that lists
+the near misses. A known language without counts is not an error: a build may
+hold only part of the recipe's languages (the demo holds a handful), so the
+compiler reports such names and records them in the manifest instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+from mixtures.errors import MixtureError
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of matching requested names: pool languages, and names that have no counts."""
+
+    languages: tuple[str, ...]
+    without_data: tuple[str, ...]
+
+
+def iso_code(name: str) -> str:
+    """The ISO 639-3 part of ``xxx_Script`` (or the name itself when it has no script)."""
+    return name.split("_", 1)[0]
+
+
+@cache
+def language_table() -> dict[str, str]:
+    """English names of the known languages, keyed by both ``xxx`` and ``xxx_Script``."""
+    path = files("datatrove") / "assets" / "tokenizer_assignment.csv"
+    names: dict[str, str] = {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            names[f"{row['code_3']}_{row['script']}"] = row["name"]
+            names.setdefault(row["code_3"], row["name"])
+    return names
+
+
+def select_languages(
+    requested: Sequence[str] | None,
+    available: Iterable[str],
+    covered: Iterable[str] = (),
+    where: str = "languages",
+) -> Selection:
+    """Resolve requested names against the ``available`` pool languages.
+
+    ``requested=None`` selects every available language. ``covered`` are languages
+    that other (fixed-budget) sources supply, such as English from DCLM: a name
+    matching only those is accepted and adds nothing to the pool. ``where`` says
+    where the names came from, for the error message.
+    """
+    available = set(available)
+    if requested is None:
+        return Selection(tuple(sorted(available)), ())
+    by_code: dict[str, list[str]] = defaultdict(list)
+    for name in available:
+        by_code[iso_code(name)].append(name)
+    covered = set(covered)
+    covered_codes = {iso_code(name) for name in covered}
+    known = language_table()
+    selected: set[str] = set()
+    without_data: list[str] = []
+    unknown: list[str] = []
+    for name in dict.fromkeys(requested):
+        if "_" in name and name in available:
+            selected.add(name)
+        elif "_" not in name and name in by_code:
+            selected.update(by_code[name])
+        elif name in covered or ("_" not in name and name in covered_codes):
+            continue
+        elif name in known:
+            without_data.append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        candidates = sorted({*available, *by_code, *covered, *known})
+        described = []
+        for name in unknown:
+            near = difflib.get_close_matches(name, candidates, n=4, cutoff=0.6)
+            described.append(
+                f"{name!r} (near misses: {', '.join(near)})" if near else f"{name!r} (no near misses)"
+            )
+        raise MixtureError(f"{where}: unknown language names: {'; '.join(described)}")
+    return Selection(tuple(sorted(selected)), tuple(without_data))

@@ -1,0 +1,388 @@
+"""The phase manifest: a compiled mixture as a versioned, self-checking JSON document.
+
+The trainer learns everything about a phase's data from this file: the phase,
+the recipe (path and sha256), the tokenizer (name and sha256 of its
+tokenizer.json), the training settings, the seed, the sampling settings that
+produced it, the counts it was compiled from, the data root, and one stream per
+(source, language) with its target tokens, weight, expected epochs and shards
+(path relative to the data root, tokens, bytes, sha256).
+
+Canonical form. Keys sorted, compact separators, UTF-8, floats in their
+shortest round-trip form (weights and epochs are ratios of integers, so their
+digits do not depend on the platform), nothing taken from the clock: the same
+inputs give the same bytes. The ``fingerprint`` is the sha256 of the canonical
+JSON of everything else. The file is that canonical JSON with the fingerprint
+spliced in first, ``{"fingerprint":"<hex>",`` + body[1:], so checking an
+untouched file costs one hash over its bytes; a file re-formatted by some tool
+(same content, other bytes) is checked by re-serialising what was parsed.
+
+Validation has two levels, because hashing reads every byte of the data (a
+phase of real shards is terabytes) while the rest costs one ``stat`` per shard:
+
+- always: the structure and invariants (targets sum to the phase's tokens, no
+  stream beyond its epoch cap), the fingerprint, every shard present with the
+  recorded size, and the schema metadata (tokenizer, source, language, phase)
+  of the first shard of each stream, read from the Arrow stream header only.
+  The field checks of each shard entry are skipped for an untouched file,
+  whose bytes are the ones checked when it was written;
+- ``check_hashes=True``: also the sha256 of every shard's content and the
+  schema metadata of every shard. A same-size edit is caught only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.ipc
+
+from mixtures.compiler import Mixture
+from mixtures.counts import Counts, check_shards
+from mixtures.errors import MixtureError
+from mixtures.recipe import Recipe
+
+MANIFEST_FORMAT = "mmbert-data/manifest"
+MANIFEST_VERSION = 1
+
+_NONE = type(None)
+_TOP_FIELDS = {
+    "phase": str,
+    "recipe": dict,
+    "tokenizer": dict,
+    "training": dict,
+    "sampling": dict,
+    "seed": int,
+    "counts": dict,
+    "data_root": (str, _NONE),
+    "streams": list,
+}
+_STREAM_FIELDS = {
+    "source": str,
+    "language": str,
+    "available_tokens": (int, _NONE),
+    "target_tokens": int,
+    "weight": (int, float),
+    "expected_epochs": (int, float, _NONE),
+    "capped": bool,
+    "shards": list,
+}
+_HEAD_BYTES = 1 << 16  # the schema message at the start of an Arrow stream is far smaller
+# Schema metadata every shard carries, and the kind of problem a different value is.
+_SHARD_METADATA = {
+    "mmbert.tokenizer.name": "tokenizer mismatch",
+    "mmbert.tokenizer.sha256": "tokenizer mismatch",
+    "mmbert.source": "source mismatch",
+    "mmbert.language": "language mismatch",
+    "mmbert.phase": "phase mismatch",
+}
+
+
+def build_manifest(mixture: Mixture, recipe: Recipe, counts: Counts, seed: int) -> dict[str, Any]:
+    """The manifest document (without its fingerprint, which ``write_manifest`` adds)."""
+    spec = recipe.phase(mixture.phase)
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "phase": mixture.phase,
+        "recipe": {"name": recipe.name, "path": str(recipe.path.resolve()), "sha256": recipe.sha256},
+        "tokenizer": {
+            "name": counts.tokenizer["name"] or recipe.tokenizer,
+            "sha256": counts.tokenizer["sha256"],
+        },
+        "training": dataclasses.asdict(spec.training),
+        "sampling": {
+            "sampler": mixture.sampler,
+            "temperature": mixture.temperature,
+            "tokens": mixture.tokens,
+            "multilingual_source": mixture.multilingual_source,
+            "multilingual_tokens": mixture.multilingual_tokens,
+            "fixed_budgets": mixture.budgets,
+            "max_epochs": mixture.max_epochs,
+            "languages_without_data": list(mixture.languages_without_data),
+        },
+        "seed": seed,
+        "counts": counts.origin,
+        "data_root": str(counts.data_root) if counts.data_root else None,
+        "streams": [
+            {
+                "source": t.source,
+                "language": t.language,
+                "available_tokens": t.available_tokens,
+                "target_tokens": t.target_tokens,
+                "weight": mixture.weight(t),
+                "expected_epochs": t.expected_epochs,
+                "capped": t.capped,
+                "shards": list(t.shards),
+            }
+            for t in mixture.targets
+        ],
+    }
+
+
+def canonical_json(doc: dict[str, Any]) -> bytes:
+    """Sorted keys, compact separators, UTF-8: one byte string per document.
+
+    orjson rather than the standard library: a decay manifest holds ~185k
+    shard entries and orjson writes them ~8x faster (see bench/mixture.py).
+    """
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
+    """Check ``doc``, add its fingerprint, write it atomically (temp name, rename); return the fingerprint."""
+    path = Path(path)
+    doc = {key: value for key, value in doc.items() if key != "fingerprint"}
+    check_manifest(doc, str(path))
+    body = canonical_json(doc)
+    fingerprint = hashlib.sha256(body).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(_prefix(fingerprint) + body[1:] + b"\n")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return fingerprint
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    """Read a manifest, checking its structure and fingerprint; raises MixtureError naming the problem."""
+    doc, recorded, actual = _read(Path(path))
+    if recorded != actual:
+        raise MixtureError(_fingerprint_problem(recorded, actual, path))
+    return {**doc, "fingerprint": recorded}
+
+
+def validate_manifest(
+    path: str | Path, check_hashes: bool = True, tokenizer: str | Path | None = None
+) -> list[str]:
+    """Every problem found in a manifest and the shards it lists, in order (empty when all is well).
+
+    ``tokenizer`` (a tokenizer.json, a directory holding one, or a name) must
+    match the manifest's tokenizer. See the module docstring for what
+    ``check_hashes`` adds.
+    """
+    path = Path(path)
+    try:
+        doc, recorded, actual = _read(path)
+    except MixtureError as err:
+        return [str(err)]
+    problems = [] if recorded == actual else [_fingerprint_problem(recorded, actual, path)]
+    if tokenizer is not None:
+        problems += _tokenizer_problems(doc["tokenizer"], tokenizer)
+    if doc["data_root"] is None:
+        return [*problems, f"{path}: compiled from counts for planning, so it lists no shards to check"]
+    try:
+        root_fd = os.open(doc["data_root"], os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        return [*problems, f"missing data root: {doc['data_root']} ({err.strerror})"]
+    identity = {
+        "mmbert.tokenizer.name": doc["tokenizer"].get("name"),
+        "mmbert.tokenizer.sha256": doc["tokenizer"].get("sha256"),
+        "mmbert.phase": doc["phase"],
+    }
+    try:
+        for stream in doc["streams"]:
+            expected = {**identity, "mmbert.source": stream["source"], "mmbert.language": stream["language"]}
+            problems += _stream_problems(root_fd, doc["data_root"], stream["shards"], expected, check_hashes)
+    finally:
+        os.close(root_fd)
+    return problems
+
+
+def _stream_problems(
+    root_fd: int, root: str, shards: list[dict], expected: dict[str, str | None], check_hashes: bool
+) -> list[str]:
+    """Problems with one stream's shards: missing, resized, rehashed, or made for another stream.
+
+    Sizes come from ``stat`` relative to the open data root (``root_fd``),
+    which spares the kernel a walk of the full path for each of 100k+ shards.
+    """
+    problems = []
+    for index, shard in enumerate(shards):
+        try:
+            size = os.stat(shard["path"], dir_fd=root_fd).st_size
+        except FileNotFoundError:
+            problems.append(f"missing shard: {shard['path']} (no file {os.path.join(root, shard['path'])})")
+            continue
+        if size != shard["bytes"]:
+            problems.append(
+                f"changed shard: {shard['path']} has {size:,} bytes, the manifest records {shard['bytes']:,}"
+            )
+            continue
+        if check_hashes:
+            digest, head = _read_shard(os.path.join(root, shard["path"]))
+            if digest != shard["sha256"]:
+                problems.append(
+                    f"changed shard: {shard['path']} content sha256 {digest[:16]}... differs from the "
+                    f"manifest's {shard['sha256'][:16]}..."
+                )
+                continue
+        elif index == 0:
+            with open(os.path.join(root, shard["path"]), "rb") as handle:
+                head = handle.read(_HEAD_BYTES)
+        else:
+            continue
+        problems += _metadata_problems(head, shard["path"], expected)
+    return problems
+
+
+def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
+    """Raise MixtureError unless ``doc`` (without fingerprint) has the manifest's structure and invariants.
+
+    ``shard_entries=False`` skips the per-shard field checks, the one part that
+    grows with the data, for bytes verified against their fingerprint: those
+    are exactly the bytes ``write_manifest`` checked.
+    """
+    if not isinstance(doc, dict):
+        raise MixtureError(f"{where}: expected a JSON object")
+    if doc.get("format") != MANIFEST_FORMAT:
+        raise MixtureError(f"{where}: format: expected {MANIFEST_FORMAT!r}, got {doc.get('format')!r}")
+    if doc.get("version") != MANIFEST_VERSION:
+        raise MixtureError(
+            f"{where}: version: this compiler reads manifest version {MANIFEST_VERSION}, "
+            f"got {doc.get('version')!r}"
+        )
+    _check_fields(doc, _TOP_FIELDS, where)
+    sampling = doc["sampling"]
+    total = sampling.get("tokens")
+    max_epochs = sampling.get("max_epochs")
+    if type(total) is not int or total <= 0:
+        raise MixtureError(f"{where}: sampling.tokens: expected an integer > 0, got {total!r}")
+    if max_epochs is not None and not (isinstance(max_epochs, (int, float)) and max_epochs > 0):
+        raise MixtureError(f"{where}: sampling.max_epochs: expected a number > 0 or null, got {max_epochs!r}")
+    targets = 0
+    for i, stream in enumerate(doc["streams"]):
+        here = f"{where}: streams[{i}]"
+        _check_fields(stream, _STREAM_FIELDS, here)
+        here = f"{here} ({stream['source']}/{stream['language']})"
+        target, available = stream["target_tokens"], stream["available_tokens"]
+        if target < 0:
+            raise MixtureError(f"{here}: target_tokens: expected an integer >= 0, got {target}")
+        targets += target
+        if max_epochs is not None and available is not None and target > math.floor(available * max_epochs):
+            raise MixtureError(
+                f"{here}: target_tokens {target:,} exceeds {max_epochs:g} epochs of its {available:,} tokens"
+            )
+        if shard_entries:
+            check_shards(stream["shards"], here)
+        elif not isinstance(stream["shards"], list):
+            raise MixtureError(f"{here}: shards: expected a list")
+    if targets != total:
+        raise MixtureError(f"{where}: streams: target tokens sum to {targets:,}, not the phase's {total:,}")
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str, str]:
+    """The parsed document, its recorded fingerprint, and the fingerprint of its content."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise MixtureError(f"cannot read manifest {path}: {err.strerror or err}") from err
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise MixtureError(f"{path}: not a JSON manifest: {err}") from err
+    recorded = doc.pop("fingerprint", None) if isinstance(doc, dict) else None
+    if not isinstance(recorded, str):
+        raise MixtureError(
+            f"{path}: fingerprint: missing; is this a manifest written by `mmbert-data mixture`?"
+        )
+    if _untouched(raw, recorded):
+        check_manifest(doc, str(path), shard_entries=False)
+        return doc, recorded, recorded
+    check_manifest(doc, str(path))
+    return doc, recorded, hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def _untouched(raw: bytes, fingerprint: str) -> bool:
+    """Whether ``raw`` is byte for byte what ``write_manifest`` wrote with this fingerprint."""
+    prefix = _prefix(fingerprint)
+    if not raw.startswith(prefix):
+        return False
+    digest = hashlib.sha256(b"{")
+    digest.update(memoryview(raw)[len(prefix) : len(raw.rstrip())])
+    return digest.hexdigest() == fingerprint
+
+
+def _prefix(fingerprint: str) -> bytes:
+    return b'{"fingerprint":"' + fingerprint.encode() + b'",'
+
+
+def _fingerprint_problem(recorded: str, actual: str, path: str | Path) -> str:
+    return (
+        f"fingerprint mismatch: {path} was edited after it was written "
+        f"(recorded {recorded[:16]}..., content hashes to {actual[:16]}...); compile it again"
+    )
+
+
+def _tokenizer_problems(recorded: dict[str, Any], tokenizer: str | Path) -> list[str]:
+    """Compare the manifest's tokenizer with one given as a tokenizer.json, its directory, or a name."""
+    path = Path(tokenizer)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if path.is_file():
+        digest, _ = _read_shard(str(path))
+        if digest != recorded.get("sha256"):
+            return [
+                f"tokenizer mismatch: {path} has sha256 {digest[:16]}..., "
+                "the manifest's shards were tokenized "
+                f"with {recorded.get('name')} (sha256 {str(recorded.get('sha256'))[:16]}...)"
+            ]
+        return []
+    if str(tokenizer) != recorded.get("name"):
+        return [
+            f"tokenizer mismatch: expected {tokenizer}, "
+            f"the manifest's shards were tokenized with {recorded.get('name')}"
+        ]
+    return []
+
+
+def _metadata_problems(head: bytes, shown: str, expected: dict[str, str | None]) -> list[str]:
+    """Compare a shard's schema metadata (from the head of its Arrow stream) with what its stream says."""
+    try:
+        metadata = pyarrow.ipc.open_stream(pa.py_buffer(head)).schema.metadata or {}
+    except (OSError, pa.ArrowInvalid) as err:
+        return [f"unreadable shard: {shown} is not an Arrow IPC stream ({err})"]
+    problems = []
+    for key, kind in _SHARD_METADATA.items():
+        want = expected[key]
+        have = metadata.get(key.encode())
+        if want is None:
+            continue
+        if have is None:
+            problems.append(f"{kind}: shard {shown} has no {key} in its schema metadata")
+        elif have.decode(errors="replace") != want:
+            problems.append(
+                f"{kind}: shard {shown} has {key}={have.decode(errors='replace')!r}, "
+                f"the manifest expects {want!r}"
+            )
+    return problems
+
+
+def _read_shard(file: str) -> tuple[str, bytes]:
+    """One pass over a file: its sha256, and its head (where an Arrow stream keeps its schema)."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        head = handle.read(_HEAD_BYTES)
+        digest.update(head)
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest(), head
+
+
+def _check_fields(obj: Any, fields: dict[str, Any], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise MixtureError(f"{where}: expected an object")
+    for key, kinds in fields.items():
+        if key not in obj:
+            raise MixtureError(f"{where}: {key}: missing")
+        value = obj[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+            raise MixtureError(f"{where}: {key}: unexpected value {value!r}")

@@ -1,0 +1,138 @@
+"""`mmbert-data mixture` end to end: the demo's three phases, the last-build pointer, --validate, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cli.mixture import mixture
+from tests.test_mixture_support import DECAY_STREAMS, write_build, write_last_build
+
+FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+app = typer.Typer()
+app.command()(mixture)
+runner = CliRunner()
+
+PRETRAIN = {
+    ("fineweb2", "fra_Latn"): [3000],
+    ("fineweb2", "deu_Latn"): [2000],
+    ("fineweb2", "rus_Cyrl"): [2500],
+    ("dclm", "eng_Latn"): [6000],
+    ("arxiv", "eng_Latn"): [500],
+    ("dolmino", "eng_Latn"): [800],
+    ("wikipedia", "fra_Latn"): [300],
+}
+MIDTRAIN = {**PRETRAIN, ("fineweb2", "srp_Cyrl"): [600], ("fineweb2", "srp_Latn"): [150]}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("MMBERT_DATA_CACHE", str(path))
+    return path
+
+
+def run(*args: str, code: int = 0) -> str:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_demo_phases_give_manifests_a_plot_and_tables(tmp_path):
+    """What `make demo` runs after the three builds (acceptance 2)."""
+    data, manifests = tmp_path / "runs/demo/data", tmp_path / "runs/demo/manifests"
+    for phase, streams in (("pretrain", PRETRAIN), ("midtrain", MIDTRAIN), ("decay", DECAY_STREAMS)):
+        write_build(data, phase=phase, streams=streams)
+    outputs = {}
+    for phase in ("pretrain", "midtrain"):
+        outputs[phase] = run(
+            "--stats", data / phase, "--tokens", "10k", "--output", manifests / f"{phase}.json"
+        )
+    outputs["decay"] = run(
+        "--stats", data / "decay", "--tokens", "10k", "--output", manifests / "decay.json",
+        "--plot", manifests / "shares.png",
+    )  # fmt: skip
+    for phase, output in outputs.items():
+        doc = json.loads((manifests / f"{phase}.json").read_text())
+        assert doc["phase"] == phase and sum(s["target_tokens"] for s in doc["streams"]) == 10_000
+        assert f"phase {phase}:" in output and "tokens per source" in output and "fra_Latn" in output
+        assert f"wrote manifest {manifests / phase}.json" in output
+        assert run("--validate", manifests / f"{phase}.json").startswith(f"{manifests / phase}.json: valid")
+    assert "56 of the phase's languages have no counts" in outputs["pretrain"]
+    assert "wrote plot" in outputs["decay"]
+    png = (manifests / "shares.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 20_000
+
+
+def test_temperature_alone_compiles_that_phase_of_the_last_build(tmp_path, cache):
+    data = tmp_path / "out"
+    write_build(data, phase="decay")
+    write_last_build(cache, data, ["decay"])
+    output = run("--temperature", "0.3", "--tokens", "10k")
+    manifest = data / "decay" / "manifest.json"
+    assert f"wrote manifest {manifest}" in output
+    assert json.loads(manifest.read_text())["sampling"]["temperature"] == 0.3
+
+
+def test_missing_last_build_is_a_clear_error(cache):
+    output = run("--temperature", "0.3", code=1)
+    assert f"no --stats or --counts given and no build recorded at {cache / 'last-build.json'}" in output
+    write_last_build(cache, cache / "out", ["pretrain"])
+    output = run("--temperature", "0.3", code=1)
+    assert "has no phase 'decay' (phases: pretrain)" in output
+    assert "no phase has temperature 0.4" in run("--temperature", "0.4", code=1)
+
+
+def test_validate_reports_problems_and_fails(tmp_path):
+    build = write_build(tmp_path / "data")
+    manifest = tmp_path / "decay.json"
+    run("--stats", build, "--tokens", "10k", "-o", manifest)
+    (build / "fineweb2/srp_Latn/00000.arrow").unlink()
+    output = run("--validate", manifest, "--no-hash", code=1)
+    assert f"{manifest}: 1 problem" in output and "missing shard: fineweb2/srp_Latn/00000.arrow" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokens", "lots"], "--tokens: not a token amount: 'lots'"),
+        (
+            ["--languages", "fra,srp_Latm"],
+            "--languages: unknown language names: 'srp_Latm' (near misses: srp_Latn",
+        ),
+        (["--phase", "pretrain"], "holds the statistics of phase 'decay', not 'pretrain'"),
+        (["--max-epochs", "0"], "max epochs must be > 0"),
+        (["--bytes-per-token", "Latn=3"], "--bytes-per-token applies to --counts only"),
+    ],
+)
+def test_bad_options_are_named(tmp_path, args, message):
+    build = write_build(tmp_path / "data")
+    assert message in run("--stats", build, "--tokens", "10k", *args, code=1)
+
+
+def test_planning_from_a_plain_csv(tmp_path):
+    plain = tmp_path / "plan.csv"
+    plain.write_text("language,tokens\nfra_Latn,300B\ndeu_Latn,250B\nsrp_Cyrl,20B\nsrp_Latn,5B\n")
+    output = run(
+        "--counts", plain, "--phase", "midtrain", "--sampler", "unimax", "-o", tmp_path / "plan.json"
+    )
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert doc["sampling"]["sampler"] == "unimax" and doc["data_root"] is None
+    assert "4 languages, UniMax" in output and "tokens per source" in output
+
+
+@pytest.mark.skipif(not FINEWEB2_TABLE.exists(), reason=f"FineWeb2's table is not at {FINEWEB2_TABLE}")
+def test_planning_over_fineweb2s_table_with_a_plot(tmp_path):
+    """Acceptance 3 through the command line, as a user plans the decay phase before any build."""
+    output = run(
+        "--counts", FINEWEB2_TABLE, "--temperature", "0.3", "--bytes-per-token", "Latn=3.0",
+        "--plot", tmp_path / "shares.png", "--top", "5",
+    )  # fmt: skip
+    assert "phase decay: 1913 languages" in output and "capped" in output
+    assert (tmp_path / "shares.png").read_bytes().startswith(PNG_MAGIC)

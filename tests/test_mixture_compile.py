@@ -1,0 +1,226 @@
+"""Counts readers, language matching and phase compilation, including planning over FineWeb2's table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from mixtures.compiler import compile_phase
+from mixtures.counts import read_counts_csv, read_stats
+from mixtures.errors import MixtureError
+from mixtures.languages import select_languages
+from mixtures.recipe import load_recipe
+from mixtures.sampling import temperature_weights
+from tests.test_mixture_support import DECAY_STREAMS, TOKENIZER_SHA256, write_build
+
+FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
+FINEWEB2_HEADER = (
+    "subset,split,code,script,name,family,words,documents,utf8_bytes,utf8_bytes_human,"
+    "parquet_bytes,parquet_bytes_human,bible_ratio,wiki_ratio"
+)
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    return load_recipe()
+
+
+@pytest.fixture()
+def build(tmp_path):
+    return write_build(tmp_path / "data")
+
+
+def test_read_stats_keeps_streams_shards_and_identity(build):
+    counts = read_stats(build)
+    assert counts.phase == "decay"
+    assert counts.data_root == build.resolve()
+    assert counts.tokenizer == {"name": "jhu-clsp/mmBERT-base", "sha256": TOKENIZER_SHA256}
+    fra = next(s for s in counts.streams if (s.source, s.language) == ("fineweb2", "fra_Latn"))
+    assert fra.tokens == 5000
+    assert [shard["path"] for shard in fra.shards] == [
+        "fineweb2/fra_Latn/00000.arrow",
+        "fineweb2/fra_Latn/00001.arrow",
+    ]
+    assert set(fra.shards[0]) == {"path", "tokens", "bytes", "sha256"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.update(format="something"), "format"),
+        (lambda s: s.update(version=2), "version"),
+        (lambda s: s["streams"][1].update(tokens="many"), r"streams\[1\] \(fineweb2/deu_Latn\): tokens"),
+        (lambda s: s["streams"][0]["shards"][1].update(sha256="xyz"), r"streams\[0\].*shards\[1\]: sha256"),
+        (lambda s: s["streams"][0]["shards"][0].pop("bytes"), r"shards\[0\]: bytes"),
+        (lambda s: s["streams"][0].update(tokens=1), "tokens is 1 but its shards hold 5000"),
+        (lambda s: s["streams"].append(s["streams"][0]), "fineweb2/fra_Latn appears twice"),
+    ],
+)
+def test_malformed_stats_name_the_field(build, edit, message):
+    path = build / "stats.json"
+    stats = json.loads(path.read_text())
+    edit(stats)
+    path.write_text(json.dumps(stats))
+    with pytest.raises(MixtureError, match=message) as err:
+        read_stats(build)
+    assert str(path) in str(err.value)
+
+
+def test_fineweb2_table_uses_train_split_and_bytes_per_token(tmp_path):
+    table = tmp_path / "dist.csv"
+    table.write_text(
+        FINEWEB2_HEADER
+        + "\nfra_Latn,train,fra,Latn,French,Indo-European,10,2,7000,7KB,1,1,-,-"
+        + "\nfra_Latn,test,fra,Latn,French,Indo-European,10,2,999999,1MB,1,1,-,-"
+        + "\nfra_Latn_removed,train,fra,Latn,French,Indo-European,-,2,888888,1MB,1,1,-,-"
+        + "\nsrp_Cyrl,train,srp,Cyrl,Serbian,Indo-European,10,2,5000,5KB,1,1,-,-"
+        + "\nxyz_Zzzz,train,xyz,Zzzz,Test,-,10,2,350,1KB,1,1,-,-\n"
+    )
+    counts = read_counts_csv(table, "fineweb2")
+    assert {s.language: s.tokens for s in counts.streams} == {
+        "fra_Latn": 2000,
+        "srp_Cyrl": 1000,
+        "xyz_Zzzz": 100,
+    }
+    assert counts.data_root is None and counts.origin["kind"] == "fineweb2-table"
+    override = read_counts_csv(table, "fineweb2", {"Latn": 7.0})
+    assert {s.language: s.tokens for s in override.streams}["fra_Latn"] == 1000
+    assert override.origin["bytes_per_token"]["Latn"] == 7.0
+
+
+def test_plain_csv_and_its_errors(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("language,tokens\nfra_Latn,1.5M\ndeu_Latn,2000\n")
+    counts = read_counts_csv(plain, "fineweb2")
+    assert {s.language: s.tokens for s in counts.streams} == {"fra_Latn": 1_500_000, "deu_Latn": 2000}
+    plain.write_text("language,tokens\nfra_Latn,1.5M\ndeu_Latn,lots\n")
+    with pytest.raises(MixtureError, match=r"plain.csv: line 3: tokens"):
+        read_counts_csv(plain, "fineweb2")
+    plain.write_text("lang,count\nfra_Latn,1\n")
+    with pytest.raises(MixtureError, match=r"line 1: unrecognised header"):
+        read_counts_csv(plain, "fineweb2")
+
+
+def test_iso_code_matches_every_script_and_script_names_one():
+    pool = ["srp_Cyrl", "srp_Latn", "fra_Latn"]
+    assert select_languages(["srp"], pool).languages == ("srp_Cyrl", "srp_Latn")
+    assert select_languages(["srp_Latn", "fra"], pool).languages == ("fra_Latn", "srp_Latn")
+    assert select_languages(None, pool).languages == ("fra_Latn", "srp_Cyrl", "srp_Latn")
+
+
+def test_names_covered_elsewhere_or_without_counts_are_not_errors():
+    selection = select_languages(["eng", "fra", "jpn"], ["fra_Latn"], covered=["eng_Latn"])
+    assert selection.languages == ("fra_Latn",)
+    assert selection.without_data == ("jpn",)
+
+
+def test_unknown_names_list_near_misses():
+    with pytest.raises(
+        MixtureError, match=r"--languages: unknown language names: 'fra_Latm' \(near misses: fra_Latn"
+    ):
+        select_languages(["fra_Latm", "srp"], ["fra_Latn", "srp_Cyrl"], where="--languages")
+    with pytest.raises(MixtureError, match=r"'qqqqq' \(no near misses\)"):
+        select_languages(["qqqqq"], ["fra_Latn"])
+
+
+def test_decay_from_stats_splits_fixed_budgets_and_caps_the_pool(recipe, build):
+    mixture = compile_phase(recipe, "decay", read_stats(build), tokens=10_000)
+    targets = {(t.source, t.language): t for t in mixture.targets}
+    assert set(targets) == set(DECAY_STREAMS)
+    assert sum(t.target_tokens for t in mixture.targets) == 10_000
+    # fixed budgets scale with the total: 9.5B/3.3B/3.5B of 100B
+    assert mixture.budgets == {"arxiv": 330, "dolmino": 350, "wikipedia": 950}
+    assert mixture.multilingual_tokens == 10_000 - 330 - 350 - 950
+    # wikipedia's budget is split over its languages in proportion to their tokens (1500 : 500),
+    # the tie of 712.5 : 237.5 going to the first language in sorted order
+    assert targets["wikipedia", "fra_Latn"].target_tokens == 712
+    assert targets["wikipedia", "deu_Latn"].target_tokens == 238
+    fao = targets["fineweb2", "fao_Latn"]
+    assert fao.capped and fao.target_tokens == 100 and fao.expected_epochs == 5.0
+    pool = [t for t in mixture.targets if t.source == "fineweb2"]
+    assert sum(math.isclose(mixture.weight(t), t.target_tokens / 10_000) for t in pool) == len(pool)
+    assert math.isclose(sum(mixture.weight(t) for t in mixture.targets), 1.0)
+    shares = mixture.pool_shares()
+    assert (
+        shares["fra_Latn"] > shares["deu_Latn"] > shares["srp_Cyrl"] > shares["srp_Latn"] > shares["fao_Latn"]
+    )
+
+
+def test_overrides_change_the_phase(recipe, build):
+    counts = read_stats(build)
+    hot = compile_phase(recipe, "decay", counts, tokens=10_000, temperature=1.0).pool_shares()
+    cold = compile_phase(recipe, "decay", counts, tokens=10_000, temperature=0.1).pool_shares()
+    assert hot["fra_Latn"] > cold["fra_Latn"]
+    uni = compile_phase(recipe, "decay", counts, tokens=10_000, sampler="unimax")
+    free = [t.target_tokens for t in uni.targets if t.source == "fineweb2" and not t.capped]
+    assert max(free) - min(free) <= 1
+    only_srp = compile_phase(recipe, "decay", counts, tokens=10_000, languages=["srp"], max_epochs=10)
+    assert [t.language for t in only_srp.targets if t.source == "fineweb2"] == ["srp_Cyrl", "srp_Latn"]
+
+
+def test_pool_that_cannot_fill_its_share_says_so(recipe, build):
+    message = (
+        r"phase decay, fineweb2: cannot fill a budget of 50,220 tokens: at most 20,000 fit .* its 1 stream "
+    )
+    with pytest.raises(MixtureError, match=message + r".*lower --tokens or raise --max-epochs"):
+        compile_phase(recipe, "decay", read_stats(build), tokens=60_000, max_epochs=1000, languages=["fao"])
+
+
+def test_fixed_budget_beyond_the_epoch_cap_is_an_error(recipe, tmp_path):
+    streams = {**DECAY_STREAMS, ("wikipedia", "fra_Latn"): [150], ("wikipedia", "deu_Latn"): [50]}
+    build = write_build(tmp_path / "data", streams=streams)
+    message = r"phase decay, wikipedia: cannot fill a budget of 1,900 tokens: at most 1,000 fit within"
+    with pytest.raises(MixtureError, match=message):
+        compile_phase(recipe, "decay", read_stats(build), tokens=20_000)
+    assert compile_phase(recipe, "decay", read_stats(build), tokens=20_000, max_epochs=10).tokens == 20_000
+
+
+def test_fixed_source_missing_from_the_build_is_an_error(recipe, tmp_path):
+    streams = {key: value for key, value in DECAY_STREAMS.items() if key[0] != "arxiv"}
+    build = write_build(tmp_path / "data", streams=streams)
+    with pytest.raises(
+        MixtureError, match="phase decay, arxiv: a budget of 330 tokens but the build statistics"
+    ):
+        compile_phase(recipe, "decay", read_stats(build), tokens=10_000)
+
+
+def test_recipe_languages_without_counts_are_reported_not_fatal(recipe, tmp_path):
+    streams = {
+        ("fineweb2", "fra_Latn"): [4000],
+        ("fineweb2", "deu_Latn"): [3000],
+        ("dclm", "eng_Latn"): [9000],
+    }
+    streams |= {(source, "eng_Latn"): [9000] for source in ("arxiv", "dolmino", "wikipedia")}
+    build = write_build(tmp_path / "data", phase="pretrain", streams=streams)
+    mixture = compile_phase(recipe, "pretrain", read_stats(build), tokens=20_000)
+    assert "eng" not in mixture.languages_without_data  # English comes from DCLM
+    assert "rus" in mixture.languages_without_data and len(mixture.languages_without_data) == 57
+    assert {t.language for t in mixture.targets if t.source == "fineweb2"} == {"fra_Latn", "deu_Latn"}
+
+
+def test_planning_gives_fixed_sources_one_stream_without_shards(recipe, tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("language,tokens\nfra_Latn,1B\ndeu_Latn,500M\nfao_Latn,1M\n")
+    mixture = compile_phase(recipe, "decay", read_counts_csv(plain, "fineweb2"), tokens=1_000_000_000)
+    fixed = {(t.source, t.language): t for t in mixture.targets if t.source != "fineweb2"}
+    assert set(fixed) == {("arxiv", "eng_Latn"), ("dolmino", "eng_Latn"), ("wikipedia", "mul")}
+    assert all(t.available_tokens is None and not t.shards for t in fixed.values())
+
+
+@pytest.mark.skipif(not FINEWEB2_TABLE.exists(), reason=f"FineWeb2's table is not at {FINEWEB2_TABLE}")
+def test_decay_over_fineweb2s_table_caps_the_tiniest_languages(recipe):
+    counts = read_counts_csv(FINEWEB2_TABLE, "fineweb2")
+    mixture = compile_phase(recipe, "decay", counts, temperature=0.3)
+    pool = sorted((t for t in mixture.targets if t.source == "fineweb2"), key=lambda t: t.available_tokens)
+    assert len(pool) >= 1800
+    assert sum(t.target_tokens for t in mixture.targets) == 100_000_000_000
+    assert all(t.target_tokens <= 5 * t.available_tokens for t in pool)
+    uncapped_share = temperature_weights([t.available_tokens for t in pool], 0.3)
+    for target, share in zip(pool[:100], uncapped_share[:100], strict=True):
+        assert target.capped and target.target_tokens == 5 * target.available_tokens
+        assert target.target_tokens < share * mixture.multilingual_tokens  # capped, not inflated
+    largest = pool[-1]
+    assert not largest.capped and largest.expected_epochs < 0.01

@@ -1,0 +1,230 @@
+"""The phase manifest: determinism, fingerprint, and validation against the shards (acceptance 1 and 4)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixtures.compiler import compile_phase
+from mixtures.counts import read_counts_csv, read_stats
+from mixtures.errors import MixtureError
+from mixtures.manifest import (
+    build_manifest,
+    canonical_json,
+    check_manifest,
+    load_manifest,
+    validate_manifest,
+    write_manifest,
+)
+from mixtures.recipe import load_recipe
+from tests.test_mixture_support import TOKENIZER_JSON, TOKENIZER_SHA256, write_build
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compile_to(build: Path, path: Path, seed: int = 0) -> dict:
+    recipe = load_recipe()
+    counts = read_stats(build)
+    doc = build_manifest(compile_phase(recipe, "decay", counts, tokens=10_000), recipe, counts, seed)
+    write_manifest(doc, path)
+    return doc
+
+
+@pytest.fixture()
+def build(tmp_path):
+    return write_build(tmp_path / "data")
+
+
+@pytest.fixture()
+def manifest(build, tmp_path):
+    path = tmp_path / "manifests" / "decay.json"
+    compile_to(build, path)
+    return path
+
+
+def test_manifest_is_self_describing(manifest, build):
+    doc = load_manifest(manifest)
+    recipe = load_recipe()
+    assert doc["format"] == "mmbert-data/manifest" and doc["version"] == 1
+    assert doc["phase"] == "decay" and doc["seed"] == 0
+    assert doc["recipe"] == {"name": "mmbert", "path": str(recipe.path.resolve()), "sha256": recipe.sha256}
+    assert doc["tokenizer"] == {"name": "jhu-clsp/mmBERT-base", "sha256": TOKENIZER_SHA256}
+    assert doc["training"]["mask_rate"] == 0.05 and doc["training"]["seq_len"] == 8192
+    assert doc["training"]["lr"]["schedule"] == "one_minus_sqrt"
+    assert doc["sampling"]["temperature"] == 0.3 and doc["sampling"]["max_epochs"] == 5.0
+    assert doc["data_root"] == str(build.resolve())
+    assert doc["counts"]["kind"] == "stats"
+    assert doc["counts"]["sha256"] == hashlib.sha256((build / "stats.json").read_bytes()).hexdigest()
+    stream = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
+    assert stream["source"] == "fineweb2" and stream["capped"] is True
+    assert stream["target_tokens"] == 100 and stream["expected_epochs"] == 5.0 and stream["weight"] == 0.01
+    assert set(stream["shards"][0]) == {"path", "tokens", "bytes", "sha256"}
+    assert sum(s["target_tokens"] for s in doc["streams"]) == doc["sampling"]["tokens"] == 10_000
+    body = {key: value for key, value in doc.items() if key != "fingerprint"}
+    assert doc["fingerprint"] == hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def test_same_inputs_give_byte_identical_manifests(build, manifest, tmp_path):
+    again = tmp_path / "again.json"
+    compile_to(build, again)
+    assert again.read_bytes() == manifest.read_bytes()
+    # a fresh interpreter with another hash seed writes the same bytes
+    third = tmp_path / "third.json"
+    script = (
+        "import sys; from pathlib import Path; from tests.test_mixture_manifest import compile_to; "
+        "compile_to(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", script, str(build), str(third)], check=True, cwd=REPO, env=env)
+    assert third.read_bytes() == manifest.read_bytes()
+    other_seed = tmp_path / "seed.json"
+    compile_to(build, other_seed, seed=7)
+    assert other_seed.read_bytes() != manifest.read_bytes()
+
+
+def test_write_is_atomic_and_checked(build, tmp_path):
+    path = tmp_path / "out" / "decay.json"
+    doc = compile_to(build, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["decay.json"]
+    broken = copy.deepcopy(doc)
+    broken["streams"][0]["target_tokens"] += 1
+    with pytest.raises(MixtureError, match="target tokens sum to 10,001, not the phase's 10,000"):
+        write_manifest(broken, tmp_path / "out" / "broken.json")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["decay.json"]
+
+
+def test_structure_and_caps_are_checked_on_read(manifest):
+    doc = load_manifest(manifest)
+    del doc["fingerprint"]
+    fao = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
+    fao["target_tokens"] += 1
+    with pytest.raises(
+        MixtureError, match=r"streams\[\d+\] \(fineweb2/fao_Latn\): target_tokens 101 exceeds 5 epochs"
+    ):
+        check_manifest(doc, "m.json")
+    doc = load_manifest(manifest)
+    doc["version"] = 2
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(MixtureError, match="reads manifest version 1, got 2"):
+        load_manifest(manifest)
+
+
+def test_valid_manifest_has_no_problems(manifest):
+    assert validate_manifest(manifest) == []
+    assert validate_manifest(manifest, check_hashes=False) == []
+    assert validate_manifest(manifest, tokenizer="jhu-clsp/mmBERT-base") == []
+
+
+def test_reformatted_but_unchanged_manifest_keeps_its_fingerprint(manifest):
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()), indent=2))
+    assert validate_manifest(manifest) == []
+
+
+def test_validate_catches_a_missing_shard(manifest, build):
+    (build / "fineweb2/fra_Latn/00001.arrow").unlink()
+    problems = validate_manifest(manifest, check_hashes=False)
+    assert problems == [
+        f"missing shard: fineweb2/fra_Latn/00001.arrow (no file {build}/fineweb2/fra_Latn/00001.arrow)"
+    ]
+
+
+def test_a_moved_data_root_is_one_problem_not_one_per_shard(manifest, build):
+    build.rename(build.with_name("elsewhere"))
+    assert validate_manifest(manifest) == [f"missing data root: {build} (No such file or directory)"]
+
+
+def test_validate_catches_a_same_size_content_change_when_hashing(manifest, build):
+    shard = build / "fineweb2/deu_Latn/00000.arrow"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = validate_manifest(manifest, check_hashes=True)
+    assert len(problems) == 1
+    assert problems[0].startswith("changed shard: fineweb2/deu_Latn/00000.arrow content sha256")
+    # without hashing only sizes are compared: the documented price of the cheap check
+    assert validate_manifest(manifest, check_hashes=False) == []
+
+
+def test_validate_catches_a_size_change_without_hashing(manifest, build):
+    shard = build / "wikipedia/fra_Latn/00000.arrow"
+    size = shard.stat().st_size
+    with open(shard, "ab") as handle:
+        handle.write(b"\0" * 8)
+    assert validate_manifest(manifest, check_hashes=False) == [
+        f"changed shard: wikipedia/fra_Latn/00000.arrow has {size + 8:,} bytes, the manifest records {size:,}"
+    ]
+
+
+def test_validate_catches_a_hand_edited_manifest(manifest):
+    text = manifest.read_text()
+    assert '"seed":0' in text
+    manifest.write_text(text.replace('"seed":0', '"seed":1'))
+    problems = validate_manifest(manifest)
+    assert len(problems) == 1 and problems[0].startswith(f"fingerprint mismatch: {manifest} was edited")
+    with pytest.raises(MixtureError, match="fingerprint mismatch"):
+        load_manifest(manifest)
+
+
+def test_hand_edited_shard_entries_are_checked_field_by_field(manifest):
+    text = manifest.read_text()
+    doc = json.loads(text)
+    sha = doc["streams"][3]["shards"][0]["sha256"]
+    manifest.write_text(text.replace(sha, "not-a-hash", 1))
+    problems = validate_manifest(manifest)
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{manifest}: streams[3] ({doc['streams'][3]['source']}/")
+    assert problems[0].endswith("shards[0]: sha256: expected 64 lowercase hex digits, got 'not-a-hash'")
+
+
+def test_validate_catches_shards_of_another_tokenizer(tmp_path):
+    build = write_build(tmp_path / "data", shard_tokenizer_sha256="f" * 64)
+    manifest = tmp_path / "decay.json"
+    compile_to(build, manifest)
+    quick = validate_manifest(manifest, check_hashes=False)
+    assert len(quick) == 9  # the first shard of each of the nine streams
+    assert quick[0] == (
+        "tokenizer mismatch: shard arxiv/eng_Latn/00000.arrow has mmbert.tokenizer.sha256='"
+        + "f" * 64
+        + "', "
+        f"the manifest expects '{TOKENIZER_SHA256}'"
+    )
+    assert len(validate_manifest(manifest, check_hashes=True)) == 10  # every shard
+
+
+def test_validate_against_a_given_tokenizer(manifest, tmp_path):
+    same = tmp_path / "same" / "tokenizer.json"
+    same.parent.mkdir()
+    same.write_bytes(TOKENIZER_JSON)
+    assert validate_manifest(manifest, check_hashes=False, tokenizer=same.parent) == []
+    other = tmp_path / "tokenizer.json"
+    other.write_bytes(b'{"model": "another"}')
+    problems = validate_manifest(manifest, check_hashes=False, tokenizer=other)
+    assert len(problems) == 1 and problems[0].startswith(f"tokenizer mismatch: {other} has sha256")
+    named = validate_manifest(manifest, check_hashes=False, tokenizer="google/gemma-2-2b")
+    assert named == [
+        "tokenizer mismatch: expected google/gemma-2-2b, the manifest's shards were tokenized with "
+        "jhu-clsp/mmBERT-base"
+    ]
+
+
+def test_planning_manifest_has_no_shards_to_check(tmp_path):
+    plain = tmp_path / "plain.csv"
+    plain.write_text("language,tokens\nfra_Latn,1B\ndeu_Latn,500M\n")
+    recipe = load_recipe()
+    counts = read_counts_csv(plain, "fineweb2")
+    path = tmp_path / "plan.json"
+    write_manifest(
+        build_manifest(compile_phase(recipe, "midtrain", counts, tokens=10**9), recipe, counts, 0), path
+    )
+    doc = load_manifest(path)
+    assert doc["data_root"] is None and doc["tokenizer"] == {"name": "jhu-clsp/mmBERT-base", "sha256": None}
+    assert validate_manifest(path) == [
+        f"{path}: compiled from counts for planning, so it lists no shards to check"
+    ]

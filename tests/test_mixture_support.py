@@ -1,0 +1,110 @@
+"""Fake build outputs for the mixture tests: real Arrow shards and a stats.json of the build's shape."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc
+
+TOKENIZER_NAME = "jhu-clsp/mmBERT-base"
+TOKENIZER_JSON = b'{"model": {"type": "BPE"}, "version": "test"}'
+TOKENIZER_SHA256 = hashlib.sha256(TOKENIZER_JSON).hexdigest()
+
+# (source, language) -> token count of each shard; the decay phase of the bundled recipe.
+DECAY_STREAMS = {
+    ("fineweb2", "fra_Latn"): [3000, 2000],
+    ("fineweb2", "deu_Latn"): [3000],
+    ("fineweb2", "srp_Cyrl"): [800],
+    ("fineweb2", "srp_Latn"): [200],
+    ("fineweb2", "fao_Latn"): [20],
+    ("wikipedia", "fra_Latn"): [1500],
+    ("wikipedia", "deu_Latn"): [500],
+    ("arxiv", "eng_Latn"): [1000],
+    ("dolmino", "eng_Latn"): [1200],
+}
+
+
+def write_shard(
+    path: Path,
+    tokens: int,
+    source: str,
+    language: str,
+    phase: str,
+    tokenizer_sha256: str = TOKENIZER_SHA256,
+) -> dict:
+    """An Arrow IPC stream shard of ``tokens`` tokens in documents of up to 100; returns its stats entry."""
+    lengths = [100] * (tokens // 100) + ([tokens % 100] if tokens % 100 else [])
+    ids = [f"{language}-{i}" for i in range(len(lengths))]
+    input_ids = [[(i * 7 + j) % 256000 for j in range(length)] for i, length in enumerate(lengths)]
+    schema = pa.schema(
+        [("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))],
+        metadata={
+            "mmbert.tokenizer.name": TOKENIZER_NAME,
+            "mmbert.tokenizer.sha256": tokenizer_sha256,
+            "mmbert.source": source,
+            "mmbert.language": language,
+            "mmbert.phase": phase,
+        },
+    )
+    table = pa.table({"id": ids, "input_ids": input_ids}, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pyarrow.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table)
+    data = path.read_bytes()
+    return {
+        "documents": len(lengths),
+        "tokens": tokens,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+
+def write_build(
+    output: Path,
+    phase: str = "decay",
+    streams: dict[tuple[str, str], list[int]] | None = None,
+    recipe_sha256: str = "0" * 64,
+    shard_tokenizer_sha256: str = TOKENIZER_SHA256,
+) -> Path:
+    """Write ``output/phase`` with shards and stats.json as `mmbert-data build` does; return the phase dir."""
+    phase_dir = output / phase
+    entries = []
+    for (source, language), shard_tokens in (streams or DECAY_STREAMS).items():
+        shards = []
+        for index, tokens in enumerate(shard_tokens):
+            relative = f"{source}/{language}/{index:05d}.arrow"
+            shard = write_shard(phase_dir / relative, tokens, source, language, phase, shard_tokenizer_sha256)
+            shards.append({"path": relative, **shard})
+        entries.append(
+            {
+                "source": source,
+                "language": language,
+                "documents_read": sum(s["documents"] for s in shards) + 3,
+                "documents_kept": sum(s["documents"] for s in shards),
+                "drops": {"language_score": 2, "gopher_repetition": 1},
+                "tokens": sum(s["tokens"] for s in shards),
+                "bytes": sum(s["tokens"] for s in shards) * 4,
+                "shards": shards,
+            }
+        )
+    stats = {
+        "format": "mmbert-data/stats",
+        "version": 1,
+        "phase": phase,
+        "recipe": {"path": "/abs/mixtures/recipes/mmbert.yaml", "sha256": recipe_sha256},
+        "tokenizer": {"name": TOKENIZER_NAME, "sha256": TOKENIZER_SHA256},
+        "streams": entries,
+        "errors": {"count": 0, "report": None},
+    }
+    (phase_dir / "stats.json").write_text(json.dumps(stats, indent=2))
+    return phase_dir
+
+
+def write_last_build(cache: Path, output: Path, phases: list[str]) -> None:
+    """The pointer `mmbert-data build` leaves in the cache directory."""
+    cache.mkdir(parents=True, exist_ok=True)
+    record = {"output": str(output), "phases": {phase: str(output / phase) for phase in phases}}
+    (cache / "last-build.json").write_text(json.dumps(record))
