@@ -13,7 +13,7 @@ import zstandard
 from typer.testing import CliRunner
 
 from cli.data import app
-from tests.corpus import DCLM, DOLMINO, FINEWEB2, prose, write_dclm, write_dolmino, write_fineweb2
+from tests.corpus import DCLM, DOLMINO, FINEWEB2, build_args, prose, write_dclm, write_dolmino, write_fineweb2
 
 runner = CliRunner()
 
@@ -49,23 +49,6 @@ def bad_hub(root: Path) -> None:
     dolmino.write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines)))
 
 
-def _args(hub: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build",
-        "--phase",
-        "pretrain",
-        "--input-root",
-        str(hub),
-        "--output",
-        str(out),
-        "--tokenizer",
-        f"sample:{hub}",
-        "--tasks",
-        "1",
-        *extra,
-    ]
-
-
 def _tree(root: Path, skip: tuple[Path, ...]) -> set[str]:
     return {str(p) for p in root.rglob("*") if not any(p == s or s in p.parents for s in skip)}
 
@@ -73,11 +56,13 @@ def _tree(root: Path, skip: tuple[Path, ...]) -> set[str]:
 def test_fail_names_the_file_and_line(tmp_path):
     hub = tmp_path / "hub"
     bad_hub(hub)
-    result = runner.invoke(app, _args(hub, tmp_path / "out", "--on-error", "fail"))
+    result = runner.invoke(app, build_args(hub, tmp_path / "out", "--tasks", "1", "--on-error", "fail"))
     assert result.exit_code == 1
     assert "deu_Latn/train/000_00000.parquet" in result.output and "unreadable parquet" in result.output
 
-    result = runner.invoke(app, _args(hub, tmp_path / "out2", "--on-error", "fail", "--sources", "dolmino"))
+    result = runner.invoke(
+        app, build_args(hub, tmp_path / "out2", "--tasks", "1", "--on-error", "fail", "--sources", "dolmino")
+    )
     assert result.exit_code == 1
     assert "data/flan/part-0000.json.zst:2: invalid UTF-8" in result.output
 
@@ -87,7 +72,7 @@ def test_skip_completes_and_reports_every_problem(tmp_path):
     bad_hub(hub)
     out = tmp_path / "out"
     before = _tree(tmp_path, skip=(out, tmp_path / "cache"))
-    result = runner.invoke(app, _args(hub, out, "--on-error", "skip"))
+    result = runner.invoke(app, build_args(hub, out, "--tasks", "1", "--on-error", "skip"))
     assert result.exit_code == 0, result.output
     assert _tree(tmp_path, skip=(out, tmp_path / "cache")) == before  # nothing written outside --output
     stats = json.loads((out / "pretrain" / "stats.json").read_text())

@@ -16,7 +16,7 @@ from cli.data import app
 from mixtures.recipe import load_recipe
 from pipeline.build import Build, BuildOptions
 from pipeline.tokenizer import load_tokenizer
-from tests.corpus import STOPWORDS, prose, small_hub, write_fineweb2
+from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
 
 runner = CliRunner()
 
@@ -126,20 +126,7 @@ def test_bad_filter_config_is_named(tmp_path):
     (configs / "fra_Latn.yml").write_text("dup_line_fraction: 0.2\n")
     result = runner.invoke(
         app,
-        [
-            "build",
-            "--phase",
-            "pretrain",
-            "--input-root",
-            str(hub),
-            "--output",
-            str(tmp_path / "out"),
-            "--tokenizer",
-            f"sample:{hub}",
-            "--filter-configs",
-            str(configs),
-            "--no-dedup",
-        ],
+        build_args(hub, tmp_path / "out", "--filter-configs", str(configs), "--no-dedup"),
     )
     assert result.exit_code == 1
     assert "fra_Latn.yml" in result.output and "dup_line_fraction" in result.output
@@ -197,18 +184,7 @@ def test_dry_run_prints_graph_and_files(tmp_path):
     small_hub(hub)
     result = runner.invoke(
         app,
-        [
-            "build",
-            "--phase",
-            "pretrain",
-            "--input-root",
-            str(hub),
-            "--output",
-            str(tmp_path / "out"),
-            "--tokenizer",
-            f"sample:{hub}",
-            "--dry-run",
-        ],
+        build_args(hub, tmp_path / "out", "--dry-run"),
     )
     assert result.exit_code == 0, result.output
     assert "stage process" in result.output and "stage clusters" in result.output
@@ -219,19 +195,7 @@ def test_dry_run_prints_graph_and_files(tmp_path):
 def test_cli_build_then_stats(tmp_path):
     hub = tmp_path / "hub"
     small_hub(hub)
-    args = [
-        "build",
-        "--phase",
-        "pretrain",
-        "--input-root",
-        str(hub),
-        "--output",
-        str(tmp_path / "out"),
-        "--tokenizer",
-        f"sample:{hub}",
-        "--languages",
-        "fra,eng",
-    ]
+    args = build_args(hub, tmp_path / "out", "--languages", "fra,eng")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     shown = runner.invoke(app, ["stats", str(tmp_path / "out" / "pretrain")])

@@ -14,31 +14,14 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tests.corpus import prose, write_fineweb2
+from tests.corpus import build_args, prose, write_fineweb2
 from tests.test_build import shard_rows
 
 LANGUAGES = ("fra_Latn", "deu_Latn", "rus_Cyrl", "eng_Latn")
 
 
 def _command(hub: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "cli.data",
-        "build",
-        "--phase",
-        "pretrain",
-        "--input-root",
-        str(hub),
-        "--output",
-        str(out),
-        "--tokenizer",
-        f"sample:{hub}",
-        "--sources",
-        "fineweb2",
-        "--tasks",
-        "8",
-    ]
+    return [sys.executable, "-m", "cli.data", *build_args(hub, out, "--sources", "fineweb2", "--tasks", "8")]
 
 
 def _watch_final_shards(root: Path, stop: threading.Event, problems: list[str]) -> None:
