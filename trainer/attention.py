@@ -1,0 +1,225 @@
+"""Attention over packed, unpadded batches, behind flash-attn's varlen contract.
+
+Every backend takes ``q, k, v`` of shape ``[total_tokens, heads, head_dim]`` holding
+several documents back to back, ``cu_seqlens`` (int32, ``[documents + 1]``, the
+offsets where documents start, ending with ``total_tokens``), ``max_seqlen`` and
+``window``: ``None`` for global attention over the whole document, or ``w`` for a
+sliding window in which a token sees the tokens at distance ``<= w`` on each side
+(flash-attn's ``window_size=(w, w)``; ModernBERT's ``local_attention=128`` is
+``w = 64``). Attention never crosses a document boundary.
+
+Backends:
+
+- ``flash``: ``flash_attn_varlen_func`` (CUDA, fp16/bf16, flash-attn installed).
+- ``flex``: torch FlexAttention with a document + sliding-window block mask
+  (CUDA; on CPU it has no backward, so it is never chosen there automatically).
+- ``sdpa``: exact pure PyTorch that runs anywhere: one SDPA call per document for
+  global layers, and for window layers one batched SDPA call over blocks of
+  ``w`` queries that each see the three neighbouring key blocks.
+- ``dense``: the definition of the semantics, an explicitly masked
+  ``[tokens, tokens]`` softmax; quadratic in the batch, used to check the others.
+
+``auto`` picks flash, then flex on CUDA, and sdpa elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "flash", "flex", "sdpa", "dense")
+
+
+def flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_backend(name: str, q: Tensor) -> str:
+    """The backend that ``name`` means for this input (``auto`` becomes a concrete backend)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r} (choose from {', '.join(BACKENDS)})")
+    if name != "auto":
+        return name
+    if q.is_cuda:
+        if flash_attn_available() and q.dtype in (torch.float16, torch.bfloat16):
+            return "flash"
+        return "flex"
+    return "sdpa"
+
+
+def varlen_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens: Tensor,
+    max_seqlen: int,
+    window: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Scaled dot-product attention within each packed document, ``[total_tokens, heads, head_dim]``."""
+    if window is not None and window < 0:
+        raise ValueError(f"window must be None (global) or >= 0, got {window}")
+    return _IMPLEMENTATIONS[resolve_backend(backend, q)](q, k, v, cu_seqlens, max_seqlen, window)
+
+
+def document_ids(cu_seqlens: Tensor, total: int) -> Tensor:
+    """Index of the document each of the ``total`` packed tokens belongs to."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    documents = torch.arange(lengths.numel(), device=cu_seqlens.device)
+    return torch.repeat_interleave(documents, lengths, output_size=total)
+
+
+def _flash(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, window: int | None
+) -> Tensor:
+    if not q.is_cuda or not flash_attn_available():
+        raise RuntimeError("the flash attention backend needs a CUDA GPU and the flash-attn package")
+    from flash_attn import flash_attn_varlen_func
+
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError(f"the flash attention backend needs fp16 or bf16 inputs, got {q.dtype}")
+    window_size = (-1, -1) if window is None else (window, window)
+    cu_seqlens = cu_seqlens.to(torch.int32)
+    return flash_attn_varlen_func(
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, window_size=window_size
+    )
+
+
+@cache
+def _compiled_flex_attention() -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+# Building a block mask costs more than one layer's attention, and every layer of a
+# kind sees the same batch: keep the last mask per window, keyed by the very
+# cu_seqlens tensor it was built from (held here so its identity stays unique).
+_block_mask_cache: dict[int | None, tuple[Tensor, int, object]] = {}
+
+
+def _flex_block_mask(cu_seqlens: Tensor, total: int, window: int | None):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    cached = _block_mask_cache.get(window)
+    if cached is not None and cached[0] is cu_seqlens and cached[1] == cu_seqlens._version:
+        return cached[2]
+    docs = document_ids(cu_seqlens, total)
+
+    def same_document_in_window(batch, head, q_idx, kv_idx):
+        allowed = docs[q_idx] == docs[kv_idx]
+        if window is not None:
+            allowed = allowed & ((q_idx - kv_idx).abs() <= window)
+        return allowed
+
+    block_mask = create_block_mask(
+        same_document_in_window, None, None, total, total, device=cu_seqlens.device
+    )
+    _block_mask_cache[window] = (cu_seqlens, cu_seqlens._version, block_mask)
+    return block_mask
+
+
+def _flex(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, window: int | None
+) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = _flex_block_mask(cu_seqlens, q.shape[0], window)
+    # Compiled on CUDA; on CPU the eager (forward-only) implementation is all torch offers.
+    attend = _compiled_flex_attention() if q.is_cuda else flex_attention
+    out = attend(*(x.transpose(0, 1).unsqueeze(0) for x in (q, k, v)), block_mask=block_mask)
+    return out.squeeze(0).transpose(0, 1)
+
+
+def _sdpa(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, window: int | None
+) -> Tensor:
+    if window is None:
+        return _per_document(q, k, v, cu_seqlens)
+    return _blocked_window(q, k, v, cu_seqlens, window)
+
+
+def _per_document(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
+    """Global attention: one unmasked SDPA call per document, so no work is spent on padding."""
+    bounds = cu_seqlens.tolist()
+    outs = [
+        F.scaled_dot_product_attention(
+            q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)
+        ).transpose(0, 1)
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(outs)
+
+
+def _neighbour_blocks(x: Tensor) -> Tensor:
+    """``[blocks + 2, block, ...]`` (one padding block at each end) -> ``[blocks, 3 * block, ...]``."""
+    return torch.cat([x[:-2], x[1:-1], x[2:]], dim=1)
+
+
+def _blocked_window(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, window: int) -> Tensor:
+    """Sliding-window attention over the whole packed batch in one SDPA call.
+
+    Queries are cut into blocks of ``window`` tokens; a query in block ``b`` only
+    needs keys within ``window`` of it, which all lie in blocks ``b - 1 .. b + 1``.
+    Each query block therefore attends to those ``3 * window`` keys under a mask
+    that keeps the same document and distance ``<= window``: about 1.5x the
+    necessary work, instead of a ``[tokens, tokens]`` score matrix.
+    """
+    total, heads, head_dim = q.shape
+    block = max(window, 1)
+    blocks = -(-total // block)
+    pad = blocks * block - total
+
+    def key_blocks(x: Tensor) -> Tensor:
+        padded = F.pad(x, (0, 0, 0, 0, block, pad + block)).view(blocks + 2, block, heads, head_dim)
+        return _neighbour_blocks(padded).transpose(1, 2)
+
+    query_blocks = F.pad(q, (0, 0, 0, 0, 0, pad)).view(blocks, block, heads, head_dim).transpose(1, 2)
+
+    # Padding gets document -1: padded queries then see padded keys (never an empty
+    # row, so no NaN), and real queries never see padding.
+    docs = document_ids(cu_seqlens, total)
+    query_docs = F.pad(docs, (0, pad), value=-1).view(blocks, block)
+    key_docs = _neighbour_blocks(F.pad(docs, (block, pad + block), value=-1).view(blocks + 2, block))
+    query_pos = torch.arange(blocks * block, device=q.device).view(blocks, block)
+    key_pos = torch.arange(-block, (blocks + 1) * block, device=q.device).view(blocks + 2, block)
+    key_pos = _neighbour_blocks(key_pos)
+    allowed = (query_docs[:, :, None] == key_docs[:, None, :]) & (
+        (query_pos[:, :, None] - key_pos[:, None, :]).abs() <= window
+    )
+
+    out = F.scaled_dot_product_attention(
+        query_blocks, key_blocks(k), key_blocks(v), attn_mask=allowed[:, None]
+    )
+    return out.transpose(1, 2).reshape(blocks * block, heads, head_dim)[:total]
+
+
+def dense_attention_mask(cu_seqlens: Tensor, total: int, window: int | None) -> Tensor:
+    """``[total, total]`` booleans: may query ``i`` attend to key ``j``?"""
+    docs = document_ids(cu_seqlens, total)
+    allowed = docs[:, None] == docs[None, :]
+    if window is not None:
+        pos = torch.arange(total, device=cu_seqlens.device)
+        allowed &= (pos[:, None] - pos[None, :]).abs() <= window
+    return allowed
+
+
+def _dense(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, window: int | None
+) -> Tensor:
+    scores = torch.einsum("qhd,khd->hqk", q, k) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(~dense_attention_mask(cu_seqlens, q.shape[0], window), float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v)
+
+
+_IMPLEMENTATIONS: dict[str, Callable[..., Tensor]] = {
+    "flash": _flash,
+    "flex": _flex,
+    "sdpa": _sdpa,
+    "dense": _dense,
+}
