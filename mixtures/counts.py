@@ -31,9 +31,8 @@ import orjson
 from mixtures.errors import MixtureError
 from mixtures.recipe import parse_tokens
 from pipeline.cache import cache_dir
+from pipeline.stats import STATS_FORMAT, STATS_VERSION
 
-STATS_FORMAT = "mmbert-data/stats"
-STATS_VERSION = 1
 FINEWEB2_COLUMNS = frozenset({"subset", "split", "code", "script", "utf8_bytes"})
 PLAIN_COLUMNS = frozenset({"language", "tokens"})
 
