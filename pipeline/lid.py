@@ -23,6 +23,9 @@ from pipeline.quality import StreamFilter
 
 BACKENDS = ("trust", "glotlid", "ft176")
 UNKNOWN = "language_unknown"
+# The language of a document is clear long before 100k characters; a huge document
+# (which the size filter drops next anyway) must not cost the model its full length.
+LID_MAX_CHARS = 100_000
 
 
 def _missing_model_message(path: Path, backend: str) -> str:
@@ -121,7 +124,8 @@ class LanguageIdentifier(PipelineStep):
 
     def _predict(self, model, batch: list[Document]) -> None:
         # fastText reads one line per input, so newlines inside a document become spaces.
-        labels, scores = model.predict([doc.text.replace("\n", " ") for doc in batch], k=1)
+        texts = [doc.text[:LID_MAX_CHARS].replace("\n", " ") for doc in batch]
+        labels, scores = model.predict(texts, k=1)
         for doc, doc_labels, doc_scores in zip(batch, labels, scores, strict=True):
             try:
                 label = normalize_label(doc_labels[0], doc.text)

@@ -29,6 +29,7 @@ from pipeline.cache import cache_dir
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
 SAMPLE_PREFIX = "sample:"
 SAMPLE_VOCAB = 8192
+SAMPLE_CHARS_PER_DOC = 20_000  # enough to learn merges; keeps training memory small on huge documents
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,13 @@ def _sample_texts(root: Path) -> Iterator[str]:
     for path in sorted(root.rglob("*")):
         try:
             if path.suffix == ".parquet":
-                yield from (t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t)
+                texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+                yield from (t[:SAMPLE_CHARS_PER_DOC] for t in texts if t)
             elif path.name.endswith((".json.gz", ".json.zst", ".jsonl.zstd", ".jsonl.zst")):
                 opener = gzip.open if path.suffix == ".gz" else zstandard.open
                 with opener(path, "rt", encoding="utf-8") as lines:
-                    yield from (text for line in lines if (text := json.loads(line).get("text")))
+                    texts = (json.loads(line).get("text") for line in lines)
+                    yield from (t[:SAMPLE_CHARS_PER_DOC] for t in texts if t)
         except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError, zstandard.ZstdError):
             continue  # a demo tokenizer does not need every file; the build reports bad input itself
 

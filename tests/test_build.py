@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -15,10 +18,12 @@ from typer.testing import CliRunner
 from cli.data import app
 from mixtures.recipe import load_recipe
 from pipeline.build import Build, BuildOptions
+from pipeline.cache import lid176_model_path
 from pipeline.tokenizer import load_tokenizer
 from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
 
 runner = CliRunner()
+LID176 = lid176_model_path()  # the installed model, resolved before tests point the cache elsewhere
 
 
 @pytest.fixture(autouse=True)
@@ -152,13 +157,29 @@ def test_dedup_removes_injected_near_duplicates_per_language(tmp_path):
     assert by_language["deu_Latn"]["documents_kept"] == 2
 
 
-def test_huge_document_is_dropped_with_a_reason(tmp_path):
+def test_huge_document_is_dropped_with_a_reason_in_bounded_memory(tmp_path):
     hub = tmp_path / "hub"
     rng = random.Random(1)
     huge = (prose(rng, "fra_Latn", sentences=40) + "\n\n") * 8000  # ~20 MB
     assert len(huge.encode()) > 20_000_000
     write_fineweb2(hub, "fra_Latn", [prose(rng, "fra_Latn"), huge])
-    _, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
+    env = {**os.environ, "MMBERT_DATA_CACHE": str(tmp_path / "cache")}
+    # LID-176 sees the huge document too, before the size filter drops it
+    lid = ("--lid", "ft176", "--lid-model", str(LID176))
+    small_hub(tmp_path / "tokenizer-text")  # the sample tokenizer is trained apart from the huge document
+    tokenizer = ("--tokenizer", f"sample:{tmp_path / 'tokenizer-text'}")
+    args = build_args(hub, tmp_path / "out", "--sources", "fineweb2", "--tasks", "1", *lid, *tokenizer)
+    measure = (
+        "import resource, runpy, sys\nsys.argv = ['mmbert-data', *sys.argv[1:]]\ncode = 0\n"
+        "try:\n    runpy.run_module('cli.data', run_name='__main__')\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\nsys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", measure, *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_mb = int(done.stdout.rsplit("peak_mb", 1)[1])
+    assert peak_mb < 1024, f"peak memory {peak_mb} MB for a 20 MB document"
+    stats = json.loads((tmp_path / "out" / "pretrain" / "stats.json").read_text())
     (stream,) = stats["streams"]
     assert stream["drops"] == {"too_large": 1}
     assert stream["documents_kept"] == 1
