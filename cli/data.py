@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-# datatrove logs task failures with loguru; without variable dumps the traceback stays readable.
+# datatrove logs with loguru: keep its console output to warnings and errors (each task's full
+# log stays in OUTPUT/PHASE/_logs), and print failures without variable dumps.
+os.environ.setdefault("LOGURU_LEVEL", "WARNING")
 os.environ.setdefault("LOGURU_DIAGNOSE", "NO")
 
 from enum import Enum
@@ -103,6 +105,9 @@ def build(
     cpus_per_task: int = typer.Option(1, min=1, help="Slurm CPUs per task."),
     limit: int = typer.Option(-1, help="Read at most this many documents per source per task (-1: all)."),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
+    verbose: bool = typer.Option(
+        False, help="Copy every task's log to the console (always in OUTPUT/PHASE/_logs)."
+    ),
 ) -> None:
     """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes."""
     from pipeline.build import Build, BuildOptions, SlurmOptions
@@ -127,6 +132,7 @@ def build(
             limit=limit,
             tasks=tasks,
             workers=workers,
+            verbose=verbose,
             executor=executor.value,
             slurm=SlurmOptions(
                 partition=partition,
@@ -139,7 +145,7 @@ def build(
         if dry_run:
             typer.echo(plan.describe())
             return
-        stats = plan.run()
+        stats = plan.run(on_stage=_announce_stage)
     except (InputError, RecipeError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -148,6 +154,11 @@ def build(
         return
     print_stats(stats, Console())
     typer.echo(f"wrote {plan.phase_dir / 'stats.json'}")
+
+
+def _announce_stage(name: str, tasks: int, done: int) -> None:
+    resumed = f", {done} already done" if done else ""
+    console.print(f"[bold]stage {name}[/]: {tasks} task{'s' if tasks != 1 else ''}{resumed}")
 
 
 @app.command()

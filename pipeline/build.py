@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,17 @@ from pipeline.shards import ArrowShardWriter, BatchTokenizer
 from pipeline.sources import SourceReader
 from pipeline.stats import StatsCompiler, StreamCounter, load_stats
 from pipeline.tokenizer import load_tokenizer
+
+
+class QuietLocalExecutor(LocalPipelineExecutor):
+    """A local executor whose tasks log to their files only; errors still reach the console.
+
+    datatrove copies a task's INFO log to the console for local rank 0 only, so every
+    task here runs as a non-zero local rank (the number is used for nothing else).
+    """
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        return super()._run_for_rank(rank, local_rank + 1, node_rank)
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ class BuildOptions:
     tasks: int = 4
     workers: int = 1
     progress: bool = True
+    verbose: bool = False  # copy every task's log to the console
     executor: str = "local"
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     minhash: MinhashConfig = field(default_factory=MinhashConfig)
@@ -244,20 +257,30 @@ class Build:
                     **common,
                 )
             else:
-                executor = LocalPipelineExecutor(pipeline, workers=min(self.options.workers, tasks), **common)
+                local = LocalPipelineExecutor if self.options.verbose else QuietLocalExecutor
+                executor = local(pipeline, workers=min(self.options.workers, tasks), **common)
             chain.append(executor)
         return chain
 
-    def run(self) -> dict | None:
-        """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit and return None."""
+    def run(self, on_stage: Callable[[str, int, int], None] | None = None) -> dict | None:
+        """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit and return None.
+
+        ``on_stage(name, tasks, done)`` is called before each local stage, with the number of its
+        tasks already finished by an earlier run.
+        """
         # Loaded here, once: a sample tokenizer is trained and cached before workers start.
         loaded = load_tokenizer(self.tokenizer_spec)
         self.phase_dir.mkdir(parents=True, exist_ok=True)
-        self.executors(loaded.name, loaded.sha256)[-1].run()
-        record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
+        chain = self.executors(loaded.name, loaded.sha256)
         if self.options.executor == "slurm":
-            return None
-        return load_stats(self.phase_dir)
+            chain[-1].run()  # submits the whole chain of dependent jobs
+        else:
+            for (name, _, tasks), executor in zip(self.stages(), chain, strict=True):
+                if on_stage:
+                    on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
+                executor.run()
+        record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
+        return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
 
 
 def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:
