@@ -78,26 +78,13 @@ def padded(batch: list[tuple], pad_id: int) -> dict:
 
 
 def transformers_model(config: ModelConfig, sparse: bool):
+    """transformers' ModernBertForMaskedLM with the config our export writes, on SDPA attention."""
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
-    hf_config = ModernBertConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        local_attention=config.local_attention,
-        global_rope_theta=config.rope_theta_global,
-        local_rope_theta=config.rope_theta_local,
-        pad_token_id=config.pad_token_id,
-        eos_token_id=config.eos_token_id,
-        bos_token_id=config.bos_token_id,
-        cls_token_id=config.bos_token_id,
-        sep_token_id=config.eos_token_id,
-        sparse_prediction=sparse,
-        attn_implementation="sdpa",
-    )
-    return ModernBertForMaskedLM(hf_config)
+    from trainer.hf import hf_config
+
+    hf = ModernBertConfig.from_dict(hf_config(config), sparse_prediction=sparse, attn_implementation="sdpa")
+    return ModernBertForMaskedLM(hf)
 
 
 class PeakRss:

@@ -235,14 +235,14 @@ class Build:
             lines.extend(f"  {path}" for path in files)
         return "\n".join(lines)
 
-    def executors(self, tokenizer_name: str, tokenizer_sha256: str) -> list[PipelineExecutor]:
-        """One executor per stage, each depending on the one before (local processes or Slurm jobs)."""
-        chain: list[PipelineExecutor] = []
+    def executors(self, tokenizer_name: str, tokenizer_sha256: str) -> dict[str, PipelineExecutor]:
+        """One executor per stage, in order, each depending on the one before (local or Slurm)."""
+        chain: dict[str, PipelineExecutor] = {}
         for name, pipeline, tasks in self.stages(tokenizer_name, tokenizer_sha256):
             common = {
                 "tasks": tasks,
                 "logging_dir": str(self.phase_dir / "_logs" / name),
-                "depends": chain[-1] if chain else None,
+                "depends": list(chain.values())[-1] if chain else None,
             }
             if self.options.executor == "slurm":
                 slurm = self.options.slurm
@@ -259,7 +259,7 @@ class Build:
             else:
                 local = LocalPipelineExecutor if self.options.verbose else QuietLocalExecutor
                 executor = local(pipeline, workers=min(self.options.workers, tasks), **common)
-            chain.append(executor)
+            chain[name] = executor
         return chain
 
     def run(self, on_stage: Callable[[str, int, int], None] | None = None) -> dict | None:
@@ -273,9 +273,10 @@ class Build:
         self.phase_dir.mkdir(parents=True, exist_ok=True)
         chain = self.executors(loaded.name, loaded.sha256)
         if self.options.executor == "slurm":
-            chain[-1].run()  # submits the whole chain of dependent jobs
+            list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
         else:
-            for (name, _, tasks), executor in zip(self.stages(), chain, strict=True):
+            for name, executor in chain.items():
+                tasks = executor.world_size
                 if on_stage:
                     on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
                 executor.run()

@@ -240,7 +240,9 @@ def test_slurm_executor_chains_the_same_stages(tmp_path):
         executor="slurm",
         slurm=SlurmOptions(partition="cpu-long", time="12:00:00"),
     )
-    chain = Build(options).executors("tok", "0" * 64)
+    stages = Build(options).executors("tok", "0" * 64)
+    assert list(stages) == ["process", "buckets", "clusters", "write", "stats"]
+    chain = list(stages.values())
     assert [type(e) for e in chain] == [SlurmPipelineExecutor] * 5
     assert [e.tasks for e in chain] == [8, 14, 1, 8, 1]
     assert all(later.depends is earlier for earlier, later in zip(chain, chain[1:], strict=False))
