@@ -15,7 +15,7 @@ from pipeline.languages import (
     to_iso639_3,
 )
 
-FINEWEB2_TABLE = Path("/work/shared/data/fineweb2-language-distribution.csv")
+FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
 HOSTILE = ["../../x", "", "   ", "fr/../../etc", "fra_Latn/..", "fra_Latn\n", "__label__", "x", "zzz",
            "fra_latn", "FRA_Latn", "fr_Latn_x", "ab cd", "fra\x00", "C:\\fr", "fr;rm -rf", "qaa"]
 
