@@ -49,6 +49,7 @@ from mixtures.languages import language_table  # noqa: E402
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest  # noqa: E402
 from mixtures.recipe import load_recipe  # noqa: E402
 from mixtures.sampling import capped_allocation, temperature_weights  # noqa: E402
+from tests.test_mixture_sampling import redistribute_until_stable  # noqa: E402  (the reference peer)
 
 TOKENIZER = {"name": "jhu-clsp/mmBERT-base", "sha256": hashlib.sha256(b"bench tokenizer").hexdigest()}
 GOAL_SECONDS = 1.0
@@ -149,18 +150,6 @@ def compile_manifest(phase_dir: Path, manifest: Path) -> int:
 def json_round_trip(phase_dir: Path, out: Path) -> None:
     data = orjson.loads((phase_dir / "stats.json").read_bytes())
     out.write_bytes(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-
-
-def redistribute_until_stable(budget: int, weights: list[float], caps: list[int]) -> list[float]:
-    capped: set[int] = set()
-    while True:
-        free = [i for i in range(len(weights)) if i not in capped]
-        remaining = budget - sum(caps[i] for i in capped)
-        weight = math.fsum(weights[i] for i in free)
-        over = {i for i in free if remaining * weights[i] / weight > caps[i]}
-        if not over:
-            return [caps[i] if i in capped else remaining * weights[i] / weight for i in range(len(weights))]
-        capped |= over
 
 
 def stat_all(root: Path, paths: list[str]) -> int:
