@@ -28,10 +28,10 @@ from typing import Any
 
 import orjson
 
+from mixtures.cache import cache_dir
 from mixtures.errors import MixtureError
+from mixtures.formats import STATS_FORMAT, STATS_VERSION, check_tokenizer, shard_entries
 from mixtures.recipe import parse_tokens
-from pipeline.cache import cache_dir
-from pipeline.stats import STATS_FORMAT, STATS_VERSION
 
 FINEWEB2_COLUMNS = frozenset({"subset", "split", "code", "script", "utf8_bytes"})
 PLAIN_COLUMNS = frozenset({"language", "tokens"})
@@ -68,8 +68,6 @@ BYTES_PER_TOKEN: dict[str, float] = {
 }
 DEFAULT_BYTES_PER_TOKEN = 3.5  # scripts not listed: rare scripts split into short pieces
 
-_NOT_HEX = re.compile(r"[^0-9a-f]")
-
 
 @dataclass(frozen=True)
 class Stream:
@@ -95,7 +93,9 @@ class Counts:
     origin: dict[str, Any]
     data_root: Path | None = None
     phase: str | None = None
-    tokenizer: dict[str, str | None] = field(default_factory=lambda: {"name": None, "sha256": None})
+    tokenizer: dict[str, Any] = field(
+        default_factory=lambda: {"name": None, "sha256": None, "vocab_size": None, "special_ids": None}
+    )
     recipe_sha256: str | None = None
 
 
@@ -118,7 +118,7 @@ def read_stats(path: str | Path) -> Counts:
     if raw.get("version") != STATS_VERSION:
         raise MixtureError(f"{where}: version: expected {STATS_VERSION}, got {raw.get('version')!r}")
     phase = _string(raw, "phase", where)
-    tokenizer = _mapping(raw, "tokenizer", where)
+    tokenizer = check_tokenizer(raw.get("tokenizer"), where)
     recipe = _mapping(raw, "recipe", where)
     streams_raw = raw.get("streams")
     if not isinstance(streams_raw, list):
@@ -134,10 +134,7 @@ def read_stats(path: str | Path) -> Counts:
         },
         data_root=path.parent.resolve(),
         phase=phase,
-        tokenizer={
-            "name": _string(tokenizer, "name", f"{where}: tokenizer"),
-            "sha256": _string(tokenizer, "sha256", f"{where}: tokenizer"),
-        },
+        tokenizer=tokenizer,
         recipe_sha256=_string(recipe, "sha256", f"{where}: recipe"),
     )
 
@@ -264,68 +261,6 @@ def _stream(raw: Any, where: str) -> Stream:
     if shard_tokens != tokens:
         raise MixtureError(f"{where}: tokens is {tokens} but its shards hold {shard_tokens}")
     return Stream(source, language, tokens, shards)
-
-
-def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
-    """A stream's shards as build statistics and manifests list them: path, tokens, bytes, sha256.
-
-    ``path`` is relative to the data root and ``bytes`` is the file's size.
-    """
-    check_shards(raw, where)
-    return tuple(
-        {"path": entry["path"], "tokens": entry["tokens"], "bytes": entry["bytes"], "sha256": entry["sha256"]}
-        for entry in raw
-    )
-
-
-def check_shards(raw: Any, where: str) -> None:
-    """Raise MixtureError naming the first malformed entry of a stream's shard list.
-
-    A phase has 100k+ shards, so the list is checked in bulk (one pass of type
-    tests, then one regex over all the hashes) and only the entry at fault is
-    examined field by field, for the message.
-    """
-    if not isinstance(raw, list):
-        raise MixtureError(f"{where}: shards: expected a list")
-    index = _first_malformed(raw)
-    if index is not None:
-        _check_shard(raw[index], f"{where}: shards[{index}]")
-
-
-def _first_malformed(raw: list) -> int | None:
-    index = 0
-    try:
-        for index, entry in enumerate(raw):  # noqa: B007 (the except clause reports it)
-            path, tokens, size, sha256 = entry["path"], entry["tokens"], entry["bytes"], entry["sha256"]
-            if not (
-                type(path) is str
-                and path
-                and path[0] != "/"
-                and type(tokens) is int
-                and tokens >= 0
-                and type(size) is int
-                and size >= 0
-                and type(sha256) is str
-                and len(sha256) == 64
-            ):
-                return index
-    except (KeyError, TypeError):
-        return index
-    bad = _NOT_HEX.search("".join(entry["sha256"] for entry in raw))
-    return None if bad is None else bad.start() // 64
-
-
-def _check_shard(raw: Any, where: str) -> None:
-    if not isinstance(raw, dict):
-        raise MixtureError(f"{where}: expected an object")
-    path = _string(raw, "path", where)
-    if path.startswith("/") or not path:
-        raise MixtureError(f"{where}: path: must be relative to the data root, got {path!r}")
-    _count(raw, "tokens", where)
-    _count(raw, "bytes", where)
-    sha256 = _string(raw, "sha256", where)
-    if len(sha256) != 64 or _NOT_HEX.search(sha256):
-        raise MixtureError(f"{where}: sha256: expected 64 lowercase hex digits, got {sha256!r}")
 
 
 def _check_unique(streams: tuple[Stream, ...], where: str) -> None:

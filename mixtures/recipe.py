@@ -7,16 +7,17 @@ compiler and the trainer. Loading validates eagerly and names the offending key.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "mmbert.yaml"
-PHASES = ("pretrain", "midtrain", "decay")
 SOURCE_FORMATS = ("fineweb2", "dclm", "dolma", "wikipedia", "arxiv")
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
@@ -67,17 +68,82 @@ class ProcessingSpec:
     tokenize_batch: int = 1000
 
 
+SCHEDULES = ("warmup_constant", "constant", "one_minus_sqrt", "linear")
+DECAY_SCHEDULES = ("one_minus_sqrt", "linear")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate over one phase, a function of the tokens seen in it (``trainer/schedule.py``).
+
+    - ``warmup_constant``: linear from 0 to ``peak`` over ``warmup_tokens``, then ``peak``;
+    - ``constant``: ``peak`` from the first token (no warmup);
+    - ``one_minus_sqrt``: after the optional warmup, from ``peak`` down to
+      ``final_fraction * peak`` as ``1 - sqrt(progress)`` (Hägele et al. 2024,
+      arXiv 2405.18392; ModernBERT's ``OneMinusSqrtScheduler``), mmBERT's decay;
+    - ``linear``: the same fall, linear in the tokens seen.
+
+    The three phases share ``peak``, so pre-training's warmup, the constant
+    context extension and the decay form the recipe's one trapezoid.
+    """
+
+    schedule: str
+    peak: float
+    warmup_tokens: int = 0
+    final_fraction: float = 0.0  # decays only: the last lr is final_fraction * peak
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """StableAdamW settings (``trainer/optim.py``); weight decay is fully decoupled (scaled by lr / peak)."""
+
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 8e-5
+
+
 @dataclass(frozen=True)
 class TrainingSpec:
-    """The trainer's settings for one phase."""
+    """The trainer's settings for one phase.
+
+    ``batch_size`` counts sequences of ``seq_len`` tokens, so an optimizer step
+    sees ``batch_size * seq_len`` tokens (packed: documents share rows, none is
+    padded). Over the first ``batch_warmup_tokens`` the batch grows linearly from
+    ``batch_warmup_min`` sequences to ``batch_size``.
+    """
 
     mask_rate: float
     seq_len: int
     rope_theta_global: float
     rope_theta_local: float
-    lr: dict[str, Any] = field(default_factory=dict)
+    lr: LRSchedule
+    optimizer: OptimizerSpec = OptimizerSpec()
     batch_size: int = 4608
+    batch_warmup_min: int = 4608
     batch_warmup_tokens: int = 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def scaled(self, factor: float) -> TrainingSpec:
+        """The same settings for a phase ``factor`` times as long: token amounts scale, nothing else."""
+        return replace(
+            self,
+            lr=replace(self.lr, warmup_tokens=round(self.lr.warmup_tokens * factor)),
+            batch_warmup_tokens=round(self.batch_warmup_tokens * factor),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, as manifests record them (``from_dict`` reads them back)."""
+        raw = asdict(self)
+        raw["optimizer"]["betas"] = list(self.optimizer.betas)
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> TrainingSpec:
+        """Parse and check a ``training:`` mapping; RecipeError names the key at fault."""
+        return _training(raw, where)
 
 
 @dataclass(frozen=True)
@@ -127,45 +193,206 @@ def _require(mapping: dict, key: str, where: str) -> Any:
     return mapping[key]
 
 
-def _processing(raw: dict, base: ProcessingSpec, where: str) -> ProcessingSpec:
-    known = set(ProcessingSpec.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        raise RecipeError(f"{where}: unknown processing keys {sorted(unknown)} (known: {sorted(known)})")
+def _mapping(raw: Any, where: str) -> dict:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
+    return raw
+
+
+def _known_keys(raw: dict, known: Iterable[str], where: str) -> None:
+    """Refuse keys the recipe does not define, naming the closest known one (a typo costs hours later)."""
+    known = list(known)
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            raise RecipeError(f"{where}: unknown key {key!r} ({hint})")
+
+
+def _number(raw: dict, key: str, where: str, kind: type = float) -> Any:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or kind(value) != value:
+        raise RecipeError(
+            f"{where}.{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}"
+        )
+    return kind(value)
+
+
+def _amount(raw: dict, key: str, where: str) -> int:
+    try:
+        return parse_tokens(raw[key])
+    except ValueError as err:
+        raise RecipeError(f"{where}.{key}: {err}") from err
+
+
+def _processing(raw: Any, base: ProcessingSpec, where: str) -> ProcessingSpec:
+    raw = _mapping(raw, where)
+    _known_keys(raw, ProcessingSpec.__dataclass_fields__, where)
     values = {**base.__dict__, **raw}
     if values["lid"] not in ("trust", "glotlid", "ft176"):
         raise RecipeError(f"{where}.lid: must be trust, glotlid or ft176, got {values['lid']!r}")
     for key in ("max_document_bytes", "shard_bytes", "tokenize_batch"):
-        values[key] = int(parse_tokens(values[key]))
+        values[key] = _amount(values, key, where)
         if values[key] <= 0:
             raise RecipeError(f"{where}.{key}: must be positive")
     return ProcessingSpec(**values)
 
 
-def _training(raw: dict, where: str) -> TrainingSpec:
-    try:
-        lr = dict(raw.get("lr", {}))
-        for key in ("warmup_tokens",):
-            if key in lr:
-                lr[key] = parse_tokens(lr[key])
-        spec = TrainingSpec(
-            mask_rate=float(_require(raw, "mask_rate", where)),
-            seq_len=int(_require(raw, "seq_len", where)),
-            rope_theta_global=float(_require(raw, "rope_theta_global", where)),
-            rope_theta_local=float(_require(raw, "rope_theta_local", where)),
-            lr=lr,
-            batch_size=int(raw.get("batch_size", 4608)),
-            batch_warmup_tokens=parse_tokens(raw.get("batch_warmup_tokens", 0)),
-        )
-    except (TypeError, ValueError) as err:
-        raise RecipeError(f"{where}: {err}") from err
-    if not 0.0 < spec.mask_rate < 1.0:
-        raise RecipeError(f"{where}.mask_rate: must be in (0, 1), got {spec.mask_rate}")
+def _lr(raw: Any, where: str) -> LRSchedule:
+    raw = _mapping(raw, where)
+    _known_keys(raw, LRSchedule.__dataclass_fields__, where)
+    schedule = _require(raw, "schedule", where)
+    if schedule not in SCHEDULES:
+        close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose {', '.join(SCHEDULES)}"
+        raise RecipeError(f"{where}.schedule: unknown schedule {schedule!r} ({hint})")
+    _require(raw, "peak", where)
+    spec = LRSchedule(
+        schedule=schedule,
+        peak=_number(raw, "peak", where),
+        warmup_tokens=_amount(raw, "warmup_tokens", where) if "warmup_tokens" in raw else 0,
+        final_fraction=_number(raw, "final_fraction", where) if "final_fraction" in raw else 0.0,
+    )
+    if not spec.peak > 0:
+        raise RecipeError(f"{where}.peak: must be > 0, got {spec.peak}")
+    if schedule == "constant" and spec.warmup_tokens:
+        raise RecipeError(f"{where}.warmup_tokens: 'constant' has no warmup; use schedule 'warmup_constant'")
+    if spec.final_fraction and schedule not in DECAY_SCHEDULES:
+        raise RecipeError(f"{where}.final_fraction: only the decays ({', '.join(DECAY_SCHEDULES)}) take one")
+    if not 0.0 <= spec.final_fraction <= 1.0:
+        raise RecipeError(f"{where}.final_fraction: must be in [0, 1], got {spec.final_fraction}")
     return spec
 
 
+def _optimizer(raw: Any, where: str) -> OptimizerSpec:
+    raw = _mapping(raw, where)
+    _known_keys(raw, OptimizerSpec.__dataclass_fields__, where)
+    spec = OptimizerSpec()
+    betas = raw.get("betas", list(spec.betas))
+    if not (
+        isinstance(betas, (list, tuple))
+        and len(betas) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+    ):
+        raise RecipeError(f"{where}.betas: expected two numbers such as [0.9, 0.95], got {betas!r}")
+    if not all(0.0 <= b < 1.0 for b in betas):
+        raise RecipeError(f"{where}.betas: each must be in [0, 1), got {betas}")
+    eps = _number(raw, "eps", where) if "eps" in raw else spec.eps
+    decay = _number(raw, "weight_decay", where) if "weight_decay" in raw else spec.weight_decay
+    if not eps > 0 or decay < 0:
+        raise RecipeError(f"{where}: eps must be > 0 and weight_decay >= 0, got {eps} and {decay}")
+    return OptimizerSpec(betas=(float(betas[0]), float(betas[1])), eps=eps, weight_decay=decay)
+
+
+def _training(raw: Any, where: str) -> TrainingSpec:
+    raw = _mapping(raw, where)
+    _known_keys(raw, TrainingSpec.__dataclass_fields__, where)
+    for key in ("mask_rate", "seq_len", "rope_theta_global", "rope_theta_local", "lr"):
+        _require(raw, key, where)
+    batch_size = _number(raw, "batch_size", where, int) if "batch_size" in raw else 4608
+    spec = TrainingSpec(
+        mask_rate=_number(raw, "mask_rate", where),
+        seq_len=_number(raw, "seq_len", where, int),
+        rope_theta_global=_number(raw, "rope_theta_global", where),
+        rope_theta_local=_number(raw, "rope_theta_local", where),
+        lr=_lr(raw["lr"], f"{where}.lr"),
+        optimizer=_optimizer(raw.get("optimizer"), f"{where}.optimizer"),
+        batch_size=batch_size,
+        batch_warmup_min=_number(raw, "batch_warmup_min", where, int)
+        if "batch_warmup_min" in raw
+        else batch_size,
+        batch_warmup_tokens=_amount(raw, "batch_warmup_tokens", where) if "batch_warmup_tokens" in raw else 0,
+    )
+    if not 0.0 < spec.mask_rate < 1.0:
+        raise RecipeError(f"{where}.mask_rate: must be in (0, 1), got {spec.mask_rate}")
+    for key in ("seq_len", "batch_size", "batch_warmup_min"):
+        if getattr(spec, key) < 1:
+            raise RecipeError(f"{where}.{key}: must be >= 1, got {getattr(spec, key)}")
+    if spec.batch_warmup_min > spec.batch_size:
+        raise RecipeError(
+            f"{where}.batch_warmup_min: {spec.batch_warmup_min} exceeds batch_size {spec.batch_size}"
+        )
+    if min(spec.rope_theta_global, spec.rope_theta_local) <= 0:
+        raise RecipeError(f"{where}: RoPE thetas must be > 0")
+    return spec
+
+
+def _source(name: str, raw: Any, where: str) -> SourceSpec:
+    raw = _mapping(raw, where)
+    _known_keys(raw, ("format", "uri", "subsets", "date", "quality_filters"), where)
+    fmt = _require(raw, "format", where)
+    if fmt not in SOURCE_FORMATS:
+        raise RecipeError(f"{where}.format: {fmt!r} is not one of {SOURCE_FORMATS}")
+    return SourceSpec(
+        name=name,
+        format=fmt,
+        uri=str(_require(raw, "uri", where)).rstrip("/"),
+        subsets=tuple(raw.get("subsets", ())),
+        date=str(raw["date"]) if "date" in raw else None,
+        quality_filters=bool(raw.get("quality_filters", True)),
+    )
+
+
+_TOP_KEYS = ("name", "tokenizer", "sources", "processing", "training", "phases")
+_PHASE_KEYS = (
+    "description",
+    "temperature",
+    "tokens",
+    "unique_tokens",
+    "languages",
+    "max_epochs",
+    "budgets",
+    "training",
+    "processing",
+)
+
+
+def _phase(name: str, raw: Any, recipe: dict, where: str) -> PhaseSpec:
+    raw = _mapping(raw, where)
+    _known_keys(raw, _PHASE_KEYS, where)
+    languages = _require(raw, "languages", where)
+    if languages == "all":
+        languages = None
+    elif isinstance(languages, list) and languages:
+        languages = tuple(str(lang) for lang in languages)
+    else:
+        raise RecipeError(f"{where}.languages: must be a non-empty list or 'all'")
+    budgets = {}
+    for source, amount in _mapping(raw.get("budgets"), f"{where}.budgets").items():
+        if source not in recipe["sources"]:
+            raise RecipeError(
+                f"{where}.budgets: unknown source {source!r} (sources: {', '.join(recipe['sources'])})"
+            )
+        budgets[source] = _amount({source: amount}, source, f"{where}.budgets")
+    _require(raw, "temperature", where)
+    temperature = _number(raw, "temperature", where)
+    tokens = _amount({"tokens": _require(raw, "tokens", where)}, "tokens", where)
+    if not temperature > 0:
+        raise RecipeError(f"{where}.temperature: must be > 0, got {temperature}")
+    # A phase's training keys override the recipe-wide ones, key by key.
+    training = {**recipe["training"], **_mapping(_require(raw, "training", where), f"{where}.training")}
+    return PhaseSpec(
+        name=name,
+        temperature=temperature,
+        tokens=tokens,
+        languages=languages,
+        budgets=budgets,
+        training=_training(training, f"{where}.training"),
+        processing=_processing(raw.get("processing"), recipe["processing"], f"{where}.processing"),
+        max_epochs=_number(raw, "max_epochs", where) if raw.get("max_epochs") is not None else None,
+        unique_tokens=_amount(raw, "unique_tokens", where) if "unique_tokens" in raw else None,
+        description=str(raw.get("description", "")),
+    )
+
+
 def load_recipe(path: str | Path | None = None) -> Recipe:
-    """Read and validate a recipe file (the bundled mmBERT recipe by default)."""
+    """Read and validate a recipe file (the bundled mmBERT recipe by default).
+
+    Every problem is a RecipeError naming the file and key path, such as
+    ``phases.decay.training.lr.schedule``; unknown keys at any level are errors.
+    """
     path = Path(path) if path else DEFAULT_RECIPE
     try:
         raw_bytes = path.read_bytes()
@@ -176,56 +403,21 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: invalid YAML: {err}") from err
     where = str(path)
-    sources = {}
-    for name, spec in (_require(raw, "sources", where) or {}).items():
-        fmt = _require(spec, "format", f"{where}: sources.{name}")
-        if fmt not in SOURCE_FORMATS:
-            raise RecipeError(f"{where}: sources.{name}.format {fmt!r} is not one of {SOURCE_FORMATS}")
-        sources[name] = SourceSpec(
-            name=name,
-            format=fmt,
-            uri=str(_require(spec, "uri", f"{where}: sources.{name}")).rstrip("/"),
-            subsets=tuple(spec.get("subsets", ())),
-            date=str(spec["date"]) if "date" in spec else None,
-            quality_filters=bool(spec.get("quality_filters", True)),
-        )
-    base_processing = _processing(raw.get("processing") or {}, ProcessingSpec(), f"{where}: processing")
-    phases = {}
-    for name, spec in (_require(raw, "phases", where) or {}).items():
-        here = f"{where}: phases.{name}"
-        languages = _require(spec, "languages", here)
-        if languages == "all":
-            languages = None
-        elif isinstance(languages, list) and languages:
-            languages = tuple(str(lang) for lang in languages)
-        else:
-            raise RecipeError(f"{here}.languages: must be a non-empty list or 'all'")
-        budgets = {}
-        for source, amount in (spec.get("budgets") or {}).items():
-            if source not in sources:
-                raise RecipeError(
-                    f"{here}.budgets: unknown source {source!r} (sources: {', '.join(sources)})"
-                )
-            budgets[source] = parse_tokens(amount)
-        try:
-            temperature = float(_require(spec, "temperature", here))
-            tokens = parse_tokens(_require(spec, "tokens", here))
-        except ValueError as err:
-            raise RecipeError(f"{here}: {err}") from err
-        if not temperature > 0:
-            raise RecipeError(f"{here}.temperature: must be > 0, got {temperature}")
-        phases[name] = PhaseSpec(
-            name=name,
-            temperature=temperature,
-            tokens=tokens,
-            languages=languages,
-            budgets=budgets,
-            training=_training(_require(spec, "training", here), f"{here}.training"),
-            processing=_processing(spec.get("processing") or {}, base_processing, f"{here}.processing"),
-            max_epochs=float(spec["max_epochs"]) if spec.get("max_epochs") is not None else None,
-            unique_tokens=parse_tokens(spec["unique_tokens"]) if "unique_tokens" in spec else None,
-            description=str(spec.get("description", "")),
-        )
+    raw = _mapping(raw, where)
+    _known_keys(raw, _TOP_KEYS, where)
+    sources = {
+        name: _source(name, spec, f"{where}: sources.{name}")
+        for name, spec in _mapping(_require(raw, "sources", where), f"{where}: sources").items()
+    }
+    shared = {
+        "sources": sources,
+        "processing": _processing(raw.get("processing"), ProcessingSpec(), f"{where}: processing"),
+        "training": _mapping(raw.get("training"), f"{where}: training"),
+    }
+    phases = {
+        name: _phase(name, spec, shared, f"{where}: phases.{name}")
+        for name, spec in _mapping(_require(raw, "phases", where), f"{where}: phases").items()
+    }
     return Recipe(
         name=str(raw.get("name", path.stem)),
         path=path,

@@ -27,8 +27,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
 from datatrove.pipeline.writers import JsonlWriter
 
+from mixtures.cache import cache_dir
 from mixtures.recipe import PhaseSpec, Recipe
-from pipeline.cache import cache_dir
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
 from pipeline.quality import (
@@ -157,7 +157,7 @@ class Build:
             ),
         ]
 
-    def writers(self, tokenizer_name: str, tokenizer_sha256: str) -> list[PipelineStep]:
+    def writers(self, tokenizer: dict) -> list[PipelineStep]:
         processing = self.spec.processing
         return [
             *([Rehydrate()] if self.rehydrate else []),
@@ -165,27 +165,32 @@ class Build:
             ArrowShardWriter(
                 str(self.phase_dir),
                 self.options.phase,
-                tokenizer_name,
-                tokenizer_sha256,
+                tokenizer["name"],
+                tokenizer["sha256"],
                 processing.shard_bytes,
             ),
         ]
 
-    def stages(self, tokenizer_name: str = "", tokenizer_sha256: str = "") -> list[tuple[str, list, int]]:
-        """(name, pipeline, tasks) of each stage, in order; the last one writes stats.json."""
+    def stages(self, tokenizer: dict | None = None) -> list[tuple[str, list, int]]:
+        """(name, pipeline, tasks) of each stage, in order; the last one writes stats.json.
+
+        ``tokenizer`` is the record shards and stats.json carry (``LoadedTokenizer.record()``);
+        without it (``--dry-run``) the steps are only described.
+        """
+        tokenizer = tokenizer or {"name": self.tokenizer_spec, "sha256": ""}
         compile_stats = StatsCompiler(
             str(self.phase_dir),
             self.options.phase,
             recipe={"path": str(self.options.recipe.path), "sha256": self.options.recipe.sha256},
-            tokenizer={"name": tokenizer_name, "sha256": tokenizer_sha256},
+            tokenizer=tokenizer,
         )
-        return [*self._data_stages(tokenizer_name, tokenizer_sha256), ("stats", [compile_stats], 1)]
+        return [*self._data_stages(tokenizer), ("stats", [compile_stats], 1)]
 
-    def _data_stages(self, tokenizer_name: str, tokenizer_sha256: str) -> list[tuple[str, list, int]]:
+    def _data_stages(self, tokenizer: dict) -> list[tuple[str, list, int]]:
         tasks = self.options.tasks
         process = [*self.readers(), *self.filters()]
         if not self.dedup:
-            return [("process", [*process, *self.writers(tokenizer_name, tokenizer_sha256)], tasks)]
+            return [("process", [*process, *self.writers(tokenizer)], tasks)]
         work = self.phase_dir / "_work"
         minhash = self.options.minhash
         return [
@@ -213,7 +218,7 @@ class Build:
                 [
                     RankFileReader(str(work / "filtered")),
                     StreamMinhashFilter(str(work / "remove"), exclusion_writer=self._removed_writer("dedup")),
-                    *self.writers(tokenizer_name, tokenizer_sha256),
+                    *self.writers(tokenizer),
                 ],
                 tasks,
             ),
@@ -235,10 +240,10 @@ class Build:
             lines.extend(f"  {path}" for path in files)
         return "\n".join(lines)
 
-    def executors(self, tokenizer_name: str, tokenizer_sha256: str) -> dict[str, PipelineExecutor]:
+    def executors(self, tokenizer: dict) -> dict[str, PipelineExecutor]:
         """One executor per stage, in order, each depending on the one before (local or Slurm)."""
         chain: dict[str, PipelineExecutor] = {}
-        for name, pipeline, tasks in self.stages(tokenizer_name, tokenizer_sha256):
+        for name, pipeline, tasks in self.stages(tokenizer):
             common = {
                 "tasks": tasks,
                 "logging_dir": str(self.phase_dir / "_logs" / name),
@@ -271,7 +276,7 @@ class Build:
         # Loaded here, once: a sample tokenizer is trained and cached before workers start.
         loaded = load_tokenizer(self.tokenizer_spec)
         self.phase_dir.mkdir(parents=True, exist_ok=True)
-        chain = self.executors(loaded.name, loaded.sha256)
+        chain = self.executors(loaded.record())
         if self.options.executor == "slurm":
             list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
         else:

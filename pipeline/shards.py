@@ -26,10 +26,10 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
 
+from mixtures.formats import SHARD_SCHEMA, shard_metadata
 from pipeline.quality import stream_key
 from pipeline.tokenizer import load_tokenizer
 
-SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))])
 FLUSH_DOCS = 1024
 MAX_OPEN_SHARDS = 64
 
@@ -79,7 +79,7 @@ class _OpenShard:
     def __init__(self, final: Path, metadata: dict[bytes, bytes]):
         self.final = final
         self.tmp = final.with_name(final.name + ".tmp")
-        self.writer = pa.ipc.new_stream(str(self.tmp), SCHEMA.with_metadata(metadata))
+        self.writer = pa.ipc.new_stream(str(self.tmp), SHARD_SCHEMA.with_metadata(metadata))
         self.ids: list[str] = []
         self.arrays: list[np.ndarray] = []
         self.documents = self.tokens = self.size = 0
@@ -100,7 +100,9 @@ class _OpenShard:
         np.cumsum([len(a) for a in self.arrays], out=offsets[1:])
         values = pa.array(np.concatenate(self.arrays), type=pa.uint32())
         column = pa.ListArray.from_arrays(pa.array(offsets), values)
-        self.writer.write_batch(pa.record_batch([pa.array(self.ids, pa.string()), column], schema=SCHEMA))
+        self.writer.write_batch(
+            pa.record_batch([pa.array(self.ids, pa.string()), column], schema=SHARD_SCHEMA)
+        )
         self.ids, self.arrays = [], []
 
     def close(self) -> str:
@@ -137,13 +139,7 @@ class ArrowShardWriter(PipelineStep):
     def _open(self, source: str, language: str, rank: int, seq: int) -> _OpenShard:
         directory = self.phase_dir / source / language
         directory.mkdir(parents=True, exist_ok=True)
-        metadata = {
-            b"mmbert.tokenizer.name": self.tokenizer_name.encode(),
-            b"mmbert.tokenizer.sha256": self.tokenizer_sha256.encode(),
-            b"mmbert.source": source.encode(),
-            b"mmbert.language": language.encode(),
-            b"mmbert.phase": self.phase.encode(),
-        }
+        metadata = shard_metadata(self.tokenizer_name, self.tokenizer_sha256, source, language, self.phase)
         return _OpenShard(directory / f"{rank:05d}-{seq:04d}.arrow", metadata)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:

@@ -19,10 +19,8 @@ from datatrove.pipeline.base import PipelineStep
 from rich.console import Console
 from rich.table import Table
 
+from mixtures.formats import STATS_FORMAT, STATS_VERSION
 from pipeline.quality import stream_key
-
-STATS_FORMAT = "mmbert-data/stats"
-STATS_VERSION = 1
 
 
 class StreamCounter(PipelineStep):

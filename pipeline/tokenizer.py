@@ -23,10 +23,19 @@ import pyarrow.parquet as pq
 import zstandard
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from pipeline.cache import cache_dir
+from mixtures.cache import cache_dir
+from mixtures.formats import SPECIAL_ROLES
 
 # Gemma 2's special tokens, in its id order, so that ids 0..4 mean the same in every tokenizer we make.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+# How each special role is spelled in the tokenizers users bring (Gemma, RoBERTa/XLM-R, BERT).
+ROLE_SPELLINGS = {
+    "pad": ("<pad>", "[PAD]"),
+    "eos": ("<eos>", "</s>", "[SEP]"),
+    "bos": ("<bos>", "<s>", "[CLS]"),
+    "unk": ("<unk>", "[UNK]"),
+    "mask": ("<mask>", "[MASK]"),
+}
 SAMPLE_PREFIX = "sample:"
 SAMPLE_VOCAB = 8192
 SAMPLE_CHARS_PER_DOC = 20_000  # enough to learn merges; keeps training memory small on huge documents
@@ -41,6 +50,16 @@ class LoadedTokenizer:
     sha256: str
     bos_id: int
     eos_id: int
+    special_ids: dict[str, int | None]
+
+    def record(self) -> dict:
+        """What shards' stats and manifests say of the tokenizer (see ``mixtures.formats``)."""
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "vocab_size": self.tokenizer.get_vocab_size(with_added_tokens=True),
+            "special_ids": self.special_ids,
+        }
 
 
 def _special_id(tokenizer: Tokenizer, candidates: tuple[str, ...], what: str, name: str) -> int:
@@ -53,12 +72,17 @@ def _special_id(tokenizer: Tokenizer, candidates: tuple[str, ...], what: str, na
 
 def _from_json_bytes(raw: bytes, name: str) -> LoadedTokenizer:
     tokenizer = Tokenizer.from_str(raw.decode("utf-8"))
+    special_ids = {
+        role: next((i for t in ROLE_SPELLINGS[role] if (i := tokenizer.token_to_id(t)) is not None), None)
+        for role in SPECIAL_ROLES
+    }
     return LoadedTokenizer(
         tokenizer=tokenizer,
         name=name,
         sha256=hashlib.sha256(raw).hexdigest(),
-        bos_id=_special_id(tokenizer, ("<bos>", "<s>", "[CLS]"), "beginning-of-sequence", name),
-        eos_id=_special_id(tokenizer, ("<eos>", "</s>", "[SEP]"), "end-of-sequence", name),
+        bos_id=_special_id(tokenizer, ROLE_SPELLINGS["bos"], "beginning-of-sequence", name),
+        eos_id=_special_id(tokenizer, ROLE_SPELLINGS["eos"], "end-of-sequence", name),
+        special_ids=special_ids,
     )
 
 

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.data import app
+from mixtures.cache import lid176_model_path
 from mixtures.recipe import load_recipe
 from pipeline.build import Build, BuildOptions
-from pipeline.cache import lid176_model_path
 from pipeline.tokenizer import load_tokenizer
 from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
 
@@ -240,7 +240,7 @@ def test_slurm_executor_chains_the_same_stages(tmp_path):
         executor="slurm",
         slurm=SlurmOptions(partition="cpu-long", time="12:00:00"),
     )
-    stages = Build(options).executors("tok", "0" * 64)
+    stages = Build(options).executors({"name": "tok", "sha256": "0" * 64})
     assert list(stages) == ["process", "buckets", "clusters", "write", "stats"]
     chain = list(stages.values())
     assert [type(e) for e in chain] == [SlurmPipelineExecutor] * 5

@@ -14,7 +14,7 @@ from mixtures.errors import MixtureError
 from mixtures.languages import select_languages
 from mixtures.recipe import load_recipe
 from mixtures.sampling import temperature_weights
-from tests.test_mixture_support import DECAY_STREAMS, TOKENIZER_SHA256, write_build
+from tests.test_mixture_support import DECAY_STREAMS, TOKENIZER, write_build
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
 FINEWEB2_HEADER = (
@@ -37,7 +37,7 @@ def test_read_stats_keeps_streams_shards_and_identity(build):
     counts = read_stats(build)
     assert counts.phase == "decay"
     assert counts.data_root == build.resolve()
-    assert counts.tokenizer == {"name": "jhu-clsp/mmBERT-base", "sha256": TOKENIZER_SHA256}
+    assert counts.tokenizer == TOKENIZER
     fra = next(s for s in counts.streams if (s.source, s.language) == ("fineweb2", "fra_Latn"))
     assert fra.tokens == 5000
     assert [shard["path"] for shard in fra.shards] == [

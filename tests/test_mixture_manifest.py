@@ -24,7 +24,7 @@ from mixtures.manifest import (
     write_manifest,
 )
 from mixtures.recipe import load_recipe
-from tests.test_mixture_support import TOKENIZER_JSON, TOKENIZER_SHA256, write_build
+from tests.test_mixture_support import TOKENIZER, TOKENIZER_JSON, TOKENIZER_SHA256, write_build
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_manifest_is_self_describing(manifest, build):
     assert doc["format"] == "mmbert-data/manifest" and doc["version"] == 1
     assert doc["phase"] == "decay" and doc["seed"] == 0
     assert doc["recipe"] == {"name": "mmbert", "path": str(recipe.path.resolve()), "sha256": recipe.sha256}
-    assert doc["tokenizer"] == {"name": "jhu-clsp/mmBERT-base", "sha256": TOKENIZER_SHA256}
+    assert doc["tokenizer"] == TOKENIZER  # with the vocabulary size and special ids the trainer checks
     assert doc["training"]["mask_rate"] == 0.05 and doc["training"]["seq_len"] == 8192
     assert doc["training"]["lr"]["schedule"] == "one_minus_sqrt"
     assert doc["sampling"]["temperature"] == 0.3 and doc["sampling"]["max_epochs"] == 5.0
@@ -224,7 +224,12 @@ def test_planning_manifest_has_no_shards_to_check(tmp_path):
         build_manifest(compile_phase(recipe, "midtrain", counts, tokens=10**9), recipe, counts, 0), path
     )
     doc = load_manifest(path)
-    assert doc["data_root"] is None and doc["tokenizer"] == {"name": "jhu-clsp/mmBERT-base", "sha256": None}
+    assert doc["data_root"] is None and doc["tokenizer"] == {
+        "name": "jhu-clsp/mmBERT-base",
+        "sha256": None,
+        "vocab_size": None,
+        "special_ids": None,
+    }
     assert validate_manifest(path) == [
         f"{path}: compiled from counts for planning, so it lists no shards to check"
     ]

@@ -12,6 +12,12 @@ import pyarrow.ipc
 TOKENIZER_NAME = "jhu-clsp/mmBERT-base"
 TOKENIZER_JSON = b'{"model": {"type": "BPE"}, "version": "test"}'
 TOKENIZER_SHA256 = hashlib.sha256(TOKENIZER_JSON).hexdigest()
+TOKENIZER = {
+    "name": TOKENIZER_NAME,
+    "sha256": TOKENIZER_SHA256,
+    "vocab_size": 256_000,
+    "special_ids": {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4},
+}
 
 # (source, language) -> token count of each shard; the decay phase of the bundled recipe.
 DECAY_STREAMS = {
@@ -95,7 +101,7 @@ def write_build(
         "version": 1,
         "phase": phase,
         "recipe": {"path": "/abs/mixtures/recipes/mmbert.yaml", "sha256": recipe_sha256},
-        "tokenizer": {"name": TOKENIZER_NAME, "sha256": TOKENIZER_SHA256},
+        "tokenizer": TOKENIZER,
         "streams": entries,
         "errors": {"count": 0, "report": None},
     }

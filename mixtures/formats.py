@@ -1,0 +1,136 @@
+"""The on-disk formats every package reads: build statistics, token shards, phase manifests.
+
+The pipeline writes shards and ``stats.json``, the mixture compiler turns them into a
+manifest, and the trainer reads both the manifest and the shards. What they agree on
+lives here, in one light module (standard library and pyarrow only), so that a GPU
+node reading a manifest imports none of the data pipeline:
+
+- format names and versions of ``stats.json`` and the manifest;
+- the shard schema: an Arrow IPC *stream* file, one row per document, ``id: string``
+  and ``input_ids: list<uint32>`` (bos + tokens + eos), with schema metadata naming
+  the tokenizer (name and SHA-256), source, language and phase;
+- a shard entry as stats.json and manifests list it: ``path`` (relative to the data
+  root), ``tokens``, ``bytes`` (the file's size) and ``sha256``;
+- the tokenizer record: ``name``, ``sha256`` of its ``tokenizer.json``, and, so the
+  trainer can check that a model fits the data, ``vocab_size`` and the ids of its
+  special tokens (``special_ids``: pad, eos, bos, unk, mask).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pyarrow as pa
+
+from mixtures.errors import MixtureError
+
+STATS_FORMAT = "mmbert-data/stats"
+STATS_VERSION = 1
+MANIFEST_FORMAT = "mmbert-data/manifest"
+MANIFEST_VERSION = 1
+
+SHARD_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))])
+# Schema metadata every shard carries, and the kind of problem a different value is.
+SHARD_METADATA = {
+    "mmbert.tokenizer.name": "tokenizer mismatch",
+    "mmbert.tokenizer.sha256": "tokenizer mismatch",
+    "mmbert.source": "source mismatch",
+    "mmbert.language": "language mismatch",
+    "mmbert.phase": "phase mismatch",
+}
+# The roles of the special tokens, in Gemma 2's id order (<pad>=0 <eos>=1 <bos>=2 <unk>=3 <mask>=4).
+SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
+
+_NOT_HEX = re.compile(r"[^0-9a-f]")
+
+
+def shard_metadata(
+    tokenizer_name: str, tokenizer_sha256: str, source: str, language: str, phase: str
+) -> dict[bytes, bytes]:
+    """The schema metadata of one shard (keys as in ``SHARD_METADATA``)."""
+    values = (tokenizer_name, tokenizer_sha256, source, language, phase)
+    return {key.encode(): value.encode() for key, value in zip(SHARD_METADATA, values, strict=True)}
+
+
+def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+    """A stream's shards as build statistics and manifests list them: path, tokens, bytes, sha256."""
+    check_shards(raw, where)
+    return tuple(
+        {"path": entry["path"], "tokens": entry["tokens"], "bytes": entry["bytes"], "sha256": entry["sha256"]}
+        for entry in raw
+    )
+
+
+def check_shards(raw: Any, where: str) -> None:
+    """Raise MixtureError naming the first malformed entry of a stream's shard list.
+
+    A phase has 100k+ shards, so the list is checked in bulk (one pass of type
+    tests, then one regex over all the hashes) and only the entry at fault is
+    examined field by field, for the message.
+    """
+    if not isinstance(raw, list):
+        raise MixtureError(f"{where}: shards: expected a list")
+    index = _first_malformed(raw)
+    if index is not None:
+        _check_shard(raw[index], f"{where}: shards[{index}]")
+
+
+def check_tokenizer(raw: Any, where: str) -> dict[str, Any]:
+    """The tokenizer record of stats.json or a manifest, checked; ``vocab_size`` and ids may be absent."""
+    if not isinstance(raw, dict):
+        raise MixtureError(f"{where}: tokenizer: expected an object")
+    for key in ("name", "sha256"):
+        if not isinstance(raw.get(key), str):
+            raise MixtureError(f"{where}: tokenizer.{key}: expected a string, got {raw.get(key)!r}")
+    vocab = raw.get("vocab_size")
+    if vocab is not None and (type(vocab) is not int or vocab < 1):
+        raise MixtureError(f"{where}: tokenizer.vocab_size: expected an integer >= 1, got {vocab!r}")
+    special = raw.get("special_ids")
+    if special is not None:
+        if not isinstance(special, dict) or set(special) - set(SPECIAL_ROLES):
+            raise MixtureError(
+                f"{where}: tokenizer.special_ids: expected an object with keys among {SPECIAL_ROLES}"
+            )
+        for role, token_id in special.items():
+            if token_id is not None and (type(token_id) is not int or token_id < 0):
+                raise MixtureError(f"{where}: tokenizer.special_ids.{role}: expected an id, got {token_id!r}")
+    return {"name": raw["name"], "sha256": raw["sha256"], "vocab_size": vocab, "special_ids": special}
+
+
+def _first_malformed(raw: list) -> int | None:
+    index = 0
+    try:
+        for index, entry in enumerate(raw):  # noqa: B007 (the except clause reports it)
+            path, tokens, size, sha256 = entry["path"], entry["tokens"], entry["bytes"], entry["sha256"]
+            if not (
+                type(path) is str
+                and path
+                and path[0] != "/"
+                and type(tokens) is int
+                and tokens >= 0
+                and type(size) is int
+                and size >= 0
+                and type(sha256) is str
+                and len(sha256) == 64
+            ):
+                return index
+    except (KeyError, TypeError):
+        return index
+    bad = _NOT_HEX.search("".join(entry["sha256"] for entry in raw))
+    return None if bad is None else bad.start() // 64
+
+
+def _check_shard(raw: Any, where: str) -> None:
+    if not isinstance(raw, dict):
+        raise MixtureError(f"{where}: expected an object")
+    path = raw.get("path")
+    if not isinstance(path, str) or path.startswith("/") or not path:
+        raise MixtureError(f"{where}: path: must be relative to the data root, got {path!r}")
+    for key in ("tokens", "bytes"):
+        value = raw.get(key)
+        if type(value) is not int or value < 0:
+            raise MixtureError(f"{where}: {key}: expected an integer >= 0, got {value!r}")
+    sha256 = raw.get("sha256")
+    if not isinstance(sha256, str) or len(sha256) != 64 or _NOT_HEX.search(sha256):
+        raise MixtureError(f"{where}: sha256: expected 64 lowercase hex digits, got {sha256!r}")
