@@ -1,46 +1,193 @@
-"""`mmbert-train`: train ModernBERT encoders and move them to and from transformers."""
+"""`mmbert-train`: train one phase from its manifest; export, import and plot encoders.
+
+mmbert-train --manifest manifests/pretrain.json --out runs/pretrain
+mmbert-train --manifest manifests/midtrain.json --out runs/midtrain --init runs/pretrain
+mmbert-train --manifest manifests/decay.json --out runs/decay --init runs/midtrain
+torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --out R   # DDP, same global batch
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from mixtures.recipe import DEFAULT_RECIPE, load_recipe
+from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe, parse_tokens
 
 app = typer.Typer(
-    help="Train mmBERT encoders, export them to transformers and import released checkpoints.",
-    no_args_is_help=True,
+    help="Train mmBERT encoders phase by phase from compiled manifests; export them to transformers, "
+    "import released checkpoints, plot loss curves.",
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 console = Console(stderr=True, soft_wrap=True)  # keep paths in errors on one line
 
 
+def _fail(err: Exception) -> typer.Exit:
+    """One line on the console (rank 0 only under torchrun), exit status 1."""
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[red]error:[/] {escape(str(err))}")
+    return typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    manifest: Path = typer.Option(
+        None, "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`."
+    ),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Run directory (checkpoints, metrics). Default: runs/PHASE."
+    ),
+    init: Path = typer.Option(
+        None,
+        help="Start from a model: a run directory or checkpoint of the previous phase, a model directory, "
+        "or a transformers ModernBERT directory.",
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest intact checkpoint in --out."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Resume or init even when the manifest, tokenizer or settings differ."
+    ),
+    tokens: str = typer.Option(None, help="Train this many tokens (k/M/B/T); the schedule scales with it."),
+    batch_size: int = typer.Option(None, help="Sequences of seq_len tokens per optimizer step."),
+    micro_batch_tokens: int = typer.Option(
+        None, help="Tokens per packed micro-batch (default: max(8192, 2 x seq_len))."
+    ),
+    lr: float = typer.Option(None, help="Peak learning rate (the schedule's shape stays)."),
+    model: str = typer.Option(None, help="tiny | small | base (default: base, or the --init model's shape)."),
+    attn: str = typer.Option("auto", help="Attention backend: auto | flash | flex | sdpa | dense."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (fixed batch shapes)."),
+    precision: str = typer.Option(None, help="fp32 | bf16 (default: bf16 on a GPU, fp32 on the CPU)."),
+    device: str = typer.Option(None, help="cpu | cuda (default: a GPU when there is one)."),
+    seed: int = typer.Option(
+        None, help="Seed of data order, masks, dropout and init (default: the manifest's)."
+    ),
+    save_every: str = typer.Option(
+        None, help="Checkpoint every N tokens (50M) or every T (30min, 2h). Default: 30min."
+    ),
+    keep: int = typer.Option(None, help="Keep only the newest N checkpoints."),
+) -> None:
+    """Train one phase of the recipe from its manifest (or run one of the commands below)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if manifest is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    from mixtures.errors import MixtureError
+    from mixtures.manifest import load_manifest
+    from trainer.checkpoint import CheckpointError
+    from trainer.config import ConfigError, parse_save_every, resolve
+    from trainer.data import DataError
+    from trainer.model import ModelFormatError
+    from trainer.train import train
+
+    try:
+        every_tokens, every_minutes = parse_save_every(save_every)
+        doc = load_manifest(manifest)
+        config = resolve(
+            doc,
+            manifest,
+            out or Path("runs") / doc["phase"],
+            tokens=_tokens(tokens),
+            batch_size=batch_size,
+            micro_batch_tokens=micro_batch_tokens,
+            lr=lr,
+            seed=seed,
+            model=model,
+            attn_backend=attn,
+            compile=compile,
+            precision=precision,
+            init=str(init) if init else None,
+            save_every_tokens=every_tokens,
+            save_every_minutes=every_minutes,
+            keep=keep,
+        )
+        train(config, resume=resume, force=force, device=device)
+    except (ConfigError, CheckpointError, DataError, ModelFormatError, MixtureError, RecipeError) as err:
+        raise _fail(err) from err
+
+
+def _tokens(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_tokens(value)
+    except ValueError as err:
+        raise RecipeError(f"--tokens: {err}") from err
+
+
+@app.command("plot")
+def plot(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run directories, in training order (e.g. the three phases)."
+    ),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="PNG to write. Default: loss.png in the last run."
+    ),
+) -> None:
+    """Draw loss and learning rate against tokens, one colour per run (phases end to end)."""
+    from trainer.plot import plot_runs
+
+    try:
+        path = plot_runs(runs, output or runs[-1] / "loss.png")
+    except (ValueError, OSError) as err:
+        raise _fail(err) from err
+    typer.echo(f"wrote {path}")
+
+
 @app.command("export")
 def export(
-    model_dir: Path = typer.Argument(..., help="A model directory (config.json + model.safetensors)."),
-    out: Path = typer.Option(..., help="Output directory for transformers' AutoModelForMaskedLM."),
+    model_dir: Path = typer.Argument(
+        ..., help="A run directory (its newest checkpoint), checkpoint or model directory."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output directory for transformers' AutoModelForMaskedLM."
+    ),
     tokenizer: str = typer.Option(
-        None, help="tokenizer.json, a tokenizer directory or a hub name. Default: the recipe's tokenizer."
+        None,
+        help="tokenizer.json, a tokenizer directory, a hub name or sample:DIR. "
+        "Default: the tokenizer of the checkpoint's data, else the recipe's.",
     ),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML naming the default tokenizer."),
 ) -> None:
     """Write config.json, model.safetensors and the tokenizer files for transformers."""
+    from trainer.checkpoint import CheckpointError, checkpoint_dirs, read_state
     from trainer.hf import export_hf
 
     try:
-        export_hf(model_dir, out, tokenizer=tokenizer or load_recipe(recipe).tokenizer)
+        if (model_dir / "checkpoints").is_dir():
+            found = checkpoint_dirs(model_dir)
+            if not found:
+                raise CheckpointError(f"{model_dir}: the run has no complete checkpoint yet")
+            model_dir = found[-1]
+        if tokenizer is None and (model_dir / "state.json").exists():
+            tokenizer = read_state(model_dir)["tokenizer"]["name"]
+        export_hf(model_dir, out, tokenizer=_tokenizer_source(tokenizer or load_recipe(recipe).tokenizer))
     except (ValueError, OSError) as err:  # bad model files, recipe or tokenizer
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from err
-    typer.echo(f"wrote {out}")
+        raise _fail(err) from err
+    typer.echo(f"wrote {out} (from {model_dir})")
+
+
+def _tokenizer_source(spec: str) -> str:
+    """A tokenizer as export takes it: ``sample:DIR`` becomes the trained sample tokenizer's file."""
+    from pipeline.tokenizer import SAMPLE_PREFIX, sample_tokenizer_path
+
+    if spec.startswith(SAMPLE_PREFIX):
+        return str(sample_tokenizer_path(Path(spec[len(SAMPLE_PREFIX) :])))
+    return spec
 
 
 @app.command("import")
 def import_(
     hf_dir: Path = typer.Argument(..., help="A transformers ModernBertForMaskedLM directory."),
-    out: Path = typer.Option(..., help="Model directory to write (config.json + model.safetensors)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Model directory to write (config.json + model.safetensors)."
+    ),
 ) -> None:
     """Turn a transformers ModernBERT checkpoint into a model directory to continue training from."""
     from trainer.hf import import_hf
@@ -48,8 +195,7 @@ def import_(
     try:
         model = import_hf(hf_dir, out)
     except (ValueError, OSError) as err:  # bad or unsupported checkpoint files
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(1) from err
+        raise _fail(err) from err
     typer.echo(f"wrote {out} ({model.num_parameters() / 1e6:.2f}M parameters)")
 
 

@@ -10,7 +10,8 @@ node reading a manifest imports none of the data pipeline:
   and ``input_ids: list<uint32>`` (bos + tokens + eos), with schema metadata naming
   the tokenizer (name and SHA-256), source, language and phase;
 - a shard entry as stats.json and manifests list it: ``path`` (relative to the data
-  root), ``tokens``, ``bytes`` (the file's size) and ``sha256``;
+  root), ``documents``, ``tokens``, ``bytes`` (the file's size) and ``sha256``
+  (``documents`` may be absent from files written before it was recorded);
 - the tokenizer record: ``name``, ``sha256`` of its ``tokenizer.json``, and, so the
   trainer can check that a model fits the data, ``vocab_size`` and the ids of its
   special tokens (``special_ids``: pad, eos, bos, unk, mask).
@@ -54,12 +55,10 @@ def shard_metadata(
 
 
 def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
-    """A stream's shards as build statistics and manifests list them: path, tokens, bytes, sha256."""
+    """A stream's shards as build statistics and manifests list them (see the module docstring)."""
     check_shards(raw, where)
-    return tuple(
-        {"path": entry["path"], "tokens": entry["tokens"], "bytes": entry["bytes"], "sha256": entry["sha256"]}
-        for entry in raw
-    )
+    keys = ("path", "documents", "tokens", "bytes", "sha256")
+    return tuple({key: entry[key] for key in keys if key in entry} for entry in raw)
 
 
 def check_shards(raw: Any, where: str) -> None:
@@ -103,8 +102,11 @@ def _first_malformed(raw: list) -> int | None:
     try:
         for index, entry in enumerate(raw):  # noqa: B007 (the except clause reports it)
             path, tokens, size, sha256 = entry["path"], entry["tokens"], entry["bytes"], entry["sha256"]
+            documents = entry.get("documents", 0)
             if not (
-                type(path) is str
+                type(documents) is int
+                and documents >= 0
+                and type(path) is str
                 and path
                 and path[0] != "/"
                 and type(tokens) is int
@@ -127,8 +129,8 @@ def _check_shard(raw: Any, where: str) -> None:
     path = raw.get("path")
     if not isinstance(path, str) or path.startswith("/") or not path:
         raise MixtureError(f"{where}: path: must be relative to the data root, got {path!r}")
-    for key in ("tokens", "bytes"):
-        value = raw.get(key)
+    for key in ("documents", "tokens", "bytes"):
+        value = raw.get(key, 0) if key == "documents" else raw.get(key)
         if type(value) is not int or value < 0:
             raise MixtureError(f"{where}: {key}: expected an integer >= 0, got {value!r}")
     sha256 = raw.get("sha256")

@@ -43,6 +43,16 @@ def parse_tokens(value: str | int | float) -> int:
     return int(round(float(number) * _SUFFIXES[suffix.lower()]))
 
 
+def format_tokens(count: float | None) -> str:
+    """Token amounts the way the recipe writes them: 1.23B, 45.6M, 7.8k (the inverse of parse_tokens)."""
+    if count is None:
+        return "?"
+    for suffix, unit in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if abs(count) >= unit:
+            return f"{count / unit:.3g}{suffix}"
+    return f"{count:.0f}" if isinstance(count, float) else str(count)
+
+
 @dataclass(frozen=True)
 class SourceSpec:
     """Where a source lives (hub/s3/local URI) and which reader understands it."""
@@ -319,6 +329,17 @@ def _training(raw: Any, where: str) -> TrainingSpec:
     return spec
 
 
+def _shared_training(raw: Any, where: str) -> dict:
+    """The recipe-wide ``training:`` keys, checked here so that a typo is reported where it is."""
+    raw = _mapping(raw, where)
+    _known_keys(raw, TrainingSpec.__dataclass_fields__, where)
+    if "lr" in raw:
+        _lr(raw["lr"], f"{where}.lr")
+    if "optimizer" in raw:
+        _optimizer(raw["optimizer"], f"{where}.optimizer")
+    return raw
+
+
 def _source(name: str, raw: Any, where: str) -> SourceSpec:
     raw = _mapping(raw, where)
     _known_keys(raw, ("format", "uri", "subsets", "date", "quality_filters"), where)
@@ -412,7 +433,7 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
     shared = {
         "sources": sources,
         "processing": _processing(raw.get("processing"), ProcessingSpec(), f"{where}: processing"),
-        "training": _mapping(raw.get("training"), f"{where}: training"),
+        "training": _shared_training(raw.get("training"), f"{where}: training"),
     }
     phases = {
         name: _phase(name, spec, shared, f"{where}: phases.{name}")

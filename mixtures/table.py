@@ -11,18 +11,9 @@ from rich.table import Table
 
 from mixtures.compiler import Mixture, Target
 from mixtures.languages import iso_code, language_table
+from mixtures.recipe import format_tokens
 
 SMALLEST_SHOWN = 5
-
-
-def format_tokens(count: int | None) -> str:
-    """Token amounts the way the recipe writes them: 1.23B, 45.6M, 7.8k."""
-    if count is None:
-        return "?"
-    for suffix, unit in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
-        if abs(count) >= unit:
-            return f"{count / unit:.3g}{suffix}"
-    return str(count)
 
 
 def print_mixture(console: Console, mixture: Mixture, top: int = 20) -> None:

@@ -65,7 +65,7 @@ def test_manifest_is_self_describing(manifest, build):
     stream = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
     assert stream["source"] == "fineweb2" and stream["capped"] is True
     assert stream["target_tokens"] == 100 and stream["expected_epochs"] == 5.0 and stream["weight"] == 0.01
-    assert set(stream["shards"][0]) == {"path", "tokens", "bytes", "sha256"}
+    assert set(stream["shards"][0]) == {"path", "documents", "tokens", "bytes", "sha256"}
     assert sum(s["target_tokens"] for s in doc["streams"]) == doc["sampling"]["tokens"] == 10_000
     body = {key: value for key, value in doc.items() if key != "fingerprint"}
     assert doc["fingerprint"] == hashlib.sha256(canonical_json(body)).hexdigest()

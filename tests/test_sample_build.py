@@ -9,35 +9,12 @@ import datasets
 import pytest
 
 from mixtures.recipe import load_recipe
-from pipeline.build import Build, BuildOptions
-
-SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
+from tests.conftest import SAMPLE
 
 
 @pytest.fixture(scope="module")
-def decay(tmp_path_factory) -> tuple[Path, dict]:
-    return _build("decay", tmp_path_factory.mktemp("sample"))
-
-
-def _build(phase: str, out: Path) -> tuple[Path, dict]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MMBERT_DATA_CACHE", str(out / "cache"))
-        return _run(phase, out)
-
-
-def _run(phase: str, out: Path) -> tuple[Path, dict]:
-    options = BuildOptions(
-        recipe=load_recipe(),
-        phase=phase,
-        output=out,
-        input_root=str(SAMPLE / "hub"),
-        tokenizer=f"sample:{SAMPLE / 'hub'}",
-        filter_configs=str(SAMPLE / "filter-configs"),
-        on_error="skip",
-        progress=False,
-    )
-    plan = Build(options)
-    return plan.phase_dir, plan.run()
+def decay(sample_builds) -> tuple[Path, dict]:
+    return sample_builds["decay"]
 
 
 def _manifest() -> list[dict]:
@@ -81,10 +58,9 @@ def test_every_deliberately_bad_document_is_dropped_with_a_reason(decay):
     assert clusters and all(len(members & kept_ids) == 1 for members in clusters.values())
 
 
-@pytest.mark.slow
-def test_phases_differ_as_the_recipe_says(decay, tmp_path):
-    _, decay_stats = decay
-    _, pretrain_stats = _build("pretrain", tmp_path)
+def test_phases_differ_as_the_recipe_says(sample_builds):
+    _, decay_stats = sample_builds["decay"]
+    _, pretrain_stats = sample_builds["pretrain"]
     pretrain = {s["language"] for s in pretrain_stats["streams"]}
     everything = {s["language"] for s in decay_stats["streams"]}
     phase1 = set(load_recipe().phase("pretrain").languages)

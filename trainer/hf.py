@@ -238,10 +238,22 @@ def tokenizer_from_file(path: str, config: ModelConfig):
 
     The file does not say which token is the mask or the padding, so each of the model's special
     ids must be a special token of the file, and the pad/unk/mask tokens must be named for their role.
+    It behaves as the training data was made: ``<bos> ... <eos>`` around every text (the shards'
+    layout), and ``<mask>`` takes the space before it (``lstrip``), since a masked token carried its
+    leading space in training (the convention of RoBERTa and ModernBERT's tokenizers).
     """
+    from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
+    backend = Tokenizer.from_file(path)
+    bos, eos = backend.id_to_token(config.bos_token_id), backend.id_to_token(config.eos_token_id)
+    if bos is not None and eos is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}",
+            pair=f"{bos} $A {eos} $B {eos}",
+            special_tokens=[(bos, config.bos_token_id), (eos, config.eos_token_id)],
+        )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
     specials = {i: token.content for i, token in tokenizer.added_tokens_decoder.items() if token.special}
     roles = {
         "pad": config.pad_token_id,
@@ -265,7 +277,7 @@ def tokenizer_from_file(path: str, config: ModelConfig):
             "bos_token": specials[config.bos_token_id],
             "cls_token": specials[config.bos_token_id],
             "unk_token": specials[config.unk_token_id],
-            "mask_token": specials[config.mask_token_id],
+            "mask_token": AddedToken(specials[config.mask_token_id], lstrip=True, special=True),
         }
     )
     return tokenizer

@@ -1,0 +1,165 @@
+"""The training loader on the demo's data: determinism, ranks, shares, masks, chunks, packing, resume."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mixtures.formats import SPECIAL_ROLES
+from mixtures.manifest import load_manifest
+from mixtures.recipe import TrainingSpec
+from trainer.data import Blend, DataError, MixtureData, MixtureLoader
+from trainer.masking import Masking
+from trainer.model import IGNORE_INDEX
+from trainer.schedule import batch_size_at
+
+SEQUENCES = 16  # the demo's batch: 16 sequences per step
+
+
+def make_loader(
+    manifest: dict, seed: int = 0, rank: int = 0, world_size: int = 1, **settings
+) -> MixtureLoader:
+    training = TrainingSpec.from_dict(manifest["training"], "manifest")
+    special = manifest["tokenizer"]["special_ids"]
+    options = {
+        "seq_len": training.seq_len,
+        "micro_batch_tokens": max(8192, 2 * training.seq_len),
+        "batch_size_at": lambda tokens: SEQUENCES,
+        "masking": Masking(
+            training.mask_rate, special["mask"], tuple(special.values()), manifest["tokenizer"]["vocab_size"]
+        ),
+        "seed": seed,
+        "pad_id": special["pad"],
+        "rank": rank,
+        "world_size": world_size,
+        **settings,
+    }
+    return MixtureLoader(MixtureData(manifest, seed=seed), **options)
+
+
+def rows(batch) -> list[tuple]:
+    return [
+        (m.input_ids.tolist(), m.labels.tolist(), m.cu_seqlens.tolist(), m.max_seqlen)
+        for m in batch.micro_batches
+    ]
+
+
+@pytest.fixture(scope="module")
+def manifests(sample_manifests) -> dict[str, dict]:
+    return {phase: load_manifest(path) for phase, path in sample_manifests.items()}
+
+
+def test_the_same_manifest_and_seed_give_the_same_batches(manifests):
+    first, again, other = (make_loader(manifests["pretrain"], seed=s) for s in (0, 0, 1))
+    for _ in range(5):
+        a, b, c = first.next_step(), again.next_step(), other.next_step()
+        assert rows(a) == rows(b) and a.state == b.state
+        assert rows(a) != rows(c)
+
+
+def test_two_ranks_split_the_global_batch_of_one(manifests):
+    manifest = manifests["pretrain"]
+    single = make_loader(manifest, micro_batch_tokens=4096)
+    ranks = [make_loader(manifest, micro_batch_tokens=4096, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(6):
+        whole = single.next_step()
+        halves = [loader.next_step() for loader in ranks]
+        assert whole.global_micro_batches == 4 and all(len(h.micro_batches) == 2 for h in halves)
+        # global micro-batch g is rank g % 2's (g // 2)-th: the same tokens, masks and boundaries
+        assert rows(whole)[0::2] == rows(halves[0]) and rows(whole)[1::2] == rows(halves[1])
+        documents = [_documents(h) for h in halves]
+        assert not set(documents[0]) & set(documents[1])  # disjoint ...
+        assert Counter(documents[0]) + Counter(documents[1]) == Counter(_documents(whole))  # ... and complete
+        assert halves[0].tokens == halves[1].tokens == whole.tokens and halves[0].state == whole.state
+
+
+def _documents(batch) -> list[tuple]:
+    """Each packed sequence of a rank's step as (inputs, labels), to compare ranks by content."""
+    found = []
+    for micro in batch.micro_batches:
+        bounds = micro.cu_seqlens.tolist()
+        labels = micro.labels.tolist()
+        inputs = micro.input_ids.tolist()
+        found += [(tuple(inputs[a:b]), tuple(labels[a:b])) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return found
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "midtrain", "decay"])
+def test_stream_shares_follow_the_manifest_weights(manifests, phase):
+    data = MixtureData(manifests[phase], seed=0)
+    blend = Blend(data, manifests[phase]["training"]["seq_len"])
+    tokens, total = Counter(), 0
+    while total < 100_000_000:  # hundreds of epochs of the sample: long enough for its smallest streams
+        chunk = blend.next_chunk()
+        tokens[chunk.stream] += chunk.length
+        total += chunk.length
+    for stream in data.streams:
+        assert tokens[stream.index] / total == pytest.approx(stream.weight, rel=0.02), stream.name
+
+
+def test_every_document_is_seen_once_per_epoch(manifests):
+    manifest = manifests["decay"]
+    data = MixtureData(manifest, seed=0)
+    stream = max(data.streams, key=lambda s: s.documents)
+    seen = Counter(stream.locate(doc) for doc in range(7 * stream.documents))
+    assert len(seen) == stream.documents and set(seen.values()) == {7}
+    first = [stream.locate(doc) for doc in range(stream.documents)]
+    second = [stream.locate(doc) for doc in range(stream.documents, 2 * stream.documents)]
+    assert first != second  # a fresh permutation each epoch
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "midtrain", "decay"])
+def test_masks_chunks_and_packing_on_the_demo_data(manifests, phase):
+    manifest = manifests[phase]
+    rate, seq_len = manifest["training"]["mask_rate"], manifest["training"]["seq_len"]
+    special = [manifest["tokenizer"]["special_ids"][role] for role in SPECIAL_ROLES]
+    mask_id = manifest["tokenizer"]["special_ids"]["mask"]
+    loader = make_loader(manifest)
+    predictions = maskable = tokens = capacity = 0
+    for _ in range(30):
+        batch = loader.next_step()
+        tokens, capacity = tokens + batch.tokens, capacity + batch.capacity
+        for micro in batch.micro_batches:
+            lengths = micro.cu_seqlens.diff()
+            assert int(lengths.max()) <= seq_len and micro.max_seqlen <= seq_len  # no chunk over seq_len
+            labelled = micro.labels != IGNORE_INDEX
+            assert not np.isin(micro.labels[labelled].numpy(), special).any()  # never a special token
+            assert not (micro.input_ids[~labelled] == mask_id).any()  # every <mask> is predicted
+            predictions, maskable = predictions + micro.predictions, maskable + micro.maskable
+    assert abs(predictions / maskable - rate) < 0.005
+    assert tokens / capacity >= 0.95, f"packing efficiency {tokens / capacity:.3f}"
+
+
+def test_a_loader_resumed_from_its_state_continues_exactly(manifests):
+    manifest = manifests["decay"]
+    straight = make_loader(manifest)
+    batches = [straight.next_step() for _ in range(8)]
+    resumed = make_loader(manifest)
+    resumed.load_state_dict(batches[3].state)
+    for expected in batches[4:]:
+        again = resumed.next_step()
+        assert rows(again) == rows(expected) and again.state == expected.state and again.step == expected.step
+    assert set(batches[3].state) == {"step", "tokens", "blend", "carried"}  # a handful of integers
+
+
+def test_batch_warmup_grows_the_micro_batches(manifests):
+    manifest = manifests["pretrain"]
+    training = replace(TrainingSpec.from_dict(manifest["training"], "manifest"), batch_size=32, batch_warmup_min=6)
+    loader = make_loader(manifest, batch_size_at=lambda tokens: batch_size_at(tokens, training))
+    steps = [loader.next_step() for _ in range(3)]
+    assert steps[0].sequences == training.batch_warmup_min < training.batch_size
+    assert steps[0].global_micro_batches <= steps[-1].global_micro_batches
+
+
+def test_shards_that_do_not_match_the_manifest_are_refused(manifests, tmp_path):
+    manifest = manifests["pretrain"]
+    wrong = {**manifest, "tokenizer": {**manifest["tokenizer"], "sha256": "0" * 64}}
+    with pytest.raises(
+        DataError, match=r"tokenizer mismatch: mmbert.tokenizer.sha256 is '[0-9a-f]{64}', the manifest"
+    ):
+        make_loader(wrong).next_step()
+    with pytest.raises(ValueError, match="micro_batch_tokens 512 must be at least seq_len 1024"):
+        make_loader(manifest, micro_batch_tokens=512)

@@ -1,0 +1,75 @@
+"""Learning-rate and batch-size schedules against their closed forms at named token counts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from mixtures.recipe import LRSchedule, load_recipe
+from trainer.schedule import batch_size_at, lr_at, micro_batches
+
+PEAK = 8e-4
+TOTAL = 100_000
+
+
+def test_warmup_constant_rises_linearly_then_holds():
+    spec = LRSchedule("warmup_constant", PEAK, warmup_tokens=10_000)
+    assert lr_at(0, spec, TOTAL) == 0.0
+    assert lr_at(2_500, spec, TOTAL) == pytest.approx(PEAK / 4)
+    assert lr_at(5_000, spec, TOTAL) == pytest.approx(PEAK / 2)
+    assert lr_at(10_000, spec, TOTAL) == PEAK
+    assert lr_at(99_999, spec, TOTAL) == PEAK
+    assert (
+        lr_at(TOTAL, LRSchedule("constant", PEAK), TOTAL)
+        == PEAK
+        == lr_at(1, LRSchedule("constant", PEAK), TOTAL)
+    )
+
+
+def test_one_minus_sqrt_decays_to_its_floor():
+    spec = LRSchedule("one_minus_sqrt", PEAK, final_fraction=0.02)
+    assert lr_at(0, spec, TOTAL) == PEAK
+    # a quarter of the way: 1 - sqrt(1/4) = 1/2 of the way from the floor to the peak
+    assert lr_at(25_000, spec, TOTAL) == pytest.approx(PEAK * (0.02 + 0.98 * 0.5))
+    assert lr_at(64_000, spec, TOTAL) == pytest.approx(PEAK * (0.02 + 0.98 * 0.2))
+    assert lr_at(TOTAL, spec, TOTAL) == pytest.approx(0.02 * PEAK)
+    assert lr_at(2 * TOTAL, spec, TOTAL) == pytest.approx(0.02 * PEAK)  # past the end: the floor
+
+
+def test_linear_decay_after_warmup():
+    spec = LRSchedule("linear", PEAK, warmup_tokens=20_000, final_fraction=0.04)
+    assert lr_at(10_000, spec, TOTAL) == pytest.approx(PEAK / 2)
+    assert lr_at(20_000, spec, TOTAL) == pytest.approx(PEAK)
+    assert lr_at(60_000, spec, TOTAL) == pytest.approx(PEAK * (0.04 + 0.96 * 0.5))
+    assert lr_at(TOTAL, spec, TOTAL) == pytest.approx(0.04 * PEAK)
+
+
+def test_the_three_phases_form_one_trapezoid():
+    recipe = load_recipe()
+    pretrain, midtrain, decay = (recipe.phase(name) for name in ("pretrain", "midtrain", "decay"))
+    end_of_pretrain = lr_at(pretrain.tokens, pretrain.training.lr, pretrain.tokens)
+    assert end_of_pretrain == lr_at(0, midtrain.training.lr, midtrain.tokens) == PEAK
+    assert lr_at(midtrain.tokens, midtrain.training.lr, midtrain.tokens) == lr_at(
+        0, decay.training.lr, decay.tokens
+    )
+    assert lr_at(decay.tokens, decay.training.lr, decay.tokens) == pytest.approx(0.02 * PEAK)
+    assert lr_at(1_500_000_000, pretrain.training.lr, pretrain.tokens) == pytest.approx(
+        PEAK / 2
+    )  # half the 3B warmup
+
+
+def test_batch_size_warmup_ramps_from_the_minimum():
+    spec = replace(load_recipe().phase("pretrain").training, batch_warmup_tokens=60_000)
+    assert batch_size_at(0, spec) == 768
+    assert batch_size_at(30_000, spec) == 768 + (4608 - 768) // 2
+    assert batch_size_at(15_000, spec) == 768 + math.floor((4608 - 768) * 0.25)
+    assert batch_size_at(60_000, spec) == batch_size_at(10**12, spec) == 4608
+    assert batch_size_at(0, replace(spec, batch_warmup_tokens=0)) == 4608
+
+
+def test_micro_batches_hold_the_batch():
+    assert micro_batches(4608, 1024, 8192) == 576
+    assert micro_batches(16, 1024, 8192) == 2
+    assert micro_batches(1, 1024, 8192) == 1  # never none

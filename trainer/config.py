@@ -1,0 +1,207 @@
+"""The run configuration: everything a training run does, from its manifest, recipe settings and flags.
+
+The manifest carries the phase's training settings (mask rate, sequence length,
+RoPE thetas, LR schedule, batch, optimizer), the seed and the tokenizer; flags
+override them for short or differently sized runs. ``--tokens`` scales the
+schedule: warmup and batch warmup keep their share of the phase.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from mixtures.errors import MixtureError
+from mixtures.formats import SPECIAL_ROLES, check_tokenizer
+from mixtures.recipe import RecipeError, TrainingSpec, parse_tokens
+from trainer.attention import BACKENDS
+from trainer.model import PRESETS, ModelConfig
+
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_MICRO_BATCH_TOKENS = 8192
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(min|h)\s*$")
+
+
+class ConfigError(ValueError):
+    """Settings a run cannot start with; the message names the file, field or flag."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``tokens`` is the run's length; ``training`` is already scaled to it."""
+
+    manifest: str
+    out: str
+    phase: str
+    tokens: int
+    training: TrainingSpec
+    seed: int
+    model: str | None = None  # a preset; None: base, or the shape of the --init model
+    attn_backend: str = "auto"
+    compile: bool = False
+    precision: str | None = None  # None: bf16 on a GPU, fp32 on the CPU
+    micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
+    init: str | None = None
+    save_every_tokens: int | None = None
+    save_every_minutes: float | None = 30.0
+    keep: int | None = None
+
+    # What a resumed run must share with the run that wrote the checkpoint for the result not to change.
+    RESULT_FIELDS = ("phase", "tokens", "training", "seed", "model", "micro_batch_tokens")
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["training"] = self.training.to_dict()
+        return raw
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """The result-changing fields where ``saved`` (a checkpoint's config) differs from this run."""
+        mine = self.to_dict()
+        return [
+            f"{key}: {saved.get(key)!r} -> {mine[key]!r}"
+            for key in self.RESULT_FIELDS
+            if saved.get(key) != mine[key]
+        ]
+
+
+def parse_save_every(value: str | None) -> tuple[int | None, float | None]:
+    """``50M`` (tokens, k/M/B/T suffixes) or ``30min`` / ``2h`` (wall clock) -> (tokens, minutes)."""
+    if value is None:
+        return None, 30.0
+    match = _DURATION.match(value)
+    if match:
+        number, unit = float(match.group(1)), match.group(2)
+        minutes = number * 60 if unit == "h" else number
+        if minutes <= 0:
+            raise ConfigError(f"--save-every {value!r}: must be positive")
+        return None, minutes
+    try:
+        tokens = parse_tokens(value)
+    except ValueError as err:
+        raise ConfigError(
+            f"--save-every {value!r}: expected tokens such as 50M or a time such as 30min"
+        ) from err
+    if tokens <= 0:
+        raise ConfigError(f"--save-every {value!r}: must be positive")
+    return tokens, None
+
+
+def resolve(
+    manifest: dict[str, Any],
+    manifest_path: str | Path,
+    out: str | Path,
+    *,
+    tokens: int | None = None,
+    batch_size: int | None = None,
+    micro_batch_tokens: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    **settings: Any,
+) -> TrainConfig:
+    """The run's configuration: the manifest's settings with the flags that were given (None: not given).
+
+    ``batch_size`` overrides the batch in sequences; the batch-warmup start keeps
+    its ratio to it. ``settings`` are the remaining ``TrainConfig`` fields.
+    """
+    where = str(manifest_path)
+    if manifest.get("data_root") is None:
+        raise ConfigError(f"{where}: compiled for planning (from counts), so it lists no shards to train on")
+    try:
+        training = TrainingSpec.from_dict(manifest["training"], f"{where}: training")
+    except RecipeError as err:
+        raise ConfigError(str(err)) from err
+    total = manifest["sampling"]["tokens"]
+    if tokens is not None:
+        if tokens <= 0:
+            raise ConfigError(f"--tokens must be positive, got {tokens}")
+        training, total = training.scaled(tokens / total), tokens
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        start = max(1, min(batch_size, round(training.batch_warmup_min * batch_size / training.batch_size)))
+        training = replace(training, batch_size=batch_size, batch_warmup_min=start)
+    if lr is not None:
+        if not lr > 0:
+            raise ConfigError(f"--lr must be positive, got {lr}")
+        training = replace(training, lr=replace(training.lr, peak=lr))
+    micro = micro_batch_tokens or max(DEFAULT_MICRO_BATCH_TOKENS, 2 * training.seq_len)
+    if micro < training.seq_len:
+        raise ConfigError(f"--micro-batch-tokens {micro} is below the phase's seq_len {training.seq_len}")
+    config = TrainConfig(
+        manifest=str(Path(manifest_path).resolve()),
+        out=str(out),
+        phase=manifest["phase"],
+        tokens=total,
+        training=training,
+        seed=manifest["seed"] if seed is None else seed,
+        micro_batch_tokens=micro,
+        **settings,
+    )
+    if config.model not in (None, *PRESETS):
+        raise ConfigError(f"--model {config.model!r}: choose {', '.join(PRESETS)}")
+    if config.attn_backend not in BACKENDS:
+        raise ConfigError(f"--attn {config.attn_backend!r}: choose {', '.join(BACKENDS)}")
+    if config.precision not in (None, *PRECISIONS):
+        raise ConfigError(f"--precision {config.precision!r}: choose {', '.join(PRECISIONS)}")
+    if config.keep is not None and config.keep < 1:
+        raise ConfigError(f"--keep must be >= 1, got {config.keep}")
+    return config
+
+
+def tokenizer_record(manifest: dict[str, Any], where: str) -> dict[str, Any]:
+    """The manifest's tokenizer, which must state its vocabulary size and special ids."""
+    try:
+        record = check_tokenizer(manifest.get("tokenizer"), where)
+    except MixtureError as err:
+        raise ConfigError(str(err)) from err
+    special = record["special_ids"] or {}
+    missing = [role for role in SPECIAL_ROLES if special.get(role) is None]
+    if record["vocab_size"] is None or missing:
+        raise ConfigError(
+            f"{where}: tokenizer: the build did not record the tokenizer's vocab_size and special ids "
+            f"(missing: {', '.join(['vocab_size'] * (record['vocab_size'] is None) + missing)}); "
+            "rebuild the data with `mmbert-data build` and compile the mixture again"
+        )
+    return record
+
+
+def model_config(config: TrainConfig, tokenizer: dict[str, Any], base: ModelConfig | None) -> ModelConfig:
+    """The model of this phase: ``base`` (from ``--init``) or the preset, with the phase's RoPE and length.
+
+    A new model's vocabulary is the tokenizer's, rounded up to a multiple of 64
+    (ModernBERT's padding for efficient matmuls), and its special ids are the
+    tokenizer's. A model from ``--init`` must already fit the tokenizer.
+    """
+    training = config.training
+    phase = {
+        "rope_theta_global": training.rope_theta_global,
+        "rope_theta_local": training.rope_theta_local,
+        "max_position_embeddings": training.seq_len,
+    }
+    ids = {f"{role}_token_id": tokenizer["special_ids"][role] for role in SPECIAL_ROLES}
+    if base is None:
+        vocab = -(-tokenizer["vocab_size"] // 64) * 64
+        return ModelConfig.preset(config.model or "base", vocab_size=vocab, **ids, **phase)
+    if config.model is not None:
+        preset, shape = PRESETS[config.model], ("hidden_size", "intermediate_size", "num_layers", "num_heads")
+        if any(getattr(preset, key) != getattr(base, key) for key in shape):
+            raise ConfigError(
+                f"--init {config.init} is not a {config.model!r} model; leave out --model to use its shape"
+            )
+    if tokenizer["vocab_size"] > base.vocab_size:
+        raise ConfigError(
+            f"--init {config.init}: the model's vocabulary of {base.vocab_size} does not hold "
+            f"the tokenizer's {tokenizer['vocab_size']} tokens ({tokenizer['name']})"
+        )
+    wrong = [
+        f"{key} {getattr(base, key)} (tokenizer: {value})"
+        for key, value in ids.items()
+        if getattr(base, key) != value
+    ]
+    if wrong:
+        raise ConfigError(
+            f"--init {config.init}: special ids differ from the tokenizer's: {', '.join(wrong)}"
+        )
+    return replace(base, **phase)

@@ -1,0 +1,72 @@
+"""Processes and devices: one CPU, one GPU, or many processes under ``torchrun`` (DDP).
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with more than one
+process the group uses NCCL on GPUs and gloo on the CPU. Only rank 0 writes
+checkpoints, metrics and the console. The model is wrapped in
+``DistributedDataParallel`` here, never in ``model.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> Dist:
+    """Join the process group ``torchrun`` set up (if any) and pick this process's device.
+
+    ``device`` is ``cpu``, ``cuda`` or None (a GPU when there is one).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA GPU is visible to this process")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if world_size > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if use_cuda else "gloo", device_id=where if use_cuda else None)
+    return Dist(rank, world_size, local_rank, where)
+
+
+def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
+    """Element-wise sums of ``values`` over all processes (one collective; the values as given on one)."""
+    if dist.world_size == 1:
+        return [float(value) for value in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    torch_dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    """The module the training loop calls: DDP across processes, the model itself for one."""
+    if dist.world_size == 1:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None
+    )
+
+
+def close(dist: Dist) -> None:
+    if dist.world_size > 1 and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,0 +1,147 @@
+"""What a run reports: a progress line on the console and one JSON line per step in ``metrics.jsonl``.
+
+Each record holds the phase, step, tokens seen, loss and masked-token accuracy
+(over the whole global batch), learning rate, batch size, packing efficiency
+(real tokens / micro-batch capacity), tokens per second, the share of the step
+spent waiting for data, and MFU where the device's peak is known.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixtures.files import write_atomic
+from mixtures.recipe import format_tokens
+from trainer.model import ModelConfig
+
+METRICS_NAME = "metrics.jsonl"
+# Dense bf16 peak FLOP/s by device name (vendor datasheets, without sparsity).
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+}
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, mask_rate: float) -> float:
+    """Training FLOPs per token: 3x the forward (forward + backward), 2 FLOPs per multiply-add.
+
+    Forward per token and layer: the projections ``2 * (4 h^2 + 3 h I)`` (fused QKV
+    and output, GeGLU in and out) plus attention ``4 h c``, with context ``c`` the
+    sequence length in global layers and the window in local ones (the usual
+    MFU convention, Chowdhery et al. 2022, appendix B); then the MLM head and
+    256k decoder at the masked share of tokens only: ``mask_rate * 2 (h^2 + h V)``.
+    """
+    h, inner = config.hidden_size, config.intermediate_size
+    total = 0.0
+    for layer in range(config.num_layers):
+        context = seq_len if config.is_global(layer) else min(seq_len, config.local_attention + 1)
+        total += 2 * (4 * h * h + 3 * h * inner) + 4 * h * context
+    total += mask_rate * 2 * (h * h + h * config.vocab_size)
+    return 3 * total
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak FLOP/s at this precision, where known (bf16 on listed GPUs)."""
+    if device.type != "cuda" or precision != "bf16":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name.split()), None)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Meter:
+    """Turns finished steps into ``metrics.jsonl`` records and a console line (every ``interval`` seconds)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        phase: str,
+        total_tokens: int,
+        flops: float,
+        peak: float | None,
+        interval: float = 10.0,
+        enabled: bool = True,
+    ):
+        self.path = run_dir / METRICS_NAME
+        self.phase, self.total, self.flops, self.peak = phase, total_tokens, flops, peak
+        self.interval, self.enabled = interval, enabled
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.window = {"tokens": 0, "time": 0.0, "wait": 0.0}
+        self.file = None
+
+    def resume_at(self, step: int) -> None:
+        """Drop the records of steps after ``step``: a resumed run writes them again."""
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        write_atomic(self.path, "".join(kept))
+
+    def log(self, record: dict[str, Any], step_time: float, data_wait: float) -> dict[str, Any]:
+        """Complete ``record`` (step, tokens, tokens_in_step, loss, ...) with rates; write and print it."""
+        record = {
+            "phase": self.phase,
+            **record,
+            "step_time": round(step_time, 6),
+            "data_wait": round(data_wait, 6),
+        }
+        record["tokens_per_s"] = record["tokens_in_step"] / step_time if step_time > 0 else None
+        if self.peak and step_time > 0:
+            record["mfu"] = record["tokens_in_step"] * self.flops / step_time / self.peak
+        if not self.enabled:
+            return record
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.window["tokens"] += record["tokens_in_step"]
+        self.window["time"] += step_time
+        self.window["wait"] += data_wait
+        now = time.monotonic() - self.started
+        if now - self.last_print >= self.interval or record["tokens"] >= self.total:
+            self.last_print = now
+            print(self._line(record), file=sys.stderr, flush=True)
+            self.window = {"tokens": 0, "time": 0.0, "wait": 0.0}
+        return record
+
+    def _line(self, record: dict[str, Any]) -> str:
+        window = self.window
+        rate = window["tokens"] / window["time"] if window["time"] > 0 else 0.0
+        left = max(0, self.total - record["tokens"])
+        parts = [
+            f"{self.phase} step {record['step']}",
+            f"{format_tokens(record['tokens'])}/{format_tokens(self.total)} tok "
+            f"({100 * record['tokens'] / self.total:.0f}%)",
+            f"loss {record['loss']:.4f}",
+            f"acc {100 * record['accuracy']:.1f}%",
+            f"lr {record['lr']:.2e}",
+            f"{format_tokens(rate)} tok/s",
+            f"data wait {100 * window['wait'] / max(window['time'], 1e-9):.1f}%",
+        ]
+        if self.peak:
+            parts.append(f"mfu {100 * rate * self.flops / self.peak:.1f}%")
+        parts.append(f"eta {_duration(left / rate) if rate else '?'}")
+        return " | ".join(parts)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

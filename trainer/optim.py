@@ -1,0 +1,91 @@
+"""StableAdamW, the optimizer ModernBERT and mmBERT were trained with, and its parameter groups.
+
+Written out here (about as long as importing it would be) so the trainer needs
+nothing beyond torch on a GPU node; the update follows optimi's ``StableAdamW``
+with ``decouple_lr=True``, which ModernBERT's trainer vendors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def debiased_beta(beta: float, step: int) -> float:
+    """``(beta^t - beta) / (beta^t - 1)``: an EMA with this weight equals Adam's bias-corrected one."""
+    return (beta**step - beta) / (beta**step - 1)
+
+
+class StableAdamW(torch.optim.Optimizer):
+    """AdamW with per-tensor update clipping (Wortsman et al. 2023, arXiv 2304.13013).
+
+    For each tensor ``p`` with gradient ``g`` at step ``t``, with ``b1``, ``b2`` the
+    debiased betas (so ``m`` and ``v`` are the bias-corrected moments)::
+
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g^2
+        lr_t = lr / max(1, sqrt(mean(g^2 / max(v, eps^2))))
+        p = p * (1 - lr_t / max_lr * weight_decay)      # fully decoupled weight decay
+        p = p - lr_t * m / (sqrt(v) + eps)
+
+    ``max_lr`` is the schedule's peak, so weight decay follows the schedule's
+    shape but not the value of the peak. State per tensor: ``exp_avg``,
+    ``exp_avg_sq`` (fp32, like the parameters) and the integer ``step``.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_lr: float | None = None,
+    ):
+        if not lr >= 0 or not eps > 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(
+                f"invalid StableAdamW settings: lr={lr}, betas={betas}, eps={eps}, wd={weight_decay}"
+            )
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "max_lr": max_lr or lr,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("StableAdamW takes no closure")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            eps, decay, max_lr = group["eps"], group["weight_decay"], group["max_lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                b1, b2 = debiased_beta(beta1, state["step"]), debiased_beta(beta2, state["step"])
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(grad, 1 - b1)
+                exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+                rms = (grad.square() / exp_avg_sq.clamp(min=eps * eps)).mean().sqrt()
+                lr_t = group["lr"] / rms.clamp(min=1.0)  # a tensor: no host sync on the GPU
+                if decay:
+                    p.mul_(1 - lr_t / max_lr * decay)
+                p.sub_(exp_avg / exp_avg_sq.sqrt().add_(eps) * lr_t)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linear and embedding weights), none on norms and biases (recipe)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (decay if parameter.dim() >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

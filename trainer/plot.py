@@ -1,0 +1,66 @@
+"""The loss curve: loss and learning rate against tokens, one colour per phase.
+
+Several runs given in order (pre-training, context extension, decay) are laid
+end to end on one token axis, so the recipe's trapezoid and the loss across
+phases read as one training. Drawn with matplotlib's object API (Agg canvas,
+no display needed) and written through a temporary name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from mixtures.files import write_atomic
+from trainer.metrics import METRICS_NAME
+
+SMOOTHING = 0.9  # exponential moving average of the loss, drawn over the raw values
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run's ``metrics.jsonl`` (ValueError naming the file if there is none)."""
+    path = Path(run_dir) / METRICS_NAME
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ValueError(f"{path}: no metrics to plot ({err.strerror or err})") from err
+    records = [json.loads(line) for line in lines if line.strip()]
+    if not records:
+        raise ValueError(f"{path}: no steps recorded yet")
+    return records
+
+
+def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """Draw the runs' loss and learning rate against tokens (runs end to end) into a PNG at ``path``."""
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    loss_axes, lr_axes = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
+    offset = 0
+    for index, run_dir in enumerate(run_dirs):
+        records = read_metrics(run_dir)
+        colour = f"C{index}"
+        tokens = [offset + r["tokens"] for r in records]
+        losses = [r["loss"] for r in records]
+        smooth, value = [], losses[0]
+        for loss in losses:
+            value = SMOOTHING * value + (1 - SMOOTHING) * loss
+            smooth.append(value)
+        label = (
+            f"{records[-1]['phase']} ({Path(run_dir).name})" if len(run_dirs) > 1 else records[-1]["phase"]
+        )
+        loss_axes.plot(tokens, losses, color=colour, alpha=0.25, linewidth=0.8)
+        loss_axes.plot(tokens, smooth, color=colour, linewidth=1.8, label=label)
+        lr_axes.plot(tokens, [r["lr"] for r in records], color=colour, linewidth=1.5)
+        offset = tokens[-1]
+    loss_axes.set_ylabel("MLM loss (masked tokens)")
+    loss_axes.legend(loc="upper right")
+    loss_axes.grid(alpha=0.3)
+    lr_axes.set_ylabel("learning rate")
+    lr_axes.set_xlabel("tokens")
+    lr_axes.grid(alpha=0.3)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return write_atomic(path, buffer.getvalue())

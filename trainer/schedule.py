@@ -1,0 +1,53 @@
+"""Learning-rate and batch-size schedules: pure functions of the tokens seen in a phase.
+
+Counted in tokens, not steps, because the recipe states every amount in tokens
+and the batch (in tokens) changes during batch-size warmup. Being pure, the
+value at any point of a run follows from the tokens seen alone, so a resumed
+run needs no scheduler state.
+
+The learning rate of a step is the schedule at the tokens seen once that step
+is done: warmup starts above zero and a decay ends exactly at its floor on the
+phase's last step. The batch of a step is decided by the tokens seen before it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mixtures.recipe import DECAY_SCHEDULES, LRSchedule, TrainingSpec
+
+
+def lr_at(tokens: int, spec: LRSchedule, total: int) -> float:
+    """The learning rate after ``tokens`` of a phase of ``total`` tokens.
+
+    Linear warmup from 0 to ``peak`` over ``warmup_tokens``; then ``peak`` for the
+    constant schedules, or for the decays, with ``p`` the fraction of the tokens
+    after warmup seen so far and ``f`` the ``final_fraction``:
+    ``one_minus_sqrt``: ``peak * (f + (1 - f) * (1 - sqrt(p)))`` (Hägele et al. 2024,
+    arXiv 2405.18392, as ModernBERT's OneMinusSqrtScheduler); ``linear``:
+    ``peak * (f + (1 - f) * (1 - p))``.
+    """
+    if tokens < spec.warmup_tokens:
+        return spec.peak * tokens / spec.warmup_tokens
+    if spec.schedule not in DECAY_SCHEDULES:
+        return spec.peak
+    progress = min(1.0, (tokens - spec.warmup_tokens) / max(1, total - spec.warmup_tokens))
+    shape = 1.0 - math.sqrt(progress) if spec.schedule == "one_minus_sqrt" else 1.0 - progress
+    return spec.peak * (spec.final_fraction + (1.0 - spec.final_fraction) * shape)
+
+
+def batch_size_at(tokens: int, spec: TrainingSpec) -> int:
+    """Sequences (of ``seq_len`` tokens) in the step that starts after ``tokens``.
+
+    Batch-size warmup: linear from ``batch_warmup_min`` to ``batch_size`` over the
+    first ``batch_warmup_tokens`` tokens (ModernBERT's ramp), rounded down.
+    """
+    if tokens >= spec.batch_warmup_tokens:
+        return spec.batch_size
+    grown = (spec.batch_size - spec.batch_warmup_min) * tokens // spec.batch_warmup_tokens
+    return spec.batch_warmup_min + grown
+
+
+def micro_batches(sequences: int, seq_len: int, micro_batch_tokens: int) -> int:
+    """Packed micro-batches of ``micro_batch_tokens`` that hold ``sequences`` sequences (at least one)."""
+    return max(1, round(sequences * seq_len / micro_batch_tokens))

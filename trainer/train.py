@@ -1,0 +1,329 @@
+"""One phase of training, start to finish: ``mmbert-train --manifest M`` calls :func:`train`.
+
+The loop composes the trainer's parts: ``config`` (what to run), ``data`` (steps
+of packed, masked micro-batches, prepared on a background thread),
+``optim`` and ``schedule`` (StableAdamW at the schedule's learning rate),
+``checkpoint`` (atomic, exact), ``distributed`` (DDP) and ``metrics``.
+
+Exact resume rests on three facts: the loader's state fixes every later batch,
+the learning rate is a function of tokens seen, and every random draw (masks,
+dropout) is seeded by (seed, step, micro-batch). A run killed at any moment and
+resumed from its last checkpoint ends with the same weights, bit for bit.
+
+For crash tests, ``MMBERT_TRAIN_CRASH_AT=STEP:MICRO`` makes the process kill
+itself (SIGKILL) right after micro-step MICRO of step STEP (both 0-based).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixtures.errors import MixtureError
+from mixtures.manifest import load_manifest, validate_manifest
+from trainer.checkpoint import (
+    CheckpointError,
+    checkpoint_dirs,
+    latest_checkpoint,
+    load_checkpoint,
+    load_optimizer,
+    prune_checkpoints,
+    read_init,
+    save_checkpoint,
+)
+from trainer.config import ConfigError, TrainConfig, model_config, tokenizer_record
+from trainer.data import MixtureData, MixtureLoader, Prefetcher
+from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, wrap
+from trainer.masking import Masking
+from trainer.metrics import Meter, flops_per_token, peak_flops
+from trainer.model import IGNORE_INDEX, ModelConfig, ModernBertMLM, read_json_object
+from trainer.optim import StableAdamW, param_groups
+from trainer.plot import plot_runs
+from trainer.schedule import batch_size_at, lr_at, micro_batches
+
+DROPOUT_STREAM = 4  # keeps dropout's seeds apart from the loader's
+PROBLEMS_SHOWN = 10
+
+
+class StopRequest:
+    """SIGTERM or SIGUSR1 (Slurm's warning before preemption): finish the step, checkpoint, exit."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        if sys.platform != "win32":
+            for number in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(number, self._handle)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.signal = number
+
+
+def train(
+    config: TrainConfig, *, resume: bool = False, force: bool = False, device: str | None = None
+) -> Path:
+    """Train one phase as ``config`` says; return the run directory. Errors before training: ConfigError."""
+    dist = init_distributed(device)
+    try:
+        return _train(config, dist, resume, force)
+    finally:
+        close(dist)
+
+
+def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.main else (lambda line: None)
+    run = Path(config.out)
+    training = config.training
+
+    # ---- the phase's data -------------------------------------------------------------------------------
+    try:
+        manifest = load_manifest(config.manifest)
+    except MixtureError as err:
+        raise ConfigError(str(err)) from err
+    problems = validate_manifest(config.manifest, check_hashes=False)
+    if problems:
+        shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
+        raise ConfigError(f"{config.manifest}: {len(problems)} problem(s) with its data:\n  {shown}")
+    tokenizer = tokenizer_record(manifest, config.manifest)
+
+    # ---- the model: a checkpoint of this run, --init, or a new one ---------------------------------------
+    found = latest_checkpoint(run, say) if resume else None
+    if checkpoint_dirs(run) and not resume:
+        raise ConfigError(
+            f"{run} already holds checkpoints; pass --resume to continue that run or choose another --out"
+        )
+    if resume and found is None:
+        say(f"no checkpoint in {run}: starting the run")
+    init = read_init(config.init) if config.init and found is None else None
+    if found is not None:
+        path, state = found
+        base = ModelConfig.from_dict(read_json_object(path / "config.json"), where=str(path / "config.json"))
+        _check_resume(config, manifest, state, force, say)
+        shape = base
+    else:
+        if init and init.tokenizer and init.tokenizer.get("sha256") != tokenizer["sha256"] and not force:
+            raise ConfigError(
+                f"--init {config.init} was trained on data tokenized with {init.tokenizer.get('name')}, this "
+                f"manifest with {tokenizer['name']} (different tokenizer.json); pass --force to start anyway"
+            )
+        shape = model_config(config, tokenizer, init.config if init else None)
+    torch.manual_seed(config.seed)
+    model = ModernBertMLM(shape, attn=config.attn_backend)
+    opt = training.optimizer
+    optimizer = StableAdamW(
+        param_groups(model, opt.weight_decay),
+        lr=training.lr.peak,
+        betas=opt.betas,
+        eps=opt.eps,
+        max_lr=training.lr.peak,
+    )
+    model.to(dist.device)
+    if found is not None:
+        load_checkpoint(*found, model, optimizer)
+    elif init is not None:
+        model.load_weights(init.weights, where=init.where)
+        if init.optimizer is not None:
+            load_optimizer(optimizer, model, *init.optimizer)
+
+    # ---- the loader, the meter, and where the run stands -------------------------------------------------
+    special = tokenizer["special_ids"]
+    loader = MixtureLoader(
+        MixtureData(manifest, seed=config.seed),
+        seq_len=training.seq_len,
+        micro_batch_tokens=config.micro_batch_tokens,
+        batch_size_at=lambda tokens: batch_size_at(tokens, training),
+        masking=Masking(
+            training.mask_rate, special["mask"], tuple(special.values()), tokenizer["vocab_size"]
+        ),
+        seed=config.seed,
+        pad_id=special["pad"],
+        rank=dist.rank,
+        world_size=dist.world_size,
+        fixed_shapes=config.compile,
+    )
+    precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
+    meter = Meter(
+        run,
+        config.phase,
+        config.tokens,
+        flops_per_token(shape, training.seq_len, training.mask_rate),
+        peak_flops(dist.device, precision),
+        enabled=dist.main,
+    )
+    if found is not None:
+        if state["manifest"]["fingerprint"] == manifest["fingerprint"]:
+            loader.load_state_dict(state["loader"])
+        else:  # --force onto another manifest: its positions mean nothing here, so its data starts afresh
+            loader.step, loader.tokens_seen = state["step"], state["tokens"]
+        meter.resume_at(state["step"])
+        say(f"resuming {found[0]} (step {state['step']}, {state['tokens']:,} tokens)")
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+        prune_checkpoints(run, config.keep or 10**9)
+    step, tokens_seen = loader.step, loader.tokens_seen
+    say(_banner(config, manifest, model, loader, dist, precision))
+
+    ddp = wrap(model, dist)
+    forward = torch.compile(ddp) if config.compile else ddp
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    stop = StopRequest()
+    crash_at = _crash_point()
+    checkpoint_state = {
+        "manifest": {"path": config.manifest, "fingerprint": manifest["fingerprint"]},
+        "tokenizer": tokenizer,
+        "config": config.to_dict(),
+    }
+
+    def save() -> Path | None:
+        if not dist.main:
+            return None
+        saved = save_checkpoint(
+            run,
+            model,
+            optimizer,
+            {"step": step, "tokens": tokens_seen, "loader": loader_state, **checkpoint_state},
+        )
+        if config.keep:
+            prune_checkpoints(run, config.keep)
+        return saved
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    model.train()
+    prefetch = Prefetcher(loader)
+    every = config.save_every_tokens
+    loader_state, saved_time = loader.state_dict(), time.monotonic()
+    next_save = (tokens_seen // every + 1) * every if every else None
+    waited = time.perf_counter()
+    try:
+        for batch in prefetch if tokens_seen < config.tokens else ():
+            started = time.perf_counter()
+            data_wait = started - waited
+            lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            predictions, maskable = all_reduce_sum(
+                [
+                    sum(m.predictions for m in batch.micro_batches),
+                    sum(m.maskable for m in batch.micro_batches),
+                ],
+                dist,
+            )
+            loss_sum = torch.zeros((), device=dist.device)
+            correct = torch.zeros((), device=dist.device, dtype=torch.long)
+            last = len(batch.micro_batches) - 1
+            for index, micro in enumerate(batch.micro_batches):
+                micro = micro.to(dist.device)
+                torch.manual_seed(
+                    _seed(config.seed, DROPOUT_STREAM, batch.step, index * dist.world_size + dist.rank)
+                )
+                with ddp.no_sync() if index < last and dist.world_size > 1 else nullcontext():
+                    with autocast:
+                        out = forward(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
+                    # the gradient of the mean loss over the whole global batch (DDP averages over ranks)
+                    (out.loss * (micro.predictions * dist.world_size / max(predictions, 1.0))).backward()
+                loss_sum += out.loss.detach().float() * micro.predictions
+                correct += (
+                    out.logits.detach().argmax(-1) == micro.labels[micro.labels != IGNORE_INDEX]
+                ).sum()
+                if crash_at == (batch.step, index):
+                    os.kill(os.getpid(), signal.SIGKILL)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_total, correct_total, stopping = all_reduce_sum(
+                [loss_sum.item(), correct.item(), float(stop.signal is not None)], dist
+            )
+            step, tokens_seen, loader_state = batch.step + 1, batch.state["tokens"], batch.state
+            record = {
+                "step": step,
+                "tokens": tokens_seen,
+                "tokens_in_step": batch.tokens,
+                "loss": loss_total / max(predictions, 1.0),
+                "accuracy": correct_total / max(predictions, 1.0),
+                "lr": lr,
+                "batch_sequences": batch.sequences,
+                "micro_batches": batch.global_micro_batches,
+                "packing": batch.tokens / batch.capacity,
+                "mask_rate": predictions / max(maskable, 1.0),
+            }
+            meter.log(record, time.perf_counter() - started, data_wait)
+            due_tokens = every is not None and tokens_seen >= next_save
+            due_time = (
+                config.save_every_minutes and time.monotonic() - saved_time >= 60 * config.save_every_minutes
+            )
+            if stopping or due_tokens or due_time:
+                saved = save()
+                next_save = (tokens_seen // every + 1) * every if every else None
+                saved_time = time.monotonic()
+                if stopping:
+                    say(f"stopped by a signal after step {step}; saved {saved}; continue with --resume")
+                    raise SystemExit(128 + (stop.signal or signal.SIGTERM))
+            if tokens_seen >= config.tokens:
+                break
+            waited = time.perf_counter()
+    finally:
+        prefetch.close()
+        meter.close()
+    saved = save()
+    if dist.main:
+        plot = plot_runs([run], run / "loss.png")
+        say(f"done: {tokens_seen:,} tokens in {step} steps; model {saved}; loss curve {plot}")
+    return run
+
+
+def _check_resume(config: TrainConfig, manifest: dict, state: dict, force: bool, say) -> None:
+    """Refuse to continue a checkpoint made for another manifest or with other settings, unless forced."""
+    recorded = state["manifest"]["fingerprint"]
+    if recorded != manifest["fingerprint"]:
+        message = (
+            f"the checkpoint was made for manifest {state['manifest']['path']} "
+            f"(fingerprint {recorded[:16]}...), not {config.manifest} ({manifest['fingerprint'][:16]}...)"
+        )
+        if not force:
+            raise CheckpointError(f"{message}; pass --force to continue on this manifest's data")
+        say(f"warning: {message}; continuing as --force says, the data starts at the manifest's beginning")
+    changed = config.differences(state["config"])
+    if changed and not force:
+        raise CheckpointError(
+            "the run's settings differ from the checkpoint's, so resuming would change the result: "
+            + "; ".join(changed)
+            + " (pass --force to continue anyway)"
+        )
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _crash_point() -> tuple[int, int] | None:
+    value = os.environ.get("MMBERT_TRAIN_CRASH_AT")
+    if not value:
+        return None
+    step, micro = value.split(":")
+    return int(step), int(micro)
+
+
+def _banner(
+    config: TrainConfig,
+    manifest: dict,
+    model: ModernBertMLM,
+    loader: MixtureLoader,
+    dist: Dist,
+    precision: str,
+) -> str:
+    training, shape = config.training, model.config
+    micro = micro_batches(training.batch_size, training.seq_len, config.micro_batch_tokens)
+    return (
+        f"{config.phase}: {len(loader.data.streams)} streams of {manifest['tokenizer']['name']}, "
+        f"{config.tokens:,} tokens to train; batch {training.batch_size} x {training.seq_len} tokens "
+        f"= {micro} micro-batch(es) of {config.micro_batch_tokens:,} per step; "
+        f"model {config.model or 'from --init'} ({model.num_parameters() / 1e6:.2f}M parameters, "
+        f"vocab {shape.vocab_size}); "
+        f"{dist.world_size} process(es) on {dist.device.type}, {precision}"
+    )
