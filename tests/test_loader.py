@@ -147,7 +147,8 @@ def test_a_loader_resumed_from_its_state_continues_exactly(manifests):
 
 def test_batch_warmup_grows_the_micro_batches(manifests):
     manifest = manifests["pretrain"]
-    training = replace(TrainingSpec.from_dict(manifest["training"], "manifest"), batch_size=32, batch_warmup_min=6)
+    training = TrainingSpec.from_dict(manifest["training"], "manifest")
+    training = replace(training, batch_size=32, batch_warmup_min=6)
     loader = make_loader(manifest, batch_size_at=lambda tokens: batch_size_at(tokens, training))
     steps = [loader.next_step() for _ in range(3)]
     assert steps[0].sequences == training.batch_warmup_min < training.batch_size

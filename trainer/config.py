@@ -57,13 +57,22 @@ class TrainConfig:
         return raw
 
     def differences(self, saved: dict[str, Any]) -> list[str]:
-        """The result-changing fields where ``saved`` (a checkpoint's config) differs from this run."""
+        """The result-changing settings where ``saved`` (a checkpoint's config) differs from this run."""
         mine = self.to_dict()
-        return [
-            f"{key}: {saved.get(key)!r} -> {mine[key]!r}"
-            for key in self.RESULT_FIELDS
-            if saved.get(key) != mine[key]
-        ]
+        old = _flatten({key: saved.get(key) for key in self.RESULT_FIELDS})
+        new = _flatten({key: mine[key] for key in self.RESULT_FIELDS})
+        return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in new if old.get(key) != new.get(key)]
+
+
+def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"lr": {"peak": 1}}`` -> ``{"lr.peak": 1}``, so a difference names the setting."""
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def parse_save_every(value: str | None) -> tuple[int | None, float | None]:

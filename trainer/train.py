@@ -87,11 +87,11 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
         manifest = load_manifest(config.manifest)
     except MixtureError as err:
         raise ConfigError(str(err)) from err
+    tokenizer = tokenizer_record(manifest, config.manifest)
     problems = validate_manifest(config.manifest, check_hashes=False)
     if problems:
         shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
         raise ConfigError(f"{config.manifest}: {len(problems)} problem(s) with its data:\n  {shown}")
-    tokenizer = tokenizer_record(manifest, config.manifest)
 
     # ---- the model: a checkpoint of this run, --init, or a new one ---------------------------------------
     found = latest_checkpoint(run, say) if resume else None

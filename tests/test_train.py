@@ -1,0 +1,276 @@
+"""`mmbert-train` end to end on the demo's data: learning, exact resume, DDP, phases, export, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from cli.train import app
+from mixtures.manifest import load_manifest, write_manifest
+from trainer.checkpoint import checkpoint_dirs
+from trainer.model import ModelConfig, ModernBertMLM
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def tiny(manifest: Path, out: Path, *extra: str, tokens: str = "60k") -> list[str]:
+    """A short CPU run: 16 sequences of 1024 per step, in micro-batches of 4096 tokens (four per step)."""
+    return [
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--model",
+        "tiny",
+        "--tokens",
+        tokens,
+        "--batch-size",
+        "16",
+        "--micro-batch-tokens",
+        "4096",
+        "--lr",
+        "3e-3",
+        "--save-every",
+        "20k",
+        *extra,
+    ]
+
+
+def train(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def fails(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 1, result.output
+    return result.output
+
+
+def launch(args: list[str], processes: int = 1, crash_at: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if crash_at:
+        env["MMBERT_TRAIN_CRASH_AT"] = crash_at
+    if processes == 1:
+        command = [sys.executable, "-m", "cli.train", *args]
+    else:  # the README's form: torchrun runs the console script
+        script = str(Path(sys.executable).parent / "mmbert-train")
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={processes}",
+        ]
+        command += ["--no-python", script, *args]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def run(args: list[str], processes: int = 1, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    process = launch(args, processes, crash_at)
+    output, _ = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint_dirs(run_dir)[-1] / "model.safetensors"))
+
+
+def assert_bitwise_equal(a: Path, b: Path) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first), "weights differ"
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(sample_manifests, tmp_path_factory) -> Path:
+    """An uninterrupted single-process run that the interrupted and distributed runs must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    result = run(tiny(sample_manifests["pretrain"], out))
+    assert result.returncode == 0, result.stdout
+    return out
+
+
+def test_a_run_learns_and_leaves_checkpoints_metrics_and_a_plot(reference):
+    records = metrics(reference)
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    assert records[-1]["tokens"] >= 60_000 > records[-2]["tokens"]
+    assert records[-1]["loss"] < records[0]["loss"] - 0.3
+    assert all(0.25 < r["mask_rate"] < 0.35 and r["lr"] > 0 for r in records)
+    assert records[0]["micro_batches"] < records[-1]["micro_batches"] == 4  # batch-size warmup
+    newest = checkpoint_dirs(reference)[-1]
+    assert {p.name for p in newest.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    }
+    state = json.loads((newest / "state.json").read_text())
+    assert state["step"] == records[-1]["step"] and state["tokens"] == records[-1]["tokens"]
+    assert set(state["loader"]) == {"step", "tokens", "blend", "carried"}
+    assert (reference / "loss.png").stat().st_size > 10_000
+    assert len(checkpoint_dirs(reference)) >= 3  # every 20k tokens, and at the end
+
+
+def test_killed_between_micro_steps_and_resumed_it_ends_bit_for_bit_the_same(
+    reference, sample_manifests, tmp_path
+):
+    args = tiny(sample_manifests["pretrain"], tmp_path / "run")
+    crashed = run(args, crash_at="2:2")  # step 2 has four micro-steps: killed after the third
+    assert crashed.returncode == -signal.SIGKILL
+    assert not list(
+        (tmp_path / "run" / "checkpoints").glob(".*")
+    )  # no half-written checkpoint under a final name
+    resumed = run([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stdout
+    assert "resuming" in resumed.stdout
+    assert_bitwise_equal(reference, tmp_path / "run")
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [r["step"] for r in metrics(reference)]
+
+
+def test_two_processes_follow_one_and_resume_exactly(reference, sample_manifests, tmp_path):
+    args = tiny(sample_manifests["pretrain"], tmp_path / "ddp")
+    whole = run(args, processes=2)
+    assert whole.returncode == 0, whole.stdout
+    ours, single = metrics(tmp_path / "ddp"), metrics(reference)
+    assert [r["tokens"] for r in ours] == [r["tokens"] for r in single]  # the same global batches
+    for a, b in zip(ours, single, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["accuracy"] == pytest.approx(
+            b["accuracy"]
+        )
+    interrupted = tiny(sample_manifests["pretrain"], tmp_path / "ddp-killed")
+    assert run(interrupted, processes=2, crash_at="2:0").returncode != 0
+    resumed = run([*interrupted, "--resume"], processes=2)
+    assert resumed.returncode == 0, resumed.stdout
+    assert_bitwise_equal(tmp_path / "ddp", tmp_path / "ddp-killed")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
+    args = tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M")
+    process = launch(args)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or len(metrics(tmp_path / "run")) < 2:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by a signal" in output and "continue with --resume" in output
+    last = metrics(tmp_path / "run")[-1]["step"]
+    assert checkpoint_dirs(tmp_path / "run")[-1].name == f"step-{last:08d}"
+
+
+def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_path):
+    runs = {phase: tmp_path / phase for phase in ("pretrain", "midtrain", "decay")}
+    train(*tiny(sample_manifests["pretrain"], runs["pretrain"], tokens="40k"))
+    for previous, phase in (("pretrain", "midtrain"), ("midtrain", "decay")):
+        train(
+            *tiny(sample_manifests[phase], runs[phase], "--init", str(runs[previous]), tokens="40k"),
+            "--micro-batch-tokens",
+            "16384",
+            "--batch-size",
+            "4",
+        )
+    decay = checkpoint_dirs(runs["decay"])[-1]
+    config = json.loads((decay / "config.json").read_text())
+    assert config["rope_theta_global"] == 160_000.0 and config["max_position_embeddings"] == 8192
+    optimizer_steps = json.loads((decay / "state.json").read_text())["optimizer_steps"]
+    pretrain_steps = json.loads((checkpoint_dirs(runs["pretrain"])[-1] / "state.json").read_text())["step"]
+    assert min(optimizer_steps.values()) > pretrain_steps  # the optimizer's moments carried across phases
+    result = runner.invoke(app, ["plot", *map(str, runs.values()), "-o", str(tmp_path / "loss.png")])
+    assert result.exit_code == 0 and (tmp_path / "loss.png").stat().st_size > 10_000
+
+    with pytest.MonkeyPatch.context() as patch:  # the sample tokenizer lives in the session's cache
+        patch.setenv("MMBERT_DATA_CACHE", str(sample_manifests["pretrain"].parents[1] / "cache"))
+        result = runner.invoke(app, ["export", str(runs["decay"]), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    from transformers import pipeline
+
+    fill = pipeline("fill-mask", model=str(tmp_path / "hf"))
+    predictions = fill(f"All human beings are born free and equal in {fill.tokenizer.mask_token}.", top_k=3)
+    assert len(predictions) == 3 and all(p["sequence"].startswith("All human beings") for p in predictions)
+
+
+def test_bad_input_stops_before_training_and_names_it(sample_manifests, sample_builds, tmp_path):
+    manifest = load_manifest(sample_manifests["pretrain"])
+    body = {k: v for k, v in manifest.items() if k != "fingerprint"}
+
+    def variant(name: str, **changes) -> Path:
+        path = tmp_path / f"{name}.json"
+        write_manifest({**body, **changes}, path)
+        return path
+
+    # a missing and a changed shard, found before the first step
+    data = tmp_path / "data"
+    shutil.copytree(sample_builds["pretrain"][0], data)
+    moved = variant("moved", data_root=str(data))
+    first, second = (s["shards"][0]["path"] for s in manifest["streams"][:2])
+    (data / first).unlink()
+    with open(data / second, "ab") as handle:
+        handle.write(b"\0")
+    output = fails(*tiny(moved, tmp_path / "a"))
+    assert f"missing shard: {first}" in output and f"changed shard: {second}" in output
+    assert not (tmp_path / "a").exists()
+    # an unknown schedule in the manifest's training settings
+    output = fails(
+        *tiny(
+            variant("cosine", training={**body["training"], "lr": {"schedule": "cosine", "peak": 1e-3}}),
+            tmp_path / "b",
+        )
+    )
+    assert "cosine.json: training.lr.schedule: unknown schedule 'cosine'" in output
+    # a tokenizer the build did not describe, and one whose special ids do not fit the model
+    output = fails(
+        *tiny(variant("old", tokenizer={k: body["tokenizer"][k] for k in ("name", "sha256")}), tmp_path / "c")
+    )
+    assert (
+        "old.json: tokenizer: the build did not record the tokenizer's vocab_size and special ids" in output
+    )
+    small = tmp_path / "small-model"
+    ModernBertMLM(ModelConfig.preset("tiny", vocab_size=1024)).save(small)
+    output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "d", "--init", str(small)))
+    assert (
+        f"--init {small}: the model's vocabulary of 1024 does not hold the tokenizer's 8192 tokens" in output
+    )
+    swapped = tmp_path / "swapped-model"
+    ModernBertMLM(ModelConfig.preset("tiny", vocab_size=8192, bos_token_id=1, eos_token_id=2)).save(swapped)
+    output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "e", "--init", str(swapped)))
+    assert "special ids differ from the tokenizer's: eos_token_id 2 (tokenizer: 1), bos_token_id 1" in output
+
+
+def test_resume_refuses_another_manifest_and_falls_back_from_a_damaged_checkpoint(sample_manifests, tmp_path):
+    out = tmp_path / "run"
+    train(*tiny(sample_manifests["pretrain"], out, tokens="40k"))
+    output = fails(*tiny(sample_manifests["pretrain"], out))
+    assert "already holds checkpoints; pass --resume" in output
+    output = fails(*tiny(sample_manifests["decay"], out, "--resume", "--micro-batch-tokens", "16384"))
+    assert "the checkpoint was made for manifest" in output and "pass --force" in output
+    output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", tokens="80k"))
+    assert "the run's settings differ from the checkpoint's" in output and "tokens: 40000 -> 80000;" in output
+    assert "training.lr.warmup_tokens: 52 -> 105; training.batch_warmup_tokens: 1043 -> 2087" in output
+    newest, previous = checkpoint_dirs(out)[-1], checkpoint_dirs(out)[-2]
+    with open(newest / "model.safetensors", "r+b") as handle:
+        handle.seek(-8, os.SEEK_END)
+        handle.write(b"\xff" * 8)
+    output = train(*tiny(sample_manifests["pretrain"], out, "--resume", tokens="40k"))
+    assert f"{newest / 'model.safetensors'}: damaged" in output and "using the checkpoint before it" in output
+    assert f"resuming {previous}" in output
