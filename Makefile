@@ -37,6 +37,15 @@ BUILD := $(BIN)/mmbert-data build --output $(DEMO)/data --input-root $(SAMPLE)/h
 	--tokenizer sample:$(SAMPLE)/hub --filter-configs $(SAMPLE)/filter-configs --on-error skip
 MIXTURE := $(BIN)/mmbert-data mixture --tokens 150k
 
+# Then the `tiny` encoder trains through the three phases on the CPU, each phase starting
+# from the one before (--resume makes a rerun pick up where it stopped, or do nothing), is
+# exported for transformers and asked to fill a mask.
+TRAIN := $(BIN)/mmbert-train --model tiny --lr 1e-2 --resume
+RUNS := $(DEMO)/train
+FILL_MASK := from transformers import pipeline; fill = pipeline('fill-mask', '$(DEMO)/hf'); \
+	text = 'All human beings are born free and equal in ' + fill.tokenizer.mask_token + ' and rights.'; \
+	print(text); [print(f\"  {p['score']:.3f}  {p['sequence']}\") for p in fill(text, top_k=5)]
+
 demo: setup
 	$(BUILD) --phase pretrain --lid ft176
 	$(BUILD) --phase midtrain
@@ -45,6 +54,15 @@ demo: setup
 	$(MIXTURE) --stats $(DEMO)/data/pretrain --output $(DEMO)/manifests/pretrain.json
 	$(MIXTURE) --stats $(DEMO)/data/midtrain --output $(DEMO)/manifests/midtrain.json
 	$(MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
+	$(TRAIN) --manifest $(DEMO)/manifests/pretrain.json --out $(RUNS)/pretrain --tokens 1M --batch-size 16
+	$(TRAIN) --manifest $(DEMO)/manifests/midtrain.json --out $(RUNS)/midtrain --tokens 400k --batch-size 2 \
+		--init $(RUNS)/pretrain
+	$(TRAIN) --manifest $(DEMO)/manifests/decay.json --out $(RUNS)/decay --tokens 400k --batch-size 2 \
+		--init $(RUNS)/midtrain
+	$(BIN)/mmbert-train plot $(RUNS)/pretrain $(RUNS)/midtrain $(RUNS)/decay --output $(RUNS)/loss.png
+	$(BIN)/mmbert-train export $(RUNS)/decay --out $(DEMO)/hf
+	$(PY) -c "$(FILL_MASK)"
+	@echo "loss curve: $(RUNS)/loss.png"
 
 test: setup
 	$(BIN)/ruff check .

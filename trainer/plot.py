@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from mixtures.files import write_atomic
 from trainer.metrics import METRICS_NAME
 
-SMOOTHING = 0.9  # exponential moving average of the loss, drawn over the raw values
+SMOOTHING_WINDOW = (8, 100)  # the smoothed loss averages over an eighth of a run's steps, at most 100
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -34,6 +34,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def smoothed(values: Sequence[float]) -> list[float]:
+    """A bias-corrected exponential moving average (TensorBoard's) over a window that grows with the run."""
+    share, cap = SMOOTHING_WINDOW
+    decay = 1.0 - 1.0 / min(cap, max(1.0, len(values) / share))
+    average, out = 0.0, []
+    for count, value in enumerate(values, start=1):
+        average = decay * average + (1 - decay) * value
+        out.append(average / (1 - decay**count) if decay else value)
+    return out
+
+
 def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     """Draw the runs' loss and learning rate against tokens (runs end to end) into a PNG at ``path``."""
     fig = Figure(figsize=(10, 6.5), layout="constrained")
@@ -44,15 +55,10 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         colour = f"C{index}"
         tokens = [offset + r["tokens"] for r in records]
         losses = [r["loss"] for r in records]
-        smooth, value = [], losses[0]
-        for loss in losses:
-            value = SMOOTHING * value + (1 - SMOOTHING) * loss
-            smooth.append(value)
-        label = (
-            f"{records[-1]['phase']} ({Path(run_dir).name})" if len(run_dirs) > 1 else records[-1]["phase"]
-        )
+        phase, name = records[-1]["phase"], Path(run_dir).name
+        label = phase if name == phase else f"{phase} ({name})"
         loss_axes.plot(tokens, losses, color=colour, alpha=0.25, linewidth=0.8)
-        loss_axes.plot(tokens, smooth, color=colour, linewidth=1.8, label=label)
+        loss_axes.plot(tokens, smoothed(losses), color=colour, linewidth=1.8, label=label)
         lr_axes.plot(tokens, [r["lr"] for r in records], color=colour, linewidth=1.5)
         offset = tokens[-1]
     loss_axes.set_ylabel("MLM loss (masked tokens)")
