@@ -44,7 +44,7 @@ def test_read_stats_keeps_streams_shards_and_identity(build):
         "fineweb2/fra_Latn/00000.arrow",
         "fineweb2/fra_Latn/00001.arrow",
     ]
-    assert set(fra.shards[0]) == {"path", "tokens", "bytes", "sha256"}
+    assert set(fra.shards[0]) == {"path", "documents", "tokens", "bytes", "sha256"}
 
 
 @pytest.mark.parametrize(
