@@ -48,10 +48,20 @@ if TYPE_CHECKING:  # the compiler's types, named for the writer only: reading ne
     from mixtures.counts import Counts
     from mixtures.recipe import Recipe
 
-try:  # orjson parses a 185k-shard manifest ~5x faster; a GPU node without it reads with json
-    from orjson import JSONDecodeError, loads
-except ImportError:  # pragma: no cover - exercised where orjson is not installed
-    from json import JSONDecodeError, loads
+try:  # orjson reads and writes a 185k-shard manifest ~5-8x faster (see bench/mixture.py)
+    import orjson
+
+    JSONDecodeError, loads = orjson.JSONDecodeError, orjson.loads
+
+    def _dumps(doc: dict[str, Any]) -> bytes:
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+except ImportError:  # a GPU node with only the trainer's dependencies
+    from json import JSONDecodeError, dumps, loads
+
+    def _dumps(doc: dict[str, Any]) -> bytes:
+        return dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
 
 _NONE = type(None)
 _TOP_FIELDS = {
@@ -124,12 +134,11 @@ def build_manifest(mixture: Mixture, recipe: Recipe, counts: Counts, seed: int) 
 def canonical_json(doc: dict[str, Any]) -> bytes:
     """Sorted keys, compact separators, UTF-8: one byte string per document.
 
-    orjson rather than the standard library: a decay manifest holds ~185k
-    shard entries and orjson writes them ~8x faster (see bench/mixture.py).
+    Written by orjson where it is installed (it is a dependency of the package) and
+    by the standard library otherwise; the fingerprint covers the bytes written, so
+    a file is checked the same way whichever wrote it.
     """
-    import orjson
-
-    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    return _dumps(doc)
 
 
 def write_manifest(doc: dict[str, Any], path: str | Path) -> str:

@@ -1,16 +1,14 @@
-"""Shared fixtures: the bundled sample built and compiled once per session, as `make demo` does."""
+"""Shared fixtures: the bundled sample built and compiled once per session, as `make demo` does.
+
+The data pipeline is imported inside the fixtures, so that the GPU tests (which need only
+the trainer's dependencies) are collected on a machine without datatrove.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
-from mixtures.compiler import compile_phase
-from mixtures.counts import read_stats
-from mixtures.manifest import build_manifest, write_manifest
-from mixtures.recipe import load_recipe
-from pipeline.build import Build, BuildOptions
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
 PHASES = ("pretrain", "midtrain", "decay")
@@ -26,6 +24,9 @@ def sample_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
     """Each phase of the recipe built from the bundled sample: phase -> (phase directory, stats)."""
+    from mixtures.recipe import load_recipe
+    from pipeline.build import Build, BuildOptions
+
     builds = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MMBERT_DATA_CACHE", str(sample_root / "cache"))
@@ -49,6 +50,11 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
 @pytest.fixture(scope="session")
 def sample_manifests(sample_builds, sample_root) -> dict[str, Path]:
     """Each phase's manifest compiled from its sample build at ``DEMO_TOKENS`` tokens."""
+    from mixtures.compiler import compile_phase
+    from mixtures.counts import read_stats
+    from mixtures.manifest import build_manifest, write_manifest
+    from mixtures.recipe import load_recipe
+
     recipe = load_recipe()
     manifests = {}
     for phase, (phase_dir, _) in sample_builds.items():
@@ -58,3 +64,93 @@ def sample_manifests(sample_builds, sample_root) -> dict[str, Path]:
         write_manifest(build_manifest(mixture, recipe, counts, seed=0), path)
         manifests[phase] = path
     return manifests
+
+
+def write_synthetic_phase(
+    root: Path,
+    *,
+    phase: str = "pretrain",
+    documents: int = 600,
+    vocab_size: int = 8192,
+    seed: int = 0,
+) -> Path:
+    """Random documents in real shards and a manifest over them, written with the on-disk formats alone.
+
+    Three streams of documents (log-uniform 16..2048 tokens, bos + Zipf-distributed ids + eos), each
+    targeted at its own size; the training settings are the recipe's for ``phase``, scaled
+    to the manifest's tokens as `mmbert-data mixture --tokens` scales them.
+    Needs no part of the data pipeline, so the GPU tests can run where only the
+    trainer's dependencies are installed. Returns the manifest's path.
+    """
+    import hashlib
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.ipc
+
+    from mixtures.formats import MANIFEST_FORMAT, MANIFEST_VERSION, SHARD_SCHEMA, shard_metadata
+    from mixtures.manifest import write_manifest
+    from mixtures.recipe import load_recipe
+
+    rng = np.random.default_rng(seed)
+    ids = np.arange(5, vocab_size)
+    zipf = 1.0 / np.arange(1, len(ids) + 1) ** 1.1  # word-like frequencies: a model can learn them
+    zipf /= zipf.sum()
+    tokenizer = {
+        "name": "synthetic",
+        "sha256": "5" * 64,
+        "vocab_size": vocab_size,
+        "special_ids": {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4},
+    }
+    streams = []
+    for source, language in (("fineweb2", "fra_Latn"), ("fineweb2", "deu_Latn"), ("dclm", "eng_Latn")):
+        lengths = np.exp(rng.uniform(np.log(16), np.log(2048), documents)).astype(int)
+        rows = [np.concatenate([[2], rng.choice(ids, n, p=zipf), [1]]).astype(np.uint32) for n in lengths]
+        relative = f"{source}/{language}/00000-0000.arrow"
+        path = root / "data" / phase / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = SHARD_SCHEMA.with_metadata(shard_metadata("synthetic", "5" * 64, source, language, phase))
+        table = pa.table(
+            {"id": [f"{language}/{i}" for i in range(len(rows))], "input_ids": rows}, schema=schema
+        )
+        with pa.OSFile(str(path), "wb") as sink, pyarrow.ipc.new_stream(sink, schema) as writer:
+            writer.write_table(table)
+        tokens = int(sum(len(r) for r in rows))
+        shard = {
+            "path": relative,
+            "documents": len(rows),
+            "tokens": tokens,
+            "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+        streams.append((source, language, tokens, shard))
+    total = sum(tokens for _, _, tokens, _ in streams)
+    recipe = load_recipe()
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "phase": phase,
+        "recipe": {"name": recipe.name, "path": str(recipe.path), "sha256": recipe.sha256},
+        "tokenizer": tokenizer,
+        "training": recipe.phase(phase).training.scaled(total / recipe.phase(phase).tokens).to_dict(),
+        "sampling": {"sampler": "temperature", "temperature": 1.0, "tokens": total, "max_epochs": None},
+        "seed": seed,
+        "counts": {"kind": "synthetic"},
+        "data_root": str(root / "data" / phase),
+        "streams": [
+            {
+                "source": source,
+                "language": language,
+                "available_tokens": tokens,
+                "target_tokens": tokens,
+                "weight": tokens / total,
+                "expected_epochs": 1.0,
+                "capped": False,
+                "shards": [shard],
+            }
+            for source, language, tokens, shard in streams
+        ],
+    }
+    path = root / "manifests" / f"{phase}.json"
+    write_manifest(manifest, path)
+    return path

@@ -1,4 +1,4 @@
-"""Imports run one way (cli -> pipeline | trainer -> mixtures), and the trainer needs none of the data stack."""
+"""Imports run one way (cli -> pipeline | trainer -> mixtures); the trainer needs none of the data stack."""
 
 from __future__ import annotations
 

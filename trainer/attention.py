@@ -145,13 +145,18 @@ def _sdpa(
 
 
 def _per_document(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
-    """Global attention: one unmasked SDPA call per document, so no work is spent on padding."""
-    bounds = cu_seqlens.tolist()
+    """Global attention: one unmasked SDPA call per document, so no work is spent on padding.
+
+    ``split`` rather than slicing: its backward is one concatenation, where each slice's
+    backward would write a zero tensor the size of the whole batch. Empty documents
+    (padding entries of ``cu_seqlens``) hold no tokens and are skipped.
+    """
+    lengths = cu_seqlens.diff().tolist()
+    pieces = zip(q.split(lengths), k.split(lengths), v.split(lengths), lengths, strict=True)
     outs = [
-        F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)
-        ).transpose(0, 1)
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+        F.scaled_dot_product_attention(*(x.transpose(0, 1) for x in qkv)).transpose(0, 1)
+        for *qkv, n in pieces
+        if n
     ]
     return torch.cat(outs)
 

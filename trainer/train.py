@@ -1,9 +1,9 @@
 """One phase of training, start to finish: ``mmbert-train --manifest M`` calls :func:`train`.
 
 The loop composes the trainer's parts: ``config`` (what to run), ``data`` (steps
-of packed, masked micro-batches, prepared on a background thread),
-``optim`` and ``schedule`` (StableAdamW at the schedule's learning rate),
-``checkpoint`` (atomic, exact), ``distributed`` (DDP) and ``metrics``.
+of packed, masked micro-batches, prepared on a background thread), ``optim`` and
+``schedule`` (StableAdamW at the schedule's learning rate), ``checkpoint``
+(atomic, exact), ``distributed`` (DDP) and ``metrics``.
 
 Exact resume rests on three facts: the loader's state fixes every later batch,
 the learning rate is a function of tokens seen, and every random draw (masks,
@@ -20,7 +20,8 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from mixtures.errors import MixtureError
 from mixtures.manifest import load_manifest, validate_manifest
 from trainer.checkpoint import (
     CheckpointError,
+    InitSource,
     checkpoint_dirs,
     latest_checkpoint,
     load_checkpoint,
@@ -40,7 +42,7 @@ from trainer.checkpoint import (
     save_checkpoint,
 )
 from trainer.config import ConfigError, TrainConfig, model_config, tokenizer_record
-from trainer.data import MixtureData, MixtureLoader, Prefetcher
+from trainer.data import MixtureData, MixtureLoader, Prefetcher, StepBatch
 from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, wrap
 from trainer.masking import Masking
 from trainer.metrics import Meter, flops_per_token, peak_flops
@@ -58,12 +60,20 @@ class StopRequest:
 
     def __init__(self):
         self.signal: int | None = None
-        if sys.platform != "win32":
-            for number in (signal.SIGTERM, signal.SIGUSR1):
-                signal.signal(number, self._handle)
+        for number in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
         self.signal = number
+
+
+@dataclass
+class Start:
+    """Where a run begins: the model's shape and a checkpoint of this run or an ``--init`` source."""
+
+    shape: ModelConfig
+    checkpoint: tuple[Path, dict[str, Any]] | None = None
+    init: InitSource | None = None
 
 
 def train(
@@ -79,185 +89,100 @@ def train(
 
 def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.main else (lambda line: None)
-    run = Path(config.out)
-    training = config.training
+    run, training = Path(config.out), config.training
 
-    # ---- the phase's data -------------------------------------------------------------------------------
-    try:
-        manifest = load_manifest(config.manifest)
-    except MixtureError as err:
-        raise ConfigError(str(err)) from err
-    tokenizer = tokenizer_record(manifest, config.manifest)
-    problems = validate_manifest(config.manifest, check_hashes=False)
-    if problems:
-        shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
-        raise ConfigError(f"{config.manifest}: {len(problems)} problem(s) with its data:\n  {shown}")
-
-    # ---- the model: a checkpoint of this run, --init, or a new one ---------------------------------------
-    found = latest_checkpoint(run, say) if resume else None
-    if checkpoint_dirs(run) and not resume:
-        raise ConfigError(
-            f"{run} already holds checkpoints; pass --resume to continue that run or choose another --out"
-        )
-    if resume and found is None:
-        say(f"no checkpoint in {run}: starting the run")
-    init = read_init(config.init) if config.init and found is None else None
-    if found is not None:
-        path, state = found
-        base = ModelConfig.from_dict(read_json_object(path / "config.json"), where=str(path / "config.json"))
-        _check_resume(config, manifest, state, force, say)
-        shape = base
-    else:
-        if init and init.tokenizer and init.tokenizer.get("sha256") != tokenizer["sha256"] and not force:
-            raise ConfigError(
-                f"--init {config.init} was trained on data tokenized with {init.tokenizer.get('name')}, this "
-                f"manifest with {tokenizer['name']} (different tokenizer.json); pass --force to start anyway"
-            )
-        shape = model_config(config, tokenizer, init.config if init else None)
+    # ---- the phase's data, and where the run starts ----------------------------------------------------
+    manifest, tokenizer = open_phase(config)
+    start = find_start(config, manifest, tokenizer, resume, force, say)
     torch.manual_seed(config.seed)
-    model = ModernBertMLM(shape, attn=config.attn_backend)
-    opt = training.optimizer
+    model = ModernBertMLM(start.shape, attn=config.attn_backend).to(dist.device)
     optimizer = StableAdamW(
-        param_groups(model, opt.weight_decay),
+        param_groups(model, training.optimizer.weight_decay),
         lr=training.lr.peak,
-        betas=opt.betas,
-        eps=opt.eps,
+        betas=training.optimizer.betas,
+        eps=training.optimizer.eps,
         max_lr=training.lr.peak,
     )
-    model.to(dist.device)
-    if found is not None:
-        load_checkpoint(*found, model, optimizer)
-    elif init is not None:
-        model.load_weights(init.weights, where=init.where)
-        if init.optimizer is not None:
-            load_optimizer(optimizer, model, *init.optimizer)
-
-    # ---- the loader, the meter, and where the run stands -------------------------------------------------
-    special = tokenizer["special_ids"]
-    loader = MixtureLoader(
-        MixtureData(manifest, seed=config.seed),
-        seq_len=training.seq_len,
-        micro_batch_tokens=config.micro_batch_tokens,
-        batch_size_at=lambda tokens: batch_size_at(tokens, training),
-        masking=Masking(
-            training.mask_rate, special["mask"], tuple(special.values()), tokenizer["vocab_size"]
-        ),
-        seed=config.seed,
-        pad_id=special["pad"],
-        rank=dist.rank,
-        world_size=dist.world_size,
-        fixed_shapes=config.compile,
-    )
+    if start.checkpoint is not None:
+        load_checkpoint(*start.checkpoint, model, optimizer)
+    elif start.init is not None:
+        model.load_weights(start.init.weights, where=start.init.where)
+        if start.init.optimizer is not None:  # a training checkpoint: its moments carry into this phase
+            load_optimizer(optimizer, model, *start.init.optimizer)
+    loader = make_loader(config, manifest, tokenizer, dist)
     precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     meter = Meter(
         run,
         config.phase,
         config.tokens,
-        flops_per_token(shape, training.seq_len, training.mask_rate),
+        flops_per_token(start.shape, training.seq_len, training.mask_rate),
         peak_flops(dist.device, precision),
         enabled=dist.main,
     )
-    if found is not None:
+    if start.checkpoint is not None:
+        path, state = start.checkpoint
         if state["manifest"]["fingerprint"] == manifest["fingerprint"]:
             loader.load_state_dict(state["loader"])
         else:  # --force onto another manifest: its positions mean nothing here, so its data starts afresh
             loader.step, loader.tokens_seen = state["step"], state["tokens"]
         meter.resume_at(state["step"])
-        say(f"resuming {found[0]} (step {state['step']}, {state['tokens']:,} tokens)")
+        say(f"resuming {path} (step {state['step']}, {state['tokens']:,} tokens)")
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
-        prune_checkpoints(run, config.keep or 10**9)
-    step, tokens_seen = loader.step, loader.tokens_seen
+        prune_checkpoints(run, config.keep or sys.maxsize)
     say(_banner(config, manifest, model, loader, dist, precision))
 
     ddp = wrap(model, dist)
     forward = torch.compile(ddp) if config.compile else ddp
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    stop = StopRequest()
-    crash_at = _crash_point()
-    checkpoint_state = {
+    identity = {
         "manifest": {"path": config.manifest, "fingerprint": manifest["fingerprint"]},
         "tokenizer": tokenizer,
         "config": config.to_dict(),
     }
+    step, tokens_seen, loader_state = loader.step, loader.tokens_seen, loader.state_dict()
 
     def save() -> Path | None:
         if not dist.main:
             return None
-        saved = save_checkpoint(
-            run,
-            model,
-            optimizer,
-            {"step": step, "tokens": tokens_seen, "loader": loader_state, **checkpoint_state},
-        )
+        state = {"step": step, "tokens": tokens_seen, "loader": loader_state, **identity}
+        saved = save_checkpoint(run, model, optimizer, state)
         if config.keep:
             prune_checkpoints(run, config.keep)
         return saved
 
-    # ---- the loop ------------------------------------------------------------------------------------------
+    # ---- the loop ----------------------------------------------------------------------------------------
     model.train()
-    prefetch = Prefetcher(loader)
+    stop, crash_at = StopRequest(), _crash_point()
     every = config.save_every_tokens
-    loader_state, saved_time = loader.state_dict(), time.monotonic()
     next_save = (tokens_seen // every + 1) * every if every else None
+    saved_time = time.monotonic()
+    prefetch = Prefetcher(loader)
     waited = time.perf_counter()
     try:
         for batch in prefetch if tokens_seen < config.tokens else ():
             started = time.perf_counter()
-            data_wait = started - waited
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            predictions, maskable = all_reduce_sum(
-                [
-                    sum(m.predictions for m in batch.micro_batches),
-                    sum(m.maskable for m in batch.micro_batches),
-                ],
-                dist,
-            )
-            loss_sum = torch.zeros((), device=dist.device)
-            correct = torch.zeros((), device=dist.device, dtype=torch.long)
-            last = len(batch.micro_batches) - 1
-            for index, micro in enumerate(batch.micro_batches):
-                micro = micro.to(dist.device)
-                torch.manual_seed(
-                    _seed(config.seed, DROPOUT_STREAM, batch.step, index * dist.world_size + dist.rank)
-                )
-                with ddp.no_sync() if index < last and dist.world_size > 1 else nullcontext():
-                    with autocast:
-                        out = forward(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
-                    # the gradient of the mean loss over the whole global batch (DDP averages over ranks)
-                    (out.loss * (micro.predictions * dist.world_size / max(predictions, 1.0))).backward()
-                loss_sum += out.loss.detach().float() * micro.predictions
-                correct += (
-                    out.logits.detach().argmax(-1) == micro.labels[micro.labels != IGNORE_INDEX]
-                ).sum()
-                if crash_at == (batch.step, index):
-                    os.kill(os.getpid(), signal.SIGKILL)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_total, correct_total, stopping = all_reduce_sum(
-                [loss_sum.item(), correct.item(), float(stop.signal is not None)], dist
-            )
+            result = train_step(batch, forward, ddp, optimizer, dist, lr, autocast, config.seed, crash_at)
+            stopping = all_reduce_sum([float(stop.signal is not None)], dist)[0] > 0
             step, tokens_seen, loader_state = batch.step + 1, batch.state["tokens"], batch.state
             record = {
                 "step": step,
                 "tokens": tokens_seen,
                 "tokens_in_step": batch.tokens,
-                "loss": loss_total / max(predictions, 1.0),
-                "accuracy": correct_total / max(predictions, 1.0),
+                **result,
                 "lr": lr,
                 "batch_sequences": batch.sequences,
                 "micro_batches": batch.global_micro_batches,
                 "packing": batch.tokens / batch.capacity,
-                "mask_rate": predictions / max(maskable, 1.0),
             }
-            meter.log(record, time.perf_counter() - started, data_wait)
-            due_tokens = every is not None and tokens_seen >= next_save
-            due_time = (
-                config.save_every_minutes and time.monotonic() - saved_time >= 60 * config.save_every_minutes
-            )
-            if stopping or due_tokens or due_time:
+            meter.log(record, time.perf_counter() - started, started - waited)
+            minutes = config.save_every_minutes
+            if (
+                stopping
+                or (every and tokens_seen >= next_save)
+                or (minutes and time.monotonic() - saved_time >= 60 * minutes)
+            ):
                 saved = save()
                 next_save = (tokens_seen // every + 1) * every if every else None
                 saved_time = time.monotonic()
@@ -275,6 +200,112 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
         plot = plot_runs([run], run / "loss.png")
         say(f"done: {tokens_seen:,} tokens in {step} steps; model {saved}; loss curve {plot}")
     return run
+
+
+def train_step(
+    batch: StepBatch,
+    forward: torch.nn.Module,
+    ddp: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dist: Dist,
+    lr: float,
+    autocast: AbstractContextManager,
+    seed: int,
+    crash_at: tuple[int, int] | None = None,
+) -> dict[str, float]:
+    """One optimizer step over this rank's micro-batches; loss, accuracy and mask rate of the global batch.
+
+    Each micro-batch's loss is weighted by its share of the global batch's predictions
+    (times the number of ranks, since DDP averages), so the gradient is that of the
+    mean loss over every masked token of the step, however the batch is split.
+    Gradients are synchronised once, at the last micro-step.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    mine = batch.micro_batches
+    predictions, maskable = all_reduce_sum(
+        [sum(m.predictions for m in mine), sum(m.maskable for m in mine)], dist
+    )
+    loss_sum = torch.zeros((), device=dist.device)
+    correct = torch.zeros((), device=dist.device, dtype=torch.long)
+    for index, micro in enumerate(mine):
+        micro = micro.to(dist.device)
+        torch.manual_seed(_seed(seed, DROPOUT_STREAM, batch.step, index * dist.world_size + dist.rank))
+        with ddp.no_sync() if index < len(mine) - 1 and dist.world_size > 1 else nullcontext():
+            with autocast:
+                out = forward(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
+            (out.loss * (micro.predictions * dist.world_size / max(predictions, 1.0))).backward()
+        loss_sum += out.loss.detach().float() * micro.predictions
+        correct += (out.logits.detach().argmax(-1) == micro.labels[micro.labels != IGNORE_INDEX]).sum()
+        if crash_at == (batch.step, index):
+            os.kill(os.getpid(), signal.SIGKILL)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_total, correct_total = all_reduce_sum([loss_sum.item(), correct.item()], dist)
+    return {
+        "loss": loss_total / max(predictions, 1.0),
+        "accuracy": correct_total / max(predictions, 1.0),
+        "mask_rate": predictions / max(maskable, 1.0),
+    }
+
+
+def open_phase(config: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest and its tokenizer record, once every shard is found at its recorded size."""
+    try:
+        manifest = load_manifest(config.manifest)
+    except MixtureError as err:
+        raise ConfigError(str(err)) from err
+    tokenizer = tokenizer_record(manifest, config.manifest)
+    problems = validate_manifest(config.manifest, check_hashes=False)
+    if problems:
+        shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
+        raise ConfigError(f"{config.manifest}: {len(problems)} problem(s) with its data:\n  {shown}")
+    return manifest, tokenizer
+
+
+def find_start(config: TrainConfig, manifest: dict, tokenizer: dict, resume: bool, force: bool, say) -> Start:
+    """A checkpoint of this run (``--resume``), else ``--init``, else a new model of the preset."""
+    run = Path(config.out)
+    if not resume:
+        if checkpoint_dirs(run):
+            raise ConfigError(
+                f"{run} already holds checkpoints; pass --resume to continue that run or choose another --out"
+            )
+    elif (found := latest_checkpoint(run, say)) is not None:
+        path, state = found
+        _check_resume(config, manifest, state, force, say)
+        shape = ModelConfig.from_dict(read_json_object(path / "config.json"), where=str(path / "config.json"))
+        return Start(shape, checkpoint=found)
+    else:
+        say(f"no checkpoint in {run}: starting the run")
+    if not config.init:
+        return Start(model_config(config, tokenizer, None))
+    init = read_init(config.init)
+    if init.tokenizer and init.tokenizer.get("sha256") != tokenizer["sha256"] and not force:
+        raise ConfigError(
+            f"--init {config.init} was trained on data tokenized with {init.tokenizer.get('name')}, this "
+            f"manifest with {tokenizer['name']} (different tokenizer.json); pass --force to start anyway"
+        )
+    return Start(model_config(config, tokenizer, init.config), init=init)
+
+
+def make_loader(config: TrainConfig, manifest: dict, tokenizer: dict, dist: Dist) -> MixtureLoader:
+    """The phase's loader for this rank, masking with the tokenizer's special ids."""
+    training, special = config.training, tokenizer["special_ids"]
+    return MixtureLoader(
+        MixtureData(manifest, seed=config.seed),
+        seq_len=training.seq_len,
+        micro_batch_tokens=config.micro_batch_tokens,
+        batch_size_at=lambda tokens: batch_size_at(tokens, training),
+        masking=Masking(
+            training.mask_rate, special["mask"], tuple(special.values()), tokenizer["vocab_size"]
+        ),
+        seed=config.seed,
+        pad_id=special["pad"],
+        rank=dist.rank,
+        world_size=dist.world_size,
+        fixed_shapes=config.compile,
+    )
 
 
 def _check_resume(config: TrainConfig, manifest: dict, state: dict, force: bool, say) -> None:
@@ -317,13 +348,12 @@ def _banner(
     dist: Dist,
     precision: str,
 ) -> str:
-    training, shape = config.training, model.config
+    training = config.training
     micro = micro_batches(training.batch_size, training.seq_len, config.micro_batch_tokens)
     return (
         f"{config.phase}: {len(loader.data.streams)} streams of {manifest['tokenizer']['name']}, "
         f"{config.tokens:,} tokens to train; batch {training.batch_size} x {training.seq_len} tokens "
         f"= {micro} micro-batch(es) of {config.micro_batch_tokens:,} per step; "
         f"model {config.model or 'from --init'} ({model.num_parameters() / 1e6:.2f}M parameters, "
-        f"vocab {shape.vocab_size}); "
-        f"{dist.world_size} process(es) on {dist.device.type}, {precision}"
+        f"vocab {model.config.vocab_size}); {dist.world_size} process(es) on {dist.device.type}, {precision}"
     )
