@@ -20,8 +20,12 @@ from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe, parse_toke
 app = typer.Typer(
     help="Train mmBERT encoders phase by phase from compiled manifests; export them to transformers, "
     "import released checkpoints, plot loss curves.",
+    epilog="Example: mmbert-train -m manifests/pretrain.json -o runs/pretrain; then "
+    "mmbert-train -m manifests/midtrain.json -o runs/midtrain --init runs/pretrain; "
+    "add --resume to continue after a crash.",
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)  # keep paths in errors on one line
 

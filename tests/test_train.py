@@ -208,6 +208,10 @@ def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_pat
     fill = pipeline("fill-mask", model=str(tmp_path / "hf"))
     predictions = fill(f"All human beings are born free and equal in {fill.tokenizer.mask_token}.", top_k=3)
     assert len(predictions) == 3 and all(p["sequence"].startswith("All human beings") for p in predictions)
+    # a transformers directory (such as a released mmBERT) starts a phase too
+    hf_init = ("--init", str(tmp_path / "hf"), "--micro-batch-tokens", "16384", "--batch-size", "2")
+    output = train(*tiny(sample_manifests["decay"], tmp_path / "from-hf", *hf_init, tokens="20k"))
+    assert "done:" in output
 
 
 def test_bad_input_stops_before_training_and_names_it(sample_manifests, sample_builds, tmp_path):
@@ -259,18 +263,19 @@ def test_bad_input_stops_before_training_and_names_it(sample_manifests, sample_b
 
 def test_resume_refuses_another_manifest_and_falls_back_from_a_damaged_checkpoint(sample_manifests, tmp_path):
     out = tmp_path / "run"
-    train(*tiny(sample_manifests["pretrain"], out, tokens="40k"))
+    train(*tiny(sample_manifests["pretrain"], out, "--keep", "2", tokens="40k"))
+    assert len(checkpoint_dirs(out)) == 2  # --keep: the newest two of four
     output = fails(*tiny(sample_manifests["pretrain"], out))
     assert "already holds checkpoints; pass --resume" in output
     output = fails(*tiny(sample_manifests["decay"], out, "--resume", "--micro-batch-tokens", "16384"))
     assert "the checkpoint was made for manifest" in output and "pass --force" in output
-    output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", tokens="80k"))
+    output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", "--keep", "2", tokens="80k"))
     assert "the run's settings differ from the checkpoint's" in output and "tokens: 40000 -> 80000;" in output
     assert "training.lr.warmup_tokens: 52 -> 105; training.batch_warmup_tokens: 1043 -> 2087" in output
     newest, previous = checkpoint_dirs(out)[-1], checkpoint_dirs(out)[-2]
     with open(newest / "model.safetensors", "r+b") as handle:
         handle.seek(-8, os.SEEK_END)
         handle.write(b"\xff" * 8)
-    output = train(*tiny(sample_manifests["pretrain"], out, "--resume", tokens="40k"))
+    output = train(*tiny(sample_manifests["pretrain"], out, "--resume", "--keep", "2", tokens="40k"))
     assert f"{newest / 'model.safetensors'}: damaged" in output and "using the checkpoint before it" in output
     assert f"resuming {previous}" in output
