@@ -12,14 +12,14 @@ The data is real: the bundled sample's ``pretrain`` phase is built and compiled 
 in a temporary directory, as tests/conftest.py does, and read by the trainer's loader with the
 phase's settings (seq_len 1024, 30% masking), batch-size warmup off (a constant batch).
 
-- ``ours``: the inner loop of ``trainer.train._train`` for one process, written out here so
-  that only steps are timed: ``MixtureLoader`` behind a ``Prefetcher`` (background thread); per
-  step the schedule's learning rate, per micro-batch the dropout seed, ``model(input_ids,
-  cu_seqlens, max_seqlen, labels)`` (packed, sparse prediction), the loss scaled by the
-  micro-batch's share of the step's predictions and ``backward``, then ``StableAdamW.step()``
-  on ``param_groups`` and ``zero_grad``, and the loss/accuracy read back as the meter does.
-  Left out: the metrics file and checkpoint checks (after the step, no compute). Data wait is
-  the time the loop blocks on the prefetcher's next step; a step's wall time includes it.
+- ``ours``: the trainer's own step, ``trainer.train.train_step``, for one process, fed by the
+  ``MixtureLoader`` behind a ``Prefetcher`` (background thread) as ``trainer.train`` feeds it:
+  per micro-batch the dropout seed, ``model(input_ids, cu_seqlens, max_seqlen, labels)``
+  (packed, sparse prediction), the loss scaled by the micro-batch's share of the step's
+  predictions and ``backward``; then ``StableAdamW.step()`` on ``param_groups``, ``zero_grad``
+  and the loss/accuracy read back. Left out: the metrics file and checkpoint checks (after the
+  step, no compute). Data wait is the time the loop blocks on the prefetcher's next step; a
+  step's wall time includes it.
 - ``transformers``: ``ModernBertForMaskedLM`` of the same shape (SDPA attention, the default
   dense logits), ``torch.optim.AdamW``, same gradient accumulation and loss scaling. Its
   process rebuilds the same loader (deterministic) and splits each of our micro-batches back
@@ -35,6 +35,13 @@ timed and the fastest round counts (other load only ever slows one down). Our mo
 (``trainer.metrics.flops_per_token`` x tokens/s) is compared with a large fp32 matmul's FLOP/s
 measured in the same run, the CPU's practical peak. Goals: ours >= 2x transformers, data
 wait < 5% of our step time.
+
+Steps (``--batch``, ``--micro-batch-tokens``): ``tiny`` takes the tests' CPU run, 16 x 1024
+tokens in micro-batches of 4,096 (four per step). ``small`` takes 4 x 1024 in micro-batches of
+1,024 (four per step): the peer's dense 256k logits cost it about 25 s and 8 GB per such step on
+two cores, so a bigger one would not fit the run's few minutes. Run on a quiet machine: other
+processes on the same cores slow ours (many small ops, each a thread barrier) far more than the
+peer, so the load averages printed before and after are part of the result.
 
     .venv/bin/python bench/train_step.py [--shapes tiny small] [--layers 4] [--steps N]
         [--rounds 1] [--warmup 1] [--batch N] [--micro-batch-tokens N]
@@ -61,13 +68,14 @@ from bench.model import THREADS, matmul_flops, padded, transformers_model  # noq
 from mixtures.manifest import load_manifest  # noqa: E402
 from trainer.config import TrainConfig, model_config, resolve, tokenizer_record  # noqa: E402
 from trainer.data import MixtureData, MixtureLoader, Prefetcher  # noqa: E402
+from trainer.distributed import Dist  # noqa: E402
 from trainer.masking import Masking  # noqa: E402
 from trainer.metrics import flops_per_token  # noqa: E402
-from trainer.model import IGNORE_INDEX, ModelConfig, ModernBertMLM  # noqa: E402
+from trainer.model import ModelConfig, ModernBertMLM  # noqa: E402
 from trainer.optim import StableAdamW, param_groups  # noqa: E402
 from trainer.packing import PackedBatch  # noqa: E402
 from trainer.schedule import lr_at  # noqa: E402
-from trainer.train import DROPOUT_STREAM, _seed  # noqa: E402
+from trainer.train import train_step  # noqa: E402
 
 SAMPLE = ROOT / "pipeline" / "sample"
 PHASE = "pretrain"
@@ -87,7 +95,7 @@ class Setting:
 
 # tiny: the tests' CPU run (16 x 1024 tokens in 4 micro-batches). small: a 256k-vocabulary step the
 # transformers peer can take in seconds: its dense logits cost 2 x 384 x 256,000 FLOPs per padded token.
-SETTINGS = {"tiny": Setting(16, 4096, 6), "small": Setting(4, 1024, 2)}
+SETTINGS = {"tiny": Setting(16, 4096, 4), "small": Setting(4, 1024, 2)}
 
 
 def shape_config(shape: str, layers: int, config: TrainConfig, tokenizer: dict) -> ModelConfig:
@@ -126,7 +134,7 @@ def setup(manifest_path: str, shape: str, layers: int, setting: Setting):
 
 
 def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, warmup: int, total: int):
-    """``total`` steps of ``_train``'s loop; per step (tokens, wall seconds, data wait seconds, loss)."""
+    """``total`` steps of ``trainer.train.train_step``: per step (tokens, wall s, data wait s, loss)."""
     training, opt = config.training, config.training.optimizer
     torch.manual_seed(config.seed)
     model = ModernBertMLM(shape, attn=config.attn_backend)
@@ -137,7 +145,8 @@ def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, war
         eps=opt.eps,
         max_lr=training.lr.peak,
     )
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=False)  # fp32, as on the CPU
+    dist = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    fp32 = torch.autocast("cpu", enabled=False)  # as the trainer runs on the CPU
     model.train()
     steps = []
     prefetch = Prefetcher(loader)
@@ -145,28 +154,9 @@ def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, war
     try:
         for batch in prefetch:
             started = time.perf_counter()
-            data_wait = started - waited
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            predictions = sum(m.predictions for m in batch.micro_batches)
-            loss_sum = torch.zeros(())
-            correct = torch.zeros((), dtype=torch.long)
-            for index, micro in enumerate(batch.micro_batches):
-                micro = micro.to(torch.device("cpu"))
-                torch.manual_seed(_seed(config.seed, DROPOUT_STREAM, batch.step, index))
-                with autocast:  # (DDP's no_sync is a no-op for one process)
-                    out = model(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
-                (out.loss * (micro.predictions / max(predictions, 1.0))).backward()
-                loss_sum += out.loss.detach().float() * micro.predictions
-                correct += (
-                    out.logits.detach().argmax(-1) == micro.labels[micro.labels != IGNORE_INDEX]
-                ).sum()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = loss_sum.item() / max(predictions, 1.0), correct.item()
-            finished = time.perf_counter()
-            steps.append((batch.tokens, finished - waited, data_wait, loss))
+            result = train_step(batch, model, model, optimizer, dist, lr, fp32, config.seed)
+            steps.append((batch.tokens, time.perf_counter() - waited, started - waited, result["loss"]))
             if len(steps) == warmup + total:
                 break
             waited = time.perf_counter()
@@ -347,13 +337,13 @@ def main() -> None:
             for contender in CONTENDERS:
                 command = [sys.executable, __file__, "--contender", contender, "--shape", name]
                 results[contender] = r = subprocess_json([*command, "--manifest", manifest, *passed])
-                per_round = ", ".join(
-                    f"{x['tokens'] / x['seconds']:,.0f}"
-                    + (f" (wait {x['wait'] / x['seconds']:.1%})" * (contender == "ours"))
+                rounds = "; ".join(
+                    f"{x['tokens'] / x['seconds']:,.0f} tokens/s, {x['seconds'] / setting.steps:.2f} s/step"
+                    + (f", data wait {x['wait'] / x['seconds']:.2%}" if contender == "ours" else "")
                     for x in r["rounds"]
                 )
                 print(
-                    f"  {contender:>12}: rounds {per_round} tokens/s; warm-up {r['warmup_seconds']:.1f} s; "
+                    f"  {contender:>12}: {rounds}; warm-up {r['warmup_seconds']:.1f} s; "
                     f"first-step loss {r['first_loss']:.5f}"
                 )
             ours, peer = (
@@ -382,7 +372,7 @@ def main() -> None:
             f"{rate / peer_rate:.2f}x",
             f"{achieved / 1e9:.1f}",
             f"{achieved / peak:.0%}",
-            f"{wait:.1%}",
+            f"{wait:.2%}",
         )
         print(f"{name:<6}" + "".join(f"{cell:>{width}}" for cell, width in zip(cells, WIDTHS, strict=True)))
     print()
@@ -390,7 +380,7 @@ def main() -> None:
         ratio = (ours["tokens"] / ours["seconds"]) / (peer["tokens"] / peer["seconds"])
         wait = ours["wait"] / ours["seconds"]
         print(f"ratio ours / transformers, {name}: {ratio:.2f}x (goal >= {GOAL_RATIO:.1f})")
-        print(f"data wait of our steps, {name}: {wait:.1%} (goal < {GOAL_WAIT:.0%})")
+        print(f"data wait of our steps, {name}: {wait:.2%} (goal < {GOAL_WAIT:.0%})")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

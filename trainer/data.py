@@ -119,19 +119,17 @@ class Stream:
     tokens: int  # tokens in one epoch
     seed: int
     key: int = field(init=False)  # a seed component that does not change when other streams come and go
+    documents: int = field(init=False)  # in one epoch
     _orders: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _rows: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self):
         self.key = int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "little")
+        self.documents = int(self.shard_rows.sum())
 
     @property
     def name(self) -> str:
         return f"{self.source}/{self.language}"
-
-    @property
-    def documents(self) -> int:
-        return int(self.shard_rows.sum())
 
     def locate(self, doc: int) -> tuple[int, int]:
         """``(shard, row)`` of the stream's ``doc``-th document (``doc`` counts across epochs)."""
@@ -166,8 +164,8 @@ class Stream:
 class MixtureData:
     """The manifest's streams with a non-zero target, and their shards (opened lazily)."""
 
-    def __init__(self, manifest: dict[str, Any], seed: int, data_root: str | Path | None = None):
-        self.root = Path(data_root or manifest["data_root"])
+    def __init__(self, manifest: dict[str, Any], seed: int):
+        self.root = Path(manifest["data_root"])
         self.identity = {
             "mmbert.tokenizer.name": manifest["tokenizer"]["name"],
             "mmbert.tokenizer.sha256": manifest["tokenizer"]["sha256"],
