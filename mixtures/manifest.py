@@ -254,7 +254,7 @@ def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
         raise MixtureError(f"{where}: format: expected {MANIFEST_FORMAT!r}, got {doc.get('format')!r}")
     if doc.get("version") != MANIFEST_VERSION:
         raise MixtureError(
-            f"{where}: version: this compiler reads manifest version {MANIFEST_VERSION}, "
+            f"{where}: version: this version of mmbert-data reads manifest version {MANIFEST_VERSION}, "
             f"got {doc.get('version')!r}"
         )
     _check_fields(doc, _TOP_FIELDS, where)

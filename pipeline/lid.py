@@ -17,7 +17,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
-from mixtures.cache import lid176_model_path
+from pipeline.cache import lid176_model_path
 from pipeline.languages import LanguageSelection, normalize_label
 from pipeline.quality import StreamFilter
 

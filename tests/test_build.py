@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.data import app
-from mixtures.cache import lid176_model_path
 from mixtures.recipe import load_recipe
 from pipeline.build import Build, BuildOptions
+from pipeline.cache import lid176_model_path
 from pipeline.tokenizer import load_tokenizer
 from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from datatrove.data import Document
 
-from mixtures.cache import lid176_model_path
 from pipeline import lid
+from pipeline.cache import lid176_model_path
 from pipeline.languages import language_code
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
 

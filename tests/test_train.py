@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -188,7 +190,7 @@ def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_pat
             "--micro-batch-tokens",
             "16384",
             "--batch-size",
-            "4",
+            "2",
         )
     decay = checkpoint_dirs(runs["decay"])[-1]
     config = json.loads((decay / "config.json").read_text())
@@ -210,7 +212,7 @@ def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_pat
     assert len(predictions) == 3 and all(p["sequence"].startswith("All human beings") for p in predictions)
     # a transformers directory (such as a released mmBERT) starts a phase too
     hf_init = ("--init", str(tmp_path / "hf"), "--micro-batch-tokens", "16384", "--batch-size", "2")
-    output = train(*tiny(sample_manifests["decay"], tmp_path / "from-hf", *hf_init, tokens="20k"))
+    output = train(*tiny(sample_manifests["decay"], tmp_path / "from-hf", *hf_init, tokens="40k"))
     assert "done:" in output
 
 
@@ -267,11 +269,17 @@ def test_resume_refuses_another_manifest_and_falls_back_from_a_damaged_checkpoin
     assert len(checkpoint_dirs(out)) == 2  # --keep: the newest two of four
     output = fails(*tiny(sample_manifests["pretrain"], out))
     assert "already holds checkpoints; pass --resume" in output
-    output = fails(*tiny(sample_manifests["decay"], out, "--resume", "--micro-batch-tokens", "16384"))
+    output = fails(
+        *tiny(
+            sample_manifests["decay"], out, "--resume", "--micro-batch-tokens", "16384", "--batch-size", "2"
+        )
+    )
     assert "the checkpoint was made for manifest" in output and "pass --force" in output
     output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", "--keep", "2", tokens="80k"))
     assert "the run's settings differ from the checkpoint's" in output and "tokens: 40000 -> 80000;" in output
     assert "training.lr.warmup_tokens: 52 -> 105; training.batch_warmup_tokens: 1043 -> 2087" in output
+    output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", "--keep", "2", "--precision", "bf16"))
+    assert "precision: 'fp32' -> 'bf16'" in output
     newest, previous = checkpoint_dirs(out)[-1], checkpoint_dirs(out)[-2]
     with open(newest / "model.safetensors", "r+b") as handle:
         handle.seek(-8, os.SEEK_END)
@@ -279,3 +287,90 @@ def test_resume_refuses_another_manifest_and_falls_back_from_a_damaged_checkpoin
     output = train(*tiny(sample_manifests["pretrain"], out, "--resume", "--keep", "2", tokens="40k"))
     assert f"{newest / 'model.safetensors'}: damaged" in output and "using the checkpoint before it" in output
     assert f"resuming {previous}" in output
+
+
+def test_settings_the_machine_or_the_run_length_cannot_serve_are_one_line_errors(sample_manifests, tmp_path):
+    manifest = str(sample_manifests["pretrain"])
+    output = fails(
+        "--manifest", manifest, "--out", str(tmp_path / "a"), "--model", "tiny", "--tokens", "100k"
+    )
+    assert (
+        "100,000 tokens are 0.021 steps of the phase's batch of 4608 x 1024 tokens; pass --batch-size"
+        in output
+    )
+    assert "(--batch-size 1 gives 98 steps)" in output
+    for flags, message in (
+        (("--attn", "flash"), "--attn flash needs a CUDA GPU; on the CPU use auto or sdpa"),
+        (("--compile",), "--compile needs a CUDA GPU"),
+        (("--device", "cuda"), "--device cuda: no CUDA GPU is visible to this process"),
+    ):
+        if torch.cuda.is_available():
+            break
+        output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "b", *flags))
+        assert message in output and len(output.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_shard_with_ids_beyond_the_vocabulary_is_named(sample_manifests, sample_builds, tmp_path):
+    manifest = load_manifest(sample_manifests["pretrain"])
+    data = tmp_path / "data"
+    shutil.copytree(sample_builds["pretrain"][0], data)
+    shard = data / manifest["streams"][0]["shards"][0]["path"]
+    raw = bytearray(shard.read_bytes())
+    ids = next(iter(pyarrow.ipc.open_stream(pa.py_buffer(bytes(raw))))).column("input_ids")[0].values
+    at = raw.index(ids.to_numpy()[1:4].tobytes())  # the first document's tokens, in the file's data buffer
+    raw[at : at + 4] = (99_999).to_bytes(4, "little")  # one id far outside the sample tokenizer's 8192
+    shard.write_bytes(bytes(raw))  # the same size: only --verify's hashes would notice before training
+    moved = tmp_path / "moved.json"
+    write_manifest(
+        {**{k: v for k, v in manifest.items() if k != "fingerprint"}, "data_root": str(data)}, moved
+    )
+    output = fails(*tiny(moved, tmp_path / "run", tokens="200k"))
+    assert (
+        f"{shard}: document" in output and "holds token id 99999, outside the tokenizer's 8192 ids" in output
+    )
+    output = fails(*tiny(moved, tmp_path / "verified", "--verify"))
+    assert "changed shard: " in output and "content sha256" in output
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
+    process = launch(tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M"))
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert "stopping after this step" in output and "stopped by a signal" in output
+    assert checkpoint_dirs(tmp_path / "run")
+
+
+def test_export_finds_the_data_tokenizer_from_anywhere_and_leaves_nothing_on_failure(
+    sample_manifests, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    train(*tiny(sample_manifests["pretrain"], run_dir, tokens="40k"))
+    monkeypatch.setenv("MMBERT_DATA_CACHE", str(sample_manifests["pretrain"].parents[1] / "cache"))
+    monkeypatch.chdir(tmp_path)  # the checkpoint names its tokenizer sample:<path relative to the repository>
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "hf" / "tokenizer.json").exists() and (tmp_path / "hf" / "model.safetensors").exists()
+    (tmp_path / "not-a-tokenizer.json").write_text("[]")
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--out",
+            str(tmp_path / "bad"),
+            "--tokenizer",
+            str(tmp_path / "not-a-tokenizer.json"),
+        ],
+    )
+    assert result.exit_code == 1 and "not a tokenizer.json" in result.output
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad-*"))
+    result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "nowhere: not a directory" in result.output
+    result = runner.invoke(app, ["plot", str(run_dir), "-o", str(tmp_path / "new" / "dir" / "loss.png")])
+    assert result.exit_code == 0 and (tmp_path / "new" / "dir" / "loss.png").exists()

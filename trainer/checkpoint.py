@@ -192,15 +192,30 @@ class InitSource:
     tokenizer: dict[str, Any] | None = None
 
 
-def read_init(path: str | Path) -> InitSource:
-    """Read ``--init``: a run directory (its newest checkpoint), a checkpoint, a model directory, or a
-    transformers ModernBERT directory; raises CheckpointError naming what was found instead."""
+def model_directory(path: str | Path) -> Path:
+    """The directory holding a model: ``path`` itself, or the newest checkpoint of a run directory."""
     path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (a run, checkpoint or model directory was expected)")
     if (path / "checkpoints").is_dir():
         found = checkpoint_dirs(path)
         if not found:
-            raise CheckpointError(f"--init {path}: the run has no complete checkpoint")
-        path = found[-1]
+            raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
+        return found[-1]
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{path}: neither a run directory (no checkpoints/) nor a model ({CONFIG_NAME})"
+        )
+    return path
+
+
+def read_init(path: str | Path) -> InitSource:
+    """Read ``--init``: a run directory (its newest checkpoint), a checkpoint, a model directory, or a
+    transformers ModernBERT directory; raises CheckpointError naming what was found instead."""
+    try:
+        path = model_directory(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--init {err}") from err
     config_path = path / CONFIG_NAME
     try:
         raw = read_json_object(config_path)

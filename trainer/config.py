@@ -21,7 +21,9 @@ from trainer.model import PRESETS, ModelConfig
 
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_MICRO_BATCH_TOKENS = 8192
-_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(min|h)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|min|h)\s*$")
+_MINUTES = {"s": 1 / 60, "min": 1.0, "h": 60.0}
+MIN_STEPS = 2  # a run shorter than this many full batches is a mistake in its flags
 
 
 class ConfigError(ValueError):
@@ -47,9 +49,20 @@ class TrainConfig:
     save_every_tokens: int | None = None
     save_every_minutes: float | None = 30.0
     keep: int | None = None
+    verify: bool = False  # hash every shard before training (reads all the data), not only its size
 
     # What a resumed run must share with the run that wrote the checkpoint for the result not to change.
-    RESULT_FIELDS = ("phase", "tokens", "training", "seed", "model", "micro_batch_tokens")
+    RESULT_FIELDS = (
+        "phase",
+        "tokens",
+        "training",
+        "seed",
+        "model",
+        "micro_batch_tokens",
+        "precision",
+        "attn_backend",
+        "compile",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -76,13 +89,12 @@ def _flatten(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def parse_save_every(value: str | None) -> tuple[int | None, float | None]:
-    """``50M`` (tokens, k/M/B/T suffixes) or ``30min`` / ``2h`` (wall clock) -> (tokens, minutes)."""
+    """Tokens (``50M``, or a bare number) or a time (``90s``, ``30min``, ``2h``) -> (tokens, minutes)."""
     if value is None:
         return None, 30.0
     match = _DURATION.match(value)
     if match:
-        number, unit = float(match.group(1)), match.group(2)
-        minutes = number * 60 if unit == "h" else number
+        minutes = float(match.group(1)) * _MINUTES[match.group(2)]
         if minutes <= 0:
             raise ConfigError(f"--save-every {value!r}: must be positive")
         return None, minutes
@@ -135,6 +147,13 @@ def resolve(
         if not lr > 0:
             raise ConfigError(f"--lr must be positive, got {lr}")
         training = replace(training, lr=replace(training.lr, peak=lr))
+    if total < MIN_STEPS * training.tokens_per_step:
+        suggested = max(1, total // (100 * training.seq_len))  # about 100 steps, if the run is that long
+        raise ConfigError(
+            f"{total:,} tokens are {total / training.tokens_per_step:.2g} steps of the phase's batch of "
+            f"{training.batch_size} x {training.seq_len} tokens; pass --batch-size (--batch-size {suggested} "
+            f"gives {total / (suggested * training.seq_len):.0f} steps)"
+        )
     micro = micro_batch_tokens or max(DEFAULT_MICRO_BATCH_TOKENS, 2 * training.seq_len)
     if micro < training.seq_len:
         raise ConfigError(f"--micro-batch-tokens {micro} is below the phase's seq_len {training.seq_len}")

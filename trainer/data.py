@@ -220,6 +220,11 @@ class MixtureData:
         start = chunk.index * seq_len
         return self.shard(chunk.stream, shard).tokens(row, start, start + chunk.length)
 
+    def where(self, chunk: Chunk) -> str:
+        """The file and row a chunk comes from, for messages."""
+        shard, row = self.streams[chunk.stream].locate(chunk.doc)
+        return f"{self.root / self.streams[chunk.stream].shard_paths[shard]}: document {row}"
+
     def _count_rows(self, entry: dict, shard: dict) -> int:
         """Documents in a shard whose manifest entry does not say (read from the file's batches)."""
         path = str(self.root / shard["path"])
@@ -398,6 +403,13 @@ class MixtureLoader:
     def _assemble(self, chunks: list[Chunk], micro_batch: int) -> PackedBatch:
         rng = np.random.default_rng([self.seed, MASK_STREAM, self.step, micro_batch])  # before step += 1
         documents = [self.data.tokens(chunk, self.seq_len) for chunk in chunks]
+        for chunk, ids in zip(chunks, documents, strict=True):
+            if len(ids) and int(ids.max()) >= self.masking.vocab_size:
+                raise DataError(
+                    f"{self.data.where(chunk)} holds token id {int(ids.max())}, outside the tokenizer's "
+                    f"{self.masking.vocab_size} ids: the shard does not match its manifest; "
+                    "check it with `mmbert-data mixture --validate`"
+                )
         return assemble(documents, self.masking, rng, self.pad_id, self.pad_to)
 
     def _empty(self) -> PackedBatch:

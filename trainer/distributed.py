@@ -15,6 +15,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -40,7 +42,9 @@ def init_distributed(device: str | None = None) -> Dist:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA GPU is visible to this process")
+        raise ConfigError(
+            "--device cuda: no CUDA GPU is visible to this process; leave it out to train on the CPU"
+        )
     if use_cuda:
         torch.cuda.set_device(local_rank)
     where = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

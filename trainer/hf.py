@@ -193,22 +193,35 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, tokenizer: str | None 
     """
     model = ModernBertMLM.load(model_dir)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer is not None:
-        export_tokenizer(tokenizer, out_dir, model.config)
-    save_weights(model, out_dir / WEIGHTS_NAME)
-    write_json_atomic(out_dir / CONFIG_NAME, hf_config(model.config))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelFormatError(f"--out {out_dir} exists and is not a directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Everything is written next to out_dir first and moved in once complete: a failure leaves nothing.
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as staging:
+        staged = Path(staging)
+        if tokenizer is not None:
+            export_tokenizer(tokenizer, staged, model.config)
+        save_weights(model, staged / WEIGHTS_NAME)
+        write_json_atomic(staged / CONFIG_NAME, hf_config(model.config))
+        out_dir.mkdir(exist_ok=True)
+        for path in staged.iterdir():
+            os.replace(path, out_dir / path.name)
     return out_dir
 
 
 def export_tokenizer(source: str, out_dir: Path, config: ModelConfig) -> None:
-    """Save the tokenizer files into ``out_dir``, checking its special ids against the model."""
+    """Save the tokenizer files into ``out_dir`` (a staging directory), checking its ids against the model."""
     from transformers import AutoTokenizer
 
     if Path(source).is_file():
         tokenizer = tokenizer_from_file(source, config)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            raise ModelFormatError(
+                f"tokenizer {source}: cannot be loaded ({str(err).splitlines()[0]})"
+            ) from err
     expected = {"pad": config.pad_token_id, "mask": config.mask_token_id, "unk": config.unk_token_id}
     for name, token_id in expected.items():
         found = getattr(tokenizer, f"{name}_token_id")
@@ -219,18 +232,15 @@ def export_tokenizer(source: str, out_dir: Path, config: ModelConfig) -> None:
             f"{source}: {len(tokenizer)} tokens do not fit the model's vocab of {config.vocab_size}"
         )
     tokenizer.model_max_length = config.max_position_embeddings
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tokenizer-") as staging:
-        written = [Path(name) for name in tokenizer.save_pretrained(staging) if Path(name).is_file()]
-        settings_path = Path(staging) / "tokenizer_config.json"
-        settings = read_json_object(settings_path)
-        # ModernBERT takes no token_type_ids, and pipelines pass every tokenizer output to the model.
-        settings["model_input_names"] = ["input_ids", "attention_mask"]
-        # transformers 5 names the generic fast tokenizer TokenizersBackend; 4.x only knows the alias.
-        if settings.get("tokenizer_class") == "TokenizersBackend":
-            settings["tokenizer_class"] = "PreTrainedTokenizerFast"
-        write_json_atomic(settings_path, settings)
-        for path in written:
-            os.replace(path, out_dir / path.name)
+    tokenizer.save_pretrained(out_dir)
+    settings_path = out_dir / "tokenizer_config.json"
+    settings = read_json_object(settings_path)
+    # ModernBERT takes no token_type_ids, and pipelines pass every tokenizer output to the model.
+    settings["model_input_names"] = ["input_ids", "attention_mask"]
+    # transformers 5 names the generic fast tokenizer TokenizersBackend; 4.x only knows the alias.
+    if settings.get("tokenizer_class") == "TokenizersBackend":
+        settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    write_json_atomic(settings_path, settings)
 
 
 def tokenizer_from_file(path: str, config: ModelConfig):
@@ -245,7 +255,10 @@ def tokenizer_from_file(path: str, config: ModelConfig):
     from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
-    backend = Tokenizer.from_file(path)
+    try:
+        backend = Tokenizer.from_file(path)
+    except Exception as err:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise ModelFormatError(f"{path}: not a tokenizer.json ({err})") from err
     bos, eos = backend.id_to_token(config.bos_token_id), backend.id_to_token(config.eos_token_id)
     if bos is not None and eos is not None:
         backend.post_processor = processors.TemplateProcessing(

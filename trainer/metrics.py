@@ -83,7 +83,7 @@ class Meter:
         self.interval, self.enabled = interval, enabled
         self.started = time.monotonic()
         self.last_print = 0.0
-        self.window = {"tokens": 0, "time": 0.0, "wait": 0.0}
+        self.window = self._empty_window()
         self.file = None
 
     def resume_at(self, step: int) -> None:
@@ -112,26 +112,35 @@ class Meter:
             self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        self.window["tokens"] += record["tokens_in_step"]
-        self.window["time"] += step_time
-        self.window["wait"] += data_wait
+        window, weight = self.window, record["tokens_in_step"]
+        window["tokens"] += weight
+        window["time"] += step_time
+        window["wait"] += data_wait
+        window["loss"] += record["loss"] * weight
+        window["accuracy"] += record["accuracy"] * weight
         now = time.monotonic() - self.started
         if now - self.last_print >= self.interval or record["tokens"] >= self.total:
             self.last_print = now
             print(self._line(record), file=sys.stderr, flush=True)
-            self.window = {"tokens": 0, "time": 0.0, "wait": 0.0}
+            self.window = self._empty_window()
         return record
 
+    @staticmethod
+    def _empty_window() -> dict[str, float]:
+        return {"tokens": 0, "time": 0.0, "wait": 0.0, "loss": 0.0, "accuracy": 0.0}
+
     def _line(self, record: dict[str, Any]) -> str:
+        """The steps since the last line: their mean loss and accuracy, rate and data wait; then the ETA."""
         window = self.window
         rate = window["tokens"] / window["time"] if window["time"] > 0 else 0.0
+        tokens = max(window["tokens"], 1)
         left = max(0, self.total - record["tokens"])
         parts = [
             f"{self.phase} step {record['step']}",
             f"{format_tokens(record['tokens'])}/{format_tokens(self.total)} tok "
             f"({100 * record['tokens'] / self.total:.0f}%)",
-            f"loss {record['loss']:.4f}",
-            f"acc {100 * record['accuracy']:.1f}%",
+            f"loss {window['loss'] / tokens:.4f}",
+            f"acc {100 * window['accuracy'] / tokens:.1f}%",
             f"lr {record['lr']:.2e}",
             f"{format_tokens(rate)} tok/s",
             f"data wait {100 * window['wait'] / max(window['time'], 1e-9):.1f}%",

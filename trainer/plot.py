@@ -13,12 +13,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from mixtures.files import write_atomic
 from trainer.metrics import METRICS_NAME
 
-SMOOTHING_WINDOW = (8, 100)  # the smoothed loss averages over an eighth of a run's steps, at most 100
+SMOOTHING_WINDOW = (8, 101)  # the smoothed loss averages over an eighth of a run's steps, at most 101
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -35,13 +36,14 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def smoothed(values: Sequence[float]) -> list[float]:
-    """A bias-corrected exponential moving average (TensorBoard's) over a window that grows with the run."""
+    """A centred moving average (no lag) over a window that grows with the run, cut short at its ends."""
     share, cap = SMOOTHING_WINDOW
-    decay = 1.0 - 1.0 / min(cap, max(1.0, len(values) / share))
-    average, out = 0.0, []
-    for count, value in enumerate(values, start=1):
-        average = decay * average + (1 - decay) * value
-        out.append(average / (1 - decay**count) if decay else value)
+    half = int(min(cap, max(1, len(values) / share)) // 2)
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    out = []
+    for i in range(len(values)):
+        start, stop = max(0, i - half), min(len(values), i + half + 1)
+        out.append((sums[stop] - sums[start]) / (stop - start))
     return out
 
 
@@ -67,6 +69,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("tokens")
     lr_axes.grid(alpha=0.3)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return write_atomic(path, buffer.getvalue())

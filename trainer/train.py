@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +56,21 @@ PROBLEMS_SHOWN = 10
 
 
 class StopRequest:
-    """SIGTERM or SIGUSR1 (Slurm's warning before preemption): finish the step, checkpoint, exit."""
+    """SIGTERM, SIGUSR1 (Slurm's warning before preemption) or Ctrl-C: finish the step, checkpoint, exit.
+
+    A second Ctrl-C stops at once, without a checkpoint.
+    """
 
     def __init__(self):
         self.signal: int | None = None
-        for number in (signal.SIGTERM, signal.SIGUSR1):
+        for number in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(number, self._handle)
 
     def _handle(self, number: int, frame: Any) -> None:
+        if number == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        if number == signal.SIGINT:
+            print("stopping after this step (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
         self.signal = number
 
 
@@ -89,6 +96,8 @@ def train(
 
 def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.main else (lambda line: None)
+    stop, crash_at = StopRequest(), _crash_point()
+    config = for_device(config, dist.device)
     run, training = Path(config.out), config.training
 
     # ---- the phase's data, and where the run starts ----------------------------------------------------
@@ -110,13 +119,12 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
         if start.init.optimizer is not None:  # a training checkpoint: its moments carry into this phase
             load_optimizer(optimizer, model, *start.init.optimizer)
     loader = make_loader(config, manifest, tokenizer, dist)
-    precision = config.precision or ("bf16" if dist.device.type == "cuda" else "fp32")
     meter = Meter(
         run,
         config.phase,
         config.tokens,
         flops_per_token(start.shape, training.seq_len, training.mask_rate),
-        peak_flops(dist.device, precision),
+        peak_flops(dist.device, config.precision),
         enabled=dist.main,
     )
     if start.checkpoint is not None:
@@ -130,11 +138,14 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
         prune_checkpoints(run, config.keep or sys.maxsize)
-    say(_banner(config, manifest, model, loader, dist, precision))
+    for line in _banner(config, manifest, model, loader, dist):
+        say(line)
 
+    if config.compile:  # layer by layer, as torchtitan does: small graphs, the same for every layer kind
+        for layer in model.model.layers:
+            layer.compile()
     ddp = wrap(model, dist)
-    forward = torch.compile(ddp) if config.compile else ddp
-    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     identity = {
         "manifest": {"path": config.manifest, "fingerprint": manifest["fingerprint"]},
         "tokenizer": tokenizer,
@@ -153,7 +164,6 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
 
     # ---- the loop ----------------------------------------------------------------------------------------
     model.train()
-    stop, crash_at = StopRequest(), _crash_point()
     every = config.save_every_tokens
     next_save = (tokens_seen // every + 1) * every if every else None
     saved_time = time.monotonic()
@@ -163,7 +173,7 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
         for batch in prefetch if tokens_seen < config.tokens else ():
             started = time.perf_counter()
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
-            result = train_step(batch, forward, ddp, optimizer, dist, lr, autocast, config.seed, crash_at)
+            result = train_step(batch, ddp, optimizer, dist, lr, autocast, config.seed, crash_at)
             stopping = all_reduce_sum([float(stop.signal is not None)], dist)[0] > 0
             step, tokens_seen, loader_state = batch.step + 1, batch.state["tokens"], batch.state
             record = {
@@ -204,8 +214,7 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
 
 def train_step(
     batch: StepBatch,
-    forward: torch.nn.Module,
-    ddp: torch.nn.Module,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     dist: Dist,
     lr: float,
@@ -218,7 +227,8 @@ def train_step(
     Each micro-batch's loss is weighted by its share of the global batch's predictions
     (times the number of ranks, since DDP averages), so the gradient is that of the
     mean loss over every masked token of the step, however the batch is split.
-    Gradients are synchronised once, at the last micro-step.
+    ``model`` is the DDP-wrapped model under several processes: gradients are then
+    synchronised once, at the last micro-step.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -231,9 +241,9 @@ def train_step(
     for index, micro in enumerate(mine):
         micro = micro.to(dist.device)
         torch.manual_seed(_seed(seed, DROPOUT_STREAM, batch.step, index * dist.world_size + dist.rank))
-        with ddp.no_sync() if index < len(mine) - 1 and dist.world_size > 1 else nullcontext():
+        with model.no_sync() if index < len(mine) - 1 and dist.world_size > 1 else nullcontext():
             with autocast:
-                out = forward(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
+                out = model(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
             (out.loss * (micro.predictions * dist.world_size / max(predictions, 1.0))).backward()
         loss_sum += out.loss.detach().float() * micro.predictions
         correct += (out.logits.detach().argmax(-1) == micro.labels[micro.labels != IGNORE_INDEX]).sum()
@@ -250,13 +260,13 @@ def train_step(
 
 
 def open_phase(config: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The manifest and its tokenizer record, once every shard is found at its recorded size."""
+    """The manifest and its tokenizer record, once every shard is found at its recorded size (and hash)."""
     try:
         manifest = load_manifest(config.manifest)
     except MixtureError as err:
         raise ConfigError(str(err)) from err
     tokenizer = tokenizer_record(manifest, config.manifest)
-    problems = validate_manifest(config.manifest, check_hashes=False)
+    problems = validate_manifest(config.manifest, check_hashes=config.verify)
     if problems:
         shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
         raise ConfigError(f"{config.manifest}: {len(problems)} problem(s) with its data:\n  {shown}")
@@ -340,20 +350,41 @@ def _crash_point() -> tuple[int, int] | None:
     return int(step), int(micro)
 
 
+def for_device(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """The config with its precision settled for ``device``; settings the device cannot run are refused."""
+    if device.type != "cuda":
+        if config.attn_backend in ("flash", "flex"):
+            raise ConfigError(f"--attn {config.attn_backend} needs a CUDA GPU; on the CPU use auto or sdpa")
+        if config.compile:
+            raise ConfigError("--compile needs a CUDA GPU (on the CPU the per-document attention recompiles)")
+    if config.precision is not None:
+        return config
+    return replace(config, precision="bf16" if device.type == "cuda" else "fp32")
+
+
 def _banner(
-    config: TrainConfig,
-    manifest: dict,
-    model: ModernBertMLM,
-    loader: MixtureLoader,
-    dist: Dist,
-    precision: str,
-) -> str:
+    config: TrainConfig, manifest: dict, model: ModernBertMLM, loader: MixtureLoader, dist: Dist
+) -> list[str]:
+    """What the run is about to do, and what it does that the user may not expect."""
     training = config.training
     micro = micro_batches(training.batch_size, training.seq_len, config.micro_batch_tokens)
-    return (
+    lines = [
         f"{config.phase}: {len(loader.data.streams)} streams of {manifest['tokenizer']['name']}, "
         f"{config.tokens:,} tokens to train; batch {training.batch_size} x {training.seq_len} tokens "
         f"= {micro} micro-batch(es) of {config.micro_batch_tokens:,} per step; "
         f"model {config.model or 'from --init'} ({model.num_parameters() / 1e6:.2f}M parameters, "
-        f"vocab {model.config.vocab_size}); {dist.world_size} process(es) on {dist.device.type}, {precision}"
-    )
+        f"vocab {model.config.vocab_size}); {dist.world_size} process(es) on {dist.device.type}, "
+        f"{config.precision}"
+    ]
+    planned = manifest["sampling"]["tokens"]
+    if config.tokens > planned:
+        lines.append(
+            f"note: the manifest was compiled for {planned:,} tokens; training {config.tokens:,} repeats "
+            f"every stream {config.tokens / planned:.2g}x as often as its expected_epochs say"
+        )
+    if micro % dist.world_size:
+        lines.append(
+            f"note: {micro} micro-batch(es) per step do not divide among {dist.world_size} processes, "
+            "so some wait for the others; raise --batch-size or lower --micro-batch-tokens"
+        )
+    return lines
