@@ -42,16 +42,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mixtures.compiler import compile_phase  # noqa: E402
-from mixtures.counts import read_stats  # noqa: E402
-from mixtures.manifest import build_manifest, load_manifest, write_manifest  # noqa: E402
-from mixtures.recipe import TrainingSpec, load_recipe, parse_tokens  # noqa: E402
-from pipeline.build import Build, BuildOptions  # noqa: E402
+from bench.sample import SAMPLE, sample_manifest  # noqa: E402
+from mixtures.manifest import load_manifest  # noqa: E402
+from mixtures.recipe import TrainingSpec, parse_tokens  # noqa: E402
 from pipeline.tokenizer import sample_tokenizer_path  # noqa: E402
 from trainer.data import MixtureData, MixtureLoader  # noqa: E402
 from trainer.masking import Masking  # noqa: E402
 
-SAMPLE = ROOT / "pipeline" / "sample"
 MANIFEST_TOKENS = 150_000  # the mixture size `make demo` and the test fixtures compile
 SEQUENCES = 16  # sequences per step (ours) and per batch (the peer)
 WARMUP = 3  # untimed steps / batches before each timed run
@@ -86,24 +83,8 @@ def quiet(log: Path) -> Iterator[None]:
 
 def prepare(tmp: Path, phase: str) -> tuple[dict[str, Any], Path]:
     """Build the bundled sample's ``phase`` and compile its manifest; return it and the tokenizer.json."""
-    recipe = load_recipe()
-    options = BuildOptions(
-        recipe=recipe,
-        phase=phase,
-        output=tmp / "data",
-        input_root=str(SAMPLE / "hub"),
-        tokenizer=f"sample:{SAMPLE / 'hub'}",
-        filter_configs=str(SAMPLE / "filter-configs"),
-        on_error="skip",
-        progress=False,
-    )
     with quiet(tmp / "build.log"):
-        plan = Build(options)
-        plan.run()
-    counts = read_stats(plan.phase_dir)
-    mixture = compile_phase(recipe, phase, counts, tokens=MANIFEST_TOKENS)
-    path = tmp / "manifests" / f"{phase}.json"
-    write_manifest(build_manifest(mixture, recipe, counts, seed=SEED), path)
+        path = sample_manifest(tmp, phase, MANIFEST_TOKENS)
     return load_manifest(path), sample_tokenizer_path(SAMPLE / "hub")
 
 
@@ -236,7 +217,6 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mmbert-loader-bench-") as tmp:
-        os.environ["MMBERT_DATA_CACHE"] = str(Path(tmp) / "cache")
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-datasets")
         start = time.perf_counter()
         manifest, tokenizer_json = prepare(Path(tmp), args.phase)

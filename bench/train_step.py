@@ -65,6 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.model import THREADS, matmul_flops, padded, transformers_model  # noqa: E402
+from bench.sample import MIXTURE_TOKENS, sample_manifest  # noqa: E402
 from mixtures.manifest import load_manifest  # noqa: E402
 from trainer.config import TrainConfig, model_config, resolve, tokenizer_record  # noqa: E402
 from trainer.data import MixtureData, MixtureLoader, Prefetcher  # noqa: E402
@@ -77,9 +78,7 @@ from trainer.packing import PackedBatch  # noqa: E402
 from trainer.schedule import lr_at  # noqa: E402
 from trainer.train import train_step  # noqa: E402
 
-SAMPLE = ROOT / "pipeline" / "sample"
 PHASE = "pretrain"
-MIXTURE_TOKENS = 150_000  # what `make demo` and the tests compile
 CONTENDERS = ("ours", "transformers")
 GOAL_RATIO, GOAL_WAIT = 2.0, 0.05
 WIDTHS = (12, 10, 7, 14, 11, 11)  # of the table's columns after the shape
@@ -240,36 +239,6 @@ def settings(args: argparse.Namespace, shape: str) -> Setting:
     )
 
 
-def prepare(directory: Path) -> Path:
-    """Build and compile the sample's pretrain phase offline, as tests/conftest.py does; the manifest."""
-    from mixtures.compiler import compile_phase
-    from mixtures.counts import read_stats
-    from mixtures.manifest import build_manifest, write_manifest
-    from mixtures.recipe import load_recipe
-    from pipeline.build import Build, BuildOptions
-
-    os.environ["MMBERT_DATA_CACHE"] = str(directory / "cache")
-    recipe = load_recipe()
-    plan = Build(
-        BuildOptions(
-            recipe=recipe,
-            phase=PHASE,
-            output=directory / "data",
-            input_root=str(SAMPLE / "hub"),
-            tokenizer=f"sample:{SAMPLE / 'hub'}",
-            filter_configs=str(SAMPLE / "filter-configs"),
-            on_error="skip",
-            progress=False,
-        )
-    )
-    plan.run()
-    counts = read_stats(plan.phase_dir)
-    path = directory / "manifests" / f"{PHASE}.json"
-    mixture = compile_phase(recipe, PHASE, counts, tokens=MIXTURE_TOKENS)
-    write_manifest(build_manifest(mixture, recipe, counts, seed=0), path)
-    return path
-
-
 def subprocess_json(command: list[str]) -> dict:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -301,7 +270,7 @@ def main() -> None:
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prepare:
-        print(json.dumps({"manifest": str(prepare(Path(args.prepare)))}))
+        print(json.dumps({"manifest": str(sample_manifest(Path(args.prepare), PHASE, MIXTURE_TOKENS))}))
         return
     if args.contender:
         print(json.dumps(run_contender(args)))

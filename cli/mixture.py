@@ -19,12 +19,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cli.options import token_amount
 from mixtures.compiler import Mixture, compile_phase, multilingual_source
 from mixtures.counts import Counts, last_build_stats, parse_bytes_per_token, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest
 from mixtures.plot import plot_shares
-from mixtures.recipe import Recipe, RecipeError, load_recipe, parse_tokens
+from mixtures.recipe import Recipe, RecipeError, load_recipe
 from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
@@ -127,7 +128,7 @@ def mixture(
             phase,
             found,
             temperature=temperature,
-            tokens=_tokens(tokens),
+            tokens=token_amount(tokens),
             max_epochs=max_epochs,
             sampler=sampler.value,
             languages=wanted,
@@ -173,15 +174,6 @@ def _counts(
         table = parse_bytes_per_token(bytes_per_token)
         return read_counts_csv(counts, multilingual_source(recipe), table), name
     return read_stats(last_build_stats(name)), name
-
-
-def _tokens(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_tokens(value)
-    except ValueError as err:
-        raise MixtureError(f"--tokens: {err}") from err
 
 
 def _warn(console: Console, recipe: Recipe, counts: Counts, compiled: Mixture) -> None:

@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe, parse_tokens
+from cli.options import token_amount
+from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 
 app = typer.Typer(
     help="Train mmBERT encoders phase by phase from compiled manifests; export them to transformers, "
@@ -101,7 +102,7 @@ def main(
             doc,
             manifest,
             out or Path("runs") / doc["phase"],
-            tokens=_tokens(tokens),
+            tokens=token_amount(tokens),
             batch_size=batch_size,
             micro_batch_tokens=micro_batch_tokens,
             lr=lr,
@@ -121,15 +122,6 @@ def main(
         raise _fail(err) from err
     except KeyboardInterrupt as err:  # a second Ctrl-C: nothing saved beyond the last checkpoint
         raise _fail(RuntimeError("interrupted; continue from the last checkpoint with --resume")) from err
-
-
-def _tokens(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_tokens(value)
-    except ValueError as err:
-        raise RecipeError(f"--tokens: {err}") from err
 
 
 @app.command("plot")

@@ -1,0 +1,47 @@
+"""The benchmarks' data: the bundled sample built and compiled offline in a scratch directory.
+
+The same steps as `make demo` (the sample's hub layout, its own small tokenizer, its filter
+configs, bad input skipped), with the cache inside the scratch directory so that nothing is
+written to the user's cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mixtures.compiler import compile_phase
+from mixtures.counts import read_stats
+from mixtures.manifest import build_manifest, write_manifest
+from mixtures.recipe import load_recipe
+from pipeline.build import Build, BuildOptions
+
+SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
+MIXTURE_TOKENS = 150_000  # what `make demo` compiles
+
+
+def sample_manifest(directory: Path, phase: str = "pretrain", tokens: int = MIXTURE_TOKENS) -> Path:
+    """Build the sample's ``phase`` under ``directory`` and compile its manifest; return the manifest's path.
+
+    Sets ``MMBERT_DATA_CACHE`` to ``directory / "cache"`` (where the sample tokenizer is trained).
+    """
+    os.environ["MMBERT_DATA_CACHE"] = str(directory / "cache")
+    recipe = load_recipe()
+    plan = Build(
+        BuildOptions(
+            recipe=recipe,
+            phase=phase,
+            output=directory / "data",
+            input_root=str(SAMPLE / "hub"),
+            tokenizer=f"sample:{SAMPLE / 'hub'}",
+            filter_configs=str(SAMPLE / "filter-configs"),
+            on_error="skip",
+            progress=False,
+        )
+    )
+    plan.run()
+    counts = read_stats(plan.phase_dir)
+    path = directory / "manifests" / f"{phase}.json"
+    mixture = compile_phase(recipe, phase, counts, tokens=tokens)
+    write_manifest(build_manifest(mixture, recipe, counts, seed=0), path)
+    return path
