@@ -181,6 +181,23 @@ def test_sigterm_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
     assert checkpoint_dirs(tmp_path / "run")[-1].name == f"step-{last:08d}"
 
 
+def test_sigterm_to_torchrun_checkpoints_once_every_rank_agrees(sample_manifests, tmp_path):
+    args = tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M")
+    process = launch(args, processes=2)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").exists() or len(metrics(tmp_path / "run")) < 2:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it to both workers
+    output, _ = process.communicate(timeout=120)
+    assert "stopped by a signal" in output, output
+    last = metrics(tmp_path / "run")[-1]["step"]
+    assert checkpoint_dirs(tmp_path / "run")[-1].name == f"step-{last:08d}"
+    shorter = tiny(sample_manifests["pretrain"], tmp_path / "run", "--resume", "--force", tokens="120k")
+    resumed = run(shorter, processes=2)  # --force: a shorter run than the checkpoint's
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stdout
+
+
 def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_path):
     runs = {phase: tmp_path / phase for phase in ("pretrain", "midtrain", "decay")}
     train(*tiny(sample_manifests["pretrain"], runs["pretrain"], tokens="40k"))

@@ -62,6 +62,12 @@ def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
     return tensor.tolist()
 
 
+def barrier(dist: Dist) -> None:
+    """Wait for every process (e.g. for rank 0 to finish a checkpoint before the others exit)."""
+    if dist.world_size > 1:
+        torch_dist.barrier()
+
+
 def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     """The module the training loop calls: DDP across processes, the model itself for one."""
     if dist.world_size == 1:

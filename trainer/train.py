@@ -43,7 +43,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import ConfigError, TrainConfig, model_config, tokenizer_record
 from trainer.data import MixtureData, MixtureLoader, Prefetcher, StepBatch
-from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, wrap
+from trainer.distributed import Dist, all_reduce_sum, barrier, close, init_distributed, wrap
 from trainer.masking import Masking
 from trainer.metrics import Meter, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModelConfig, ModernBertMLM, read_json_object
@@ -154,12 +154,14 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
     step, tokens_seen, loader_state = loader.step, loader.tokens_seen, loader.state_dict()
 
     def save() -> Path | None:
-        if not dist.main:
-            return None
-        state = {"step": step, "tokens": tokens_seen, "loader": loader_state, **identity}
-        saved = save_checkpoint(run, model, optimizer, state)
-        if config.keep:
-            prune_checkpoints(run, config.keep)
+        """Rank 0 writes the checkpoint; every rank returns once it is complete."""
+        saved = None
+        if dist.main:
+            state = {"step": step, "tokens": tokens_seen, "loader": loader_state, **identity}
+            saved = save_checkpoint(run, model, optimizer, state)
+            if config.keep:
+                prune_checkpoints(run, config.keep)
+        barrier(dist)
         return saved
 
     # ---- the loop ----------------------------------------------------------------------------------------
@@ -174,7 +176,10 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
             started = time.perf_counter()
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
             result = train_step(batch, ddp, optimizer, dist, lr, autocast, config.seed, crash_at)
-            stopping = all_reduce_sum([float(stop.signal is not None)], dist)[0] > 0
+            minutes = config.save_every_minutes
+            late = bool(minutes) and time.monotonic() - saved_time >= 60 * minutes
+            # every rank takes the same decisions: a signal or the clock on any rank counts for all
+            stopping, late = (flag > 0 for flag in all_reduce_sum([stop.signal is not None, late], dist))
             step, tokens_seen, loader_state = batch.step + 1, batch.state["tokens"], batch.state
             record = {
                 "step": step,
@@ -187,12 +192,7 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
                 "packing": batch.tokens / batch.capacity,
             }
             meter.log(record, time.perf_counter() - started, started - waited)
-            minutes = config.save_every_minutes
-            if (
-                stopping
-                or (every and tokens_seen >= next_save)
-                or (minutes and time.monotonic() - saved_time >= 60 * minutes)
-            ):
+            if stopping or late or (every and tokens_seen >= next_save):
                 saved = save()
                 next_save = (tokens_seen // every + 1) * every if every else None
                 saved_time = time.monotonic()
