@@ -136,7 +136,7 @@ def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, war
     """``total`` steps of ``trainer.train.train_step``: per step (tokens, wall s, data wait s, loss)."""
     training, opt = config.training, config.training.optimizer
     torch.manual_seed(config.seed)
-    model = ModernBertMLM(shape, attn=config.attn_backend)
+    model = ModernBertMLM(shape, attn_backend=config.attn_backend)
     optimizer = StableAdamW(
         param_groups(model, opt.weight_decay),
         lr=training.lr.peak,

@@ -116,9 +116,9 @@ def test_sdpa_never_crosses_documents():
 
 def test_auto_picks_the_exact_backend_on_cpu():
     q = torch.zeros(4, HEADS, HEAD_DIM)
-    assert resolve_backend("auto", q) == "sdpa"
+    assert resolve_backend("auto", q.device, q.dtype) == "sdpa"
     with pytest.raises(ValueError, match="unknown attention backend"):
-        resolve_backend("xformers", q)
+        resolve_backend("xformers", q.device, q.dtype)
     if not (torch.cuda.is_available() and flash_attn_available()):
         with pytest.raises(RuntimeError, match="needs a CUDA GPU and the flash-attn package"):
             varlen_attention(q, q, q, torch.tensor([0, 4], dtype=torch.int32), 4, None, "flash")
@@ -127,4 +127,4 @@ def test_auto_picks_the_exact_backend_on_cpu():
 @needs_cuda
 def test_auto_picks_a_gpu_kernel_on_cuda():
     q = torch.zeros(4, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-    assert resolve_backend("auto", q) == ("flash" if flash_attn_available() else "flex")
+    assert resolve_backend("auto", q.device, q.dtype) == ("flash" if flash_attn_available() else "flex")

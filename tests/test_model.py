@@ -211,3 +211,21 @@ def test_malformed_packed_batches_are_rejected():
         model(input_ids, torch.tensor([0, 4, 10], dtype=torch.int32), 4)
     with pytest.raises(ValueError, match="labels shape"):
         model(input_ids, torch.tensor([0, 10], dtype=torch.int32), 10, torch.zeros(3, dtype=torch.long))
+
+
+def test_attention_masks_are_built_once_per_batch(monkeypatch):
+    import trainer.model as model_module
+
+    calls = []
+    original = model_module.prepare
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "prepare", counting)
+    model = ModernBertMLM(ModelConfig.preset("tiny"))  # 4 layers: 2 global, 2 with a window
+    input_ids, cu_seqlens, max_seqlen = pack(*random_documents([40, 300, 7], 1024))
+    model(input_ids, cu_seqlens, max_seqlen)
+    assert len(calls) == 1
+    assert sorted(calls[0][2], key=str) == [64, 64, None, None]  # the windows of every layer, given once

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainer.attention import document_ids, varlen_attention
+from trainer.attention import PackedAttention, attend, document_ids, prepare
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -183,10 +183,10 @@ class Attention(nn.Module):
         self.Wo = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.out_drop = nn.Dropout(config.attention_dropout)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen, backend):
+    def forward(self, x: torch.Tensor, rope, attention: PackedAttention) -> torch.Tensor:
         q, k, v = self.Wqkv(x).view(-1, 3, self.num_heads, self.head_dim).unbind(dim=1)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, self.window, backend)
+        out = attend(q, k, v, attention, self.window)
         return self.out_drop(self.Wo(out.reshape(x.shape)))
 
 
@@ -214,8 +214,8 @@ class EncoderLayer(nn.Module):
         self.mlp_norm = layer_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cu_seqlens, max_seqlen, backend):
-        x = x + self.attn(self.attn_norm(x), rope, cu_seqlens, max_seqlen, backend)
+    def forward(self, x: torch.Tensor, rope, attention: PackedAttention) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, attention)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -229,8 +229,14 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_layers))
         self.final_norm = layer_norm(config)
 
-    def forward(self, input_ids, cu_seqlens, max_seqlen, backend="auto") -> torch.Tensor:
-        # RoPE positions restart at 0 in every document.
+    def forward(self, input_ids, cu_seqlens, max_seqlen, attn_backend: str = "auto") -> torch.Tensor:
+        # The batch's layout, the same for every layer: attention masks once, RoPE restarting per document.
+        device = input_ids.device
+        dtype = (
+            torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
+        )
+        windows = [layer.attn.window for layer in self.layers]
+        attention = prepare(cu_seqlens, max_seqlen, windows, attn_backend, device, dtype)
         docs = document_ids(cu_seqlens, input_ids.shape[0])
         positions = (
             torch.arange(input_ids.shape[0], device=input_ids.device) - cu_seqlens.to(torch.long)[docs]
@@ -241,7 +247,7 @@ class Encoder(nn.Module):
         }
         x = self.embeddings(input_ids)
         for layer in self.layers:
-            x = layer(x, ropes[layer.is_global], cu_seqlens, max_seqlen, backend)
+            x = layer(x, ropes[layer.is_global], attention)
         return self.final_norm(x)
 
 
@@ -264,10 +270,10 @@ class MaskedLMOutput:
 class ModernBertMLM(nn.Module):
     """ModernBERT with the MLM head; the decoder weight is tied to the token embeddings."""
 
-    def __init__(self, config: ModelConfig, attn: str = "auto"):
+    def __init__(self, config: ModelConfig, attn_backend: str = "auto"):
         super().__init__()
         self.config = config
-        self.attn = attn  # attention backend (see trainer/attention.py); not part of the weights
+        self.attn_backend = attn_backend  # see trainer/attention.py; not part of the weights
         self.model = Encoder(config)
         self.head = PredictionHead(config)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
@@ -310,7 +316,7 @@ class ModernBertMLM(nn.Module):
         zero gradients, if there are none). Without labels, logits cover every token.
         """
         check_packed_batch(input_ids, cu_seqlens, max_seqlen, labels)
-        hidden = self.model(input_ids, cu_seqlens, max_seqlen, self.attn)
+        hidden = self.model(input_ids, cu_seqlens, max_seqlen, self.attn_backend)
         if labels is None:
             return MaskedLMOutput(loss=None, logits=self.decoder(self.head(hidden)))
         selected = (labels != IGNORE_INDEX).nonzero().squeeze(1)
@@ -322,7 +328,7 @@ class ModernBertMLM(nn.Module):
     def encode(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         """Final hidden states ``[T, hidden]`` of every token (after the final norm)."""
         check_packed_batch(input_ids, cu_seqlens, max_seqlen, None)
-        return self.model(input_ids, cu_seqlens, max_seqlen, self.attn)
+        return self.model(input_ids, cu_seqlens, max_seqlen, self.attn_backend)
 
     def num_parameters(self) -> int:
         """Distinct parameters (the tied decoder weight counted once), as transformers counts."""
@@ -338,13 +344,13 @@ class ModernBertMLM(nn.Module):
 
     @classmethod
     def load(
-        cls, directory: str | Path, attn: str = "auto", device: str | torch.device = "cpu"
+        cls, directory: str | Path, attn_backend: str = "auto", device: str | torch.device = "cpu"
     ) -> ModernBertMLM:
         """Rebuild a model saved by ``save`` (never unpickles anything)."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         config = ModelConfig.from_dict(read_json_object(config_path), where=str(config_path))
-        model = cls(config, attn=attn)
+        model = cls(config, attn_backend=attn_backend)
         model.load_weights(read_safetensors(directory / WEIGHTS_NAME), where=str(directory / WEIGHTS_NAME))
         return model.to(device)
 

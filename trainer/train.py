@@ -104,7 +104,7 @@ def _train(config: TrainConfig, dist: Dist, resume: bool, force: bool) -> Path:
     manifest, tokenizer = open_phase(config)
     start = find_start(config, manifest, tokenizer, resume, force, say)
     torch.manual_seed(config.seed)
-    model = ModernBertMLM(start.shape, attn=config.attn_backend).to(dist.device)
+    model = ModernBertMLM(start.shape, attn_backend=config.attn_backend).to(dist.device)
     optimizer = StableAdamW(
         param_groups(model, training.optimizer.weight_decay),
         lr=training.lr.peak,
