@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.inspect import inspect
 from cli.mixture import mixture
+from cli.shard import inspect
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from pipeline.errors import InputError
 

@@ -60,6 +60,12 @@ class BuildLock:
                     f"{self.path.parent} is being written by another build ({_describe(holder)}); "
                     "wait for it to finish or stop it, then run this again"
                 ) from None
+            except OSError as err:  # a filesystem without flock (some NFS or Lustre mounts)
+                os.close(fd)
+                raise BuildConflict(
+                    f"cannot lock {self.path}: {err.strerror}; write the build to a filesystem that "
+                    "supports flock (a local disk, or the cluster's flock-enabled scratch)"
+                ) from err
             try:  # the holder before us may have removed the file between our open and flock
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -85,10 +91,12 @@ class BuildLock:
 
 
 def _holder(fd: int) -> dict[str, Any]:
+    """The record a lock file holds (empty when it holds none, or something else)."""
     try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except json.JSONDecodeError:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _describe(holder: Mapping[str, Any]) -> str:

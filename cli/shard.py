@@ -55,6 +55,8 @@ def inspect(
 
 def _read(path: Path, documents: int) -> tuple[dict[str, str], int, int, list[tuple[str, list[int]]]]:
     """Schema metadata, document and token counts, and the first ``documents`` (id, token ids) rows."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
     try:
         reader = pyarrow.ipc.open_stream(pa.memory_map(str(path)))
         metadata = {key.decode(): value.decode() for key, value in (reader.schema.metadata or {}).items()}
