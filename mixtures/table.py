@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixtures.compiler import Mixture, Target
-from mixtures.languages import iso_code, language_table
+from mixtures.languages import count_languages, iso_code, language_table
 from mixtures.recipe import format_tokens
 
 SMALLEST_SHOWN = 5
@@ -35,7 +35,7 @@ def languages_table(mixture: Mixture, top: int) -> Table:
     sampling = f"temperature {mixture.temperature:g}" if mixture.sampler == "temperature" else "UniMax"
     table = Table(
         title=(
-            f"phase {mixture.phase}: {len(pool)} languages, {sampling}, "
+            f"phase {mixture.phase}: {count_languages(t.language for t in pool)}, {sampling}, "
             f"{format_tokens(mixture.multilingual_tokens)} of {format_tokens(mixture.tokens)} tokens, "
             f"{epochs} ({capped} capped)"
         )

@@ -11,6 +11,8 @@ A last one-task stage, ``stats``, writes ``stats.json``. Executors are separate
 from steps, as in datatrove: :meth:`Build.executors` chains one executor per
 stage, local processes or Slurm array jobs; every task's completion is recorded
 under ``_logs/{stage}``, so running the same build again skips finished tasks.
+:meth:`Build.settings` is what must not change between such runs (see
+``pipeline.guard``, which records them and locks the phase directory).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from mixtures.cache import cache_dir
 from mixtures.recipe import PhaseSpec, Recipe
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
+from pipeline.guard import BuildLock, check_settings
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
 from pipeline.quality import (
     FILTER_FAMILIES,
@@ -40,7 +43,7 @@ from pipeline.quality import (
 from pipeline.shards import ArrowShardWriter, BatchTokenizer
 from pipeline.sources import SourceReader
 from pipeline.stats import StatsCompiler, StreamCounter, load_stats
-from pipeline.tokenizer import load_tokenizer
+from pipeline.tokenizer import directory_sha256, load_tokenizer
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):
@@ -82,6 +85,7 @@ class BuildOptions:
     dedup: bool | None = None
     rehydrate: bool | None = None
     keep_removed: bool = False
+    overwrite: bool = False  # empty the phase directory first instead of resuming it
     on_error: str = "fail"
     limit: int = -1
     tasks: int = 4
@@ -267,26 +271,80 @@ class Build:
             chain[name] = executor
         return chain
 
-    def run(self, on_stage: Callable[[str, int, int], None] | None = None) -> dict | None:
+    def settings(self, tokenizer: dict) -> tuple[dict, dict[str, str]]:
+        """What the phase directory's content depends on, and the names of its hashed entries.
+
+        Files are compared by content (the recipe, tokenizer and filter configs by
+        sha256), so the same files reached by another path resume. ``--on-error`` is
+        not a setting: a task that met bad input under ``fail`` left no completion,
+        so rerunning with ``skip`` mixes nothing. Nor are workers or the executor.
+        """
+        options = self.options
+        directory = self.filter_configs.directory
+        settings = {
+            "phase": options.phase,
+            "recipe": options.recipe.sha256,
+            "sources": [source.name for source in self.sources],
+            "languages": list(self.languages) if self.languages is not None else "all",
+            "input_root": _resolved(options.input_root),
+            "tokenizer": tokenizer["sha256"],
+            "lid": self.lid,
+            "lid_model": _resolved(options.lid_model),
+            "filter_configs": directory_sha256(directory) if directory else None,
+            "dedup": self.dedup,
+            "minhash": str(options.minhash) if self.dedup else None,
+            "rehydrate": self.rehydrate,
+            "keep_removed": options.keep_removed,
+            "limit": options.limit,
+            "tasks": options.tasks,
+        }
+        labels = {
+            "recipe": str(options.recipe.path),
+            "tokenizer": tokenizer["name"],
+            "filter_configs": str(directory),
+        }
+        return settings, labels
+
+    def run(
+        self,
+        on_stage: Callable[[str, int, int], None] | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> dict | None:
         """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit and return None.
 
         ``on_stage(name, tasks, done)`` is called before each local stage, with the number of its
-        tasks already finished by an earlier run.
+        tasks already finished by an earlier run; ``say`` gets notes (a lock taken over).
+        Raises ``pipeline.guard.BuildConflict`` when another build holds the phase directory
+        or it was built with other settings (unless ``overwrite``).
         """
         # Loaded here, once: a sample tokenizer is trained and cached before workers start.
         loaded = load_tokenizer(self.tokenizer_spec)
         self.phase_dir.mkdir(parents=True, exist_ok=True)
-        chain = self.executors(loaded.record())
-        if self.options.executor == "slurm":
-            list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
-        else:
-            for name, executor in chain.items():
-                tasks = executor.world_size
-                if on_stage:
-                    on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
-                executor.run()
+        with BuildLock(self.phase_dir) as lock:
+            if lock.taken_over and say:
+                say(
+                    f"note: took over {lock.path} from pid {lock.taken_over.get('pid')} on "
+                    f"{lock.taken_over.get('host')}, which stopped without releasing it"
+                )
+            check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
+            chain = self.executors(loaded.record())
+            if self.options.executor == "slurm":
+                list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
+            else:
+                for name, executor in chain.items():
+                    tasks = executor.world_size
+                    if on_stage:
+                        on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
+                    executor.run()
         record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
         return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
+
+
+def _resolved(path: str | None) -> str | None:
+    """A local path as an absolute one (a URL such as ``s3://...`` as given)."""
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
 def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:

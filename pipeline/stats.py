@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixtures.formats import STATS_FORMAT, STATS_VERSION
+from mixtures.languages import count_languages, iso_code
 from pipeline.quality import stream_key
 
 
@@ -160,37 +161,65 @@ def _human(n: float) -> str:
     return f"{n:.1f}P"
 
 
-def print_stats(stats: dict, console: Console | None = None) -> None:
-    """The per-(source, language) table a user checks after a build."""
+def stats_summary(stats: dict, top: int | None = None) -> dict:
+    """What `mmbert-data stats` shows: one row per stream, or the ``top`` streams with the most tokens
+    (largest first), and the totals over every stream."""
+    streams = stats["streams"]
+    shown = streams if top is None else sorted(streams, key=lambda s: -s["tokens"])[:top]
+    subsets = {s["language"] for s in streams}
+    totals = {
+        key: sum(s[key] for s in streams) for key in ("documents_read", "documents_kept", "tokens", "bytes")
+    }
+    return {
+        "phase": stats["phase"],
+        "streams": len(streams),
+        "languages": len({iso_code(name) for name in subsets}),
+        "language_script_subsets": len(subsets),
+        "totals": {**totals, "shards": sum(len(s["shards"]) for s in streams)},
+        "errors": stats["errors"]["count"],
+        "rows": [
+            {
+                **{key: stream[key] for key in ("source", "language", *totals, "drops")},
+                "shards": len(stream["shards"]),
+            }
+            for stream in shown
+        ],
+    }
+
+
+def print_stats(stats: dict, console: Console | None = None, top: int | None = None) -> None:
+    """The per-(source, language) table a user checks after a build (``top``: see ``stats_summary``)."""
     console = console or Console()
     if not console.is_terminal:
         console.width = max(console.width, 160)
-    table = Table(title=f"{stats['phase']}: {len(stats['streams'])} streams", show_footer=True)
-    totals = defaultdict(int)
-    for stream in stats["streams"]:
-        for key in ("documents_read", "documents_kept", "tokens", "bytes"):
-            totals[key] += stream[key]
-        totals["shards"] += len(stream["shards"])
+    summary = stats_summary(stats, top)
+    rows, totals = summary["rows"], summary["totals"]
+    languages = count_languages(stream["language"] for stream in stats["streams"])
+    title = f"{stats['phase']}: {summary['streams']} streams, {languages}"
+    if len(rows) < summary["streams"]:
+        title += f"; the {len(rows)} with the most tokens"
+    table = Table(title=title, show_footer=True)
     table.add_column("source", footer="total")
-    table.add_column("language", footer=str(len({s["language"] for s in stats["streams"]})))
+    table.add_column("language")
     table.add_column("read", justify="right", footer=str(totals["documents_read"]))
     table.add_column("kept", justify="right", footer=str(totals["documents_kept"]))
     table.add_column("tokens", justify="right", footer=_human(totals["tokens"]))
     table.add_column("bytes", justify="right", footer=_human(totals["bytes"]))
     table.add_column("shards", justify="right", footer=str(totals["shards"]))
     table.add_column("drops (reason: documents)")
-    for stream in stats["streams"]:
-        drops = " ".join(f"{reason}:{n}" for reason, n in stream["drops"].items())
+    for row in rows:
         table.add_row(
-            stream["source"],
-            stream["language"],
-            str(stream["documents_read"]),
-            str(stream["documents_kept"]),
-            _human(stream["tokens"]),
-            _human(stream["bytes"]),
-            str(len(stream["shards"])),
-            drops,
+            row["source"],
+            row["language"],
+            str(row["documents_read"]),
+            str(row["documents_kept"]),
+            _human(row["tokens"]),
+            _human(row["bytes"]),
+            str(row["shards"]),
+            " ".join(f"{reason}:{n}" for reason, n in row["drops"].items()),
         )
+    if len(rows) < summary["streams"]:
+        table.add_row("...", f"{summary['streams'] - len(rows)} more")
     console.print(table)
     errors = stats["errors"]
     if errors["count"]:

@@ -103,6 +103,27 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
     return _from_json_bytes(Path(hf_hub_download(spec, "tokenizer.json")).read_bytes(), spec)
 
 
+def find_tokenizer(spec: str, sha256: str | None) -> str:
+    """The tokenizer data was made with, as ``load_tokenizer`` opens it from here.
+
+    ``sample:DIR`` becomes the trained sample tokenizer's file; where DIR is not found (a
+    path relative to another directory), the cached tokenizer whose ``tokenizer.json`` has
+    the data's ``sha256`` is used. Other names are returned as they are.
+    """
+    if not spec.startswith(SAMPLE_PREFIX):
+        return spec
+    directory = Path(spec[len(SAMPLE_PREFIX) :])
+    if directory.is_dir():
+        return str(sample_tokenizer_path(directory))
+    for candidate in sorted((cache_dir() / "tokenizers").glob("*.json")) if sha256 else ():
+        if hashlib.sha256(candidate.read_bytes()).hexdigest() == sha256:
+            return str(candidate)
+    raise ValueError(
+        f"tokenizer {spec}: {directory} is not found from {Path.cwd()} and no cached tokenizer has the "
+        "data's sha256; run from the directory the data was built in, or pass --tokenizer PATH"
+    )
+
+
 def _sample_texts(root: Path) -> Iterator[str]:
     """Document texts under a sample directory (parquet and JSON lines); unreadable files are skipped."""
     for path in sorted(root.rglob("*")):
@@ -119,12 +140,16 @@ def _sample_texts(root: Path) -> Iterator[str]:
             continue  # a demo tokenizer does not need every file; the build reports bad input itself
 
 
-def _fingerprint(root: Path) -> str:
+def directory_sha256(root: Path) -> str:
+    """One sha256 over every file under ``root``: relative names and contents.
+
+    It names a sample tokenizer in the cache, and it is how a build records filter configs.
+    """
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode() + b"\0")
         digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def sample_tokenizer_path(root: Path) -> Path:
@@ -135,7 +160,7 @@ def sample_tokenizer_path(root: Path) -> Path:
     """
     if not root.is_dir():
         raise FileNotFoundError(f"sample directory {root} does not exist")
-    path = cache_dir() / "tokenizers" / f"sample-{_fingerprint(root)}-{SAMPLE_VOCAB}.json"
+    path = cache_dir() / "tokenizers" / f"sample-{directory_sha256(root)[:16]}-{SAMPLE_VOCAB}.json"
     if path.exists():
         return path
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))

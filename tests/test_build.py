@@ -216,14 +216,119 @@ def test_dry_run_prints_graph_and_files(tmp_path):
 def test_cli_build_then_stats(tmp_path):
     hub = tmp_path / "hub"
     small_hub(hub)
-    args = build_args(hub, tmp_path / "out", "--languages", "fra,eng")
+    rng = random.Random(5)  # Serbian in both of its scripts: one language, two FineWeb2 subsets
+    write_fineweb2(hub, "srp_Cyrl", [prose(rng, "rus_Cyrl") for _ in range(3)])
+    write_fineweb2(hub, "srp_Latn", [prose(rng, "deu_Latn") for _ in range(2)])
+    phase = tmp_path / "out" / "pretrain"
+    args = build_args(hub, tmp_path / "out", "--languages", "fra,srp,eng", "--no-dedup")
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    shown = runner.invoke(app, ["stats", str(tmp_path / "out" / "pretrain")])
+    assert "3 languages (4 language-script subsets)" in result.output
+    shown = runner.invoke(app, ["stats", str(phase)])
     assert shown.exit_code == 0
     assert "fra_Latn" in shown.output and "rus_Cyrl" not in shown.output
     last = json.loads((tmp_path / "cache" / "last-build.json").read_text())
-    assert last["phases"]["pretrain"] == str((tmp_path / "out" / "pretrain").resolve())
+    assert last["phases"]["pretrain"] == str(phase.resolve())
+
+    stats = json.loads((phase / "stats.json").read_text())
+    largest = sorted(stats["streams"], key=lambda s: -s["tokens"])
+    top = runner.invoke(app, ["stats", str(phase), "--top", "2", "--json"])
+    assert top.exit_code == 0, top.output
+    summary = json.loads(top.stdout)
+    assert [(r["source"], r["language"], r["tokens"]) for r in summary["rows"]] == [
+        (s["source"], s["language"], s["tokens"]) for s in largest[:2]
+    ]
+    assert summary["streams"] == len(stats["streams"]) and summary["totals"]["tokens"] == sum(
+        s["tokens"] for s in stats["streams"]
+    )
+    assert (summary["languages"], summary["language_script_subsets"]) == (3, 4)
+    table = runner.invoke(app, ["stats", str(phase), "--top", "1"])
+    rows = [line for line in table.output.splitlines() if "_" in line]
+    assert len(rows) == 1 and largest[0]["source"] in rows[0] and largest[0]["language"] in rows[0]
+    assert f"{len(stats['streams']) - 1} more" in table.output
+
+
+def test_a_rerun_with_other_settings_is_refused_and_overwrite_rebuilds_cleanly(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    out, phase = tmp_path / "out", tmp_path / "out" / "pretrain"
+    assert runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2")).exit_code == 0
+    first = (phase / "stats.json").read_bytes()
+    again = runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2"))  # the same: resumes
+    assert again.exit_code == 0 and "stage process: 2 tasks, 2 already done" in again.output
+    changed = ("--no-dedup", "--tasks", "1", "--languages", "fra,eng,fao", "--lid", "ft176")
+    refused = runner.invoke(app, build_args(hub, out, *changed))
+    assert refused.exit_code == 1
+    message = " ".join(refused.output.split())
+    assert f"error: {phase} was built with other settings (" in message
+    # a list as what was added to and removed from the one the phase was built with
+    changes = "languages: 1 added (fao), 58 removed (afr, arb, azj, ben, bul, ces, cmn, dan, ...)"
+    assert f"({changes}; lid: trust -> ft176; tasks: 2 -> 1);" in message
+    assert "pass --overwrite to rebuild it from scratch" in message
+    assert (phase / "stats.json").read_bytes() == first  # nothing was touched
+
+    changed = ("--no-dedup", "--tasks", "1", "--languages", "fra,eng")
+    rebuilt = runner.invoke(app, build_args(hub, out, *changed, "--overwrite"))
+    assert rebuilt.exit_code == 0, rebuilt.output
+    stats = json.loads((phase / "stats.json").read_text())
+    assert {s["language"] for s in stats["streams"]} == {"fra_Latn", "eng_Latn"}
+    # only the new build's shards and completions are left: nothing of the first one mixes in
+    listed = sorted(shard["path"] for stream in stats["streams"] for shard in stream["shards"])
+    assert sorted(str(p.relative_to(phase)) for p in phase.glob("*/*/*.arrow")) == listed
+    assert sorted(p.name for p in (phase / "_logs" / "process" / "completions").iterdir()) == ["00000"]
+    recorded = json.loads((phase / "build.json").read_text())["settings"]
+    assert recorded["languages"] == ["fra", "eng"] and recorded["tasks"] == 1
+    # a directory of files without recorded settings is not resumed blindly
+    (phase / "build.json").unlink()
+    unknown = runner.invoke(app, build_args(hub, out, *changed))
+    assert unknown.exit_code == 1 and "holds files but no build.json" in unknown.output
+
+
+def test_a_second_build_is_refused_naming_the_first_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    out, phase = tmp_path / "out", tmp_path / "out" / "pretrain"
+    phase.mkdir(parents=True)
+    hold = (
+        "import sys, time\nfrom pathlib import Path\nfrom pipeline.guard import BuildLock\n"
+        "with BuildLock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(phase)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        refused = runner.invoke(app, build_args(hub, out, "--no-dedup"))
+        assert refused.exit_code == 1
+        assert f"{phase} is being written by another build (pid {holder.pid} on " in refused.output
+        assert sorted(p.name for p in phase.iterdir()) == ["build.lock"]
+    finally:
+        holder.kill()  # it dies holding the lock, and its lock file stays behind
+        holder.wait()
+    assert json.loads((phase / "build.lock").read_text())["pid"] == holder.pid
+    taken = runner.invoke(app, build_args(hub, out, "--no-dedup"))
+    assert taken.exit_code == 0, taken.output
+    assert f"note: took over {phase / 'build.lock'} from pid {holder.pid} on " in taken.output
+    assert (phase / "stats.json").exists() and not (phase / "build.lock").exists()
+
+
+def test_inspect_prints_a_shards_metadata_and_decoded_documents(tmp_path):
+    hub = tmp_path / "hub"
+    written = small_hub(hub)
+    plan, _ = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
+    (shard,) = plan.phase_dir.glob("fineweb2/fra_Latn/*.arrow")
+    result = runner.invoke(app, ["inspect", str(shard), "-n", "2", "--chars", "100000"])
+    assert result.exit_code == 0, result.output
+    sha256 = load_tokenizer(f"sample:{hub}").sha256
+    for line in (f"tokenizer.sha256: {sha256}", "source: fineweb2", "language: fra_Latn", "phase: pretrain"):
+        assert f"  {line}\n" in result.output
+    assert "documents: 6, tokens: " in result.output
+    table = datasets.Dataset.from_file(str(shard))
+    for doc_id in table["id"][:2]:
+        assert f"id {doc_id} (" in result.output
+    assert f"id {table['id'][2]} (" not in result.output
+    shown = [text for text in written["fra_Latn"] if text in result.output]
+    assert len(shown) == 2  # decoded back to the documents that went in
+    bad = runner.invoke(app, ["inspect", str(plan.phase_dir / "stats.json")])
+    assert bad.exit_code == 1 and "not a token shard" in bad.output and len(bad.output.splitlines()) == 1
 
 
 def test_slurm_executor_chains_the_same_stages(tmp_path):

@@ -10,6 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from cli.mixture import mixture
+from mixtures.plot import shares_figure
 from tests.test_mixture_support import DECAY_STREAMS, write_build, write_last_build
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
@@ -65,6 +66,8 @@ def test_demo_phases_give_manifests_a_plot_and_tables(tmp_path):
         assert f"wrote manifest {manifests / phase}.json" in output
         assert run("--validate", manifests / f"{phase}.json").startswith(f"{manifests / phase}.json: valid")
     assert "56 of the phase's languages have no counts" in outputs["pretrain"]
+    # Serbian is written in two scripts: two FineWeb2 subsets of one language
+    assert "phase midtrain: 4 languages (5 language-script subsets)" in outputs["midtrain"]
     assert "wrote plot" in outputs["decay"]
     png = (manifests / "shares.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
@@ -75,6 +78,7 @@ def test_temperature_alone_compiles_that_phase_of_the_last_build(tmp_path, cache
     write_build(data, phase="decay")
     write_last_build(cache, data, ["decay"])
     output = run("--temperature", "0.3", "--tokens", "10k")
+    assert f"counts: build statistics {data / 'decay' / 'stats.json'} (phase decay, tokenizer" in output
     manifest = data / "decay" / "manifest.json"
     assert f"wrote manifest {manifest}" in output
     assert json.loads(manifest.read_text())["sampling"]["temperature"] == 0.3
@@ -124,7 +128,7 @@ def test_planning_from_a_plain_csv(tmp_path):
     )
     doc = json.loads((tmp_path / "plan.json").read_text())
     assert doc["sampling"]["sampler"] == "unimax" and doc["data_root"] is None
-    assert "4 languages, UniMax" in output and "tokens per source" in output
+    assert "3 languages (4 language-script subsets), UniMax" in output and "tokens per source" in output
 
 
 @pytest.mark.skipif(not FINEWEB2_TABLE.exists(), reason=f"FineWeb2's table is not at {FINEWEB2_TABLE}")
@@ -134,5 +138,23 @@ def test_planning_over_fineweb2s_table_with_a_plot(tmp_path):
         "--counts", FINEWEB2_TABLE, "--temperature", "0.3", "--bytes-per-token", "Latn=3.0",
         "--plot", tmp_path / "shares.png", "--top", "5",
     )  # fmt: skip
-    assert "phase decay: 1913 languages" in output and "capped" in output
+    assert "phase decay: 1,814 languages (1,913 language-script subsets)" in output and "capped" in output
     assert (tmp_path / "shares.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_shares_plot_draws_every_language_or_says_how_many_it_left_out():
+    pool = {"fra_Latn": 9000, "deu_Latn": 900, "fao_Latn": 90, "chr_Cher": 0}
+    shares = {"fra_Latn": 0.8, "deu_Latn": 0.15, "fao_Latn": 0.05}
+    drawn = shares_figure([("pretrain, tau 0.7", shares)], pool)
+    legend = [text.get_text() for text in drawn.axes[0].get_legend().get_texts()]
+    assert legend == ["natural share (tau = 1, 3 languages)", "pretrain, tau 0.7 (3 languages)"]
+    # chr_Cher has no tokens: the note under the plot names it
+    assert [text.get_text() for text in drawn.texts] == [
+        "Not drawn, as a zero share has no place on a log axis: 1 language with no tokens (chr_Cher)"
+    ]
+    assert drawn.axes[0].yaxis.get_major_formatter()(0.05, 0) == "5%"
+    # a phase whose smallest language gets no tokens says so in its legend entry
+    rounded = shares_figure([("decay, tau 0.3", {"fra_Latn": 0.7, "deu_Latn": 0.3, "fao_Latn": 0.0})], pool)
+    legend = [text.get_text() for text in rounded.axes[0].get_legend().get_texts()]
+    assert legend[1] == "decay, tau 0.3 (2 languages; 1 with no tokens not drawn)"
+    assert "2 languages with no tokens (fao_Latn, chr_Cher)" in rounded.texts[0].get_text()

@@ -59,7 +59,8 @@ def test_manifest_is_self_describing(manifest, build):
     assert doc["training"]["mask_rate"] == 0.05 and doc["training"]["seq_len"] == 8192
     assert doc["training"]["lr"]["schedule"] == "one_minus_sqrt"
     assert doc["sampling"]["temperature"] == 0.3 and doc["sampling"]["max_epochs"] == 5.0
-    assert doc["data_root"] == str(build.resolve())
+    assert doc["data_root"] == str(build.resolve())  # the file holds it relative to its own directory
+    assert json.loads(manifest.read_text())["data_root"] == "../data/decay"
     assert doc["counts"]["kind"] == "stats"
     assert doc["counts"]["sha256"] == hashlib.sha256((build / "stats.json").read_bytes()).hexdigest()
     stream = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
@@ -67,16 +68,16 @@ def test_manifest_is_self_describing(manifest, build):
     assert stream["target_tokens"] == 100 and stream["expected_epochs"] == 5.0 and stream["weight"] == 0.01
     assert set(stream["shards"][0]) == {"path", "documents", "tokens", "bytes", "sha256"}
     assert sum(s["target_tokens"] for s in doc["streams"]) == doc["sampling"]["tokens"] == 10_000
-    body = {key: value for key, value in doc.items() if key != "fingerprint"}
+    body = {key: value for key, value in json.loads(manifest.read_text()).items() if key != "fingerprint"}
     assert doc["fingerprint"] == hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def test_same_inputs_give_byte_identical_manifests(build, manifest, tmp_path):
-    again = tmp_path / "again.json"
+    again = manifest.with_name("again.json")  # beside it: the data root is written relative to the file
     compile_to(build, again)
     assert again.read_bytes() == manifest.read_bytes()
     # a fresh interpreter with another hash seed writes the same bytes
-    third = tmp_path / "third.json"
+    third = manifest.with_name("third.json")
     script = (
         "import sys; from pathlib import Path; from tests.test_mixture_manifest import compile_to; "
         "compile_to(Path(sys.argv[1]), Path(sys.argv[2]))"
@@ -84,7 +85,7 @@ def test_same_inputs_give_byte_identical_manifests(build, manifest, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     subprocess.run([sys.executable, "-c", script, str(build), str(third)], check=True, cwd=REPO, env=env)
     assert third.read_bytes() == manifest.read_bytes()
-    other_seed = tmp_path / "seed.json"
+    other_seed = manifest.with_name("seed.json")
     compile_to(build, other_seed, seed=7)
     assert other_seed.read_bytes() != manifest.read_bytes()
 
@@ -137,7 +138,24 @@ def test_validate_catches_a_missing_shard(manifest, build):
 
 def test_a_moved_data_root_is_one_problem_not_one_per_shard(manifest, build):
     build.rename(build.with_name("elsewhere"))
-    assert validate_manifest(manifest) == [f"missing data root: {build} (No such file or directory)"]
+    assert validate_manifest(manifest) == [
+        f"missing data root: {build} (No such file or directory); the manifest finds its data at "
+        "'../data/decay' from its own directory, so move manifests and data together"
+    ]
+
+
+def test_data_and_manifests_moved_together_stay_valid(manifest, build, tmp_path):
+    fingerprint = load_manifest(manifest)["fingerprint"]
+    moved = tmp_path / "elsewhere" / "runs"
+    moved.mkdir(parents=True)
+    (tmp_path / "data").rename(moved / "data")
+    (tmp_path / "manifests").rename(moved / "manifests")
+    assert validate_manifest(moved / "manifests" / "decay.json") == []
+    doc = load_manifest(moved / "manifests" / "decay.json")
+    assert doc["data_root"] == str(moved / "data" / "decay") and doc["fingerprint"] == fingerprint
+    # a manifest written beside its data (the default of `mmbert-data mixture`) holds the root as "."
+    compile_to(moved / "data" / "decay", moved / "data" / "decay" / "manifest.json")
+    assert json.loads((moved / "data" / "decay" / "manifest.json").read_text())["data_root"] == "."
 
 
 def test_validate_catches_a_same_size_content_change_when_hashing(manifest, build):

@@ -32,7 +32,7 @@ def tiny(manifest: Path, out: Path, *extra: str, tokens: str = "60k") -> list[st
     return [
         "--manifest",
         str(manifest),
-        "--out",
+        "-o",
         str(out),
         "--model",
         "tiny",
@@ -326,6 +326,25 @@ def test_settings_the_machine_or_the_run_length_cannot_serve_are_one_line_errors
         output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "b", *flags))
         assert message in output and len(output.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_data_and_manifests_moved_together_still_validate_and_train(sample_builds, tmp_path):
+    from cli.data import app as data_app
+
+    runs = tmp_path / "runs"
+    shutil.copytree(sample_builds["pretrain"][0], runs / "data" / "pretrain")
+    manifest = runs / "manifests" / "pretrain.json"
+    stats = ["mixture", "--stats", str(runs / "data" / "pretrain"), "--tokens", "150k", "-o", str(manifest)]
+    compiled = runner.invoke(data_app, stats)
+    assert compiled.exit_code == 0, compiled.output
+    moved = tmp_path / "elsewhere" / "runs"
+    moved.parent.mkdir()
+    runs.rename(moved)  # `mv runs elsewhere/`: the data directory and its manifests together
+    manifest = moved / "manifests" / "pretrain.json"
+    validated = runner.invoke(data_app, ["mixture", "--validate", str(manifest)])
+    assert validated.exit_code == 0 and validated.output.startswith(f"{manifest}: valid"), validated.output
+    output = train(*tiny(manifest, tmp_path / "run", tokens="40k"))
+    assert "done:" in output and "streams of sample:" in output
 
 
 def test_a_shard_with_ids_beyond_the_vocabulary_is_named(sample_manifests, sample_builds, tmp_path):

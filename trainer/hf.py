@@ -194,7 +194,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, tokenizer: str | None 
     model = ModernBertMLM.load(model_dir)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ModelFormatError(f"--out {out_dir} exists and is not a directory")
+        raise ModelFormatError(f"--output {out_dir} exists and is not a directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # Everything is written next to out_dir first and moved in once complete: a failure leaves nothing.
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as staging:

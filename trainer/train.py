@@ -279,7 +279,8 @@ def find_start(config: TrainConfig, manifest: dict, tokenizer: dict, resume: boo
     if not resume:
         if checkpoint_dirs(run):
             raise ConfigError(
-                f"{run} already holds checkpoints; pass --resume to continue that run or choose another --out"
+                f"{run} already holds checkpoints; pass --resume to continue that run "
+                "or choose another --output"
             )
     elif (found := latest_checkpoint(run, say)) is not None:
         path, state = found

