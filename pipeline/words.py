@@ -272,12 +272,10 @@ _SENTENCE_RE = regex.compile(r"[^.!?。！？\n]*(?:[.!?。！？]+|\n|$)")
 
 
 class ScriptAwareWordTokenizer(WordTokenizer):
-    """A fast regex split for every script: words between spaces and punctuation, keeping elided
-    articles (``l'``), and one word per character for scripts written without spaces.
+    """A fast regex split for every script, for MinHash shingles (``pipeline.dedup`` says why).
 
-    MinHash's shingles need a stable split more than a linguistic one: for scripts written
-    without spaces its 5-word shingles are then 5-character shingles, the usual choice for
-    near-duplicate detection in those scripts, at a fraction of a segmenter's cost.
+    Words between spaces and punctuation, elided articles (``l'``) kept as words, one word per
+    character in scripts written without spaces.
     """
 
     def word_tokenize(self, text: str) -> list[str]:
