@@ -32,11 +32,12 @@ $(LID176): | $(STAMP)
 setup: $(STAMP) $(LID176)
 
 # The demo builds all three phases from the bundled sample (pretrain runs LID-176
-# instead of trusting the labels), then compiles each phase's mixture. The sample
-# holds deliberately bad records, so it runs with --on-error skip and lists them.
+# instead of trusting the labels) with FineWeb2's filter configs (the recipe's default),
+# then compiles each phase's mixture. The sample holds deliberately bad records, so it
+# runs with --on-error skip and lists them.
 SAMPLE := pipeline/sample
 BUILD := $(BIN)/mmbert-data build --output $(DEMO)/data --input-root $(SAMPLE)/hub \
-	--tokenizer sample:$(SAMPLE)/hub --filter-configs $(SAMPLE)/filter-configs --on-error skip
+	--tokenizer sample:$(SAMPLE)/hub --on-error skip
 MIXTURE := $(BIN)/mmbert-data mixture --tokens 150k
 
 # Then the `tiny` encoder trains through the three phases on the CPU, each phase starting
@@ -70,11 +71,9 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-# The CPU benchmarks (bench/gpu_check.sh is for a CUDA machine). The stock datatrove peer in
-# bench/pipeline.py tokenizes words with spaCy.
+# The CPU benchmarks (bench/gpu_check.sh is for a CUDA machine).
 CPU_BENCHMARKS := pipeline mixture model loader train_step
 bench: setup
-	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[bench]'
 	for b in $(CPU_BENCHMARKS); do $(PY) bench/$$b.py || exit 1; done
 
 clean:

@@ -2,12 +2,14 @@
 
 Both run on the same generated FineWeb2-layout corpus (>= 50 MB, sentences of the
 bundled sample's real documents recombined per language), one worker each, with
-the same tokenizer, fastText LID-176 and the Gopher/FineWeb filters:
+the same tokenizer, fastText LID-176 and FineWeb2's filters, configs and word tokenizers:
 
-* ours:  `Build` with --lid ft176, no filter configs, no dedup, one task;
-* stock: ParquetReader -> LanguageFilter(ft176) -> GopherRepetitionFilter ->
-  FineWebQualityFilter -> GopherQualityFilter -> DocumentTokenizer (datatrove's
-  defaults: spaCy word tokenization; the stop-word rule off, as in our defaults).
+* ours:  `Build` with --lid ft176, FineWeb2's configs (the default), no dedup, one task;
+* stock: FineWeb2's filtering as fineweb-2-pipeline.py runs it, one pipeline per language:
+  ParquetReader -> LanguageFilter(ft176) -> GopherRepetitionFilter -> FineWebQualityFilter ->
+  GopherQualityFilter (FineWeb2's settings, the language's config, `language=lang_Script`:
+  datatrove's word tokenizer for it) -> DocumentTokenizer. Languages whose datatrove tokenizer
+  needs a download (Stanza, botok) get the same offline substitute as ours.
 
 Each contender runs in its own process, so its peak RSS is its own. A third
 measurement compares our tokenize+write steps with raw `Tokenizer.encode_batch`
@@ -32,7 +34,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "pipeline" / "sample" / "hub" / "datasets" / "HuggingFaceFW" / "fineweb-2" / "data"
 FINEWEB2 = "datasets/HuggingFaceFW/fineweb-2/data"
-SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？]+")
+SENTENCE = re.compile(r"[^.!?。！？।॥።။។།\n]+[.!?。！？।॥።။។།]+")
 
 
 def generate_corpus(hub: Path, megabytes: int, seed: int = 0) -> tuple[int, int]:
@@ -139,37 +141,70 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     from datatrove.utils.lid import FT176LID
 
     from pipeline.cache import lid176_model_path
+    from pipeline.quality import FilterConfigs
+    from pipeline.words import word_splitting
 
     class LocalFT176(FT176LID):  # the same model file; datatrove would download lid.176.bin
         MODEL_URL = str(lid176_model_path())
 
     language_filter = LanguageFilter(language_threshold=0.5)
     language_filter.model = LocalFT176()
-    executor = LocalPipelineExecutor(
-        [
-            ParquetReader(f"{hub}/{FINEWEB2}", glob_pattern="*/train/*.parquet"),
-            language_filter,
-            GopherRepetitionFilter(),
-            FineWebQualityFilter(),
-            GopherQualityFilter(min_stop_words=None),
-            DocumentTokenizer(
-                f"{out}/tokens",
-                tokenizer_name_or_path=tokenizer,
-                eos_token="<eos>",
-                batch_size=1000,
-                shuffle_documents=False,
-            ),
-        ],
-        tasks=1,
-        workers=1,
-        logging_dir=f"{out}/logs",
-    )
-    start = time.perf_counter()
-    executor.run()
-    seconds = time.perf_counter() - start
-    stats = {step["name"]: step["stats"] for step in json.loads(Path(f"{out}/logs/stats.json").read_text())}
-    tokens = next(v for name, v in stats.items() if "tokeniz" in name.lower())["tokens"]
-    return {"seconds": seconds, "kept": tokens["n"], "tokens": tokens["total"]}
+    configs = FilterConfigs()
+    seconds, kept, tokens = 0.0, 0, 0
+    for folder in sorted(Path(f"{hub}/{FINEWEB2}").iterdir()):
+        language, config = folder.name, configs(folder.name)
+        splitting = word_splitting(language)
+        # datatrove's own tokenizer for the language, unless it needs a download (then our substitute)
+        words = language if splitting.segmenter == splitting.fineweb2 else splitting.words.tokenizer
+        executor = LocalPipelineExecutor(
+            [
+                ParquetReader(str(folder), glob_pattern="train/*.parquet"),
+                language_filter,
+                GopherRepetitionFilter(
+                    language=words,
+                    dup_para_frac=0,
+                    dup_line_char_frac=0,
+                    dup_para_char_frac=0,
+                    dup_line_frac=config.dup_line_frac,
+                    top_n_grams=config.top_n_grams,
+                    dup_n_grams=config.dup_n_grams,
+                ),
+                FineWebQualityFilter(
+                    language=words,
+                    short_line_thr=999,
+                    char_duplicates_ratio=0.1,
+                    line_punct_thr=config.line_punct_thr,
+                    new_line_ratio=config.new_line_ratio,
+                ),
+                GopherQualityFilter(
+                    language=words,
+                    max_avg_word_length=config.max_avg_word_length,
+                    min_avg_word_length=config.min_avg_word_length,
+                    stop_words=list(config.stopwords),
+                    max_non_alpha_words_ratio=config.max_non_alpha_words_ratio,
+                    min_stop_words=2,
+                ),
+                DocumentTokenizer(
+                    f"{out}/tokens/{language}",
+                    tokenizer_name_or_path=tokenizer,
+                    eos_token="<eos>",
+                    batch_size=1000,
+                    shuffle_documents=False,
+                ),
+            ],
+            tasks=1,
+            workers=1,
+            logging_dir=f"{out}/logs/{language}",
+        )
+        start = time.perf_counter()
+        executor.run()
+        seconds += time.perf_counter() - start
+        stats = json.loads(Path(f"{out}/logs/{language}/stats.json").read_text())
+        counted = next((step["stats"] for step in stats if "tokeniz" in step["name"].lower()), {})
+        if isinstance(counted.get("tokens"), dict):  # datatrove writes 0 for none and leaves out n == 1
+            kept += counted["tokens"].get("n", 1)
+            tokens += counted["tokens"]["total"]
+    return {"seconds": seconds, "kept": kept, "tokens": tokens}
 
 
 def run_tokenize_stage(hub: str, out: str, tokenizer: str) -> dict:

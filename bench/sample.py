@@ -1,7 +1,7 @@
 """The benchmarks' data: the bundled sample built and compiled offline in a scratch directory.
 
-The same steps as `make demo` (the sample's hub layout, its own small tokenizer, its filter
-configs, bad input skipped), with the cache inside the scratch directory so that nothing is
+The same steps as `make demo` (the sample's hub layout, its own small tokenizer, FineWeb2's
+filter configs, bad input skipped), with the cache inside the scratch directory so that nothing is
 written to the user's cache.
 """
 
@@ -34,7 +34,6 @@ def sample_manifest(directory: Path, phase: str = "pretrain", tokens: int = MIXT
             output=directory / "data",
             input_root=str(SAMPLE / "hub"),
             tokenizer=f"sample:{SAMPLE / 'hub'}",
-            filter_configs=str(SAMPLE / "filter-configs"),
             on_error="skip",
             progress=False,
         )

@@ -70,7 +70,7 @@ class ProcessingSpec:
     """Language ID, filtering, dedup and shard settings for a build."""
 
     lid: str = "trust"
-    filter_configs: str | None = None
+    filter_configs: str | None = "fineweb2"  # FineWeb2's configs shipped with the pipeline, or a directory
     max_document_bytes: int = 4_000_000
     dedup: bool = True
     rehydrate: bool = False

@@ -1,6 +1,7 @@
 """The build graph of one phase, and running it with a datatrove executor.
 
-Stage 1 (``process``, N tasks): read every source of the phase, identify the
+Stage 1 (``process``, N tasks): read every source of the phase, normalise the text
+(``pipeline.words.normalize_text``; what is stored is the normalised text), identify the
 language, drop by language score and the per-language quality filters. Without
 deduplication it tokenizes and writes shards directly. With deduplication it
 writes the surviving documents and their MinHash signatures, and three more
@@ -44,6 +45,7 @@ from pipeline.shards import ArrowShardWriter, BatchTokenizer
 from pipeline.sources import SourceReader
 from pipeline.stats import StatsCompiler, StreamCounter, load_stats
 from pipeline.tokenizer import directory_sha256, load_tokenizer
+from pipeline.words import TextNormalizer
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):
@@ -142,6 +144,7 @@ class Build:
     def filters(self) -> list[PipelineStep]:
         processing = self.spec.processing
         return [
+            TextNormalizer(),
             LanguageIdentifier(self.lid, model_path=self.options.lid_model),
             StreamCounter("read"),
             DocumentSizeFilter(processing.max_document_bytes, exclusion_writer=self._removed_writer("size")),

@@ -9,6 +9,11 @@ filter) unchanged, with two small additions:
   languages share no shingles: one pass deduplicates each language on its own.
 * :class:`StreamMinhashFilter` counts the removed documents per (source, language).
 
+Shingles are 5-grams of the fast script-aware split (``pipeline.words.SHINGLE_WORDS``), not of
+the filters' per-language segmenters: near-duplicate detection needs a stable split more than
+a linguistic one, and for scripts written without spaces it gives 5-character shingles, the
+usual choice there, at a fraction of a segmenter's cost.
+
 Stage 1 writes the filtered documents of each task to ``_work/filtered`` next to
 their signatures; stage 4 reads the same task's file back in the same order, which
 is what MinHash's per-task document indices require.
@@ -30,14 +35,15 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
 
-from pipeline.quality import WORD_TOKENIZER, stream_key
+from pipeline.quality import stream_key
+from pipeline.words import SHINGLE_WORDS
 
 
 class LanguageScopedSignature(MinhashDedupSignature):
     """MinHash signatures whose shingles are scoped to the document's language."""
 
     def __init__(self, output_folder, config=None):
-        super().__init__(output_folder, config=config, language=WORD_TOKENIZER)
+        super().__init__(output_folder, config=config, language=SHINGLE_WORDS)
         self._scope = np.uint64(0)
 
     def get_shingles(self, text: str) -> np.ndarray:

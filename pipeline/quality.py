@@ -1,58 +1,45 @@
-"""Per-language quality filtering with FineWeb2-format configs.
+"""Per-language quality filtering with FineWeb2's per-language configs.
 
 FineWeb2 tuned the Gopher repetition, Gopher quality and FineWeb quality rules per
-language and published the thresholds as one YAML file per ``{lang}_{Script}``.
-This module reads such a directory and runs datatrove's own filter classes with
-each document's language's thresholds. Languages without a config get
-:data:`DEFAULTS` (language-agnostic: no stop-word rule, FineWeb's short-line rule
-off as in FineWeb2 for non-English data).
+language and published the thresholds and stop words as one YAML file per
+``{lang}_{Script}`` (github.com/huggingface/fineweb-2, ``configs/``). The package ships
+all 1,929 of them (``pipeline/fineweb2/``, read in place from one archive) and uses them
+by default; ``--filter-configs DIR`` reads a directory of such files instead. Languages
+without a config get :func:`default_thresholds` (language-agnostic: no stop-word rule).
 
-Words are split by :class:`ScriptAwareWordTokenizer`: a fast regex split on
-spaces and punctuation, keeping elided articles (``l'``) as words, and one word per
-character for scripts written without spaces (Han, kana, Thai, Lao, Khmer,
-Myanmar, Tibetan). For those scripts a mean word length of 1..4 characters is
-accepted and the n-gram repetition rules count two characters per word (a word
-of those languages averages about two characters), so FineWeb2's word n-gram
-thresholds keep their meaning.
+The filters are datatrove's own classes, set up as FineWeb2's pipeline set them up
+(``fineweb-2-pipeline.py``, step 5): paragraph and duplicate-character rules of Gopher
+repetition off, FineWeb's short-line rule off, its duplicate-line-character ratio 0.1,
+two stop words required. Each language's words are split as FineWeb2 split them when it
+computed the thresholds (``pipeline.words``); rules a language's split cannot serve are
+skipped and counted (``stream/.../skipped/{config key}``).
+
+Gopher's word-count limits (50 to 100,000 words; Rae et al. 2021, arXiv 2112.11446) are
+FineWeb2's for every language, except that the upper one counts two units per word for
+scripts written without spaces and for Korean: their segmenters split below the word
+(morphemes, syllables, and single characters for text outside their dictionaries), and a
+count inflated that way can only trip the upper limit.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import tarfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import regex
 import yaml
 from datatrove.data import Document
 from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
-from datatrove.utils.word_tokenizers import WordTokenizer
 
 from pipeline.languages import is_language_label
+from pipeline.words import WordSplitting, word_splitting
 
-UNSEGMENTED_SCRIPTS = ("Hani", "Hans", "Hant", "Jpan", "Thai", "Laoo", "Khmr", "Mymr", "Tibt")
-_UNSEG = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
-# Tibetan's tsheg (U+0F0B/0C) separates syllables the way a space separates words.
-_WORD_RE = regex.compile(
-    rf"(?=\p{{L}})[{_UNSEG}]\p{{M}}*|[^\W{_UNSEG}]+['’](?=\w)|[^\W{_UNSEG}]+|[^\w\s\u0F0B\u0F0C]+"
-)
-_SENTENCE_RE = regex.compile(r"[^.!?。！？\n]*(?:[.!?。！？]+|\n|$)")
-
-
-class ScriptAwareWordTokenizer(WordTokenizer):
-    """Regex word splitting that works for every script without per-language models."""
-
-    def word_tokenize(self, text: str) -> list[str]:
-        return _WORD_RE.findall(text)
-
-    def sent_tokenize(self, text: str) -> list[str]:
-        return [s.strip() for s in _SENTENCE_RE.findall(text) if s.strip()]
-
-    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
-        return [m.span() for m in _SENTENCE_RE.finditer(text) if m.group().strip()]
-
-
-WORD_TOKENIZER = ScriptAwareWordTokenizer()
+# FineWeb2's configs, unchanged, in one archive (license and source beside it).
+FINEWEB2_CONFIGS = Path(__file__).parent / "fineweb2" / "filter-configs.tar.xz"
+SHIPPED = "fineweb2"  # the recipe's `filter_configs` value naming them
 
 
 @dataclass(frozen=True)
@@ -76,38 +63,66 @@ class LanguageThresholds:
     max_non_alpha_words_ratio: float = 0.8
     new_line_ratio: float = 0.3
     stopwords: tuple[str, ...] = field(default=())
-    chars_per_word: int = 1  # not a config key: 2 for scripts split into one word per character
 
+
+# Scripts written without spaces, and Korean: their segmenters split below the word.
+SUBWORD_SCRIPTS = ("Hani", "Hans", "Hant", "Jpan", "Thai", "Laoo", "Khmr", "Mymr", "Tibt", "Hang")
 
 # Gopher's English-centric mean word length (3..10) is widened: FineWeb2's per-language
-# configs range from 1 to 23, and e.g. Hawaiian or Korean average under 3 characters.
+# configs range from 1 to 23 for most languages, and e.g. Hawaiian or Korean average under 3
+# characters; a word of a script written without spaces can be one character.
 DEFAULTS = LanguageThresholds(min_avg_word_length=2, max_avg_word_length=14)
-UNSEGMENTED_DEFAULTS = replace(DEFAULTS, min_avg_word_length=1, max_avg_word_length=4, chars_per_word=2)
+SUBWORD_DEFAULTS = replace(DEFAULTS, min_avg_word_length=1)
 # Thai and Tibetan end sentences with a space or a shad, not with punctuation FineWeb's line rule knows.
 UNPUNCTUATED_SCRIPTS = ("Thai", "Tibt")
+
+# Gopher's word-count limits, kept by FineWeb2; the upper one counts this many units per word
+# where segmenters split below the word (see the module docstring).
+MIN_DOC_WORDS = 50
+MAX_DOC_WORDS = 100_000
+SUBWORD_UNITS_PER_WORD = 2
 
 
 def default_thresholds(script: str) -> LanguageThresholds:
     """The language-agnostic thresholds for a language without a config, by its script."""
-    if script not in UNSEGMENTED_SCRIPTS:
-        return DEFAULTS
-    if script in UNPUNCTUATED_SCRIPTS:
-        return replace(UNSEGMENTED_DEFAULTS, line_punct_thr=0.0)
-    return UNSEGMENTED_DEFAULTS
+    base = SUBWORD_DEFAULTS if script in SUBWORD_SCRIPTS else DEFAULTS
+    return replace(base, line_punct_thr=0.0) if script in UNPUNCTUATED_SCRIPTS else base
 
 
-_KEYS = {f.name for f in fields(LanguageThresholds)} - {"chars_per_word"}
+def max_doc_words(language: str) -> int:
+    """Gopher's upper word-count limit for a language, in its segmenter's units."""
+    script = language.rsplit("_", 1)[-1]
+    return MAX_DOC_WORDS * (SUBWORD_UNITS_PER_WORD if script in SUBWORD_SCRIPTS else 1)
+
+
+_KEYS = {f.name for f in fields(LanguageThresholds)}
 
 
 class FilterConfigError(ValueError):
     """A filter config file that cannot be used; the message names the file and key."""
 
 
-class FilterConfigs:
-    """A directory of FineWeb2-format ``{lang}_{Script}.yml`` files, read lazily per language."""
+@functools.cache
+def _shipped_configs() -> dict[str, str]:
+    """``{lang}_{Script}`` -> YAML text of every config in the shipped archive (read once per process)."""
+    with tarfile.open(FINEWEB2_CONFIGS, "r:xz") as archive:
+        return {
+            Path(member.name).stem: io.TextIOWrapper(archive.extractfile(member), encoding="utf-8").read()
+            for member in archive
+            if member.isfile() and member.name.endswith(".yml")
+        }
 
-    def __init__(self, directory: str | Path | None = None):
-        self.directory = Path(directory) if directory else None
+
+class FilterConfigs:
+    """Per-language thresholds from FineWeb2-format ``{lang}_{Script}.yml`` configs, read lazily.
+
+    ``source`` is ``"fineweb2"`` (FineWeb2's own configs, shipped with the package), a
+    directory of config files, or None (no configs: every language gets the defaults).
+    """
+
+    def __init__(self, source: str | Path | None = SHIPPED):
+        self.directory = None if source in (None, SHIPPED) else Path(source)
+        self.shipped = source == SHIPPED
         if self.directory is not None and not self.directory.is_dir():
             raise FilterConfigError(f"filter config directory {self.directory} does not exist")
         self._cache: dict[str, LanguageThresholds] = {}
@@ -120,16 +135,30 @@ class FilterConfigs:
     def language_score(self, language: str) -> float:
         return self(language).language_score
 
-    def _load(self, language: str) -> LanguageThresholds:
-        default = default_thresholds(language.rsplit("_", 1)[-1])
-        if self.directory is None or not is_language_label(language):
-            return default
+    def _text(self, language: str) -> tuple[str, str] | None:
+        """(where, YAML text) of a language's config, or None if it has none."""
+        if self.shipped:
+            text = _shipped_configs().get(language)
+            return None if text is None else (f"{FINEWEB2_CONFIGS}:{language}.yml", text)
+        if self.directory is None:
+            return None
         path = self.directory / f"{language}.yml"
         if not path.exists():
-            return default
+            return None
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            return str(path), path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise FilterConfigError(f"{path}: not valid YAML: {err}") from err
+
+    def _load(self, language: str) -> LanguageThresholds:
+        default = default_thresholds(language.rsplit("_", 1)[-1])
+        found = self._text(language) if is_language_label(language) else None
+        if found is None:
+            return default
+        path, text = found
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
             raise FilterConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(raw, dict):
             raise FilterConfigError(f"{path}: expected a mapping of thresholds")
@@ -167,47 +196,67 @@ class StreamFilter(BaseFilter):
         return results
 
 
-def _gopher_repetition(t: LanguageThresholds) -> BaseFilter:
-    scale = t.chars_per_word
+def _gopher_repetition(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
     return GopherRepetitionFilter(
         dup_line_frac=t.dup_line_frac,
-        top_n_grams=tuple((n * scale, frac) for n, frac in t.top_n_grams),
-        dup_n_grams=tuple((n * scale, frac) for n, frac in t.dup_n_grams),
-        language=WORD_TOKENIZER,
+        dup_para_frac=0,
+        dup_line_char_frac=0,
+        dup_para_char_frac=0,
+        top_n_grams=() if "top_n_grams" in words.skipped else t.top_n_grams,
+        dup_n_grams=() if "dup_n_grams" in words.skipped else t.dup_n_grams,
+        language=words.words,
     )
 
 
-def _fineweb_quality(t: LanguageThresholds) -> BaseFilter:
+def _fineweb_quality(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
     return FineWebQualityFilter(
         line_punct_thr=t.line_punct_thr,
         short_line_thr=999,
+        char_duplicates_ratio=0.1,
         new_line_ratio=t.new_line_ratio,
-        language=WORD_TOKENIZER,
+        language=words.words,
     )
 
 
-def _gopher_quality(t: LanguageThresholds) -> BaseFilter:
+def _gopher_quality(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
     return GopherQualityFilter(
-        min_avg_word_length=t.min_avg_word_length,
-        max_avg_word_length=t.max_avg_word_length,
+        min_doc_words=MIN_DOC_WORDS,
+        max_doc_words=max_doc_words(words.language),
+        min_avg_word_length=None if "min_avg_word_length" in words.skipped else t.min_avg_word_length,
+        max_avg_word_length=None if "max_avg_word_length" in words.skipped else t.max_avg_word_length,
         max_non_alpha_words_ratio=t.max_non_alpha_words_ratio,
         stop_words=list(t.stopwords),
         min_stop_words=2 if t.stopwords else None,
-        language=WORD_TOKENIZER,
+        language=words.words,
     )
 
 
+# Each family, and the config keys of the rules it applies (for reporting skipped ones).
 FILTER_FAMILIES = {
     "gopher_repetition": _gopher_repetition,
     "fineweb_quality": _fineweb_quality,
     "gopher_quality": _gopher_quality,
 }
+FAMILY_RULES = {
+    "gopher_repetition": ("dup_line_frac", "top_n_grams", "dup_n_grams"),
+    "fineweb_quality": ("line_punct_thr", "new_line_ratio"),
+    "gopher_quality": (
+        "min_avg_word_length",
+        "max_avg_word_length",
+        "max_non_alpha_words_ratio",
+        "stopwords",
+    ),
+}
 
 
 class LanguageQualityFilter(StreamFilter):
-    """One of datatrove's quality filters, instantiated per language with that language's thresholds.
+    """One of datatrove's quality filters, instantiated per language with that language's thresholds
+    and word splitting.
 
-    ``sources`` limits it to documents of those sources (the others pass untouched).
+    ``sources`` limits it to documents of those sources (the others pass untouched). A rule the
+    language's word splitting cannot serve is not applied, and every document judged without it
+    is counted as ``stream/{source}/{language}/skipped/{config key}``. Expects normalised text
+    (:class:`pipeline.words.TextNormalizer` runs first in the build).
     """
 
     type = "🔻 - FILTER"
@@ -226,15 +275,23 @@ class LanguageQualityFilter(StreamFilter):
         self.family = family
         self.configs = configs
         self.sources = sources  # None: every source
-        self._by_language: dict[str, BaseFilter] = {}
+        self._by_language: dict[str, tuple[BaseFilter, tuple[str, ...]]] = {}
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self.sources is not None and doc.metadata.get("source") not in self.sources:
             return True
         language = doc.metadata["language"]
         if language not in self._by_language:
-            self._by_language[language] = FILTER_FAMILIES[self.family](self.configs(language))
-        return self._by_language[language].filter(doc)
+            words = word_splitting(language)
+            skipped = tuple(rule for rule in FAMILY_RULES[self.family] if rule in words.skipped)
+            self._by_language[language] = (
+                FILTER_FAMILIES[self.family](self.configs(language), words),
+                skipped,
+            )
+        step, skipped = self._by_language[language]
+        for rule in skipped:
+            self.stat_update(f"stream/{stream_key(doc)}/skipped/{rule}")
+        return step.filter(doc)
 
 
 class DocumentSizeFilter(StreamFilter):

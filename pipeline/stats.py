@@ -1,7 +1,7 @@
 """Build statistics: per (source, language) counts, compiled from datatrove's own stats.
 
 Steps count what happens to each document under labels ``stream/{source}/{lang}/...``
-(``read``, ``kept``, ``tokens``, ``bytes``, ``dropped/{reason}``) with datatrove's
+(``read``, ``kept``, ``tokens``, ``bytes``, ``dropped/{reason}``, ``skipped/{rule}``) with datatrove's
 ``stat_update``; the executor saves them per task. :func:`compile_stats` adds them
 up over tasks and stages, joins the shard lists the writer left, and writes
 ``{phase_dir}/stats.json`` — the file the mixture compiler reads.
@@ -22,6 +22,7 @@ from rich.table import Table
 from mixtures.formats import STATS_FORMAT, STATS_VERSION
 from mixtures.languages import count_languages, iso_code
 from pipeline.quality import stream_key
+from pipeline.words import word_splitting
 
 
 class StreamCounter(PipelineStep):
@@ -69,7 +70,7 @@ def _metric_total(value) -> int:
 def stream_counters(logs_dir: Path) -> dict[tuple[str, str], dict]:
     """Add up the ``stream/...`` counters of every task of every stage under ``logs_dir``."""
     streams: dict[tuple[str, str], dict] = defaultdict(
-        lambda: {"counts": defaultdict(int), "drops": defaultdict(int)}
+        lambda: {"counts": defaultdict(int), "drops": defaultdict(int), "skipped": defaultdict(int)}
     )
     for stats_file in sorted(logs_dir.glob("*/stats/*.json")):
         for step in json.loads(stats_file.read_text()):
@@ -78,8 +79,8 @@ def stream_counters(logs_dir: Path) -> dict[tuple[str, str], dict]:
                     continue
                 _, source, language, *rest = label.split("/")
                 entry = streams[(source, language)]
-                if rest[0] == "dropped":
-                    entry["drops"][rest[1]] += _metric_total(value)
+                if rest[0] in ("dropped", "skipped"):
+                    entry["drops" if rest[0] == "dropped" else "skipped"][rest[1]] += _metric_total(value)
                 else:
                     entry["counts"][rest[0]] += _metric_total(value)
     return streams
@@ -116,6 +117,7 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
                 "tokens": counts["tokens"],
                 "bytes": counts["bytes"],
                 "shards": stream_shards,
+                **_skipped_rules(language, entry["skipped"]),
             }
         )
     stats = {
@@ -133,6 +135,18 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
     }
     _write_atomic(phase_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     return stats
+
+
+def _skipped_rules(language: str, skipped: dict[str, int]) -> dict:
+    """``skipped_rules``: the quality rules not applied to a stream, with the documents and the reason."""
+    if not skipped:
+        return {}
+    reasons = word_splitting(language).skipped
+    return {
+        "skipped_rules": {
+            rule: {"documents": n, "why": reasons.get(rule, "")} for rule, n in sorted(skipped.items())
+        }
+    }
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -221,6 +235,14 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
     if len(rows) < summary["streams"]:
         table.add_row("...", f"{summary['streams'] - len(rows)} more")
     console.print(table)
+    for stream in stats["streams"]:
+        rules_by_reason = defaultdict(list)
+        for rule, skipped in stream.get("skipped_rules", {}).items():
+            rules_by_reason[skipped["why"]].append(rule)
+        for why, rules in rules_by_reason.items():
+            console.print(
+                f"[yellow]{stream['source']}/{stream['language']}: {', '.join(rules)} not applied: {why}[/]"
+            )
     errors = stats["errors"]
     if errors["count"]:
         console.print(

@@ -38,7 +38,6 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
                     output=sample_root / "data",
                     input_root=str(SAMPLE / "hub"),
                     tokenizer=f"sample:{SAMPLE / 'hub'}",
-                    filter_configs=str(SAMPLE / "filter-configs"),
                     on_error="skip",
                     progress=False,
                 )

@@ -150,11 +150,55 @@ def test_dedup_removes_injected_near_duplicates_per_language(tmp_path):
     write_fineweb2(hub, "fra_Latn", originals + near_copies)
     # the same text under another language label is a different stream: not a duplicate
     write_fineweb2(hub, "deu_Latn", originals[:2])
-    _, stats = build(hub, tmp_path / "out", dedup=True, sources=("fineweb2",))
+    no_configs = tmp_path / "configs"  # French text would fail German stop words
+    no_configs.mkdir()
+    _, stats = build(hub, tmp_path / "out", dedup=True, sources=("fineweb2",), filter_configs=str(no_configs))
     by_language = {s["language"]: s for s in stats["streams"]}
     assert by_language["fra_Latn"]["drops"] == {"near_duplicate": 3}
     assert by_language["fra_Latn"]["documents_kept"] == 8
     assert by_language["deu_Latn"]["documents_kept"] == 2
+
+
+def test_blank_line_style_never_decides_a_documents_fate(tmp_path):
+    """The same article with CRLF, CR or whitespace-only blank lines is kept, and stored normalised."""
+    hub = tmp_path / "hub"
+    paragraphs = prose(random.Random(4), "fra_Latn", sentences=15).split("\n\n")
+    styles = ["\n\n", "\n\n\n", "\n \n\t\n", "\r\n\r\n", "\r\r", "\n\u00a0\n"]
+    write_fineweb2(hub, "fra_Latn", [style.join(paragraphs) for style in styles])
+    plan, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
+    (stream,) = stats["streams"]
+    assert (stream["documents_kept"], stream["drops"]) == (len(styles), {})
+    tokenizer = load_tokenizer(f"sample:{hub}").tokenizer
+    stored = {tokenizer.decode(ids[1:-1]) for _, ids in shard_rows(plan.phase_dir)["fra_Latn"]}
+    assert stored == {"\n\n".join(paragraphs), "\n\n\n".join(paragraphs)}
+
+
+def _han_text(rng: random.Random, characters: int, alphabet: list[str]) -> str:
+    """Paragraphs of clauses of random characters, as long as asked: text no dictionary segments."""
+    paragraphs, size = [], 0
+    while size < characters:
+        clauses = ["".join(rng.choices(alphabet, k=rng.randint(6, 15))) for _ in range(10)]
+        paragraph = "".join(a + "，" + b + "。" for a, b in zip(clauses[::2], clauses[1::2], strict=True))
+        paragraphs.append(paragraph)
+        size += len(paragraph)
+    return "\n".join(paragraphs)
+
+
+def test_long_chinese_and_japanese_documents_are_not_dropped_for_their_word_count(tmp_path):
+    """Segmenters fall back to single characters on text outside their dictionaries, so the word
+    count of a long document can approach its character count: 120,000 characters (360 KB, far
+    below the size limit) must not count as more than Gopher's 100,000 words."""
+    hub = tmp_path / "hub"
+    rng = random.Random(0)
+    han = [chr(c) for c in range(0x4E00, 0x4E00 + 3000)]
+    kana = [chr(c) for c in range(0x3041, 0x3097)]
+    write_fineweb2(hub, "cmn_Hani", [_han_text(rng, n, han) for n in (2_000, 120_000)])
+    write_fineweb2(hub, "jpn_Jpan", [_han_text(rng, n, han + kana) for n in (2_000, 120_000)])
+    _, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
+    assert {s["language"]: (s["documents_kept"], s["drops"]) for s in stats["streams"]} == {
+        "cmn_Hani": (2, {}),
+        "jpn_Jpan": (2, {}),
+    }
 
 
 def test_huge_document_is_dropped_with_a_reason_in_bounded_memory(tmp_path):

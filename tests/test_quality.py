@@ -1,45 +1,57 @@
-"""Per-language thresholds and script-aware word splitting behind the quality filters."""
+"""Per-language thresholds: FineWeb2's shipped configs, overrides, defaults and FineWeb2's filter settings."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 from datatrove.data import Document
 
+from mixtures.recipe import load_recipe
 from pipeline.quality import (
     DEFAULTS,
-    WORD_TOKENIZER,
+    FINEWEB2_CONFIGS,
+    MAX_DOC_WORDS,
     FilterConfigError,
     FilterConfigs,
     LanguageQualityFilter,
     default_thresholds,
+    max_doc_words,
 )
+from tests.conftest import SAMPLE
+from tests.corpus import prose
 
 
-def test_words_split_by_script():
-    assert WORD_TOKENIZER.word_tokenize("L'homme est là, n'est-ce pas?") == [
-        "L'",
-        "homme",
-        "est",
-        "là",
-        ",",
-        "n'",
-        "est",
-        "-",
-        "ce",
-        "pas",
-        "?",
-    ]
-    assert WORD_TOKENIZER.word_tokenize("我爱北京。") == ["我", "爱", "北", "京", "。"]
-    assert WORD_TOKENIZER.word_tokenize("ภาษา") == ["ภ", "า", "ษ", "า"]
-    assert WORD_TOKENIZER.word_tokenize("བོད་ཡིག") == ["བོ", "ད", "ཡི", "ག"]  # tsheg separates, like a space
-    assert WORD_TOKENIZER.word_tokenize("संस्कृत भाषा") == ["संस्कृत", "भाषा"]
+def test_fineweb2_configs_ship_compressed_and_are_the_default():
+    configs = FilterConfigs()
+    fra = configs("fra_Latn")
+    assert (fra.language_score, fra.dup_line_frac, fra.min_avg_word_length) == (0.824, 0.264, 2)
+    assert fra.stopwords[:3] == ("de", "la", "le") and "l'" in fra.stopwords
+    assert fra.dup_n_grams[0] == (5, 0.15)
+    assert configs("tha_Thai").line_punct_thr == 0.0
+    assert configs("eng_Latn") == DEFAULTS  # FineWeb2 has no English config
+    assert FINEWEB2_CONFIGS.stat().st_size < 400_000
+    assert (FINEWEB2_CONFIGS.parent / "LICENSE").read_text().startswith(" " * 33 + "Apache License")
+    assert all(load_recipe().phase(p).processing.filter_configs == "fineweb2" for p in ("pretrain", "decay"))
+    assert FilterConfigs(None)("fra_Latn") == DEFAULTS
+
+
+def test_a_directory_of_configs_replaces_the_shipped_set():
+    directory = FilterConfigs(SAMPLE / "filter-configs")  # seven of FineWeb2's files
+    assert directory("fra_Latn") == FilterConfigs()("fra_Latn")
+    assert directory("kor_Hang") == default_thresholds("Hang") != FilterConfigs()("kor_Hang")
 
 
 def test_defaults_depend_on_the_script():
     assert default_thresholds("Latn") == DEFAULTS
-    assert default_thresholds("Hani").chars_per_word == 2
+    assert default_thresholds("Hani").min_avg_word_length == 1
     assert default_thresholds("Thai").line_punct_thr == 0.0
     assert DEFAULTS.stopwords == ()  # no stop-word rule without a config
+
+
+def test_the_upper_word_count_allows_subword_units():
+    assert max_doc_words("fra_Latn") == MAX_DOC_WORDS
+    assert max_doc_words("cmn_Hani") == max_doc_words("kor_Hang") == 2 * MAX_DOC_WORDS
 
 
 def test_config_overrides_defaults_and_rejects_unknown_keys(tmp_path):
@@ -72,6 +84,18 @@ def test_each_language_gets_its_own_thresholds(tmp_path):
         "gopher_enough_stop_words",
     )
     assert quality.filter(Document(unrelated, "c", metadata={"language": "deu_Latn"})) is True
+
+
+def test_filters_are_set_up_as_fineweb2s_pipeline():
+    """Paragraph rules off, FineWeb's duplicate-line-character ratio 0.1 (fineweb-2-pipeline.py)."""
+    rng = random.Random(0)
+    paragraphs = ["\n".join(prose(rng, "fra_Latn", sentences=1) for _ in range(5)) for _ in range(6)]
+    # 4 of 11 paragraphs repeat a one-line "read more": 36% of the paragraphs (Gopher's limit is 30%),
+    # 4 of 35 lines and 3% of the characters (FineWeb's 0.01 would drop it; FineWeb2 allows 0.1).
+    text = "\n\n".join(paragraphs + ["Lire la suite."] * 5)
+    doc = Document(text, "a", metadata={"language": "fra_Latn", "source": "fineweb2"})
+    for family in ("gopher_repetition", "fineweb_quality"):
+        assert LanguageQualityFilter(family, FilterConfigs()).filter(doc) is True, family
 
 
 def test_curated_sources_skip_the_web_text_rules():

@@ -1,0 +1,291 @@
+"""Text normalisation and word splitting per language, the way FineWeb2 made its word statistics.
+
+FineWeb2's per-language thresholds and stop words (``pipeline.quality``) were computed on
+trafilatura's output split into words by datatrove's per-language word tokenizers
+(``datatrove/assets/tokenizer_assignment.csv``: spaCy classes, jieba, SudachiPy, pyvi,
+pythainlp, kiwipiepy, khmer-nltk, LaoNLP, pyidaungsu, IndicNLP, Stanza, botok). A word
+statistic compared with those thresholds means something only when it is made the same way:
+
+* :func:`normalize_text` gives the text the shape trafilatura gave FineWeb2's (its
+  ``sanitize``): NFC, every line break as ``\\n``, no whitespace at the end of a line, so
+  whitespace-only lines are blank lines.
+* :func:`word_splitting` gives each language the tokenizer datatrove assigns it, loaded
+  once per process on first use. Two kinds cannot be had offline, and are replaced:
+  Stanza (its models come from the hub at first use) by the spaCy class that splits the
+  same words (:data:`STANZA_SUBSTITUTES`, else spaCy ``xx``), and botok (Tibetan; its
+  dictionary is fetched from GitHub) by :class:`TibetanSyllables`. Syllables are not words,
+  so the rules built on word boundaries (:data:`SYLLABLE_SKIPPED_RULES`) are not applied to
+  those languages, and the build's statistics say so.
+* :class:`ScriptAwareWordTokenizer` is the fast, language-independent split MinHash uses for
+  its shingles (``pipeline.dedup``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import partial
+
+import regex
+from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.utils.word_tokenizers import (
+    BurmeseTokenizer,
+    IndicNLPTokenizer,
+    KhmerTokenizer,
+    KiwiTokenizer,
+    LaoTokenizer,
+    SpaCyTokenizer,
+    ThaiTokenizer,
+    WhitespaceTokenizer,
+    WordTokenizer,
+    load_tokenizer_assignments,
+    simple_span_tokenize,
+)
+
+from mixtures.cache import cache_dir
+
+# ---- normalisation ------------------------------------------------------------------------------------
+
+# The line breaks str.splitlines() knows (trafilatura splits lines with it), \r\n first.
+_LINE_BREAK = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+
+
+def normalize_text(text: str) -> str:
+    """NFC, line breaks as ``\\n``, no trailing whitespace on any line (so blank lines are empty).
+
+    What trafilatura's ``sanitize`` did to FineWeb2's text before the filters saw it, except
+    that blank lines are kept (paragraph breaks) and the inside of a line is left alone.
+    """
+    if not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    return _TRAILING_SPACE.sub("", _LINE_BREAK.sub("\n", text))
+
+
+class TextNormalizer(BaseFormatter):
+    """Normalises every document's text with :func:`normalize_text`; the build stores the result."""
+
+    name = "🧹 normalise text"
+
+    def format(self, text: str) -> str:
+        return normalize_text(text)
+
+
+# ---- the tokenizers -----------------------------------------------------------------------------------
+
+# FineWeb2 used Stanza for these codes; the spaCy blank class named here splits the same words
+# (checked on real sentences); every other Stanza code gets spaCy `xx`, which does too.
+STANZA_SUBSTITUTES = {"kmr": "kmr", "gd": "gd", "lzh": "zh"}
+# Languages datatrove assigns no tokenizer: the segmenter of their script, else spaCy `xx`.
+SCRIPT_TOKENIZERS = {
+    "Hani": ("SpaCyTokenizer", "zh"),
+    "Hans": ("SpaCyTokenizer", "zh"),
+    "Hant": ("SpaCyTokenizer", "zh"),
+    "Jpan": ("SpaCyTokenizer", "ja"),
+    "Hang": ("KiwiTokenizer", ""),
+    "Thai": ("ThaiTokenizer", ""),
+    "Laoo": ("LaoTokenizer", ""),
+    "Khmr": ("KhmerTokenizer", ""),
+    "Mymr": ("BurmeseTokenizer", ""),
+    "Tibt": ("TibetanTokenizer", ""),
+}
+UNASSIGNED = ("WhitespaceTokenizer", "")
+
+_TIBETAN_PUNCT = "\u0f04-\u0f0a\u0f0d-\u0f14"  # head marks, shads, gter tsheg
+_SHAD_CLUSTER = rf"[{_TIBETAN_PUNCT}]+(?: +[{_TIBETAN_PUNCT}]+)*"  # `། །` is one token, as in botok
+_TIBETAN_TOKEN = regex.compile(
+    rf"{_SHAD_CLUSTER}"
+    r"|[^\s\p{P}\p{S}]+[\u0f0b\u0f0c]?"  # a syllable with its tsheg, as botok keeps it (`དང་`)
+    r"|[\p{P}\p{S}]"
+)
+_TIBETAN_SENTENCE = regex.compile(rf"[^{_TIBETAN_PUNCT}\n]+(?:{_SHAD_CLUSTER}|\n|$)")
+
+
+class TibetanSyllables(WordTokenizer):
+    """Tibetan split into tsheg-delimited syllables (botok, which merges them into words, needs a download).
+
+    Tokens look like botok's (a syllable keeps its tsheg, a shad cluster is one token), so
+    FineWeb2's Tibetan stop words, all single syllables or shads, are found as they were.
+    """
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _TIBETAN_TOKEN.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s.strip() for s in _TIBETAN_SENTENCE.findall(text) if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return list(simple_span_tokenize(text, self.sent_tokenize(text)))
+
+
+# What syllables cannot stand in for, per FineWeb2 config key: the reason the build reports.
+_BOTOK = "botok (FineWeb2's Tibetan segmenter) needs a download; split into syllables"
+SYLLABLE_SKIPPED_RULES = {
+    "min_avg_word_length": f"{_BOTOK}, whose mean length is not a word's",
+    "max_avg_word_length": f"{_BOTOK}, whose mean length is not a word's",
+    "top_n_grams": f"{_BOTOK}: n syllables are not n words",
+    "dup_n_grams": f"{_BOTOK}: n syllables are not n words",
+}
+
+
+class WordSplittingError(RuntimeError):
+    """A language's word segmenter cannot be loaded; the message names the package and the fix."""
+
+
+def _prepare(class_name: str, code: str) -> None:
+    """Keep the segmenters' own files in the asset cache and their downloads off."""
+    if class_name in ("ThaiTokenizer", "LaoTokenizer") and "PYTHAINLP_READ_MODE" not in os.environ:
+        os.environ.setdefault("PYTHAINLP_READ_ONLY", "1")  # pythainlp would create ~/pythainlp-data
+    if class_name == "SpaCyTokenizer" and code == "zh":
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        jieba.dt.tmp_dir = str(cache_dir())  # its dictionary cache, else in the system temp folder
+
+
+@functools.cache
+def _tokenizer(class_name: str, code: str) -> WordTokenizer:
+    """One loaded tokenizer per (datatrove class, code) and process, shared by the languages using it."""
+    if class_name == "TibetanTokenizer":
+        return TibetanSyllables()
+    _prepare(class_name, code)
+    return _DATATROVE_CLASSES[class_name](code) if code else _DATATROVE_CLASSES[class_name]()
+
+
+_DATATROVE_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        SpaCyTokenizer,
+        ThaiTokenizer,
+        IndicNLPTokenizer,
+        KiwiTokenizer,
+        KhmerTokenizer,
+        LaoTokenizer,
+        BurmeseTokenizer,
+        WhitespaceTokenizer,
+    )
+}
+
+
+_FIXES = {
+    "KiwiTokenizer": "FineWeb2 used kiwipiepy's 'sbg' model, which kiwipiepy 0.22 dropped: "
+    "pip install 'kiwipiepy<0.22' 'kiwipiepy_model<0.22'",
+}
+
+
+class LanguageWords(WordTokenizer):
+    """One language's word tokenizer, loaded on its first text, remembering the words of its last text.
+
+    The three filter families split the same document one after the other; remembering the
+    last text (by identity) splits it once.
+    """
+
+    def __init__(self, language: str, class_name: str, code: str):
+        super().__init__(language)
+        self.class_name, self.code = class_name, code
+        self._loaded: WordTokenizer | None = None
+        self._last_text: str | None = None
+        self._last_words: list[str] = []
+
+    @property
+    def tokenizer(self) -> WordTokenizer:
+        if self._loaded is None:
+            try:
+                loaded = _tokenizer(self.class_name, self.code)
+                loaded.word_tokenize("a")  # datatrove's classes load their models on the first text
+            except (ImportError, OSError, ValueError) as err:
+                fix = _FIXES.get(self.class_name, "reinstall mmbert-data's dependencies (`make setup`)")
+                raise WordSplittingError(
+                    f"{self.language}: cannot load {describe(self.class_name, self.code)}, "
+                    f"its word segmenter: {err}. {fix}"
+                ) from err
+            self._loaded = loaded
+        return self._loaded
+
+    def word_tokenize(self, text: str) -> list[str]:
+        if text is not self._last_text:
+            self._last_words = self.tokenizer.word_tokenize(text)
+            self._last_text = text
+        return self._last_words
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return self.tokenizer.sent_tokenize(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return self.tokenizer.span_tokenize(text)
+
+
+def describe(class_name: str, code: str) -> str:
+    """A tokenizer as datatrove names it: ``SpaCyTokenizer(fr)``, ``ThaiTokenizer``."""
+    return f"{class_name}({code})" if code else class_name
+
+
+@dataclass(frozen=True)
+class WordSplitting:
+    """How one language's words are split, and what that means for its rules.
+
+    ``fineweb2`` is the tokenizer FineWeb2 used; ``segmenter`` the one used here (the same
+    unless it cannot be had offline). ``skipped`` maps FineWeb2 config keys whose rules are
+    not applied to the reason.
+    """
+
+    language: str
+    fineweb2: str
+    segmenter: str
+    words: LanguageWords
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _assignment(language: str) -> tuple[str, str]:
+    """datatrove's (tokenizer class, code) for a ``xxx_Script`` label; by script if it assigns none."""
+    factory = load_tokenizer_assignments().get(language)
+    if isinstance(factory, partial) and len(factory.args) == 2:
+        return factory.args
+    return SCRIPT_TOKENIZERS.get(language.rsplit("_", 1)[-1], UNASSIGNED)
+
+
+@functools.cache
+def word_splitting(language: str) -> WordSplitting:
+    """The word splitting of a ``xxx_Script`` language (nothing is loaded until its first text)."""
+    class_name, code = _assignment(language)
+    fineweb2 = describe(class_name, code)
+    skipped: dict[str, str] = {}
+    if class_name == "StanzaTokenizer":
+        class_name, code = "SpaCyTokenizer", STANZA_SUBSTITUTES.get(code, "xx")
+    elif class_name == "TibetanTokenizer":
+        skipped = dict(SYLLABLE_SKIPPED_RULES)
+    segmenter = "TibetanSyllables" if class_name == "TibetanTokenizer" else describe(class_name, code)
+    return WordSplitting(language, fineweb2, segmenter, LanguageWords(language, class_name, code), skipped)
+
+
+# ---- MinHash shingles ---------------------------------------------------------------------------------
+
+_UNSEG = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}\p{Tibetan}"
+_WORD_RE = regex.compile(
+    rf"(?=\p{{L}})[{_UNSEG}]\p{{M}}*|[^\W{_UNSEG}]+['’](?=\w)|[^\W{_UNSEG}]+|[^\w\s\u0F0B\u0F0C]+"
+)
+_SENTENCE_RE = regex.compile(r"[^.!?。！？\n]*(?:[.!?。！？]+|\n|$)")
+
+
+class ScriptAwareWordTokenizer(WordTokenizer):
+    """A fast regex split for every script, for MinHash shingles (``pipeline.dedup`` says why).
+
+    Words between spaces and punctuation, elided articles (``l'``) kept as words, one word per
+    character in scripts written without spaces.
+    """
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _WORD_RE.findall(text)
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s.strip() for s in _SENTENCE_RE.findall(text) if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in _SENTENCE_RE.finditer(text) if m.group().strip()]
+
+
+SHINGLE_WORDS = ScriptAwareWordTokenizer()

@@ -1,0 +1,167 @@
+"""Normalised text and per-language word splitting: the words FineWeb2's thresholds were computed on."""
+
+from __future__ import annotations
+
+import csv
+import unicodedata
+
+import pyarrow.parquet as pq
+import pytest
+from datatrove.data import Document
+
+from pipeline import words
+from pipeline.quality import FILTER_FAMILIES, FilterConfigs, LanguageQualityFilter
+from pipeline.words import (
+    SHINGLE_WORDS,
+    SYLLABLE_SKIPPED_RULES,
+    LanguageWords,
+    WordSplittingError,
+    normalize_text,
+    word_splitting,
+)
+from tests.conftest import SAMPLE
+
+FINEWEB2 = SAMPLE / "hub" / "datasets" / "HuggingFaceFW" / "fineweb-2" / "data"
+
+
+def split(language: str, text: str) -> list[str]:
+    return word_splitting(language).words.word_tokenize(normalize_text(text))
+
+
+def test_normalisation_gives_nfc_text_with_plain_blank_lines():
+    decomposed = unicodedata.normalize("NFD", "Mọi người đều có quyền")
+    assert decomposed != "Mọi người đều có quyền"
+    assert normalize_text(decomposed) == "Mọi người đều có quyền"
+    assert normalize_text("one\r\ntwo\rthree\u2028four\x85five") == "one\ntwo\nthree\nfour\nfive"
+    assert normalize_text("a \t\n \n\u3000\n  indented\nb  ") == "a\n\n\n  indented\nb"
+    text = "Un paragraphe.\r\n \r\n\tDeux.\n"
+    assert normalize_text(normalize_text(text)) == normalize_text(text) == "Un paragraphe.\n\n\tDeux.\n"
+
+
+def test_blank_line_style_never_decides_a_documents_fate():
+    paragraphs = [
+        "Le conseil municipal s'est réuni mardi soir pour discuter du budget de la commune et des travaux.",
+        "Les habitants ont pu poser leurs questions sur le calendrier des travaux, qui commencent en mai.",
+        "Le maire a rappelé que la rénovation de l'école reste la priorité de l'équipe et des élus présents.",
+        "Plusieurs associations ont demandé que la salle des fêtes reste accessible pendant toute la durée.",
+        "La séance s'est terminée par le vote du budget, adopté à une large majorité des élus dans la salle.",
+    ]
+    styles = ["\n\n", "\n\n\n", "\n \n\t\n", "\r\n\r\n", "\r\r", "\n\u00a0\n"]
+    configs = FilterConfigs()
+    filters = [LanguageQualityFilter(family, configs) for family in FILTER_FAMILIES]
+    for style in styles:
+        doc = Document(normalize_text(style.join(paragraphs)), style, metadata={"language": "fra_Latn"})
+        assert [f.filter(doc) for f in filters] == [True] * len(filters), repr(style)
+
+
+def test_languages_get_the_segmenter_fineweb2_used():
+    assert split("tha_Thai", "การสมรสจะกระทำกันก็แต่ด้วยความยินยอม") == [
+        "การสมรส", "จะ", "กระทำ", "กัน", "ก็", "แต่", "ด้วย", "ความยินยอม",
+    ]  # fmt: skip
+    assert split("kor_Hang", "모든 사람은 교육을 받을 권리를")[:5] == ["모든", "사람", "은", "교육", "을"]
+    decomposed = unicodedata.normalize("NFD", "Mọi người đều có quyền được học hành.")
+    assert split("vie_Latn", decomposed) == ["Mọi", "người", "đều", "có", "quyền", "được", "học hành", "."]
+    assert split("cmn_Hani", "人人有享有休息和闲暇的权利。") == [
+        "人人", "有", "享有", "休息", "和", "闲暇", "的", "权利", "。",
+    ]  # fmt: skip
+    assert split("jpn_Jpan", "すべて人は、教育を受ける権利を有する。")[:6] == [
+        "すべて",
+        "人",
+        "は",
+        "、",
+        "教育",
+        "を",
+    ]
+    assert split("lao_Laoo", "ຄົນຜູ້ໃດກໍ່ມີສິດ") == ["ຄົນ", "ຜູ້ໃດ", "ກໍ່", "ມີ", "ສິດ"]
+    for language, segmenter in [
+        ("tha_Thai", "ThaiTokenizer"),
+        ("kor_Hang", "KiwiTokenizer"),
+        ("vie_Latn", "SpaCyTokenizer(vi)"),
+        ("cmn_Hani", "SpaCyTokenizer(zh)"),
+        ("div_Thaa", "WhitespaceTokenizer"),
+        ("hin_Deva", "IndicNLPTokenizer(hi)"),
+    ]:
+        splitting = word_splitting(language)
+        assert (splitting.fineweb2, splitting.segmenter, splitting.skipped) == (segmenter, segmenter, {})
+
+
+def test_fineweb2_stop_words_are_found_in_the_samples_clean_text():
+    """Two stop words per document is FineWeb2's rule: its lists only match its own word splitting."""
+    with open(SAMPLE / "manifest.csv", encoding="utf-8") as f:
+        clean = {row["id"] for row in csv.DictReader(f) if row["kind"] == "clean"}
+    configs = FilterConfigs()
+    for language in ("tha_Thai", "kor_Hang", "vie_Latn", "cmn_Hani", "jpn_Jpan", "lao_Laoo", "khm_Khmr",
+                     "mya_Mymr", "div_Thaa", "bod_Tibt"):  # fmt: skip
+        stopwords = set(configs(language).stopwords)
+        rows = pq.read_table(next((FINEWEB2 / language).glob("train/*.parquet"))).to_pylist()
+        found = [len(stopwords & set(split(language, row["text"]))) for row in rows if row["id"] in clean]
+        assert found and min(found) >= 2, (language, found)
+
+
+def test_words_are_split_once_per_document_and_segmenters_load_once():
+    splitting = word_splitting("fra_Latn")
+    text = normalize_text("Le chat dort sur la table.")
+    assert splitting.words.word_tokenize(text) is splitting.words.word_tokenize(text)
+    # Asturian and Occitan are split with spaCy's Spanish class, as Spanish itself: loaded once.
+    assert word_splitting("ast_Latn").words.tokenizer is word_splitting("spa_Latn").words.tokenizer
+    assert word_splitting("fra_Latn") is splitting
+
+
+def test_tibetan_falls_back_to_syllables_and_skips_word_rules():
+    splitting = word_splitting("bod_Tibt")
+    assert (splitting.fineweb2, splitting.segmenter) == ("TibetanTokenizer", "TibetanSyllables")
+    assert splitting.skipped == SYLLABLE_SKIPPED_RULES
+    assert set(splitting.skipped) == {
+        "min_avg_word_length",
+        "max_avg_word_length",
+        "top_n_grams",
+        "dup_n_grams",
+    }
+    # syllables keep their tsheg and shads cluster, as in botok (and FineWeb2's stop words `དང་`, `། །`)
+    assert split("bod_Tibt", "བོད་ཀྱི་སྐད་ཡིག་དང་། །ཡི་གེ།") == [
+        "བོད་", "ཀྱི་", "སྐད་", "ཡིག་", "དང་", "། །", "ཡི་", "གེ", "།",
+    ]  # fmt: skip
+    texts = pq.read_table(next((FINEWEB2 / "bod_Tibt").glob("train/*.parquet"))).column("text").to_pylist()
+    configs = FilterConfigs()
+    filters = [LanguageQualityFilter(family, configs) for family in FILTER_FAMILIES]
+    for i, text in enumerate(texts):
+        doc = Document(normalize_text(text), str(i), metadata={"language": "bod_Tibt"})
+        assert all(f.filter(doc) is True for f in filters), i
+
+
+def test_stanza_languages_get_a_spacy_class_that_splits_the_same_words():
+    for language, fineweb2, segmenter in [
+        ("cym_Latn", "StanzaTokenizer(cy)", "SpaCyTokenizer(xx)"),
+        ("kmr_Latn", "StanzaTokenizer(kmr)", "SpaCyTokenizer(kmr)"),
+        ("gla_Latn", "StanzaTokenizer(gd)", "SpaCyTokenizer(gd)"),
+        ("lzh_Hani", "StanzaTokenizer(lzh)", "SpaCyTokenizer(zh)"),
+    ]:
+        splitting = word_splitting(language)
+        assert (splitting.fineweb2, splitting.segmenter, splitting.skipped) == (fineweb2, segmenter, {})
+    assert split("cym_Latn", "Mae'r hawl gan bawb i gael addysg.") == [
+        "Mae'r", "hawl", "gan", "bawb", "i", "gael", "addysg", ".",
+    ]  # fmt: skip
+    assert split("gla_Latn", "Tha an-diugh a' chòir aig gach neach.")[:3] == ["Tha", "an-diugh", "a'"]
+
+
+def test_languages_without_an_assignment_get_their_scripts_segmenter():
+    assert word_splitting("xyz_Thai").segmenter == "ThaiTokenizer"
+    assert word_splitting("xyz_Hant").segmenter == "SpaCyTokenizer(zh)"
+    assert word_splitting("xyz_Latn").segmenter == "WhitespaceTokenizer"
+
+
+def test_a_segmenter_that_cannot_load_stops_the_build_naming_the_fix(monkeypatch):
+    def broken(class_name: str, code: str):
+        raise OSError("Cannot open required files for skipbigram model")
+
+    monkeypatch.setattr(words, "_tokenizer", broken)
+    with pytest.raises(WordSplittingError, match=r"kor_Hang: cannot load KiwiTokenizer.*kiwipiepy<0.22"):
+        LanguageWords("kor_Hang", "KiwiTokenizer", "").word_tokenize("모든 사람은")
+
+
+def test_shingles_use_the_fast_script_aware_split():
+    assert SHINGLE_WORDS.word_tokenize("L'homme est là, n'est-ce pas?") == [
+        "L'", "homme", "est", "là", ",", "n'", "est", "-", "ce", "pas", "?",
+    ]  # fmt: skip
+    assert SHINGLE_WORDS.word_tokenize("我爱北京。") == ["我", "爱", "北", "京", "。"]
+    assert SHINGLE_WORDS.word_tokenize("संस्कृत भाषा") == ["संस्कृत", "भाषा"]
