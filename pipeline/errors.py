@@ -50,10 +50,13 @@ class ErrorLog:
         self.problems.append(problem)
 
     def write(self, path: Path) -> None:
-        """Write the problems as JSON lines (temp name, then rename)."""
+        """Write the problems as JSON lines (temp name, then rename).
+
+        A path that is not valid Unicode (an undecodable file name) is written as JSON escapes.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             for problem in self.problems:
                 f.write(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
         os.replace(tmp, path)

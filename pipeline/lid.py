@@ -18,11 +18,18 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
 from pipeline.cache import lid176_model_path
-from pipeline.languages import LanguageSelection, normalize_label
+from pipeline.languages import (
+    NO_WRITING_SYSTEM,
+    LanguageSelection,
+    NoScriptError,
+    detect_script,
+    normalize_label,
+)
 from pipeline.quality import StreamFilter
 
 BACKENDS = ("trust", "glotlid", "ft176")
 UNKNOWN = "language_unknown"
+NO_SCRIPT = "no_script"  # the text has no letters of any writing system, hence no language
 # The language of a document is clear long before 100k characters; a huge document
 # (which the size filter drops next anyway) must not cost the model its full length.
 LID_MAX_CHARS = 100_000
@@ -118,6 +125,9 @@ class LanguageIdentifier(PipelineStep):
             return None
         try:
             return normalize_label(raw, doc.text)
+        except NoScriptError:
+            self.stat_update(NO_SCRIPT)
+            return None
         except ValueError:
             self.stat_update("invalid_source_label")
             return None
@@ -129,6 +139,9 @@ class LanguageIdentifier(PipelineStep):
         for doc, doc_labels, doc_scores in zip(batch, labels, scores, strict=True):
             try:
                 label = normalize_label(doc_labels[0], doc.text)
+            except NoScriptError:
+                self.stat_update(NO_SCRIPT)
+                label = None
             except ValueError:
                 self.stat_update("unmapped_model_label")
                 label = None
@@ -150,8 +163,9 @@ class LanguageScoreFilter(StreamFilter):
     ``languages`` holds ISO 639-3 codes (``srp`` = every script of Serbian) and/or full labels
     (``srp_Latn``); None keeps every language. ``threshold(label)`` is the minimum score, e.g.
     from FineWeb2's per-language filter configs. A document without a score passes the score
-    test: its source vouched for the label. Drop reasons: ``language_unknown``,
-    ``language_not_selected``, ``language_score``.
+    test: its source vouched for the label. Drop reasons: ``no_script`` (a text without letters
+    of any writing system has no language), ``language_unknown``, ``language_not_selected``,
+    ``language_score``.
     """
 
     name = "🌍 Language score"
@@ -169,7 +183,7 @@ class LanguageScoreFilter(StreamFilter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         label = doc.metadata.get("language")
         if not label:
-            return False, UNKNOWN
+            return False, NO_SCRIPT if detect_script(doc.text) in NO_WRITING_SYSTEM else UNKNOWN
         if not self.selection.matches(label):
             return False, "language_not_selected"
         score = doc.metadata.get("language_score")

@@ -92,11 +92,15 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
             shards[(shard["source"], shard["language"])].append(
                 {k: shard[k] for k in ("path", "documents", "tokens", "bytes", "sha256")}
             )
-    problems = []
-    for report in sorted((phase_dir / "_errors").glob("*.jsonl")):
-        problems.extend(json.loads(line) for line in report.read_text(encoding="utf-8").splitlines() if line)
+    lines = [
+        line
+        for report in sorted((phase_dir / "_errors").glob("*.jsonl"))
+        for line in report.read_text(encoding="utf-8").splitlines()
+        if line
+    ]
+    problems = [json.loads(line) for line in lines]
     errors_path = phase_dir / "errors.jsonl"
-    _write_atomic(errors_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+    _write_atomic(errors_path, "".join(line + "\n" for line in lines))
     errors_by_source: dict[str, int] = defaultdict(int)
     for problem in problems:
         errors_by_source[problem["source"]] += 1
