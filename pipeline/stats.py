@@ -1,10 +1,12 @@
 """Build statistics: per (source, language) counts, compiled from datatrove's own stats.
 
 Steps count what happens to each document under labels ``stream/{source}/{lang}/...``
-(``read``, ``kept``, ``tokens``, ``bytes``, ``dropped/{reason}``) with datatrove's
-``stat_update``; the executor saves them per task. :func:`compile_stats` adds them
-up over tasks and stages, joins the shard lists the writer left, and writes
-``{phase_dir}/stats.json`` — the file the mixture compiler reads.
+(``read``, ``kept``, ``repeated``, ``tokens``, ``bytes``, ``dropped/{reason}``) with
+datatrove's ``stat_update``; the executor saves them per task. ``read == kept +
+sum(dropped)``; rehydration's extra copies are counted apart, as ``repeated`` (the shards
+hold ``kept + repeated`` documents). :func:`compile_stats` adds them up over tasks and
+stages, joins the shard lists the writer left, and writes ``{phase_dir}/stats.json`` — the
+file the mixture compiler reads.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
                 "language": language,
                 "documents_read": counts["read"],
                 "documents_kept": counts["kept"],
+                "documents_repeated": counts["repeated"],
                 "drops": dict(sorted(drops.items())),
                 "tokens": counts["tokens"],
                 "bytes": counts["bytes"],
@@ -172,13 +175,16 @@ def print_stats(stats: dict, console: Console | None = None) -> None:
     table = Table(title=f"{stats['phase']}: {len(stats['streams'])} streams", show_footer=True)
     totals = defaultdict(int)
     for stream in stats["streams"]:
-        for key in ("documents_read", "documents_kept", "tokens", "bytes"):
-            totals[key] += stream[key]
+        for key in ("documents_read", "documents_kept", "documents_repeated", "tokens", "bytes"):
+            totals[key] += stream.get(key, 0)
         totals["shards"] += len(stream["shards"])
+    repeated = totals["documents_repeated"] > 0  # only rehydrated builds repeat documents
     table.add_column("source", footer="total")
     table.add_column("language", footer=str(len({s["language"] for s in stats["streams"]})))
     table.add_column("read", justify="right", footer=str(totals["documents_read"]))
     table.add_column("kept", justify="right", footer=str(totals["documents_kept"]))
+    if repeated:
+        table.add_column("repeated", justify="right", footer=str(totals["documents_repeated"]))
     table.add_column("tokens", justify="right", footer=_human(totals["tokens"]))
     table.add_column("bytes", justify="right", footer=_human(totals["bytes"]))
     table.add_column("shards", justify="right", footer=str(totals["shards"]))
@@ -190,6 +196,7 @@ def print_stats(stats: dict, console: Console | None = None) -> None:
             stream["language"],
             str(stream["documents_read"]),
             str(stream["documents_kept"]),
+            *([str(stream.get("documents_repeated", 0))] if repeated else []),
             _human(stream["tokens"]),
             _human(stream["bytes"]),
             str(len(stream["shards"])),
