@@ -12,11 +12,22 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.hub import HubUnavailable
+
 ON_ERROR_CHOICES = ("fail", "skip")
 
 
 class InputError(ValueError):
     """A bad input file or record; the message starts with ``path[:line]``."""
+
+
+class NoInputError(ValueError):
+    """A source or selected language for which no input file is found; the message says where it looked."""
+
+
+# Errors whose message says all the user needs (what is wrong, where, and the fix): a command prints
+# them in one line; their traceback goes to the task log (`--verbose` shows it).
+USER_ERRORS = (ValueError, FileNotFoundError, HubUnavailable)
 
 
 @dataclass(frozen=True)

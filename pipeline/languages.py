@@ -9,6 +9,7 @@ strictly ``[a-z]{3}_[A-Z][a-z]{3}`` is rejected before it can reach a path.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 import sys
@@ -205,6 +206,14 @@ def normalize_label(raw: str, text: str | None = None) -> str:
     return f"{code}_{script}"
 
 
+def _check_script(script: str) -> None:
+    """A script a selection names must be a script of some text (GlotScript's ISO 15924 table)."""
+    known = _script_table().names
+    if script not in known:
+        near = "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(script, known, n=1))
+        raise ValueError(f"unknown ISO 15924 script {script!r}{near}")
+
+
 @dataclass(frozen=True)
 class LanguageSelection:
     """Which languages a phase (or ``--languages``) takes: ISO 639-3 codes match every script
@@ -222,6 +231,7 @@ class LanguageSelection:
         for entry in languages:
             try:
                 if is_language_label(entry):
+                    _check_script(entry[4:])
                     labels.add(normalize_label(entry))
                 else:
                     codes.add(to_iso639_3(entry))
@@ -237,3 +247,10 @@ class LanguageSelection:
         if self.everything or code in self.codes:
             return True
         return any(language_code(label) == code for label in self.labels)
+
+    def selects(self, language: str | None) -> bool:
+        """Whether a file of ``language`` holds selected text: a label, a bare ISO 639-3 code (a
+        source whose script is known per document only), or None (unknown: only "all" takes it)."""
+        if language is None:
+            return self.everything
+        return self.matches(language) if is_language_label(language) else self.may_match_code(language)

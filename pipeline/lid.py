@@ -56,6 +56,18 @@ def _load_fasttext(path: str):
     return _FastText(path)
 
 
+def glotlid_is_cached() -> bool:
+    """Whether datatrove's asset cache holds GlotLID v3, so that loading it needs no hub.
+
+    datatrove (``datatrove.io.cached_asset_path_or_download``) stores ``hf://cis-lmu/glotlid/model_v3.bin``
+    as ``cis-lmu_glotlid_model_v3.bin`` and marks it complete with a ``.completed`` file.
+    """
+    from huggingface_hub import cached_assets_path
+
+    folder = cached_assets_path(library_name="datatrove", namespace="lid", subfolder="glotlid")
+    return (folder / "cis-lmu_glotlid_model_v3.bin.completed").exists()
+
+
 @functools.cache
 def _load_hub_glotlid():
     """GlotLID model_v3.bin, downloaded from cis-lmu/glotlid and cached by datatrove."""

@@ -44,6 +44,7 @@ from pipeline.languages import (
     LanguageSelection,
     NoScriptError,
     is_language_label,
+    language_code,
     normalize_label,
     parse_label,
 )
@@ -228,47 +229,65 @@ class SourceReader(BaseDiskReader):
         self.errors = ErrorLog(on_error)
 
     # ---- layout: which files, in which language -------------------------------------------------
+    def patterns(self) -> list[str]:
+        """The glob patterns of the source's files, relative to its root (its hub layout)."""
+        fmt = self.source.format
+        if fmt == "fineweb2":
+            return ["data/*/train/*.parquet"]
+        if fmt == "wikipedia":
+            return [f"{self.source.date or '*'}.*/train-*.parquet"]
+        if fmt == "dclm":
+            return ["global-shard_*/local-shard_*/*.jsonl.zst*"]
+        if fmt == "dolma":
+            return [
+                f"data/{subset}/**/{pattern}"
+                for subset in self.source.subsets or ("*",)
+                for pattern in DOLMA_FILES
+            ]
+        if fmt == "arxiv":
+            return [f"data/arxiv/**/{pattern}" for pattern in DOLMA_FILES]
+        raise ValueError(f"unknown source format {fmt!r}")
+
+    def serves_selection(self) -> bool:
+        """Whether the selection asks for a language this source publishes: the English-only sources
+        serve English, FineWeb2 every language but English, Wikipedia every language."""
+        fmt, selection = self.source.format, self.selection
+        if fmt == "wikipedia":
+            return True
+        if fmt == "fineweb2":
+            named = {*selection.codes, *(language_code(label) for label in selection.labels)}
+            return selection.everything or named != {"eng"}
+        return selection.matches(ENGLISH)
+
+    def catalog(self) -> list[tuple[str | None, str]]:
+        """Every file of the source, whatever the selection, with the language it holds, in a stable
+        order: FineWeb2's directory label, a wiki's ISO 639-3 code (None if it maps to none; its
+        script is known per article), ``eng_Latn`` for the English-only sources."""
+        fmt, folder = self.source.format, self.data_folder
+        entries = []
+        for path in sorted({p for pattern in self.patterns() for p in folder.glob(pattern)}):
+            if fmt == "fineweb2":
+                language = path.split("/")[1]
+                if language.endswith("_removed"):
+                    continue
+                if not is_language_label(language):
+                    self._report(path, None, f"invalid language directory {language!r}")
+                    continue
+            elif fmt == "wikipedia":
+                try:
+                    language = parse_label(path.split("/")[0].split(".", 1)[1])[0]
+                except ValueError:
+                    language = None
+            else:
+                language = ENGLISH
+            entries.append((language, path))
+        return entries
+
     def list_files(self) -> list[str]:
         """Files of the selected languages, relative to the source root, in a stable order."""
-        fmt, folder = self.source.format, self.data_folder
-        if fmt == "fineweb2":
-            files = []
-            for path in folder.glob("data/*/train/*.parquet"):
-                label = path.split("/")[1]
-                if label.endswith("_removed"):
-                    continue
-                if not is_language_label(label):
-                    self._report(path, None, f"invalid language directory {label!r}")
-                elif self.selection.matches(label):
-                    files.append(path)
-            return sorted(files)
-        if fmt == "wikipedia":
-            date = self.source.date or "*"
-            files = []
-            for path in folder.glob(f"{date}.*/train-*.parquet"):
-                code = path.split("/")[0].split(".", 1)[1]
-                try:
-                    selected = self.selection.may_match_code(parse_label(code)[0])
-                except ValueError:
-                    selected = self.selection.everything
-                if selected:
-                    files.append(path)
-            return sorted(files)
-        if not self.selection.matches(ENGLISH):
+        if not self.serves_selection():
             return []
-        if fmt == "dclm":
-            return sorted(folder.glob("global-shard_*/local-shard_*/*.jsonl.zst*"))
-        if fmt == "dolma":
-            subsets = self.source.subsets or ("*",)
-            return sorted(
-                p
-                for subset in subsets
-                for pattern in DOLMA_FILES
-                for p in folder.glob(f"data/{subset}/**/{pattern}")
-            )
-        if fmt == "arxiv":
-            return sorted(p for pattern in DOLMA_FILES for p in folder.glob(f"data/arxiv/**/{pattern}"))
-        raise ValueError(f"unknown source format {fmt!r}")
+        return [path for language, path in self.catalog() if self.selection.selects(language)]
 
     def _report(self, path: str, line: int | None, error: str) -> None:
         self.errors.report(self.source.name, self.data_folder.resolve_paths(path), line, error)

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mixtures.cache import cache_dir
 from mixtures.formats import SPECIAL_ROLES
+from pipeline.hub import hub_unavailable, unreachable_reason
 from pipeline.sources import lone_surrogate
 
 # Gemma 2's special tokens, in its id order, so that ids 0..4 mean the same in every tokenizer we make.
@@ -100,8 +101,18 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
     if path.suffix == ".json" or spec.startswith((".", "/")):
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    return _from_json_bytes(Path(hf_hub_download(spec, "tokenizer.json")).read_bytes(), spec)
+    try:
+        path = Path(hf_hub_download(spec, "tokenizer.json"))
+    except LocalEntryNotFoundError:  # not in the local cache, and the hub did not answer
+        reason = unreachable_reason() or "the hub did not answer"
+        raise hub_unavailable(
+            f"tokenizer {spec}",
+            f"it is not in the local Hugging Face cache and {reason}",
+            "pass --tokenizer PATH to a tokenizer.json (or a directory holding one)",
+        ) from None
+    return _from_json_bytes(path.read_bytes(), spec)
 
 
 def _sample_texts(root: Path) -> Iterator[str]:

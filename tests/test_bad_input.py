@@ -70,7 +70,9 @@ def _tree(root: Path, skip: tuple[Path, ...]) -> set[str]:
 def test_fail_names_the_file_and_line(tmp_path):
     hub = tmp_path / "hub"
     bad_hub(hub)
-    result = runner.invoke(app, build_args(hub, tmp_path / "out", "--tasks", "1", "--on-error", "fail"))
+    sources = ("--sources", "fineweb2,dclm,dolmino")  # the sources bad_hub writes
+    args = build_args(hub, tmp_path / "out", "--tasks", "1", "--on-error", "fail", *sources)
+    result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "deu_Latn/train/000_00000.parquet" in result.output and "unreadable parquet" in result.output
 
@@ -86,7 +88,8 @@ def test_skip_completes_and_reports_every_problem(tmp_path):
     bad_hub(hub)
     out = tmp_path / "out"
     before = _tree(tmp_path, skip=(out, tmp_path / "cache"))
-    result = runner.invoke(app, build_args(hub, out, "--tasks", "1", "--on-error", "skip"))
+    sources = ("--sources", "fineweb2,dclm,dolmino")
+    result = runner.invoke(app, build_args(hub, out, "--tasks", "1", "--on-error", "skip", *sources))
     assert result.exit_code == 0, result.output
     assert _tree(tmp_path, skip=(out, tmp_path / "cache")) == before  # nothing written outside --output
     stats = json.loads((out / "pretrain" / "stats.json").read_text())
