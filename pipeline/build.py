@@ -157,7 +157,7 @@ class Build:
         remote = [r.source for r in readers if self._location(r).startswith("hf://")]
         if remote and self.hub_unreachable:
             raise hub_unavailable(
-                f"source {', '.join(f'{s.name} ({s.uri})' for s in remote)}",
+                f"reading {', '.join(f'{s.name} ({s.uri})' for s in remote)}",
                 self.hub_unreachable,
                 f"mirror the phase with `mmbert-data download --phase {self.options.phase} --to DIR` where "
                 "the hub can be reached, then build with --input-root DIR",
@@ -371,7 +371,7 @@ class Build:
         hub_glotlid = self.lid == "glotlid" and self.options.lid_model is None and not glotlid_is_cached()
         if hub_glotlid and self.hub_unreachable:
             raise hub_unavailable(
-                "the GlotLID model (cis-lmu/glotlid, model_v3.bin)",
+                "loading GlotLID (cis-lmu/glotlid model_v3.bin, not in datatrove's cache)",
                 self.hub_unreachable,
                 "download model_v3.bin where the hub can be reached and pass --lid-model PATH",
             )

@@ -39,6 +39,6 @@ def unreachable_reason() -> str | None:
     return None
 
 
-def hub_unavailable(what: str, reason: str, way_out: str) -> HubUnavailable:
-    """The one-line error for ``what`` (on the hub) when the hub is unreachable for ``reason``."""
-    return HubUnavailable(f"{what} is on the Hugging Face hub, but {reason}; {way_out}")
+def hub_unavailable(action: str, reason: str, way_out: str) -> HubUnavailable:
+    """The one-line error for an ``action`` that needs the hub, unreachable for ``reason``."""
+    return HubUnavailable(f"{action} needs the Hugging Face hub, but {reason}; {way_out}")

@@ -132,9 +132,9 @@ def _dclm_score(record: dict) -> float | None:
     if "language_id_whole_page_fasttext" not in record:
         return None
     scores = record["language_id_whole_page_fasttext"]
-    if not isinstance(scores, dict):
-        raise BadRecord(f"language_id_whole_page_fasttext is {scores!r}, not an object")
-    return _score(scores.get("en"), "language_id_whole_page_fasttext.en")
+    if not isinstance(scores, dict) or "en" not in scores:
+        raise BadRecord(f"language_id_whole_page_fasttext is {scores!r}, not an object with an 'en' score")
+    return _score(scores["en"], "language_id_whole_page_fasttext.en")
 
 
 def _batch_records(batch: pa.RecordBatch) -> list[dict | UnicodeDecodeError]:

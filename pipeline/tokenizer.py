@@ -106,10 +106,9 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
     try:
         path = Path(hf_hub_download(spec, "tokenizer.json"))
     except LocalEntryNotFoundError:  # not in the local cache, and the hub did not answer
-        reason = unreachable_reason() or "the hub did not answer"
         raise hub_unavailable(
-            f"tokenizer {spec}",
-            f"it is not in the local Hugging Face cache and {reason}",
+            f"loading tokenizer {spec} (not in the local Hugging Face cache)",
+            unreachable_reason() or "the hub did not answer",
             "pass --tokenizer PATH to a tokenizer.json (or a directory holding one)",
         ) from None
     return _from_json_bytes(path.read_bytes(), spec)

@@ -204,7 +204,7 @@ def bad_fields_hub(root: Path) -> dict[tuple[str, int], str]:
         (dclm, 5): "text is int, not a string",
         (dclm, 6): "no text field",
         (dclm, 7): "language_id_whole_page_fasttext.en is null",
-        (dclm, 8): "language_id_whole_page_fasttext is 'en', not an object",
+        (dclm, 8): "language_id_whole_page_fasttext is 'en', not an object with an 'en' score",
     }
 
     dolmino = f"{DOLMINO}/data/flan/part-0000.json.zst"

@@ -130,7 +130,8 @@ def test_hub_sources_without_the_hub_fail_fast_naming_the_mirror(tmp_path, hub_s
     assert time.monotonic() - started < 10
     assert result.exit_code == 1
     (line,) = error_lines(result.output)
-    assert "hf://datasets/HuggingFaceFW/fineweb-2" in line
+    assert line.startswith("error: reading fineweb2 (hf://datasets/HuggingFaceFW/fineweb-2), dclm (")
+    assert "needs the Hugging Face hub, but" in line
     assert "HF_HUB_OFFLINE is set" in line if hub_state == "hub_offline" else "cannot be reached" in line
     assert "`mmbert-data download --phase pretrain --to DIR`" in line and "--input-root DIR" in line
     download = runner.invoke(app, ["download", "--phase", "pretrain", "--to", str(tmp_path / "mirror")])
@@ -146,7 +147,9 @@ def test_a_hub_tokenizer_not_in_the_cache_offline_asks_for_a_path(hub, tmp_path,
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     (line,) = error_lines(result.output)
-    assert line.startswith("error: tokenizer jhu-clsp/mmBERT-base is on the Hugging Face hub, but it is not")
+    assert line.startswith(
+        "error: loading tokenizer jhu-clsp/mmBERT-base (not in the local Hugging Face cache)"
+    )
     assert "HF_HUB_OFFLINE is set" in line and "--tokenizer PATH" in line
 
 
@@ -157,5 +160,5 @@ def test_glotlid_not_in_the_cache_without_the_hub_asks_for_a_path(
     result = runner.invoke(app, build_args(hub, tmp_path / "out", "--no-dedup", "--lid", "glotlid"))
     assert result.exit_code == 1
     (line,) = error_lines(result.output)
-    assert line.startswith("error: the GlotLID model (cis-lmu/glotlid, model_v3.bin) is on the Hugging Face")
+    assert line.startswith("error: loading GlotLID (cis-lmu/glotlid model_v3.bin, not in datatrove's cache)")
     assert "cannot be reached" in line and "--lid-model PATH" in line
