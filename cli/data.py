@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 
 # datatrove logs with loguru: keep its console output to warnings and errors (each task's full
 # log stays in OUTPUT/PHASE/_logs), and print failures without variable dumps.
@@ -19,8 +20,8 @@ from rich.markup import escape
 
 from cli.mixture import mixture
 from cli.shard import inspect
-from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
-from pipeline.errors import InputError
+from mixtures.recipe import DEFAULT_RECIPE, load_recipe
+from pipeline.errors import USER_ERRORS
 
 app = typer.Typer(
     help="The mmBERT data pipeline: build per-language Arrow token shards from FineWeb2, DCLM, Dolmino, "
@@ -114,7 +115,7 @@ def build(
     limit: int = typer.Option(-1, help="Read at most this many documents per source per task (-1: all)."),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
     verbose: bool = typer.Option(
-        False, help="Copy every task's log to the console (always in OUTPUT/PHASE/_logs)."
+        False, help="Copy every task's log and tracebacks to the console (always in OUTPUT/PHASE/_logs)."
     ),
 ) -> None:
     """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes;
@@ -158,7 +159,9 @@ def build(
         stats = plan.run(
             on_stage=_announce_stage, say=lambda note: console.print(escape(note), soft_wrap=True)
         )
-    except (InputError, RecipeError, ValueError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
+        if verbose:
+            traceback.print_exc()
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     if stats is None:
@@ -204,7 +207,7 @@ def download(
         result = download_phase(
             plan, output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
         )
-    except (RecipeError, ValueError, OSError) as err:
+    except (*USER_ERRORS, OSError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     typer.echo(f"copied {result.copied} file(s) ({result.bytes:,d} bytes), {result.skipped} already present")

@@ -18,8 +18,11 @@ under ``_logs/{stage}``, so running the same build again skips finished tasks.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +32,16 @@ from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
 from datatrove.pipeline.writers import JsonlWriter
+from loguru import logger
 
 from mixtures.cache import cache_dir
 from mixtures.recipe import PhaseSpec, Recipe
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
+from pipeline.errors import USER_ERRORS, NoInputError
 from pipeline.guard import BuildLock, check_settings
-from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
+from pipeline.hub import hub_unavailable, unreachable_reason
+from pipeline.languages import LanguageSelection, language_code
+from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
 from pipeline.quality import (
     FILTER_FAMILIES,
     DocumentSizeFilter,
@@ -42,21 +49,39 @@ from pipeline.quality import (
     LanguageQualityFilter,
 )
 from pipeline.shards import ArrowShardWriter, BatchTokenizer
-from pipeline.sources import SourceReader
+from pipeline.sources import SourceReader, resolve_uri
 from pipeline.stats import StatsCompiler, StreamCounter, load_stats
 from pipeline.tokenizer import directory_sha256, load_tokenizer
 from pipeline.words import TextNormalizer
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):
-    """A local executor whose tasks log to their files only; errors still reach the console.
+    """A local executor whose tasks log to their files only; unexpected errors still reach the console.
 
     datatrove copies a task's INFO log to the console for local rank 0 only, so every
-    task here runs as a non-zero local rank (the number is used for nothing else).
+    task here runs as a non-zero local rank (the number is used for nothing else). A user
+    error (bad input, say) is logged with its traceback in the task's file only: the command
+    prints it in one line.
     """
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
-        return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        logger.configure(patcher=_user_errors_to_the_task_log)
+        try:
+            return super()._run_for_rank(rank, local_rank + 1, node_rank)
+        finally:
+            logger.configure(patcher=_unpatched)  # loguru has no way to remove a patcher
+
+
+def _user_errors_to_the_task_log(record: dict) -> None:
+    """Files a user error's ERROR record below the console's level (datatrove's console sink of a
+    non-zero local rank takes ERROR and up; the task's log file takes everything)."""
+    level, error = record["level"], record["exception"]
+    if error is not None and isinstance(error.value, USER_ERRORS) and level.no >= logger.level("ERROR").no:
+        record["level"] = type(level)(level.name, logger.level("WARNING").no, level.icon)
+
+
+def _unpatched(record: dict) -> None:
+    """Leaves every record as it is."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,76 @@ class Build:
             )
         self.sources = [options.recipe.sources[name] for name in wanted]
         self.tokenizer_spec = options.tokenizer or options.recipe.tokenizer
+        root = options.input_root
+        if root and "://" not in root and not Path(root).is_dir():
+            raise NoInputError(f"--input-root {root} is not a directory")
+
+    @functools.cached_property
+    def hub_unreachable(self) -> str | None:
+        """Why the Hugging Face hub cannot be reached (asked once per build), or None."""
+        return unreachable_reason()
+
+    # ---- inputs --------------------------------------------------------------------------------------
+    def input_files(self) -> list[tuple[SourceReader, list[str]]]:
+        """Each source's reader and the files it will read. Stops, naming where it looked, when an
+        ``hf://`` source's hub cannot be reached, a source the selection asks for has no files at
+        all, a ``--languages`` entry is found in no source, or nothing at all is selected."""
+        readers = self.readers()
+        remote = [r.source for r in readers if self._location(r).startswith("hf://")]
+        if remote and self.hub_unreachable:
+            raise hub_unavailable(
+                f"reading {', '.join(f'{s.name} ({s.uri})' for s in remote)}",
+                self.hub_unreachable,
+                f"mirror the phase with `mmbert-data download --phase {self.options.phase} --to DIR` where "
+                "the hub can be reached, then build with --input-root DIR",
+            )
+        found, catalogs = [], {}
+        for reader in readers:
+            if not reader.serves_selection():
+                found.append((reader, []))
+                continue
+            catalog = catalogs[reader.source.name] = reader.catalog()
+            if not catalog:
+                raise NoInputError(self._no_files_message(reader))
+            found.append((reader, [path for language, path in catalog if reader.selection.selects(language)]))
+        if self.options.languages is not None:
+            present = {language for catalog in catalogs.values() for language, _ in catalog}
+            for entry in self.options.languages:
+                self._check_found(entry, present, list(catalogs))
+        if not any(files for _, files in found):
+            raise NoInputError(
+                f"no input file of phase {self.options.phase}'s languages in "
+                f"{', '.join(s.name for s in self.sources)} (under {self.options.input_root or 'the hub'})"
+            )
+        return found
+
+    def _location(self, reader: SourceReader) -> str:
+        return resolve_uri(reader.source.uri, self.options.input_root)
+
+    def _no_files_message(self, reader: SourceReader) -> str:
+        source, root = reader.source, self.options.input_root
+        mapped = f"; --input-root {root} maps {source.uri} there" if root and "://" in source.uri else ""
+        return (
+            f"source {source.name}: no input files under {self._location(reader)} "
+            f"(looked for {', '.join(reader.patterns())}{mapped}). Mirror it with `mmbert-data download "
+            f"--phase {self.options.phase} --to DIR`, or leave it out with --sources"
+        )
+
+    @staticmethod
+    def _check_found(entry: str, present: set[str | None], sources: list[str]) -> None:
+        """Stop when a ``--languages`` entry selects no file of any source, listing near misses."""
+        wanted = LanguageSelection.parse([entry])
+        if any(wanted.selects(language) for language in present if language):
+            return
+        known = sorted(language for language in present if language)
+        # near: the languages of a code spelled like the one asked for (fra for frr), in every script
+        codes = {language_code(known_language) for known_language in known}
+        asked = {language_code(spelling) for spelling in (entry, *wanted.codes, *wanted.labels)}
+        close = {m for code in asked for m in difflib.get_close_matches(code, codes, n=3, cutoff=0.6)}
+        near = [known_language for known_language in known if language_code(known_language) in close]
+        more = f" and {len(known) - 10} more" if len(known) > 10 else ""
+        hint = f"near misses: {', '.join(near)}" if near else f"it holds {', '.join(known[:10])}{more}"
+        raise NoInputError(f"--languages {entry!r}: no input file in {', '.join(sources)} ({hint})")
 
     # ---- steps ---------------------------------------------------------------------------------------
     def _removed_writer(self, name: str) -> JsonlWriter | None:
@@ -241,8 +336,7 @@ class Build:
         for name, pipeline, tasks in self.stages():
             lines.append(f"stage {name} ({tasks} task{'s' if tasks != 1 else ''}):")
             lines.extend(f"  {step}" for step in pipeline)
-        for reader in self.readers():
-            files = reader.list_files()
+        for reader, files in self.input_files():
             lines.append(f"source {reader.source.name} ({reader.data_folder.path}): {len(files)} file(s)")
             lines.extend(f"  {path}" for path in files)
         return "\n".join(lines)
@@ -320,9 +414,17 @@ class Build:
         Raises ``pipeline.guard.BuildConflict`` when another build holds the phase directory
         or it was built with other settings (unless ``overwrite``).
         """
+        self.input_files()
+        hub_glotlid = self.lid == "glotlid" and self.options.lid_model is None and not glotlid_is_cached()
+        if hub_glotlid and self.hub_unreachable:
+            raise hub_unavailable(
+                "loading GlotLID (cis-lmu/glotlid model_v3.bin, not in datatrove's cache)",
+                self.hub_unreachable,
+                "download model_v3.bin where the hub can be reached and pass --lid-model PATH",
+            )
+        self._make_phase_dir()
         # Loaded here, once: a sample tokenizer is trained and cached before workers start.
         loaded = load_tokenizer(self.tokenizer_spec)
-        self.phase_dir.mkdir(parents=True, exist_ok=True)
         with BuildLock(self.phase_dir) as lock:
             if lock.taken_over and say:
                 say(
@@ -341,6 +443,16 @@ class Build:
                     executor.run()
         record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
         return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
+
+    def _make_phase_dir(self) -> None:
+        try:
+            self.phase_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.phase_dir):
+                pass
+        except OSError as err:
+            raise ValueError(
+                f"--output {self.options.output}: cannot write {self.phase_dir} ({err.strerror or err})"
+            ) from err
 
 
 def _resolved(path: str | None) -> str | None:

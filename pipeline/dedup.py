@@ -118,8 +118,15 @@ def rehydration_copies(cluster_size: int) -> int:
     return 1
 
 
+REPETITION = "repetition"  # metadata key of a rehydrated copy: its number, 1..copies-1
+
+
 class Rehydrate(PipelineStep):
-    """Repeats documents by FineWeb2's cluster size; copies get ids ``{id}#rN``."""
+    """Repeats documents by FineWeb2's cluster size; copies get ids ``{id}#rN``.
+
+    A copy carries ``metadata["repetition"] = N``, so that the writer counts it as a repetition,
+    not as a document kept: ``read == kept + sum(drops)`` holds with or without rehydration.
+    """
 
     name = "💧 rehydrate"
     type = "🫂 - DEDUP"
@@ -129,4 +136,5 @@ class Rehydrate(PipelineStep):
             yield doc
             for copy in range(1, rehydration_copies(int(doc.metadata.get("minhash_cluster_size") or 1))):
                 self.stat_update("copies")
-                yield Document(text=doc.text, id=f"{doc.id}#r{copy}", metadata=dict(doc.metadata))
+                metadata = {**doc.metadata, REPETITION: copy}
+                yield Document(text=doc.text, id=f"{doc.id}#r{copy}", metadata=metadata)

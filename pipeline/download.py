@@ -31,14 +31,18 @@ class DownloadResult:
 def download_phase(
     build: Build, target: Path, progress: Callable[[str, int], None] | None = None
 ) -> DownloadResult:
-    """Copy every file the build's readers would read into ``target``; return what was done."""
+    """Copy every file the build's readers would read into ``target``; return what was done.
+
+    Like a build, it stops at once, in one line, when the hub cannot be reached or a source or
+    language has no files (`Build.input_files`).
+    """
     result = DownloadResult()
-    for reader in build.readers():
+    for reader, files in build.input_files():
         folder, uri = reader.data_folder, reader.source.uri
         if "://" not in uri:
             raise ValueError(f"source {reader.source.name} is already local ({uri}); nothing to download")
         mirror = Path(resolve_uri(uri, str(target)))
-        for path in reader.list_files():
+        for path in files:
             destination = mirror / path
             size = folder.size(path)
             if destination.exists() and destination.stat().st_size == size:

@@ -12,11 +12,22 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.hub import HubUnavailable
+
 ON_ERROR_CHOICES = ("fail", "skip")
 
 
 class InputError(ValueError):
     """A bad input file or record; the message starts with ``path[:line]``."""
+
+
+class NoInputError(ValueError):
+    """A source or selected language for which no input file is found; the message says where it looked."""
+
+
+# Errors whose message says all the user needs (what is wrong, where, and the fix): a command prints
+# them in one line; their traceback goes to the task log (`--verbose` shows it).
+USER_ERRORS = (ValueError, FileNotFoundError, HubUnavailable)
 
 
 @dataclass(frozen=True)
@@ -50,10 +61,13 @@ class ErrorLog:
         self.problems.append(problem)
 
     def write(self, path: Path) -> None:
-        """Write the problems as JSON lines (temp name, then rename)."""
+        """Write the problems as JSON lines (temp name, then rename).
+
+        A path that is not valid Unicode (an undecodable file name) is written as JSON escapes.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
             for problem in self.problems:
                 f.write(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
         os.replace(tmp, path)

@@ -9,6 +9,7 @@ strictly ``[a-z]{3}_[A-Z][a-z]{3}`` is rejected before it can reach a path.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 import sys
@@ -41,19 +42,24 @@ _FINEWEB2_INDIVIDUAL = {
 # Withdrawn two-letter ISO 639-1 codes whose registry entry names no single replacement.
 _WITHDRAWN = {"sh": "hbs", "mo": "ron"}
 
-# Wikipedia / LID-176 language codes that are not ISO 639 codes of the same language
-# (`als` is Alemannic on Wikipedia but Tosk Albanian in ISO 639-3).
+# Wikipedia / LID-176 language codes that are not ISO 639 codes of the same language: `als` is
+# Alemannic there but Tosk Albanian in ISO 639-3, `nrm` Norman (ISO `nrf`) but Narom, a language
+# of Sarawak. Wikipedia's `eml` (Emilian-Romagnol) is absent on purpose: ISO 639-3 has retired the
+# code, and FineWeb2 files that language under it. tests/data/language_codes.tsv checks every code.
 _WIKI_CODES = {
-    "simple": "eng", "als": "gsw", "bh": "bho", "eml": "egl",
+    "simple": "eng", "als": "gsw", "bh": "bho", "nrm": "nrf",
     "zh-yue": "yue", "zh-classical": "lzh", "zh-min-nan": "nan",
     "be-tarask": "bel", "be-x-old": "bel", "bat-smg": "sgs", "fiu-vro": "vro",
     "roa-rup": "rup", "roa-tara": "nap", "map-bms": "jav", "nds-nl": "nds", "cbk-zam": "cbk",
 }
 
+# ISO 15924 codes that name no writing system: inherited (Zinh: combining marks), unwritten
+# (Zxxx), common (Zyyy: digits, punctuation) and uncoded (Zzzz). A text "in" one of them has no
+# letters, so it has no language label.
+NO_WRITING_SYSTEM = frozenset({"Zinh", "Zxxx", "Zyyy", "Zzzz"})
 # Script detection: only the first characters are read (it runs once per document), and
-# characters shared by all scripts (digits, punctuation, combining marks) do not vote.
+# characters of no writing system (digits, punctuation, combining marks) do not vote.
 SCRIPT_SAMPLE_CHARS = 2000
-_SHARED_SCRIPTS = ("Zyyy", "Zinh", "Zzzz")
 _UNDETERMINED_SCRIPT = "Zyyy"
 # Japanese mixes kana with Han; a text counts as Japanese once kana reach 1/20 of its Han+kana.
 _KANA_SHARE_FOR_JAPANESE = 20
@@ -61,9 +67,17 @@ _KANA_SHARE_FOR_JAPANESE = 20
 _HAN_SCRIPT_OF = {"jpn": "Jpan", "kor": "Hang"}
 
 
+class NoScriptError(ValueError):
+    """A label whose script, given or detected from the text, names no writing system (``Zyyy``...)."""
+
+
 def is_language_label(value: object) -> bool:
-    """Whether ``value`` is a ``xxx_Script`` label (and hence safe as a path component)."""
-    return isinstance(value, str) and _LABEL_RE.fullmatch(value) is not None
+    """Whether ``value`` is a ``xxx_Script`` label of a writing system (and so safe as a path component)."""
+    return (
+        isinstance(value, str)
+        and _LABEL_RE.fullmatch(value) is not None
+        and value[4:] not in NO_WRITING_SYSTEM
+    )
 
 
 def language_code(label: str) -> str:
@@ -113,10 +127,10 @@ class _ScriptTable(NamedTuple):
 def _script_table() -> _ScriptTable:
     from GlotScript.GlotScript import SCRIPT_RANGES
 
-    names = ("", *sorted((set(SCRIPT_RANGES) - set(_SHARED_SCRIPTS)) | {"Jpan"}))
+    names = ("", *sorted((set(SCRIPT_RANGES) - NO_WRITING_SYSTEM) | {"Jpan"}))
     script_of_point = np.zeros(sys.maxunicode + 1, dtype=np.uint16)
     for script, ranges in SCRIPT_RANGES.items():
-        if script not in _SHARED_SCRIPTS:
+        if script not in NO_WRITING_SYSTEM:
             for low, high in ranges:
                 script_of_point[low : high + 1] = names.index(script)
     return _ScriptTable(script_of_point, names)
@@ -177,7 +191,8 @@ def normalize_label(raw: str, text: str | None = None) -> str:
     """Turn any source's language label into FineWeb2's ``xxx_Script`` spelling.
 
     Labels `parse_label` accepts; when the label names no script, it is detected from ``text``
-    (Han-only text of a Japanese or Korean label keeps that language's usual script).
+    (Han-only text of a Japanese or Korean label keeps that language's usual script). Raises
+    NoScriptError when the script names no writing system (a text without letters: ``Zyyy``).
     """
     code, script = parse_label(raw)
     if script is None:
@@ -186,7 +201,17 @@ def normalize_label(raw: str, text: str | None = None) -> str:
         script = detect_script(text)
         if script == "Hani":
             script = _HAN_SCRIPT_OF.get(code, script)
+    if script in NO_WRITING_SYSTEM:
+        raise NoScriptError(f"language label {raw!r}: script {script} names no writing system (no letters)")
     return f"{code}_{script}"
+
+
+def _check_script(script: str) -> None:
+    """A script a selection names must be a script of some text (GlotScript's ISO 15924 table)."""
+    known = _script_table().names
+    if script not in known:
+        near = "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(script, known, n=1))
+        raise ValueError(f"unknown ISO 15924 script {script!r}{near}")
 
 
 @dataclass(frozen=True)
@@ -206,6 +231,7 @@ class LanguageSelection:
         for entry in languages:
             try:
                 if is_language_label(entry):
+                    _check_script(entry[4:])
                     labels.add(normalize_label(entry))
                 else:
                     codes.add(to_iso639_3(entry))
@@ -221,3 +247,10 @@ class LanguageSelection:
         if self.everything or code in self.codes:
             return True
         return any(language_code(label) == code for label in self.labels)
+
+    def selects(self, language: str | None) -> bool:
+        """Whether a file of ``language`` holds selected text: a label, a bare ISO 639-3 code (a
+        source whose script is known per document only), or None (unknown: only "all" takes it)."""
+        if language is None:
+            return self.everything
+        return self.matches(language) if is_language_label(language) else self.may_match_code(language)

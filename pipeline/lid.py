@@ -18,11 +18,18 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
 from pipeline.cache import lid176_model_path
-from pipeline.languages import LanguageSelection, normalize_label
+from pipeline.languages import (
+    NO_WRITING_SYSTEM,
+    LanguageSelection,
+    NoScriptError,
+    detect_script,
+    normalize_label,
+)
 from pipeline.quality import StreamFilter
 
 BACKENDS = ("trust", "glotlid", "ft176")
 UNKNOWN = "language_unknown"
+NO_SCRIPT = "no_script"  # the text has no letters of any writing system, hence no language
 # The language of a document is clear long before 100k characters; a huge document
 # (which the size filter drops next anyway) must not cost the model its full length.
 LID_MAX_CHARS = 100_000
@@ -47,6 +54,18 @@ def _load_fasttext(path: str):
     from fasttext.FastText import _FastText
 
     return _FastText(path)
+
+
+def glotlid_is_cached() -> bool:
+    """Whether datatrove's asset cache holds GlotLID v3, so that loading it needs no hub.
+
+    datatrove (``datatrove.io.cached_asset_path_or_download``) stores ``hf://cis-lmu/glotlid/model_v3.bin``
+    as ``cis-lmu_glotlid_model_v3.bin`` and marks it complete with a ``.completed`` file.
+    """
+    from huggingface_hub import cached_assets_path
+
+    folder = cached_assets_path(library_name="datatrove", namespace="lid", subfolder="glotlid")
+    return (folder / "cis-lmu_glotlid_model_v3.bin.completed").exists()
 
 
 @functools.cache
@@ -118,6 +137,9 @@ class LanguageIdentifier(PipelineStep):
             return None
         try:
             return normalize_label(raw, doc.text)
+        except NoScriptError:
+            self.stat_update(NO_SCRIPT)
+            return None
         except ValueError:
             self.stat_update("invalid_source_label")
             return None
@@ -129,6 +151,9 @@ class LanguageIdentifier(PipelineStep):
         for doc, doc_labels, doc_scores in zip(batch, labels, scores, strict=True):
             try:
                 label = normalize_label(doc_labels[0], doc.text)
+            except NoScriptError:
+                self.stat_update(NO_SCRIPT)
+                label = None
             except ValueError:
                 self.stat_update("unmapped_model_label")
                 label = None
@@ -150,8 +175,9 @@ class LanguageScoreFilter(StreamFilter):
     ``languages`` holds ISO 639-3 codes (``srp`` = every script of Serbian) and/or full labels
     (``srp_Latn``); None keeps every language. ``threshold(label)`` is the minimum score, e.g.
     from FineWeb2's per-language filter configs. A document without a score passes the score
-    test: its source vouched for the label. Drop reasons: ``language_unknown``,
-    ``language_not_selected``, ``language_score``.
+    test: its source vouched for the label. Drop reasons: ``no_script`` (a text without letters
+    of any writing system has no language), ``language_unknown``, ``language_not_selected``,
+    ``language_score``.
     """
 
     name = "🌍 Language score"
@@ -169,7 +195,7 @@ class LanguageScoreFilter(StreamFilter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         label = doc.metadata.get("language")
         if not label:
-            return False, UNKNOWN
+            return False, NO_SCRIPT if detect_script(doc.text) in NO_WRITING_SYSTEM else UNKNOWN
         if not self.selection.matches(label):
             return False, "language_not_selected"
         score = doc.metadata.get("language_score")

@@ -27,6 +27,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
 
 from mixtures.formats import SHARD_SCHEMA, shard_metadata
+from pipeline.dedup import REPETITION
 from pipeline.quality import stream_key
 from pipeline.tokenizer import load_tokenizer
 
@@ -167,7 +168,7 @@ class ArrowShardWriter(PipelineStep):
                 input_ids = doc.metadata.pop("input_ids")
                 open_shards[key].add(doc.id, input_ids)
                 stream = stream_key(doc)
-                self.stat_update(f"stream/{stream}/kept")
+                self.stat_update(f"stream/{stream}/{'repeated' if doc.metadata.get(REPETITION) else 'kept'}")
                 self.stat_update(f"stream/{stream}/tokens", value=len(input_ids))
                 self.stat_update(f"stream/{stream}/bytes", value=len(doc.text.encode("utf-8")))
                 if open_shards[key].size >= self.shard_bytes:

@@ -1,10 +1,12 @@
 """Build statistics: per (source, language) counts, compiled from datatrove's own stats.
 
 Steps count what happens to each document under labels ``stream/{source}/{lang}/...``
-(``read``, ``kept``, ``tokens``, ``bytes``, ``dropped/{reason}``, ``skipped/{rule}``) with datatrove's
-``stat_update``; the executor saves them per task. :func:`compile_stats` adds them
-up over tasks and stages, joins the shard lists the writer left, and writes
-``{phase_dir}/stats.json`` — the file the mixture compiler reads.
+(``read``, ``kept``, ``repeated``, ``tokens``, ``bytes``, ``dropped/{reason}``,
+``skipped/{rule}``) with datatrove's ``stat_update``; the executor saves them per task.
+``read == kept + sum(dropped)``; rehydration's extra copies are counted apart, as ``repeated``
+(the shards hold ``kept + repeated`` documents). :func:`compile_stats` adds them up over tasks
+and stages, joins the shard lists the writer left, and writes ``{phase_dir}/stats.json`` — the
+file the mixture compiler reads.
 """
 
 from __future__ import annotations
@@ -94,11 +96,15 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
             shards[(shard["source"], shard["language"])].append(
                 {k: shard[k] for k in ("path", "documents", "tokens", "bytes", "sha256")}
             )
-    problems = []
-    for report in sorted((phase_dir / "_errors").glob("*.jsonl")):
-        problems.extend(json.loads(line) for line in report.read_text(encoding="utf-8").splitlines() if line)
+    lines = [
+        line
+        for report in sorted((phase_dir / "_errors").glob("*.jsonl"))
+        for line in report.read_text(encoding="utf-8").splitlines()
+        if line
+    ]
+    problems = [json.loads(line) for line in lines]
     errors_path = phase_dir / "errors.jsonl"
-    _write_atomic(errors_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in problems))
+    _write_atomic(errors_path, "".join(line + "\n" for line in lines))
     errors_by_source: dict[str, int] = defaultdict(int)
     for problem in problems:
         errors_by_source[problem["source"]] += 1
@@ -113,6 +119,7 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
                 "language": language,
                 "documents_read": counts["read"],
                 "documents_kept": counts["kept"],
+                "documents_repeated": counts["repeated"],
                 "drops": dict(sorted(drops.items())),
                 "tokens": counts["tokens"],
                 "bytes": counts["bytes"],
@@ -182,7 +189,8 @@ def stats_summary(stats: dict, top: int | None = None) -> dict:
     shown = streams if top is None else sorted(streams, key=lambda s: -s["tokens"])[:top]
     subsets = {s["language"] for s in streams}
     totals = {
-        key: sum(s[key] for s in streams) for key in ("documents_read", "documents_kept", "tokens", "bytes")
+        key: sum(s[key] for s in streams)
+        for key in ("documents_read", "documents_kept", "documents_repeated", "tokens", "bytes")
     }
     return {
         "phase": stats["phase"],
@@ -213,10 +221,13 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
     if len(rows) < summary["streams"]:
         title += f"; the {len(rows)} with the most tokens"
     table = Table(title=title, show_footer=True)
+    repeated = totals["documents_repeated"] > 0  # only rehydrated builds repeat documents
     table.add_column("source", footer="total")
     table.add_column("language")
     table.add_column("read", justify="right", footer=str(totals["documents_read"]))
     table.add_column("kept", justify="right", footer=str(totals["documents_kept"]))
+    if repeated:
+        table.add_column("repeated", justify="right", footer=str(totals["documents_repeated"]))
     table.add_column("tokens", justify="right", footer=_human(totals["tokens"]))
     table.add_column("bytes", justify="right", footer=_human(totals["bytes"]))
     table.add_column("shards", justify="right", footer=str(totals["shards"]))
@@ -227,6 +238,7 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
             row["language"],
             str(row["documents_read"]),
             str(row["documents_kept"]),
+            *([str(row["documents_repeated"])] if repeated else []),
             _human(row["tokens"]),
             _human(row["bytes"]),
             str(row["shards"]),

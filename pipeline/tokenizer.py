@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mixtures.cache import cache_dir
 from mixtures.formats import SPECIAL_ROLES
+from pipeline.hub import hub_unavailable, unreachable_reason
+from pipeline.sources import lone_surrogate
 
 # Gemma 2's special tokens, in its id order, so that ids 0..4 mean the same in every tokenizer we make.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
@@ -99,8 +101,17 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
     if path.suffix == ".json" or spec.startswith((".", "/")):
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    return _from_json_bytes(Path(hf_hub_download(spec, "tokenizer.json")).read_bytes(), spec)
+    try:
+        path = Path(hf_hub_download(spec, "tokenizer.json"))
+    except LocalEntryNotFoundError:  # not in the local cache, and the hub did not answer
+        raise hub_unavailable(
+            f"loading tokenizer {spec} (not in the local Hugging Face cache)",
+            unreachable_reason() or "the hub did not answer",
+            "pass --tokenizer PATH to a tokenizer.json (or a directory holding one)",
+        ) from None
+    return _from_json_bytes(path.read_bytes(), spec)
 
 
 def find_tokenizer(spec: str, sha256: str | None) -> str:
@@ -125,19 +136,25 @@ def find_tokenizer(spec: str, sha256: str | None) -> str:
 
 
 def _sample_texts(root: Path) -> Iterator[str]:
-    """Document texts under a sample directory (parquet and JSON lines); unreadable files are skipped."""
+    """Document texts under a sample directory (parquet and JSON lines); unreadable files and texts
+    that are not valid Unicode strings are skipped."""
     for path in sorted(root.rglob("*")):
         try:
             if path.suffix == ".parquet":
-                texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-                yield from (t[:SAMPLE_CHARS_PER_DOC] for t in texts if t)
+                yield from _usable(pq.read_table(path, columns=["text"]).column("text").to_pylist())
             elif path.name.endswith((".json.gz", ".json.zst", ".jsonl.zstd", ".jsonl.zst")):
                 opener = gzip.open if path.suffix == ".gz" else zstandard.open
                 with opener(path, "rt", encoding="utf-8") as lines:
-                    texts = (json.loads(line).get("text") for line in lines)
-                    yield from (t[:SAMPLE_CHARS_PER_DOC] for t in texts if t)
+                    records = (json.loads(line.lstrip("\ufeff")) for line in lines if line.strip())
+                    yield from _usable(r.get("text") for r in records if isinstance(r, dict))
         except (pa.ArrowException, OSError, EOFError, UnicodeDecodeError, ValueError, zstandard.ZstdError):
             continue  # a demo tokenizer does not need every file; the build reports bad input itself
+
+
+def _usable(texts: Iterable[object]) -> Iterator[str]:
+    for text in texts:
+        if isinstance(text, str) and text and lone_surrogate(text) is None:
+            yield text[:SAMPLE_CHARS_PER_DOC]
 
 
 def directory_sha256(root: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import random
@@ -12,13 +13,16 @@ from pathlib import Path
 
 import datasets
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from cli.data import app
 from mixtures.recipe import load_recipe
 from pipeline.build import Build, BuildOptions
 from pipeline.cache import lid176_model_path
+from pipeline.stats import print_stats
 from pipeline.tokenizer import load_tokenizer
 from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
 
@@ -397,3 +401,25 @@ def test_slurm_executor_chains_the_same_stages(tmp_path):
     assert all(later.depends is earlier for earlier, later in zip(chain, chain[1:], strict=False))
     assert {e.partition for e in chain} == {"cpu-long"}
     assert chain[-1].logging_dir.path.endswith("decay/_logs/stats")
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_rehydrated_counts_add_up(tmp_path, dedup):
+    hub = tmp_path / "hub"
+    rng = random.Random(4)
+    path = write_fineweb2(hub, "fra_Latn", [prose(rng, "fra_Latn") for _ in range(4)] + ["Trop court."])
+    table = pq.read_table(path)
+    sizes = pa.array([1, 2, 3, 100, 5], pa.int64())  # FineWeb2 repeats these 1, 2, 3, 8 times
+    column = table.schema.get_field_index("minhash_cluster_size")
+    pq.write_table(table.set_column(column, "minhash_cluster_size", sizes), path)
+    _, stats = build(hub, tmp_path / "out", dedup=dedup, rehydrate=True, sources=("fineweb2",), tasks=1)
+    (stream,) = stats["streams"]
+    assert stream["documents_read"] == 5
+    assert stream["documents_kept"] == 4 and sum(stream["drops"].values()) == 1  # the short one
+    assert stream["documents_repeated"] == 1 + 2 + 7
+    assert sum(shard["documents"] for shard in stream["shards"]) == 4 + 10
+    shown = io.StringIO()
+    print_stats(stats, Console(file=shown, width=200))
+    header, row = (line for line in shown.getvalue().splitlines() if "fra_Latn" in line or "read" in line)
+    assert [cell.strip() for cell in header.split("┃")[3:6]] == ["read", "kept", "repeated"]
+    assert [cell.strip() for cell in row.split("│")[3:6]] == ["5", "4", "10"]

@@ -1,12 +1,18 @@
 """Language labels: ISO 639 mapping, script detection, normalization, hostile labels."""
 
 import csv
+import importlib.resources
 from pathlib import Path
 
+import iso639
 import pytest
+from fasttext.FastText import _FastText
+from iso639.exceptions import DeprecatedLanguageValue
 
+from pipeline.cache import lid176_model_path
 from pipeline.languages import (
     SCRIPT_SAMPLE_CHARS,
+    NoScriptError,
     detect_script,
     is_language_label,
     language_code,
@@ -16,6 +22,9 @@ from pipeline.languages import (
 )
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
+LANGUAGE_CODES = Path(__file__).parent / "data" / "language_codes.tsv"
+# FineWeb2's languages as datatrove assigns them word tokenizers (datatrove ships the table).
+TOKENIZER_ASSIGNMENT = importlib.resources.files("datatrove") / "assets" / "tokenizer_assignment.csv"
 HOSTILE = ["../../x", "", "   ", "fr/../../etc", "fra_Latn/..", "fra_Latn\n", "__label__", "x", "zzz",
            "fra_latn", "FRA_Latn", "fr_Latn_x", "ab cd", "fra\x00", "C:\\fr", "fr;rm -rf", "qaa"]
 
@@ -173,3 +182,71 @@ def test_normalize_label_rejects_non_strings(raw):
 )
 def test_parse_label_needs_no_text(raw, parsed):
     assert parse_label(raw) == parsed
+
+
+@pytest.mark.parametrize("label", ["fra_Zyyy", "und_Zyyy", "eng_Zinh", "fra_Zzzz", "zxx_Zxxx"])
+def test_labels_of_no_writing_system_are_not_language_labels(label):
+    assert not is_language_label(label)
+    with pytest.raises(NoScriptError, match=label):
+        normalize_label(label)
+
+
+@pytest.mark.parametrize("text", ["1234 5678 !!! ... ---", "", "\u0301\u0301", "🙂🙂 2024"])
+def test_a_text_without_letters_gets_no_label(text):
+    with pytest.raises(NoScriptError, match="no writing system"):
+        normalize_label("__label__en", text)
+
+
+def read_language_codes() -> list[dict[str, str]]:
+    lines = LANGUAGE_CODES.read_text(encoding="utf-8").splitlines()
+    return list(csv.DictReader((line for line in lines if not line.startswith("#")), delimiter="\t"))
+
+
+def iso639_3_name(code: str) -> str:
+    """ISO 639-3's reference name of a code, retired ones included (FineWeb2 still uses `eml`)."""
+    try:
+        return iso639.Lang(code).name
+    except DeprecatedLanguageValue as retired:
+        return retired.name
+
+
+def fineweb2_codes() -> set[str]:
+    with TOKENIZER_ASSIGNMENT.open(encoding="utf-8") as f:
+        return {row["code_3"] for row in csv.DictReader(f)}
+
+
+def test_every_wikipedia_and_lid176_code_names_its_language():
+    rows = read_language_codes()
+    assert len([row for row in rows if "wikipedia" in row["in"].split()]) == 323
+    wrong = [(row["code"], parse_label(row["code"])[0], row["language"]) for row in rows]
+    assert [entry for entry in wrong if entry[1] != entry[2]] == []
+    # the table's names are ISO 639-3's own for its codes, so a wrong code reads as the wrong language
+    names = [(row["language"], row["name"], iso639_3_name(row["language"])) for row in rows]
+    assert [entry for entry in names if entry[1] != entry[2]] == []
+    assert normalize_label("nrm", "Jèrri est eune île dans la Manche.") == "nrf_Latn"
+
+
+def test_the_code_table_holds_every_lid176_label():
+    labels = {label.removeprefix("__label__") for label in _FastText(str(lid176_model_path())).get_labels()}
+    assert len(labels) == 176
+    assert labels == {row["code"] for row in read_language_codes() if "lid176" in row["in"].split()}
+
+
+# Wikipedias in languages FineWeb2 does not cover: their streams have no FineWeb2 counterpart.
+NOT_IN_FINEWEB2 = {"arc", "cdo", "chy", "gan", "gpe", "pih", "pli"}
+
+
+def test_wikipedia_languages_are_fineweb2_languages():
+    languages = {row["language"] for row in read_language_codes()}
+    assert languages - fineweb2_codes() == NOT_IN_FINEWEB2
+
+
+def test_macrolanguages_map_to_themselves_or_one_of_their_languages():
+    fineweb2 = fineweb2_codes()
+    macrolanguages = [lang for lang in iso639.iter_langs() if lang.scope() == "Macrolanguage"]
+    assert len(macrolanguages) > 50
+    for macro in macrolanguages:
+        mapped = to_iso639_3(macro.pt3)
+        if mapped != macro.pt3:
+            assert mapped in {lang.pt3 for lang in macro.individuals()}, macro
+            assert mapped in fineweb2, macro

@@ -233,3 +233,14 @@ def test_score_filter_rejects_bad_selection_entries_by_name(entry):
     with pytest.raises(ValueError) as err:
         LanguageScoreFilter((entry,), lambda label: 0.5)
     assert repr(entry) in str(err.value)
+
+
+def test_a_text_without_letters_is_dropped_as_no_script_whatever_the_backend():
+    texts = ["2024 — 12:30 / 14:45 !!! 1 + 1 = 2", "Bonjour à tous les habitants du quartier"]
+    keep = LanguageScoreFilter(None, lambda label: 0.0)
+    for backend in ("trust", "ft176"):
+        step = LanguageIdentifier(backend)
+        out = list(step.run(docs_of(texts, language="fr", language_score=None)))
+        assert [doc.metadata["language"] for doc in out] == [None, "fra_Latn"], backend
+        assert [keep.filter(doc) for doc in out] == [(False, "no_script"), True]
+        assert step.stats["no_script"].total == 1
