@@ -205,7 +205,7 @@ def download(
             )
         )
         result = download_phase(
-            plan, output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
+            plan.input_files(), output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
         )
     except (*USER_ERRORS, OSError) as err:
         typer.echo(f"error: {err}", err=True)

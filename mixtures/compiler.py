@@ -2,7 +2,7 @@
 
 A phase trains on ``tokens`` tokens. The English-web, code and curated sources
 get the fixed budgets listed under the phase's ``budgets``; the multilingual
-pool (the recipe's FineWeb2 source) gets the rest, split over the phase's
+pool (the recipe's source with ``pool: true``, FineWeb2) gets the rest, split over the phase's
 languages by the sampler (see ``mixtures.sampling``) under the epoch cap.
 
 - ``--tokens`` overrides the total; each fixed budget is scaled by the same
@@ -14,8 +14,9 @@ languages by the sampler (see ``mixtures.sampling``) under the epoch cap.
   budget its source cannot supply within the cap is an error, as is a pool too
   small for its share; both messages say how much is missing.
 - Planning from a CSV has no counts for the fixed sources: each becomes one
-  stream without shards in its source's language (English for DCLM, Dolma and
-  arXiv; ``mul``, ISO 639-2's "multiple languages", for Wikipedia).
+  stream without shards in the ``language`` the recipe gives its source
+  (``eng_Latn`` for DCLM, Dolmino and arXiv), or ``mul``, ISO 639-2's "multiple
+  languages", for a source without one (Wikipedia).
 - Streams of sources without a budget in this phase are not used.
 """
 
@@ -32,9 +33,8 @@ from mixtures.languages import select_languages
 from mixtures.recipe import PhaseSpec, Recipe
 from mixtures.sampling import capped_allocation, temperature_weights, unimax_allocation
 
-MULTILINGUAL_FORMAT = "fineweb2"
 SAMPLERS = ("temperature", "unimax")
-PLANNING_LANGUAGES = {"dclm": "eng_Latn", "dolma": "eng_Latn", "arxiv": "eng_Latn", "wikipedia": "mul"}
+MANY_LANGUAGES = "mul"  # ISO 639-2: the planning stream of a source in several languages
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,11 @@ class Mixture:
 
 
 def multilingual_source(recipe: Recipe) -> str:
-    """The recipe's one FineWeb2-format source: the pool that temperature sampling splits."""
-    names = [name for name, source in recipe.sources.items() if source.format == MULTILINGUAL_FORMAT]
+    """The recipe's one source with ``pool: true``: the pool that temperature sampling splits."""
+    names = [name for name, source in recipe.sources.items() if source.pool]
     if len(names) != 1:
         raise MixtureError(
-            f"{recipe.path}: sources: expected exactly one source of format "
-            f"{MULTILINGUAL_FORMAT!r}, found {names}"
+            f"{recipe.path}: sources: expected exactly one source with `pool: true`, found {names}"
         )
     return names[0]
 
@@ -142,7 +141,7 @@ def compile_phase(
     planning = counts.data_root is None
     if planning:
         fixed_streams = {
-            source: [Stream(source, PLANNING_LANGUAGES.get(recipe.sources[source].format, "mul"), 0)]
+            source: [Stream(source, recipe.sources[source].language or MANY_LANGUAGES, 0)]
             for source in budgets
         }
     if languages is None:

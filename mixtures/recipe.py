@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "mmbert.yaml"
-SOURCE_FORMATS = ("fineweb2", "dclm", "dolma", "wikipedia", "arxiv")
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 _TOKENS_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
@@ -55,7 +54,13 @@ def format_tokens(count: float | None) -> str:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where a source lives (hub/s3/local URI) and which reader understands it."""
+    """Where a source lives (hub/s3/local URI), which reader format understands it, and what it holds.
+
+    ``format`` names one of the pipeline's reader formats (``pipeline.formats``), which the
+    build checks. ``language`` is the one language of a single-language source (DCLM,
+    Dolmino, arXiv: ``eng_Latn``); ``pool`` marks the multilingual pool that temperature
+    sampling splits (FineWeb2), whose languages are the phase's.
+    """
 
     name: str
     format: str
@@ -63,6 +68,8 @@ class SourceSpec:
     subsets: tuple[str, ...] = ()
     date: str | None = None
     quality_filters: bool = True  # curated sources (Wikipedia, papers) skip the web-text quality rules
+    language: str | None = None
+    pool: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,10 +349,16 @@ def _shared_training(raw: Any, where: str) -> dict:
 
 def _source(name: str, raw: Any, where: str) -> SourceSpec:
     raw = _mapping(raw, where)
-    _known_keys(raw, ("format", "uri", "subsets", "date", "quality_filters"), where)
+    _known_keys(raw, ("format", "uri", "subsets", "date", "quality_filters", "language", "pool"), where)
     fmt = _require(raw, "format", where)
-    if fmt not in SOURCE_FORMATS:
-        raise RecipeError(f"{where}.format: {fmt!r} is not one of {SOURCE_FORMATS}")
+    if not isinstance(fmt, str) or not fmt:
+        raise RecipeError(f"{where}.format: expected the name of a reader format such as dclm, got {fmt!r}")
+    language = raw.get("language")
+    if language is not None and not isinstance(language, str):
+        raise RecipeError(f"{where}.language: expected a label such as eng_Latn, got {language!r}")
+    pool = raw.get("pool", False)
+    if not isinstance(pool, bool):
+        raise RecipeError(f"{where}.pool: expected true or false, got {pool!r}")
     return SourceSpec(
         name=name,
         format=fmt,
@@ -353,6 +366,8 @@ def _source(name: str, raw: Any, where: str) -> SourceSpec:
         subsets=tuple(raw.get("subsets", ())),
         date=str(raw["date"]) if "date" in raw else None,
         quality_filters=bool(raw.get("quality_filters", True)),
+        language=language,
+        pool=pool,
     )
 
 

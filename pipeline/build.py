@@ -137,7 +137,8 @@ class Build:
         self.rehydrate = processing.rehydrate if options.rehydrate is None else options.rehydrate
         self.languages = options.languages if options.languages is not None else self.spec.languages
         self.filter_configs = FilterConfigs(options.filter_configs or processing.filter_configs)
-        wanted = options.sources or ("fineweb2", *self.spec.budgets)
+        pool = [name for name, source in options.recipe.sources.items() if source.pool]
+        wanted = options.sources or (*pool, *self.spec.budgets)
         unknown = [s for s in wanted if s not in options.recipe.sources]
         if unknown:
             raise ValueError(

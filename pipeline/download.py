@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build import Build
-from pipeline.sources import resolve_uri
+from pipeline.sources import SourceReader, resolve_uri
 
 CHUNK_BYTES = 8 << 20
 
@@ -29,15 +28,17 @@ class DownloadResult:
 
 
 def download_phase(
-    build: Build, target: Path, progress: Callable[[str, int], None] | None = None
+    inputs: Iterable[tuple[SourceReader, list[str]]],
+    target: Path,
+    progress: Callable[[str, int], None] | None = None,
 ) -> DownloadResult:
-    """Copy every file the build's readers would read into ``target``; return what was done.
+    """Copy each reader's ``files`` (relative to its source root) into ``target``; return what was done.
 
-    Like a build, it stops at once, in one line, when the hub cannot be reached or a source or
-    language has no files (`Build.input_files`).
+    ``inputs`` is what a build would read, as ``Build.input_files`` lists it: listing stops at
+    once, in one line, when the hub cannot be reached or a source or language has no files.
     """
     result = DownloadResult()
-    for reader, files in build.input_files():
+    for reader, files in inputs:
         folder, uri = reader.data_folder, reader.source.uri
         if "://" not in uri:
             raise ValueError(f"source {reader.source.name} is already local ({uri}); nothing to download")

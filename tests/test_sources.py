@@ -1,21 +1,30 @@
-"""Readers per source through hub URIs mapped onto a local mirror; download; tokenizer loading."""
+"""Readers per source through hub URIs mapped onto a local mirror; source formats; download; tokenizers."""
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from datatrove.io import DataFolder
+from typer.testing import CliRunner
 
-from mixtures.recipe import load_recipe
+from cli.data import app
+from mixtures.compiler import compile_phase
+from mixtures.counts import read_stats
+from mixtures.recipe import RecipeError, SourceSpec, load_recipe
 from pipeline.build import Build, BuildOptions
 from pipeline.download import download_phase
+from pipeline.formats import FORMATS, Report, SourceFormat
 from pipeline.sources import SourceReader, resolve_uri
 from pipeline.tokenizer import SPECIAL_TOKENS, load_tokenizer, sample_tokenizer_path
-from tests.corpus import small_hub
+from tests.corpus import build_args, prose, small_hub
 
 RECIPE = load_recipe()
+runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +93,114 @@ def test_tasks_split_files_without_overlap(tmp_path):
     assert len(ids[0]) + len(ids[1]) == 18
 
 
+class PlainTextFiles(SourceFormat):
+    """A toy sixth format: one document per ``.txt`` file under ``notes/``, named by its path."""
+
+    name = "plain-text"
+
+    def patterns(self, source: SourceSpec) -> list[str]:
+        return ["notes/*.txt"]
+
+    def records(self, folder: DataFolder, path: str, report: Report) -> Iterator[tuple[int, dict]]:
+        with folder.open(path, "rt", encoding="utf-8") as f:
+            yield 1, {"text": f.read(), "id": path}
+
+
+def _recipe_with(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load(RECIPE.path.read_text())
+    edit(raw)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _add_notes(raw: dict, fmt: str = "plain-text") -> None:
+    """A sixth source in the recipe: where it lives, its format and language, and a budget."""
+    raw["sources"]["notes"] = {"format": fmt, "uri": "hf://datasets/example/notes", "language": "eng_Latn"}
+    raw["phases"]["pretrain"]["budgets"]["notes"] = "10B"
+
+
+def test_a_sixth_source_format_builds_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setitem(FORMATS, PlainTextFiles.name, PlainTextFiles())
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    rng = random.Random(1)
+    notes = [prose(rng, "eng_Latn") for _ in range(5)]
+    folder = hub / "datasets" / "example" / "notes" / "notes"
+    folder.mkdir(parents=True)
+    for i, text in enumerate(notes):
+        (folder / f"{i:03d}.txt").write_text(text, encoding="utf-8")
+    recipe = _recipe_with(tmp_path, _add_notes)
+
+    out = tmp_path / "out"
+    args = ["--recipe", str(recipe), "--tasks", "1", "--no-dedup", "--languages", "fra,eng"]
+    result = runner.invoke(app, build_args(hub, out, *args))
+    assert result.exit_code == 0, result.output
+    stats = json.loads((out / "pretrain" / "stats.json").read_text())
+    streams = {(s["source"], s["language"]): s for s in stats["streams"]}
+    assert {"fineweb2", "dclm", "dolmino", "arxiv", "wikipedia", "notes"} == {source for source, _ in streams}
+    stream = streams["notes", "eng_Latn"]
+    assert stream["documents_read"] == len(notes) and stream["documents_kept"] >= 1
+    assert stream["documents_kept"] == sum(shard["documents"] for shard in stream["shards"]) > 0
+    assert all((out / "pretrain" / shard["path"]).is_file() for shard in stream["shards"])
+    # the mixture compiler takes the sixth source's budget from the recipe as for any fixed source
+    mixture = compile_phase(load_recipe(recipe), "pretrain", read_stats(out / "pretrain"), tokens=100_000)
+    target = next(t for t in mixture.targets if t.source == "notes")
+    assert (target.language, target.available_tokens) == ("eng_Latn", stream["tokens"])
+    assert target.target_tokens == round(10e9 * 100_000 / 2.3e12)
+
+
+def test_an_unknown_format_is_one_line_naming_the_key_and_the_formats(tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    recipe = _recipe_with(tmp_path, lambda raw: _add_notes(raw, fmt="starcoder"))
+    result = runner.invoke(app, build_args(hub, tmp_path / "out", "--recipe", str(recipe), "--dry-run"))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert lines == [
+        "error: recipe sources.notes.format: unknown format 'starcoder' "
+        "(known formats: arxiv, dclm, dolma, fineweb2, wikipedia)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "edit", "message"),
+    [
+        ("dclm", lambda s: s.pop("language"), "format 'dclm' holds one language; name it with `language:`"),
+        (
+            "dclm",
+            lambda s: s.update(language="english"),
+            "dclm.language: 'english' is not an xxx_Script label",
+        ),
+        (
+            "fineweb2",
+            lambda s: s.update(language="fra_Latn"),
+            "'fineweb2' labels each file itself; remove the key",
+        ),
+    ],
+)
+def test_the_recipe_says_what_language_a_source_holds_as_its_format_needs(tmp_path, source, edit, message):
+    recipe = load_recipe(_recipe_with(tmp_path, lambda raw: edit(raw["sources"][source])))
+    with pytest.raises(ValueError, match=message):
+        SourceReader(recipe.sources[source])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.update(pool="yes"), "sources.dclm.pool: expected true or false, got 'yes'"),
+        (
+            lambda s: s.update(language=["eng_Latn"]),
+            "sources.dclm.language: expected a label such as eng_Latn",
+        ),
+        (lambda s: s.update(format=None), "sources.dclm.format: expected the name of a reader format"),
+    ],
+)
+def test_source_facts_are_checked_when_the_recipe_loads(tmp_path, edit, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(_recipe_with(tmp_path, lambda raw: edit(raw["sources"]["dclm"])))
+
+
 def _file_recipe(tmp_path: Path, hub: Path) -> Path:
     """The bundled recipe with its hub URIs replaced by file:// URIs of a local hub copy."""
     raw = yaml.safe_load(RECIPE.path.read_text())
@@ -102,7 +219,7 @@ def test_download_mirrors_a_phase_resumably(tmp_path):
         BuildOptions(recipe=recipe, phase="pretrain", output=tmp_path / "out", languages=("fra", "eng"))
     )
     mirror = tmp_path / "mirror"
-    first = download_phase(plan, mirror)
+    first = download_phase(plan.input_files(), mirror)
     assert first.copied == 5 and first.skipped == 0  # fra parquet, wikipedia fr, dclm, dolmino, arxiv
     copied = sorted(p for p in mirror.rglob("*") if p.is_file())
     assert not any("rus_Cyrl" in str(p) for p in copied)
@@ -112,7 +229,7 @@ def test_download_mirrors_a_phase_resumably(tmp_path):
     # an interrupted copy (a truncated file and a leftover .part) is redone; complete files are kept
     copied[0].write_bytes(copied[0].read_bytes()[:10])
     copied[0].with_name(copied[0].name + ".part").write_bytes(b"partial")
-    second = download_phase(plan, mirror)
+    second = download_phase(plan.input_files(), mirror)
     assert (second.copied, second.skipped) == (1, 4)
     assert copied[0].read_bytes() == (Path("/") / copied[0].relative_to(mirror)).read_bytes()
     # the mirror is read back with --input-root
