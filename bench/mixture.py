@@ -43,13 +43,14 @@ import pyarrow.ipc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.peers import redistribute_until_stable  # noqa: E402
 from mixtures.compiler import compile_phase  # noqa: E402
 from mixtures.counts import read_stats  # noqa: E402
+from mixtures.formats import SHARD_SCHEMA, STATS_FORMAT, STATS_VERSION, shard_metadata  # noqa: E402
 from mixtures.languages import language_table  # noqa: E402
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest  # noqa: E402
 from mixtures.recipe import load_recipe  # noqa: E402
 from mixtures.sampling import capped_allocation, temperature_weights  # noqa: E402
-from tests.test_mixture_sampling import redistribute_until_stable  # noqa: E402  (the reference peer)
 
 TOKENIZER = {"name": "jhu-clsp/mmBERT-base", "sha256": hashlib.sha256(b"bench tokenizer").hexdigest()}
 GOAL_SECONDS = 1.0
@@ -57,15 +58,8 @@ GOAL_SECONDS = 1.0
 
 def shard_body(source: str, language: str) -> bytes:
     """A real (tiny) Arrow IPC stream with the build's schema and metadata."""
-    schema = pa.schema(
-        [("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))],
-        metadata={
-            "mmbert.tokenizer.name": TOKENIZER["name"],
-            "mmbert.tokenizer.sha256": TOKENIZER["sha256"],
-            "mmbert.source": source,
-            "mmbert.language": language,
-            "mmbert.phase": "decay",
-        },
+    schema = SHARD_SCHEMA.with_metadata(
+        shard_metadata(TOKENIZER["name"], TOKENIZER["sha256"], source, language, "decay")
     )
     sink = pa.BufferOutputStream()
     with pyarrow.ipc.new_stream(sink, schema) as writer:
@@ -118,8 +112,8 @@ def generate(phase_dir: Path, languages: int, shards: int) -> int:
             }
         )
     stats = {
-        "format": "mmbert-data/stats",
-        "version": 1,
+        "format": STATS_FORMAT,
+        "version": STATS_VERSION,
         "phase": "decay",
         "recipe": {"path": str(ROOT / "mixtures/recipes/mmbert.yaml"), "sha256": load_recipe().sha256},
         "tokenizer": TOKENIZER,

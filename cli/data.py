@@ -18,10 +18,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.mixture import mixture
+from cli.mixture import mixture, validate
+from cli.options import choices
 from cli.shard import inspect
-from mixtures.recipe import DEFAULT_RECIPE, load_recipe
-from pipeline.errors import USER_ERRORS
+from mixtures.recipe import DEFAULT_RECIPE, LID_BACKENDS, load_recipe
+from pipeline.errors import ON_ERROR_CHOICES, USER_ERRORS
 
 app = typer.Typer(
     help="The mmBERT data pipeline: build per-language Arrow token shards from FineWeb2, DCLM, Dolmino, "
@@ -32,26 +33,13 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-class Phase(str, Enum):
-    pretrain = "pretrain"
-    midtrain = "midtrain"
-    decay = "decay"
-
-
-class Lid(str, Enum):
-    trust = "trust"
-    glotlid = "glotlid"
-    ft176 = "ft176"
+Lid = choices("Lid", LID_BACKENDS)
+OnError = choices("OnError", ON_ERROR_CHOICES)
 
 
 class Executor(str, Enum):
     local = "local"
     slurm = "slurm"
-
-
-class OnError(str, Enum):
-    fail = "fail"
-    skip = "skip"
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -60,7 +48,7 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 
 @app.command()
 def build(
-    phase: Phase = typer.Option(..., help="Which phase of the recipe to build."),
+    phase: str = typer.Option(..., help="Which phase of the recipe to build (one of its `phases`)."),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML (sources, languages, filters, budgets)."),
     output: Path = typer.Option(
         Path("runs/build"), "--output", "-o", help="Output root; shards go to OUTPUT/PHASE/..."
@@ -126,7 +114,7 @@ def build(
     try:
         options = BuildOptions(
             recipe=load_recipe(recipe),
-            phase=phase.value,
+            phase=phase,
             output=output,
             sources=_split(sources),
             languages=_split(languages),
@@ -152,11 +140,11 @@ def build(
                 venv_path=os.environ.get("VIRTUAL_ENV"),
             ),
         )
-        plan = Build(options)
+        build = Build(options)
         if dry_run:
-            typer.echo(plan.describe())
+            typer.echo(build.describe())
             return
-        stats = plan.run(
+        stats = build.run(
             on_stage=_announce_stage, say=lambda note: console.print(escape(note), soft_wrap=True)
         )
     except USER_ERRORS as err:
@@ -165,10 +153,10 @@ def build(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     if stats is None:
-        typer.echo(f"submitted; stats.json appears in {plan.phase_dir} when the last job finishes")
+        typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
         return
     print_stats(stats, Console())
-    typer.echo(f"wrote {plan.phase_dir / 'stats.json'}")
+    typer.echo(f"wrote {build.phase_dir / 'stats.json'}")
 
 
 def _announce_stage(name: str, tasks: int, done: int) -> None:
@@ -178,7 +166,7 @@ def _announce_stage(name: str, tasks: int, done: int) -> None:
 
 @app.command()
 def download(
-    phase: Phase = typer.Option(..., help="Which phase's files to mirror."),
+    phase: str = typer.Option(..., help="Which phase of the recipe to mirror the files of."),
     output: Path = typer.Option(
         ...,
         "--output",
@@ -195,17 +183,17 @@ def download(
     from pipeline.download import download_phase
 
     try:
-        plan = Build(
+        build = Build(
             BuildOptions(
                 recipe=load_recipe(recipe),
-                phase=phase.value,
+                phase=phase,
                 output=output,
                 sources=_split(sources),
                 languages=_split(languages),
             )
         )
         result = download_phase(
-            plan.input_files(), output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
+            build.input_files(), output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
         )
     except (*USER_ERRORS, OSError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -236,6 +224,7 @@ def stats(
 
 
 app.command()(mixture)
+app.command()(validate)
 app.command()(inspect)
 
 if __name__ == "__main__":

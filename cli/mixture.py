@@ -1,4 +1,4 @@
-"""`mmbert-data mixture`: compile a phase of the recipe into a manifest, or validate a manifest.
+"""`mmbert-data mixture` compiles a phase of the recipe into a manifest; `mmbert-data validate` checks one.
 
 Which phase: ``--phase``, else the phase recorded in ``--stats``, else the
 recipe phase whose temperature is ``--temperature`` (so ``mmbert-data mixture
@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.options import token_amount
-from mixtures.compiler import Mixture, compile_phase, multilingual_source
+from cli.options import choices, token_amount
+from mixtures.compiler import SAMPLERS, Mixture, compile_phase, multilingual_source
 from mixtures.counts import Counts, last_build_stats, parse_bytes_per_token, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest
@@ -31,10 +31,7 @@ from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
 
-
-class Sampler(str, Enum):
-    temperature = "temperature"
-    unimax = "unimax"
+Sampler = choices("Sampler", SAMPLERS)
 
 
 def mixture(
@@ -95,26 +92,10 @@ def mixture(
         "totals scaled like --tokens).",
     ),
     top: int = typer.Option(20, "--top", help="Languages shown in the table (plus the smallest few)."),
-    validate: Path | None = typer.Option(
-        None,
-        "--validate",
-        help="Check this manifest and its shards instead of compiling (compile options are ignored).",
-    ),
-    hashes: bool = typer.Option(
-        True,
-        "--hash/--no-hash",
-        help="With --validate: hash every shard (--no-hash: sizes, and one schema per stream).",
-    ),
-    tokenizer: str | None = typer.Option(
-        None, "--tokenizer", help="With --validate: the tokenizer.json (or its directory, or name) to expect."
-    ),
 ) -> None:
-    """Turn a phase's temperature schedule into the manifest the trainer reads, or validate a manifest."""
+    """Turn a phase's temperature schedule into the manifest the trainer reads."""
     console = Console(soft_wrap=True)
     try:
-        if validate is not None:
-            _validate(console, validate, hashes, tokenizer)
-            return
         loaded = load_recipe(recipe)
         found, phase = _counts(loaded, phase, temperature, stats, counts, bytes_per_token or [])
         pool_source = multilingual_source(loaded)
@@ -147,8 +128,12 @@ def mixture(
             plot_shares(series, pool, plot)
             console.print(f"wrote plot {escape(str(plot))}")
     except (MixtureError, RecipeError, OSError) as err:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(1) from err
+        _fail(err)
+
+
+def _fail(err: Exception) -> NoReturn:
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(err))}")
+    raise typer.Exit(1) from err
 
 
 def _counts(
@@ -160,6 +145,8 @@ def _counts(
     bytes_per_token: list[str],
 ) -> tuple[Counts, str]:
     """The counts to compile from and the phase they are compiled for."""
+    if phase is not None:
+        recipe.phase(phase)  # a phase the recipe lacks is named as such, whatever else is given
     if stats is not None and counts is not None:
         raise MixtureError("pass either --stats (a build) or --counts (a CSV), not both")
     if bytes_per_token and counts is None:
@@ -225,7 +212,33 @@ def _phase_series(recipe: Recipe, counts: Counts, compiled: Mixture) -> list[tup
     return series
 
 
-def _validate(console: Console, manifest: Path, hashes: bool, tokenizer: str | None) -> None:
+def validate(
+    manifests: list[Path] = typer.Argument(..., metavar="MANIFEST...", help="Manifests to check."),
+    hashes: bool = typer.Option(
+        True, "--hash/--no-hash", help="Hash every shard (--no-hash: sizes, and one schema per stream)."
+    ),
+    tokenizer: str | None = typer.Option(
+        None,
+        "--tokenizer",
+        help="The tokenizer.json (or its directory, or name) the shards must be made with.",
+    ),
+) -> None:
+    """Check manifests and their shards: fingerprint, every shard present, unchanged and of one tokenizer.
+
+    Exits 1 if any manifest has a problem."""
+    console = Console(soft_wrap=True)
+    valid = True
+    for manifest in manifests:
+        try:
+            valid &= _validate(console, manifest, hashes, tokenizer)
+        except (MixtureError, RecipeError, OSError) as err:
+            _fail(err)
+    if not valid:
+        raise typer.Exit(1)
+
+
+def _validate(console: Console, manifest: Path, hashes: bool, tokenizer: str | None) -> bool:
+    """Print whether ``manifest`` is valid, or its first problems; return whether it is."""
     problems = validate_manifest(manifest, check_hashes=hashes, tokenizer=tokenizer)
     if problems:
         err = Console(stderr=True, soft_wrap=True)
@@ -236,10 +249,11 @@ def _validate(console: Console, manifest: Path, hashes: bool, tokenizer: str | N
             err.print(f"  {escape(problem)}")
         if len(problems) > PROBLEMS_SHOWN:
             err.print(f"  ... and {len(problems) - PROBLEMS_SHOWN} more")
-        raise typer.Exit(1)
+        return False
     checked = (
         "content sha256 and schema of every shard"
         if hashes
         else "size of every shard (--hash checks content)"
     )
     console.print(f"{escape(str(manifest))}: valid (fingerprint, {checked}, tokenizer metadata)")
+    return True

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from enum import Enum
+
 from mixtures.recipe import RecipeError, parse_tokens
+
+
+def choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A typer choice type over a library's constant (typer lists the choices and refuses others),
+    so that the values are spelled once, where the library checks them."""
+    return Enum(name, [(value, value) for value in values], type=str)
 
 
 def token_amount(value: str | None, flag: str = "--tokens") -> int | None:

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "mmbert.yaml"
+# Language ID: trust the source's labels, or run GlotLID or fastText LID-176 (pipeline/lid.py).
+LID_BACKENDS = ("trust", "glotlid", "ft176")
 
 _SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 _TOKENS_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
@@ -175,7 +177,6 @@ class PhaseSpec:
     training: TrainingSpec
     processing: ProcessingSpec
     max_epochs: float | None = None
-    unique_tokens: int | None = None
     description: str = ""
 
 
@@ -248,8 +249,8 @@ def _processing(raw: Any, base: ProcessingSpec, where: str) -> ProcessingSpec:
     raw = _mapping(raw, where)
     _known_keys(raw, ProcessingSpec.__dataclass_fields__, where)
     values = {**base.__dict__, **raw}
-    if values["lid"] not in ("trust", "glotlid", "ft176"):
-        raise RecipeError(f"{where}.lid: must be trust, glotlid or ft176, got {values['lid']!r}")
+    if values["lid"] not in LID_BACKENDS:
+        raise RecipeError(f"{where}.lid: must be one of {', '.join(LID_BACKENDS)}, got {values['lid']!r}")
     for key in ("max_document_bytes", "shard_bytes", "tokenize_batch"):
         values[key] = _amount(values, key, where)
         if values[key] <= 0:
@@ -376,7 +377,6 @@ _PHASE_KEYS = (
     "description",
     "temperature",
     "tokens",
-    "unique_tokens",
     "languages",
     "max_epochs",
     "budgets",
@@ -418,7 +418,6 @@ def _phase(name: str, raw: Any, recipe: dict, where: str) -> PhaseSpec:
         training=_training(training, f"{where}.training"),
         processing=_processing(raw.get("processing"), recipe["processing"], f"{where}.processing"),
         max_epochs=_number(raw, "max_epochs", where) if raw.get("max_epochs") is not None else None,
-        unique_tokens=_amount(raw, "unique_tokens", where) if "unique_tokens" in raw else None,
         description=str(raw.get("description", "")),
     )
 

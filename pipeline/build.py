@@ -274,13 +274,11 @@ class Build:
             ),
         ]
 
-    def stages(self, tokenizer: dict | None = None) -> list[tuple[str, list, int]]:
+    def stages(self, tokenizer: dict) -> list[tuple[str, list, int]]:
         """(name, pipeline, tasks) of each stage, in order; the last one writes stats.json.
 
-        ``tokenizer`` is the record shards and stats.json carry (``LoadedTokenizer.record()``);
-        without it (``--dry-run``) the steps are only described.
+        ``tokenizer`` is the record shards and stats.json carry (``LoadedTokenizer.record()``).
         """
-        tokenizer = tokenizer or {"name": self.tokenizer_spec, "sha256": ""}
         compile_stats = StatsCompiler(
             str(self.phase_dir),
             self.options.phase,
@@ -334,7 +332,8 @@ class Build:
         lines.append(
             f"tokenizer {self.tokenizer_spec}; lid {self.lid}; dedup {'on' if self.dedup else 'off'}"
         )
-        for name, pipeline, tasks in self.stages():
+        # The tokenizer is not loaded for a dry run: the steps name it by its spec alone.
+        for name, pipeline, tasks in self.stages({"name": self.tokenizer_spec, "sha256": ""}):
             lines.append(f"stage {name} ({tasks} task{'s' if tasks != 1 else ''}):")
             lines.extend(f"  {step}" for step in pipeline)
         for reader, files in self.input_files():

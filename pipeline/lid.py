@@ -17,6 +17,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
+from mixtures.recipe import LID_BACKENDS
 from pipeline.cache import lid176_model_path
 from pipeline.languages import (
     NO_WRITING_SYSTEM,
@@ -27,7 +28,6 @@ from pipeline.languages import (
 )
 from pipeline.quality import StreamFilter
 
-BACKENDS = ("trust", "glotlid", "ft176")
 UNKNOWN = "language_unknown"
 NO_SCRIPT = "no_script"  # the text has no letters of any writing system, hence no language
 # The language of a document is clear long before 100k characters; a huge document
@@ -95,8 +95,8 @@ class LanguageIdentifier(PipelineStep):
 
     def __init__(self, backend: str = "trust", model_path: str | Path | None = None, batch_size: int = 256):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown LID backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        if backend not in LID_BACKENDS:
+            raise ValueError(f"unknown LID backend {backend!r} (choose from {', '.join(LID_BACKENDS)})")
         if backend == "trust" and model_path is not None:
             raise ValueError("the trust backend runs no model; model_path must be None")
         if backend == "ft176" and model_path is None:

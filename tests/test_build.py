@@ -25,6 +25,7 @@ from pipeline.cache import lid176_model_path
 from pipeline.stats import print_stats
 from pipeline.tokenizer import load_tokenizer
 from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
+from tests.fixtures import shard_rows
 
 runner = CliRunner()
 LID176 = lid176_model_path()  # the installed model, resolved before tests point the cache elsewhere
@@ -48,16 +49,6 @@ def build(hub: Path, out: Path, **overrides) -> tuple[Build, dict]:
     )
     plan = Build(options)
     return plan, plan.run()
-
-
-def shard_rows(phase_dir: Path) -> dict[str, list[tuple[str, list[int]]]]:
-    """language -> sorted (id, input_ids) over every shard of the phase."""
-    rows: dict[str, list] = {}
-    for path in sorted(phase_dir.glob("*/*/*.arrow")):
-        table = datasets.Dataset.from_file(str(path))
-        language = path.parent.name
-        rows.setdefault(language, []).extend(zip(table["id"], table["input_ids"], strict=True))
-    return {language: sorted(r) for language, r in rows.items()}
 
 
 def test_round_trip_stats_and_shards(tmp_path):

@@ -1,4 +1,5 @@
-"""What the two command-line tools and the Makefile spell the same way: the output option and the cache."""
+"""What the command-line tools spell the same way as the Makefile and the library: the output option,
+the cache, the choices of each option, and the recipe's phases."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from pathlib import Path
 
 import pytest
 import typer
+import yaml
+from typer.testing import CliRunner
 
 from cli import data, train
+from mixtures.compiler import SAMPLERS
+from mixtures.recipe import DEFAULT_RECIPE, LID_BACKENDS
+from pipeline.errors import ON_ERROR_CHOICES
+from tests.corpus import build_args, small_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every command that writes something, and the older spelling it still accepts (None: none).
@@ -45,3 +52,58 @@ def test_the_makefile_puts_the_lid_model_in_mmbert_data_cache(tmp_path):
     )
     assert f"{tmp_path / 'cache'}/lid.176.ftz" in dry.stdout
     assert ".cache/mmbert-data" not in dry.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "constant"),
+    [
+        (["build", "--phase", "decay", "--lid", "cld3"], LID_BACKENDS),
+        (["build", "--phase", "decay", "--on-error", "ignore"], ON_ERROR_CHOICES),
+        (["mixture", "--sampler", "uniform"], SAMPLERS),
+    ],
+)
+def test_choices_are_the_librarys_constants(args, constant):
+    result = CliRunner().invoke(data.app, args)
+    assert result.exit_code == 2
+    message = " ".join(result.output.replace("│", " ").split())
+    assert f"is not one of {', '.join(repr(value) for value in constant)}." in message
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["build", "--phase", "anneal"],
+        ["download", "--phase", "anneal", "--output", "mirror"],
+        ["mixture", "--phase", "anneal", "--counts", "plan.csv"],
+    ],
+)
+def test_an_unknown_phase_is_one_line_naming_the_recipes_phases(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(data.app, args)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert lines[0].endswith(f"{DEFAULT_RECIPE}: no phase 'anneal' (phases: pretrain, midtrain, decay)")
+
+
+def test_a_recipe_with_other_phase_names_works(tmp_path):
+    raw = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    raw["phases"] = {"anneal": raw["phases"]["decay"], "warmup": raw["phases"]["pretrain"]}
+    recipe = tmp_path / "renamed.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    runner = CliRunner()
+    args = build_args(hub, tmp_path / "out", "--recipe", str(recipe), "--dry-run", phase="warmup")
+    dry = runner.invoke(data.app, args)
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.startswith(f"phase warmup -> {tmp_path / 'out' / 'warmup'}")
+    plan = tmp_path / "plan.csv"
+    plan.write_text("language,tokens\nfra_Latn,300B\ndeu_Latn,250B\n")
+    compiled = runner.invoke(
+        data.app, ["mixture", "--recipe", str(recipe), "--phase", "anneal", "--counts", str(plan)]
+    )
+    assert compiled.exit_code == 0, compiled.output
+    assert "phase anneal:" in compiled.output
+    unknown = runner.invoke(data.app, ["build", "--recipe", str(recipe), "--phase", "decay"])
+    assert unknown.exit_code == 1 and "no phase 'decay' (phases: anneal, warmup)" in unknown.output

@@ -1,8 +1,10 @@
-"""Imports run one way (cli -> pipeline | trainer -> mixtures); the trainer needs none of the data stack."""
+"""Imports run one way (cli -> pipeline | trainer -> mixtures); the trainer needs none of the data stack;
+tests and benchmarks keep to their roles."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +39,48 @@ def test_imports_run_one_way(package):
         if imported_packages(path) & FORBIDDEN[package]
     }
     assert not offenders
+
+
+# Written as code or inside a script a test runs (python -c "from tests.test_x import ...").
+IMPORTS_A_TEST = re.compile(r"\b(?:from|import)\s+tests\.test_\w+")
+IMPORTS_TESTS = re.compile(r"\b(?:from|import)\s+tests\b")
+# A fixture writing a format name of its own would pass on after the format changes.
+LITERAL_FORMAT = re.compile(r"""["']format["']\s*:\s*["']mmbert-data/""")
+
+
+def sources(folder: str) -> dict[str, str]:
+    """Each module's text, but this one's (its examples of what is refused are meant to match)."""
+    return {
+        str(path.relative_to(ROOT)): path.read_text(encoding="utf-8")
+        for path in sorted((ROOT / folder).glob("*.py"))
+        if path != Path(__file__).resolve()
+    }
+
+
+def test_tests_import_fixture_modules_not_other_tests():
+    offenders = [name for name, text in sources("tests").items() if IMPORTS_A_TEST.search(text)]
+    assert not offenders, "move what they share to tests/conftest.py or tests/fixtures.py"
+
+
+def test_benchmarks_import_no_tests():
+    offenders = [name for name, text in sources("bench").items() if IMPORTS_TESTS.search(text)]
+    assert not offenders, "move what they share to bench/ (or the library, if it is library code)"
+
+
+def test_fixtures_take_format_names_from_the_formats_module():
+    found = {**sources("tests"), **sources("bench")}
+    offenders = [name for name, text in found.items() if LITERAL_FORMAT.search(text)]
+    assert not offenders, "write stats.json and manifests with the names in mixtures.formats"
+
+
+def test_role_checks_catch_what_they_are_for():
+    assert IMPORTS_A_TEST.search("from tests.test_build import shard_rows")
+    assert IMPORTS_A_TEST.search('script = "import sys; from tests.test_mixture_manifest import compile_to"')
+    assert not IMPORTS_A_TEST.search("from tests.fixtures import shard_rows\nfrom tests.corpus import prose")
+    assert IMPORTS_TESTS.search("from tests.corpus import small_hub") and IMPORTS_TESTS.search("import tests")
+    assert not IMPORTS_TESTS.search("from bench.peers import redistribute_until_stable  # the tests' oracle")
+    assert LITERAL_FORMAT.search('stats = {"format": "mmbert-data/stats", "version": 1}')
+    assert not LITERAL_FORMAT.search('assert doc["format"] == "mmbert-data/manifest"')
 
 
 def test_the_trainer_runs_without_the_data_pipeline_stack(sample_manifests):

@@ -1,4 +1,4 @@
-"""`mmbert-data mixture` end to end: the demo's three phases, the last-build pointer, --validate, errors."""
+"""`mmbert-data mixture` and `validate` end to end: the demo's phases, the last-build pointer, errors."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.mixture import mixture
+from cli.mixture import mixture, validate
 from mixtures.plot import shares_figure
-from tests.test_mixture_support import DECAY_STREAMS, write_build, write_last_build
+from tests.fixtures import DECAY_STREAMS, write_build, write_last_build
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 app = typer.Typer()
 app.command()(mixture)
+validate_app = typer.Typer()
+validate_app.command()(validate)
 runner = CliRunner()
 
 PRETRAIN = {
@@ -39,8 +41,8 @@ def cache(tmp_path, monkeypatch):
     return path
 
 
-def run(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, [str(arg) for arg in args])
+def run(*args: str, code: int = 0, command: typer.Typer = app) -> str:
+    result = runner.invoke(command, [str(arg) for arg in args])
     assert result.exit_code == code, result.output
     return result.output
 
@@ -64,7 +66,9 @@ def test_demo_phases_give_manifests_a_plot_and_tables(tmp_path):
         assert doc["phase"] == phase and sum(s["target_tokens"] for s in doc["streams"]) == 10_000
         assert f"phase {phase}:" in output and "tokens per source" in output and "fra_Latn" in output
         assert f"wrote manifest {manifests / phase}.json" in output
-        assert run("--validate", manifests / f"{phase}.json").startswith(f"{manifests / phase}.json: valid")
+        assert run(manifests / f"{phase}.json", command=validate_app).startswith(
+            f"{manifests / phase}.json: valid"
+        )
     assert "56 of the phase's languages have no counts" in outputs["pretrain"]
     # Serbian is written in two scripts: two FineWeb2 subsets of one language
     assert "phase midtrain: 4 languages (5 language-script subsets)" in outputs["midtrain"]
@@ -98,8 +102,19 @@ def test_validate_reports_problems_and_fails(tmp_path):
     manifest = tmp_path / "decay.json"
     run("--stats", build, "--tokens", "10k", "-o", manifest)
     (build / "fineweb2/srp_Latn/00000.arrow").unlink()
-    output = run("--validate", manifest, "--no-hash", code=1)
+    output = run(manifest, "--no-hash", code=1, command=validate_app)
     assert f"{manifest}: 1 problem" in output and "missing shard: fineweb2/srp_Latn/00000.arrow" in output
+
+
+def test_validate_checks_every_manifest_given(tmp_path):
+    build = write_build(tmp_path / "data")
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    run("--stats", build, "--tokens", "10k", "-o", good)
+    bad.write_text(json.dumps({**json.loads(good.read_text()), "seed": 1}))  # edited by hand
+    output = run(bad, good, code=1, command=validate_app)
+    assert f"{bad}: 1 problem" in output and "fingerprint" in output
+    assert f"{good}: valid (fingerprint, content sha256 and schema of every shard" in output
+    assert run(good, good, command=validate_app).count(f"{good}: valid") == 2
 
 
 @pytest.mark.parametrize(

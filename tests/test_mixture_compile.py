@@ -14,7 +14,7 @@ from mixtures.errors import MixtureError
 from mixtures.languages import select_languages
 from mixtures.recipe import load_recipe
 from mixtures.sampling import temperature_weights
-from tests.test_mixture_support import DECAY_STREAMS, TOKENIZER, write_build
+from tests.fixtures import DECAY_STREAMS, TOKENIZER, write_build
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
 FINEWEB2_HEADER = (

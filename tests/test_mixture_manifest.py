@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mixtures.compiler import compile_phase
-from mixtures.counts import read_counts_csv, read_stats
+from mixtures.counts import read_counts_csv
 from mixtures.errors import MixtureError
 from mixtures.manifest import (
     build_manifest,
@@ -24,17 +24,9 @@ from mixtures.manifest import (
     write_manifest,
 )
 from mixtures.recipe import load_recipe
-from tests.test_mixture_support import TOKENIZER, TOKENIZER_JSON, TOKENIZER_SHA256, write_build
+from tests.fixtures import TOKENIZER, TOKENIZER_JSON, TOKENIZER_SHA256, compile_to, write_build
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def compile_to(build: Path, path: Path, seed: int = 0) -> dict:
-    recipe = load_recipe()
-    counts = read_stats(build)
-    doc = build_manifest(compile_phase(recipe, "decay", counts, tokens=10_000), recipe, counts, seed)
-    write_manifest(doc, path)
-    return doc
 
 
 @pytest.fixture()
@@ -79,7 +71,7 @@ def test_same_inputs_give_byte_identical_manifests(build, manifest, tmp_path):
     # a fresh interpreter with another hash seed writes the same bytes
     third = manifest.with_name("third.json")
     script = (
-        "import sys; from pathlib import Path; from tests.test_mixture_manifest import compile_to; "
+        "import sys; from pathlib import Path; from tests.fixtures import compile_to; "
         "compile_to(Path(sys.argv[1]), Path(sys.argv[2]))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -8,25 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.peers import redistribute_until_stable
 from mixtures.errors import MixtureError
 from mixtures.sampling import apportion, capped_allocation, temperature_weights, unimax_allocation
 
 sizes = st.lists(st.integers(min_value=1, max_value=10**12), min_size=1, max_size=40)
 temperatures = st.floats(min_value=0.05, max_value=2.0)
-
-
-def redistribute_until_stable(budget: int, weights: list[float], caps: list[int]) -> list[float]:
-    """The cap as the issue words it: cap, share the excess over the uncapped, repeat."""
-    capped: set[int] = set()
-    while True:
-        free = [i for i in range(len(weights)) if i not in capped]
-        remaining = budget - sum(caps[i] for i in capped)
-        weight = math.fsum(weights[i] for i in free)
-        targets = {i: remaining * weights[i] / weight for i in free}
-        over = {i for i in free if targets[i] > caps[i]}
-        if not over:
-            return [float(caps[i]) if i in capped else targets[i] for i in range(len(weights))]
-        capped |= over
 
 
 @given(sizes, temperatures)

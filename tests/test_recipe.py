@@ -53,6 +53,12 @@ def test_training_round_trips_through_the_manifest_form_and_scales():
     ("edit", "message"),
     [
         (lambda r: r.update(phase=r.pop("phases")), "unknown key 'phase' (did you mean 'phases'?)"),
+        (lambda r: r.update(version=1), "unknown key 'version' (known keys: name, tokenizer,"),
+        (lambda r: r["phases"]["decay"].update(unique_tokens="103.3B"), "decay: unknown key 'unique_tokens'"),
+        (
+            lambda r: r["phases"]["pretrain"].update(processing={"lid": "cld3"}),
+            "pretrain.processing.lid: must be one of trust, glotlid, ft176, got 'cld3'",
+        ),
         (
             lambda r: r["phases"]["decay"]["training"]["lr"].update(schedul="linear"),
             "phases.decay.training.lr: unknown key 'schedul' (did you mean 'schedule'?)",

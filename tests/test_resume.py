@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from tests.corpus import build_args, prose, write_fineweb2
-from tests.test_build import shard_rows
+from tests.fixtures import shard_rows
 
 LANGUAGES = ("fra_Latn", "deu_Latn", "rus_Cyrl", "eng_Latn")
 

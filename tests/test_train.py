@@ -341,7 +341,7 @@ def test_data_and_manifests_moved_together_still_validate_and_train(sample_build
     moved.parent.mkdir()
     runs.rename(moved)  # `mv runs elsewhere/`: the data directory and its manifests together
     manifest = moved / "manifests" / "pretrain.json"
-    validated = runner.invoke(data_app, ["mixture", "--validate", str(manifest)])
+    validated = runner.invoke(data_app, ["validate", str(manifest)])
     assert validated.exit_code == 0 and validated.output.startswith(f"{manifest}: valid"), validated.output
     output = train(*tiny(manifest, tmp_path / "run", tokens="40k"))
     assert "done:" in output and "streams of sample:" in output

@@ -408,7 +408,7 @@ class MixtureLoader:
                 raise DataError(
                     f"{self.data.where(chunk)} holds token id {int(ids.max())}, outside the tokenizer's "
                     f"{self.masking.vocab_size} ids: the shard does not match its manifest; "
-                    "check it with `mmbert-data mixture --validate`"
+                    "check it with `mmbert-data validate`"
                 )
         return assemble(documents, self.masking, rng, self.pad_id, self.pad_to)
 

@@ -102,9 +102,6 @@ class ModelConfig:
             raise ValueError(f"unknown model preset {name!r} (choose {', '.join(PRESETS)})")
         return replace(PRESETS[name], **overrides)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, raw: dict, where: str = "config") -> ModelConfig:
         known = {f.name: f.type for f in fields(cls)}
@@ -339,7 +336,7 @@ class ModernBertMLM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_weights(self, directory / WEIGHTS_NAME)
-        write_json_atomic(directory / CONFIG_NAME, self.config.to_dict())
+        write_json_atomic(directory / CONFIG_NAME, asdict(self.config))
         return directory
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Fake build outputs for the mixture tests: real Arrow shards and a stats.json of the build's shape."""
+"""Build outputs for the tests: fake builds (real Arrow shards and a stats.json of the build's format)
+for the mixture tests, a manifest compiled from one, and a real build's shards read back."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc
+
+from mixtures.compiler import compile_phase
+from mixtures.counts import read_stats
+from mixtures.formats import SHARD_SCHEMA, STATS_FORMAT, STATS_VERSION, shard_metadata
+from mixtures.manifest import build_manifest, write_manifest
+from mixtures.recipe import load_recipe
 
 TOKENIZER_NAME = "jhu-clsp/mmBERT-base"
 TOKENIZER_JSON = b'{"model": {"type": "BPE"}, "version": "test"}'
@@ -45,15 +52,8 @@ def write_shard(
     lengths = [100] * (tokens // 100) + ([tokens % 100] if tokens % 100 else [])
     ids = [f"{language}-{i}" for i in range(len(lengths))]
     input_ids = [[(i * 7 + j) % 256000 for j in range(length)] for i, length in enumerate(lengths)]
-    schema = pa.schema(
-        [("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))],
-        metadata={
-            "mmbert.tokenizer.name": TOKENIZER_NAME,
-            "mmbert.tokenizer.sha256": tokenizer_sha256,
-            "mmbert.source": source,
-            "mmbert.language": language,
-            "mmbert.phase": phase,
-        },
+    schema = SHARD_SCHEMA.with_metadata(
+        shard_metadata(TOKENIZER_NAME, tokenizer_sha256, source, language, phase)
     )
     table = pa.table({"id": ids, "input_ids": input_ids}, schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +97,8 @@ def write_build(
             }
         )
     stats = {
-        "format": "mmbert-data/stats",
-        "version": 1,
+        "format": STATS_FORMAT,
+        "version": STATS_VERSION,
         "phase": phase,
         "recipe": {"path": "/abs/mixtures/recipes/mmbert.yaml", "sha256": recipe_sha256},
         "tokenizer": TOKENIZER,
@@ -114,3 +114,24 @@ def write_last_build(cache: Path, output: Path, phases: list[str]) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     record = {"output": str(output), "phases": {phase: str(output / phase) for phase in phases}}
     (cache / "last-build.json").write_text(json.dumps(record))
+
+
+def compile_to(build: Path, path: Path, seed: int = 0) -> dict:
+    """The decay manifest of 10k tokens over the build at ``build``, written to ``path``."""
+    recipe = load_recipe()
+    counts = read_stats(build)
+    doc = build_manifest(compile_phase(recipe, "decay", counts, tokens=10_000), recipe, counts, seed)
+    write_manifest(doc, path)
+    return doc
+
+
+def shard_rows(phase_dir: Path) -> dict[str, list[tuple[str, list[int]]]]:
+    """language -> sorted (id, input_ids) over every shard of the phase."""
+    import datasets  # only the build tests read shards back this way
+
+    rows: dict[str, list] = {}
+    for path in sorted(phase_dir.glob("*/*/*.arrow")):
+        table = datasets.Dataset.from_file(str(path))
+        language = path.parent.name
+        rows.setdefault(language, []).extend(zip(table["id"], table["input_ids"], strict=True))
+    return {language: sorted(r) for language, r in rows.items()}
