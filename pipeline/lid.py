@@ -25,7 +25,7 @@ from pipeline.languages import (
     detect_script,
     normalize_label,
 )
-from pipeline.quality import StreamFilter
+from pipeline.streams import StreamFilter
 
 BACKENDS = ("trust", "glotlid", "ft176")
 UNKNOWN = "language_unknown"
