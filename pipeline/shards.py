@@ -1,4 +1,4 @@
-"""Tokenizing documents and writing them as per-language Arrow shards.
+"""Writing tokenized documents as per-language Arrow shards.
 
 Layout: ``{phase_dir}/{source}/{lang_Script}/{rank:05d}-{seq:04d}.arrow``, one Arrow
 IPC *stream* file per shard, one row per document: ``id: string`` and
