@@ -211,8 +211,8 @@ def run_tokenize_stage(hub: str, out: str, tokenizer: str) -> dict:
     """Our BatchTokenizer + ArrowShardWriter vs raw encode_batch over the same texts (in memory)."""
     from datatrove.data import Document
 
-    from pipeline.shards import ArrowShardWriter, BatchTokenizer
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.shards import ArrowShardWriter
+    from pipeline.tokenizer import BatchTokenizer, load_tokenizer
 
     texts = [
         t for p in sorted(Path(hub).rglob("*.parquet")) for t in pq.read_table(p).column("text").to_pylist()

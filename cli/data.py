@@ -210,7 +210,8 @@ def stats(
     ),
 ) -> None:
     """Print a build's per-(source, language) statistics as a table."""
-    from pipeline.stats import load_stats, print_stats, stats_summary
+    from mixtures.counts import load_stats
+    from pipeline.stats import print_stats, stats_summary
 
     try:
         loaded = load_stats(path)

@@ -99,24 +99,15 @@ class Counts:
     recipe_sha256: str | None = None
 
 
+def load_stats(path: str | Path) -> dict[str, Any]:
+    """A build's ``stats.json`` (or the one in a phase directory) as written; format and version checked."""
+    return _read_stats_file(path)[2]
+
+
 def read_stats(path: str | Path) -> Counts:
-    """Read a build's ``stats.json`` (or the phase directory holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "stats.json"
-    try:
-        raw_bytes = path.read_bytes()
-    except OSError as err:
-        raise MixtureError(f"cannot read build statistics {path}: {err.strerror or err}") from err
-    try:
-        raw = orjson.loads(raw_bytes)
-    except orjson.JSONDecodeError as err:
-        raise MixtureError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    """Read a build's ``stats.json`` (or the phase directory holding it) as counts."""
+    path, raw_bytes, raw = _read_stats_file(path)
     where = str(path)
-    if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT:
-        raise MixtureError(f"{where}: format: expected {STATS_FORMAT!r}; is this a build's stats.json?")
-    if raw.get("version") != STATS_VERSION:
-        raise MixtureError(f"{where}: version: expected {STATS_VERSION}, got {raw.get('version')!r}")
     phase = _string(raw, "phase", where)
     tokenizer = check_tokenizer(raw.get("tokenizer"), where)
     recipe = _mapping(raw, "recipe", where)
@@ -137,6 +128,27 @@ def read_stats(path: str | Path) -> Counts:
         tokenizer=tokenizer,
         recipe_sha256=_string(recipe, "sha256", f"{where}: recipe"),
     )
+
+
+def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
+    """The one reader of ``stats.json``: the file read, its bytes, and its content (format and version
+    checked); every problem is a :class:`MixtureError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "stats.json"
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as err:
+        raise MixtureError(f"cannot read build statistics {path}: {err.strerror or err}") from err
+    try:
+        raw = orjson.loads(raw_bytes)
+    except orjson.JSONDecodeError as err:
+        raise MixtureError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT:
+        raise MixtureError(f"{path}: format: expected {STATS_FORMAT!r}; is this a build's stats.json?")
+    if raw.get("version") != STATS_VERSION:
+        raise MixtureError(f"{path}: version: expected {STATS_VERSION}, got {raw.get('version')!r}")
+    return path, raw_bytes, raw
 
 
 def read_counts_csv(

@@ -31,9 +31,16 @@ class Selection:
     without_data: tuple[str, ...]
 
 
-def iso_code(name: str) -> str:
-    """The ISO 639-3 part of ``xxx_Script`` (or the name itself when it has no script)."""
+def language_code(name: str) -> str:
+    """The ISO 639-3 part of ``xxx_Script``: ``srp_Latn`` -> ``srp`` (the name itself without a script)."""
     return name.split("_", 1)[0]
+
+
+def selecting_names(label: str) -> tuple[str, ...]:
+    """The names that select ``label``: the label itself and its bare ISO 639-3 code, which
+    selects every script of the language (``srp`` selects srp_Cyrl and srp_Latn)."""
+    code = language_code(label)
+    return (label,) if code == label else (label, code)
 
 
 def count_languages(names: Iterable[str]) -> str:
@@ -43,7 +50,7 @@ def count_languages(names: Iterable[str]) -> str:
     ``srp_Latn``), so the two counts differ; the second is left out where they agree.
     """
     subsets = set(names)
-    languages = len({iso_code(name) for name in subsets})
+    languages = len({language_code(name) for name in subsets})
     counted = f"{languages:,} language{'s' if languages != 1 else ''}"
     return counted if languages == len(subsets) else f"{counted} ({len(subsets):,} language-script subsets)"
 
@@ -76,28 +83,27 @@ def select_languages(
     available = set(available)
     if requested is None:
         return Selection(tuple(sorted(available)), ())
-    by_code: dict[str, list[str]] = defaultdict(list)
-    for name in available:
-        by_code[iso_code(name)].append(name)
+    selected_by: dict[str, list[str]] = defaultdict(list)
+    for label in available:
+        for name in selecting_names(label):
+            selected_by[name].append(label)
     covered = set(covered)
-    covered_codes = {iso_code(name) for name in covered}
+    covered_by = {name for label in covered for name in selecting_names(label)}
     known = language_table()
     selected: set[str] = set()
     without_data: list[str] = []
     unknown: list[str] = []
     for name in dict.fromkeys(requested):
-        if "_" in name and name in available:
-            selected.add(name)
-        elif "_" not in name and name in by_code:
-            selected.update(by_code[name])
-        elif name in covered or ("_" not in name and name in covered_codes):
+        if name in selected_by:
+            selected.update(selected_by[name])
+        elif name in covered_by:
             continue
         elif name in known:
             without_data.append(name)
         else:
             unknown.append(name)
     if unknown:
-        candidates = sorted({*available, *by_code, *covered, *known})
+        candidates = sorted({*selected_by, *covered, *known})
         described = []
         for name in unknown:
             near = difflib.get_close_matches(name, candidates, n=4, cutoff=0.6)

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from mixtures.errors import MixtureError
+from mixtures.files import write_atomic
 from mixtures.formats import MANIFEST_FORMAT, MANIFEST_VERSION, SHARD_METADATA, check_shards
 
 if TYPE_CHECKING:  # the compiler's types, named for the writer only: reading needs none of it
@@ -161,13 +162,7 @@ def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
     body = canonical_json(doc)
     fingerprint = hashlib.sha256(body).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(_prefix(fingerprint) + body[1:] + b"\n")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    write_atomic(path, _prefix(fingerprint) + body[1:] + b"\n")
     return fingerprint
 
 

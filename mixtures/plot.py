@@ -16,12 +16,13 @@ the Agg canvas: no display, no global pyplot state.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from mixtures.files import atomic_output
 
 LABELLED_LANGUAGES = 60  # up to this many languages, the x axis names them
 NAMED_LEFT_OUT = 8  # the note names this many of the languages it leaves out
@@ -34,12 +35,8 @@ def plot_shares(
     path = Path(path)
     fig = shares_figure(series, pool)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(temp, format="png", dpi=120)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    with atomic_output(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=120)
 
 
 def shares_figure(series: Sequence[tuple[str, Mapping[str, float]]], pool: Mapping[str, int]) -> Figure:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mixtures.compiler import Mixture, Target
-from mixtures.languages import count_languages, iso_code, language_table
+from mixtures.languages import count_languages, language_code, language_table
 from mixtures.recipe import format_tokens
 
 SMALLEST_SHOWN = 5
@@ -56,7 +56,7 @@ def languages_table(mixture: Mixture, top: int) -> Table:
         table.add_row(
             str(rank + 1),
             target.language,
-            names.get(target.language, names.get(iso_code(target.language), "")),
+            names.get(target.language, names.get(language_code(target.language), "")),
             format_tokens(target.available_tokens),
             format_tokens(target.target_tokens),
             _percent(shares.get(target.language, 0.0)),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,12 +34,15 @@ from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
 from mixtures.cache import cache_dir
+from mixtures.counts import load_stats
+from mixtures.files import write_atomic
+from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec, Recipe
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
 from pipeline.errors import USER_ERRORS, NoInputError
 from pipeline.guard import BuildLock, check_settings
 from pipeline.hub import hub_unavailable, unreachable_reason
-from pipeline.languages import LanguageSelection, language_code
+from pipeline.languages import LanguageSelection
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
 from pipeline.quality import (
     FILTER_FAMILIES,
@@ -48,10 +50,11 @@ from pipeline.quality import (
     FilterConfigs,
     LanguageQualityFilter,
 )
-from pipeline.shards import ArrowShardWriter, BatchTokenizer
+from pipeline.shards import ArrowShardWriter
 from pipeline.sources import SourceReader, resolve_uri
-from pipeline.stats import StatsCompiler, StreamCounter, load_stats
-from pipeline.tokenizer import directory_sha256, load_tokenizer
+from pipeline.stats import StatsCompiler
+from pipeline.streams import StreamCounter
+from pipeline.tokenizer import BatchTokenizer, directory_sha256, load_tokenizer
 from pipeline.words import TextNormalizer
 
 
@@ -472,6 +475,4 @@ def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:
     if last.get("output") != str(output):
         last = {"output": str(output), "phases": {}}
     last["phases"][phase] = str(phase_dir)
-    tmp = pointer.with_name(f"{pointer.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(last, indent=1))
-    os.replace(tmp, pointer)
+    write_atomic(pointer, json.dumps(last, indent=1))

@@ -35,7 +35,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
 
-from pipeline.quality import stream_key
+from pipeline.streams import DROPPED, stream_label
 from pipeline.words import SHINGLE_WORDS
 
 
@@ -80,7 +80,7 @@ class _DropCounter(contextlib.AbstractContextManager):
         return None
 
     def write(self, doc: Document, rank: int = 0) -> None:
-        self.step.stat_update(f"stream/{stream_key(doc)}/dropped/near_duplicate")
+        self.step.stat_update(stream_label(doc, DROPPED, "near_duplicate"))
         if self.writer is not None:
             doc.metadata["filter_reason"] = "near_duplicate"
             self.writer.write(doc, rank)

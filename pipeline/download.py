@@ -9,12 +9,12 @@ download continues where it stopped.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixtures.files import atomic_output
 from pipeline.sources import SourceReader, resolve_uri
 
 CHUNK_BYTES = 8 << 20
@@ -50,14 +50,13 @@ def download_phase(
                 result.skipped += 1
                 continue
             destination.parent.mkdir(parents=True, exist_ok=True)
-            tmp = destination.with_name(destination.name + ".part")
-            with folder.open(path, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, CHUNK_BYTES)
-            if tmp.stat().st_size != size:
-                raise OSError(
-                    f"{folder.resolve_paths(path)}: copied {tmp.stat().st_size} bytes, expected {size}"
-                )
-            os.replace(tmp, destination)
+            with atomic_output(destination) as tmp:
+                with folder.open(path, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK_BYTES)
+                if tmp.stat().st_size != size:
+                    raise OSError(
+                        f"{folder.resolve_paths(path)}: copied {tmp.stat().st_size} bytes, expected {size}"
+                    )
             result.copied += 1
             result.bytes += size
             if progress:

@@ -8,10 +8,10 @@ kept in a per-task report, so nothing bad is silently lost.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mixtures.files import write_atomic
 from pipeline.hub import HubUnavailable
 
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -66,8 +66,5 @@ class ErrorLog:
         A path that is not valid Unicode (an undecodable file name) is written as JSON escapes.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:
-            for problem in self.problems:
-                f.write(json.dumps(asdict(problem), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        text = "".join(json.dumps(asdict(problem), ensure_ascii=False) + "\n" for problem in self.problems)
+        write_atomic(path, text.encode("utf-8", errors="backslashreplace"))

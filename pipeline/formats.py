@@ -27,12 +27,12 @@ import pyarrow.parquet as pq
 import zstandard
 from datatrove.io import DataFolder
 
+from mixtures.languages import language_code
 from mixtures.recipe import SourceSpec
 from pipeline.languages import (
     LanguageSelection,
     NoScriptError,
     is_language_label,
-    language_code,
     normalize_label,
     parse_label,
 )

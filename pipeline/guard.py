@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mixtures.files import write_atomic
+
 SETTINGS_FORMAT = "mmbert-data/build"
 SETTINGS_VERSION = 1
 SETTINGS_NAME = "build.json"
@@ -137,9 +139,7 @@ def check_settings(
             "to rebuild it from scratch, or choose another --output"
         )
     record = {"format": SETTINGS_FORMAT, "version": SETTINGS_VERSION, "settings": settings, "labels": labels}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
 
 def _read(path: Path) -> dict[str, Any]:

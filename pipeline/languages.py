@@ -21,6 +21,8 @@ import numpy as np
 from iso639 import Lang
 from iso639.exceptions import DeprecatedLanguageValue, InvalidLanguageValue
 
+from mixtures.languages import language_code, selecting_names
+
 _LABEL_RE = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}")
 _CODE_SCRIPT_RE = re.compile(r"([a-z]{2,3})_([A-Z][a-z]{3})")
 _CODE_RE = re.compile(r"[a-z]{2,3}")
@@ -78,11 +80,6 @@ def is_language_label(value: object) -> bool:
         and _LABEL_RE.fullmatch(value) is not None
         and value[4:] not in NO_WRITING_SYSTEM
     )
-
-
-def language_code(label: str) -> str:
-    """The ISO 639-3 part of a label: ``srp_Latn`` -> ``srp``."""
-    return label.split("_", 1)[0]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -217,7 +214,8 @@ def _check_script(script: str) -> None:
 @dataclass(frozen=True)
 class LanguageSelection:
     """Which languages a phase (or ``--languages``) takes: ISO 639-3 codes match every script
-    (``srp`` = srp_Cyrl + srp_Latn), full labels match one script; ``everything`` for "all"."""
+    (``srp`` = srp_Cyrl + srp_Latn; ``mixtures.languages.selecting_names``), full labels match one
+    script; ``everything`` for "all"."""
 
     codes: frozenset[str] = frozenset()
     labels: frozenset[str] = frozenset()
@@ -240,7 +238,9 @@ class LanguageSelection:
         return cls(frozenset(codes), frozenset(labels))
 
     def matches(self, label: str) -> bool:
-        return self.everything or label in self.labels or language_code(label) in self.codes
+        return self.everything or any(
+            name in self.labels or name in self.codes for name in selecting_names(label)
+        )
 
     def may_match_code(self, code: str) -> bool:
         """Whether some script of language ``code`` could be selected (for per-language file lists)."""

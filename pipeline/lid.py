@@ -26,7 +26,7 @@ from pipeline.languages import (
     detect_script,
     normalize_label,
 )
-from pipeline.quality import StreamFilter
+from pipeline.streams import StreamFilter
 
 UNKNOWN = "language_unknown"
 NO_SCRIPT = "no_script"  # the text has no letters of any writing system, hence no language

@@ -32,9 +32,10 @@ from pathlib import Path
 import yaml
 from datatrove.data import Document
 from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
-from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
+from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from pipeline.languages import is_language_label
+from pipeline.streams import SKIPPED, StreamFilter, stream_label
 from pipeline.words import WordSplitting, word_splitting
 
 # FineWeb2's configs, unchanged, in one archive (license and source beside it).
@@ -179,23 +180,6 @@ class FilterConfigs:
         return replace(default, **values)
 
 
-def stream_key(doc: Document) -> str:
-    """The (source, language) stream a document belongs to, as used in stats labels."""
-    return f"{doc.metadata.get('source')}/{doc.metadata.get('language')}"
-
-
-class StreamFilter(BaseFilter):
-    """A filter that also counts its drops per (source, language) stream and reason."""
-
-    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
-        results = super().filter_batch(batch)
-        for doc, result in zip(batch, results, strict=True):
-            keep, reason = get_filter_result(result)
-            if not keep:
-                self.stat_update(f"stream/{stream_key(doc)}/dropped/{reason or self.name}")
-        return results
-
-
 def _gopher_repetition(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
     return GopherRepetitionFilter(
         dup_line_frac=t.dup_line_frac,
@@ -290,7 +274,7 @@ class LanguageQualityFilter(StreamFilter):
             )
         step, skipped = self._by_language[language]
         for rule in skipped:
-            self.stat_update(f"stream/{stream_key(doc)}/skipped/{rule}")
+            self.stat_update(stream_label(doc, SKIPPED, rule))
         return step.filter(doc)
 
 

@@ -1,4 +1,4 @@
-"""Tokenizing documents and writing them as per-language Arrow shards.
+"""Writing tokenized documents as per-language Arrow shards.
 
 Layout: ``{phase_dir}/{source}/{lang_Script}/{rank:05d}-{seq:04d}.arrow``, one Arrow
 IPC *stream* file per shard, one row per document: ``id: string`` and
@@ -6,10 +6,10 @@ IPC *stream* file per shard, one row per document: ``id: string`` and
 tokenizer (name and SHA-256), source, language and phase, so a shard describes
 itself. ``datasets.Dataset.from_file`` memory-maps these files directly.
 
-Shards are written under ``*.arrow.tmp`` and renamed when complete, so a final
-name always holds a complete file. A task starts by removing what an earlier,
-interrupted attempt of the same task left, so a rerun produces the same shards as
-an uninterrupted run. Each task lists its shards in ``_shards/{rank:05d}.json``.
+Shards are written under a temporary name (``mixtures.files.temporary_path``) and
+renamed when complete, so a final name always holds a complete file. A task starts by
+removing what an earlier, interrupted attempt of the same task left, so a rerun produces
+the same shards as an uninterrupted run. Each task lists its shards in ``_shards/{rank:05d}.json``.
 """
 
 from __future__ import annotations
@@ -24,41 +24,14 @@ import numpy as np
 import pyarrow as pa
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.utils.batching import batched
 
+from mixtures.files import temporary_path, temporary_pattern, write_atomic
 from mixtures.formats import SHARD_SCHEMA, shard_metadata
 from pipeline.dedup import REPETITION
-from pipeline.quality import stream_key
-from pipeline.tokenizer import load_tokenizer
+from pipeline.streams import stream_label
 
 FLUSH_DOCS = 1024
 MAX_OPEN_SHARDS = 64
-
-
-class BatchTokenizer(PipelineStep):
-    """Encodes documents in batches (Rust, multi-threaded) into ``metadata["input_ids"]``."""
-
-    name = "🔢 tokenize"
-    type = "🔢 - TOKENIZER"
-
-    def __init__(self, tokenizer: str, batch_size: int = 1000):
-        super().__init__()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        loaded = load_tokenizer(self.tokenizer)
-        for batch in batched(data, self.batch_size):
-            with self.track_time("batch"):
-                encodings = loaded.tokenizer.encode_batch_fast(
-                    [doc.text for doc in batch], add_special_tokens=False
-                )
-            for doc, encoding in zip(batch, encodings, strict=True):
-                ids = np.empty(len(encoding.ids) + 2, dtype=np.uint32)
-                ids[0], ids[-1] = loaded.bos_id, loaded.eos_id
-                ids[1:-1] = encoding.ids
-                doc.metadata["input_ids"] = ids
-                yield doc
 
 
 @dataclass
@@ -79,7 +52,7 @@ class _OpenShard:
 
     def __init__(self, final: Path, metadata: dict[bytes, bytes]):
         self.final = final
-        self.tmp = final.with_name(final.name + ".tmp")
+        self.tmp = temporary_path(final)
         self.writer = pa.ipc.new_stream(str(self.tmp), SHARD_SCHEMA.with_metadata(metadata))
         self.ids: list[str] = []
         self.arrays: list[np.ndarray] = []
@@ -133,9 +106,16 @@ class ArrowShardWriter(PipelineStep):
         self.shard_bytes = shard_bytes
 
     def _remove_earlier_attempt(self, rank: int) -> None:
-        for path in self.phase_dir.glob(f"*/*/{rank:05d}-*.arrow*"):
-            path.unlink()
-        (self.phase_dir / "_shards" / f"{rank:05d}.json").unlink(missing_ok=True)
+        """Remove the task's shards and index, finished or still under their temporary names."""
+        shards, index = f"{rank:05d}-*.arrow", f"{rank:05d}.json"
+        for pattern in (
+            f"*/*/{shards}*",
+            f"*/*/{temporary_pattern(shards)}",
+            f"_shards/{index}",
+            f"_shards/{temporary_pattern(index)}",
+        ):
+            for path in self.phase_dir.glob(pattern):
+                path.unlink()
 
     def _open(self, source: str, language: str, rank: int, seq: int) -> _OpenShard:
         directory = self.phase_dir / source / language
@@ -167,10 +147,9 @@ class ArrowShardWriter(PipelineStep):
                     next_seq[key] = next_seq.get(key, 0) + 1
                 input_ids = doc.metadata.pop("input_ids")
                 open_shards[key].add(doc.id, input_ids)
-                stream = stream_key(doc)
-                self.stat_update(f"stream/{stream}/{'repeated' if doc.metadata.get(REPETITION) else 'kept'}")
-                self.stat_update(f"stream/{stream}/tokens", value=len(input_ids))
-                self.stat_update(f"stream/{stream}/bytes", value=len(doc.text.encode("utf-8")))
+                self.stat_update(stream_label(doc, "repeated" if doc.metadata.get(REPETITION) else "kept"))
+                self.stat_update(stream_label(doc, "tokens"), value=len(input_ids))
+                self.stat_update(stream_label(doc, "bytes"), value=len(doc.text.encode("utf-8")))
                 if open_shards[key].size >= self.shard_bytes:
                     finish(key)
             yield doc
@@ -178,6 +157,4 @@ class ArrowShardWriter(PipelineStep):
             finish(key)
         index = self.phase_dir / "_shards" / f"{rank:05d}.json"
         index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_name(index.name + ".tmp")
-        tmp.write_text(json.dumps([asdict(info) for info in finished], indent=1))
-        os.replace(tmp, index)
+        write_atomic(index, json.dumps([asdict(info) for info in finished], indent=1))

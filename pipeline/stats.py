@@ -1,18 +1,17 @@
 """Build statistics: per (source, language) counts, compiled from datatrove's own stats.
 
-Steps count what happens to each document under labels ``stream/{source}/{lang}/...``
-(``read``, ``kept``, ``repeated``, ``tokens``, ``bytes``, ``dropped/{reason}``,
-``skipped/{rule}``) with datatrove's ``stat_update``; the executor saves them per task.
-``read == kept + sum(dropped)``; rehydration's extra copies are counted apart, as ``repeated``
-(the shards hold ``kept + repeated`` documents). :func:`compile_stats` adds them up over tasks
-and stages, joins the shard lists the writer left, and writes ``{phase_dir}/stats.json`` — the
-file the mixture compiler reads.
+Steps count what happens to each document of a (source, language) stream with datatrove's
+``stat_update``, under the labels :mod:`pipeline.streams` defines (``read``, ``kept``,
+``repeated``, ``tokens``, ``bytes``, ``dropped/{reason}``, ``skipped/{rule}``); the executor
+saves them per task. ``read == kept + sum(dropped)``; rehydration's extra copies are counted
+apart, as ``repeated`` (the shards hold ``kept + repeated`` documents). :func:`compile_stats`
+adds them up over tasks and stages, joins the shard lists the writer left, and writes
+``{phase_dir}/stats.json`` — the file the mixture compiler reads.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,26 +20,12 @@ from datatrove.pipeline.base import PipelineStep
 from rich.console import Console
 from rich.table import Table
 
+from mixtures.files import write_atomic
 from mixtures.formats import STATS_FORMAT, STATS_VERSION
-from mixtures.languages import count_languages, iso_code
-from pipeline.quality import stream_key
+from mixtures.languages import count_languages, language_code
+from mixtures.recipe import format_tokens
+from pipeline.streams import DROPPED, SKIPPED, parse_label
 from pipeline.words import word_splitting
-
-
-class StreamCounter(PipelineStep):
-    """Counts documents per (source, language) stream under one label and passes them on."""
-
-    name = "🧮 count"
-    type = "📊 - STATS"
-
-    def __init__(self, label: str):
-        super().__init__()
-        self.label = label
-
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        for doc in data:
-            self.stat_update(f"stream/{stream_key(doc)}/{self.label}")
-            yield doc
 
 
 class StatsCompiler(PipelineStep):
@@ -70,21 +55,21 @@ def _metric_total(value) -> int:
 
 
 def stream_counters(logs_dir: Path) -> dict[tuple[str, str], dict]:
-    """Add up the ``stream/...`` counters of every task of every stage under ``logs_dir``."""
+    """Add up the stream counters (:mod:`pipeline.streams`) of every task of every stage in ``logs_dir``."""
     streams: dict[tuple[str, str], dict] = defaultdict(
-        lambda: {"counts": defaultdict(int), "drops": defaultdict(int), "skipped": defaultdict(int)}
+        lambda: {"counts": defaultdict(int), DROPPED: defaultdict(int), SKIPPED: defaultdict(int)}
     )
     for stats_file in sorted(logs_dir.glob("*/stats/*.json")):
         for step in json.loads(stats_file.read_text()):
             for label, value in step.get("stats", {}).items():
-                if not label.startswith("stream/"):
+                parsed = parse_label(label)
+                if parsed is None:
                     continue
-                _, source, language, *rest = label.split("/")
-                entry = streams[(source, language)]
-                if rest[0] in ("dropped", "skipped"):
-                    entry["drops" if rest[0] == "dropped" else "skipped"][rest[1]] += _metric_total(value)
+                entry = streams[(parsed.source, parsed.language)]
+                if parsed.counter in (DROPPED, SKIPPED):
+                    entry[parsed.counter][parsed.detail] += _metric_total(value)
                 else:
-                    entry["counts"][rest[0]] += _metric_total(value)
+                    entry["counts"][parsed.counter] += _metric_total(value)
     return streams
 
 
@@ -104,14 +89,14 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
     ]
     problems = [json.loads(line) for line in lines]
     errors_path = phase_dir / "errors.jsonl"
-    _write_atomic(errors_path, "".join(line + "\n" for line in lines))
+    write_atomic(errors_path, "".join(line + "\n" for line in lines))
     errors_by_source: dict[str, int] = defaultdict(int)
     for problem in problems:
         errors_by_source[problem["source"]] += 1
 
     streams = []
     for (source, language), entry in sorted(stream_counters(phase_dir / "_logs").items()):
-        counts, drops = entry["counts"], entry["drops"]
+        counts, drops = entry["counts"], entry[DROPPED]
         stream_shards = sorted(shards.get((source, language), []), key=lambda s: s["path"])
         streams.append(
             {
@@ -124,7 +109,7 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
                 "tokens": counts["tokens"],
                 "bytes": counts["bytes"],
                 "shards": stream_shards,
-                **_skipped_rules(language, entry["skipped"]),
+                **_skipped_rules(language, entry[SKIPPED]),
             }
         )
     stats = {
@@ -140,7 +125,7 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
             "report": errors_path.name if problems else None,
         },
     }
-    _write_atomic(phase_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(phase_dir / "stats.json", json.dumps(stats, indent=1, ensure_ascii=False) + "\n")
     return stats
 
 
@@ -156,32 +141,6 @@ def _skipped_rules(language: str, skipped: dict[str, int]) -> dict:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def load_stats(path: Path) -> dict:
-    """Read a stats.json (or the one inside a phase directory) and check its format."""
-    path = path / "stats.json" if path.is_dir() else path
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read build statistics {path}: {err}") from err
-    if stats.get("format") != STATS_FORMAT:
-        raise ValueError(f"{path} is not an mmbert-data stats file (format {stats.get('format')!r})")
-    return stats
-
-
-def _human(n: float) -> str:
-    for unit in ("", "k", "M", "B", "T"):
-        if abs(n) < 1000:
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}P"
-
-
 def stats_summary(stats: dict, top: int | None = None) -> dict:
     """What `mmbert-data stats` shows: one row per stream, or the ``top`` streams with the most tokens
     (largest first), and the totals over every stream."""
@@ -195,7 +154,7 @@ def stats_summary(stats: dict, top: int | None = None) -> dict:
     return {
         "phase": stats["phase"],
         "streams": len(streams),
-        "languages": len({iso_code(name) for name in subsets}),
+        "languages": len({language_code(name) for name in subsets}),
         "language_script_subsets": len(subsets),
         "totals": {**totals, "shards": sum(len(s["shards"]) for s in streams)},
         "errors": stats["errors"]["count"],
@@ -228,8 +187,8 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
     table.add_column("kept", justify="right", footer=str(totals["documents_kept"]))
     if repeated:
         table.add_column("repeated", justify="right", footer=str(totals["documents_repeated"]))
-    table.add_column("tokens", justify="right", footer=_human(totals["tokens"]))
-    table.add_column("bytes", justify="right", footer=_human(totals["bytes"]))
+    table.add_column("tokens", justify="right", footer=format_tokens(totals["tokens"]))
+    table.add_column("bytes", justify="right", footer=format_tokens(totals["bytes"]))
     table.add_column("shards", justify="right", footer=str(totals["shards"]))
     table.add_column("drops (reason: documents)")
     for row in rows:
@@ -239,8 +198,8 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
             str(row["documents_read"]),
             str(row["documents_kept"]),
             *([str(row["documents_repeated"])] if repeated else []),
-            _human(row["tokens"]),
-            _human(row["bytes"]),
+            format_tokens(row["tokens"]),
+            format_tokens(row["bytes"]),
             str(row["shards"]),
             " ".join(f"{reason}:{n}" for reason, n in row["drops"].items()),
         )

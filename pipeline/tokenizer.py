@@ -1,4 +1,4 @@
-"""Loading the tokenizer a build encodes with, and training the demo's small one.
+"""Loading the tokenizer a build encodes with, encoding documents with it, and training the demo's small one.
 
 A tokenizer is named by a ``tokenizer.json`` path, a directory holding one, a hub
 repository (``jhu-clsp/mmBERT-base``: resolved through huggingface_hub, so the
@@ -13,17 +13,21 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.batching import batched
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from mixtures.cache import cache_dir
+from mixtures.files import atomic_output
 from mixtures.formats import SPECIAL_ROLES
 from pipeline.hub import hub_unavailable, unreachable_reason
 from pipeline.sources import lone_surrogate
@@ -191,7 +195,32 @@ def sample_tokenizer_path(root: Path) -> Path:
     )
     tokenizer.train_from_iterator(_sample_texts(root), trainer=trainer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tokenizer.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_output(path) as temporary:
+        tokenizer.save(str(temporary))
     return path
+
+
+class BatchTokenizer(PipelineStep):
+    """Encodes documents in batches (Rust, multi-threaded) into ``metadata["input_ids"]``."""
+
+    name = "🔢 tokenize"
+    type = "🔢 - TOKENIZER"
+
+    def __init__(self, tokenizer: str, batch_size: int = 1000):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        loaded = load_tokenizer(self.tokenizer)
+        for batch in batched(data, self.batch_size):
+            with self.track_time("batch"):
+                encodings = loaded.tokenizer.encode_batch_fast(
+                    [doc.text for doc in batch], add_special_tokens=False
+                )
+            for doc, encoding in zip(batch, encodings, strict=True):
+                ids = np.empty(len(encoding.ids) + 2, dtype=np.uint32)
+                ids[0], ids[-1] = loaded.bos_id, loaded.eos_id
+                ids[1:-1] = encoding.ids
+                doc.metadata["input_ids"] = ids
+                yield doc

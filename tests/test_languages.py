@@ -9,13 +9,13 @@ import pytest
 from fasttext.FastText import _FastText
 from iso639.exceptions import DeprecatedLanguageValue
 
+from mixtures.languages import language_code
 from pipeline.cache import lid176_model_path
 from pipeline.languages import (
     SCRIPT_SAMPLE_CHARS,
     NoScriptError,
     detect_script,
     is_language_label,
-    language_code,
     normalize_label,
     parse_label,
     to_iso639_3,

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from datatrove.data import Document
 
+from mixtures.languages import language_code
 from pipeline import lid
 from pipeline.cache import lid176_model_path
-from pipeline.languages import language_code
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
 
 HELDOUT = Path(__file__).parent / "data" / "lid_heldout.tsv"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mixtures.compiler import compile_phase
-from mixtures.counts import read_counts_csv, read_stats
+from mixtures.counts import load_stats, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
 from mixtures.languages import select_languages
 from mixtures.recipe import load_recipe
@@ -67,6 +67,16 @@ def test_malformed_stats_name_the_field(build, edit, message):
     with pytest.raises(MixtureError, match=message) as err:
         read_stats(build)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [("format", "something"), ("version", 2)])
+def test_load_stats_checks_format_and_version_as_read_stats_does(build, field, value):
+    path = build / "stats.json"
+    assert load_stats(build)["phase"] == "decay"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(MixtureError, match=field) as err:
+        load_stats(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_fineweb2_table_uses_train_split_and_bytes_per_token(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 from datatrove.data import Document
 
 from pipeline.dedup import Rehydrate, rehydration_copies
-from pipeline.shards import ArrowShardWriter, BatchTokenizer
-from pipeline.tokenizer import load_tokenizer
+from pipeline.shards import ArrowShardWriter
+from pipeline.tokenizer import BatchTokenizer, load_tokenizer
 from tests.corpus import prose, small_hub
 
 

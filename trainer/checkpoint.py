@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mixtures.files import write_atomic
+from mixtures.files import temporary_path, temporary_pattern, write_atomic
 from trainer.hf import config_from_hf, read_hf_weights
 from trainer.model import (
     CONFIG_NAME,
@@ -72,7 +72,7 @@ def save_checkpoint(
     final = root / f"step-{state['step']:08d}"
     if final.is_dir():
         return final
-    temporary = root / f".{final.name}.{os.getpid()}.tmp"
+    temporary = temporary_path(final)
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     try:
@@ -106,7 +106,7 @@ def save_checkpoint(
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Remove all but the newest ``keep`` checkpoints (and temporary ones an interrupted save left)."""
     root = Path(run_dir) / "checkpoints"
-    for leftover in root.glob(".step-*.tmp"):
+    for leftover in root.glob(temporary_pattern("step-*")):
         shutil.rmtree(leftover, ignore_errors=True)
     for old in checkpoint_dirs(run_dir)[:-keep]:
         shutil.rmtree(old)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mixtures.files import atomic_output, write_atomic
 from trainer.attention import PackedAttention, attend, document_ids, prepare
 
 CONFIG_NAME = "config.json"
@@ -377,15 +377,12 @@ class ModernBertMLM(nn.Module):
 def save_weights(model: ModernBertMLM, path: Path) -> None:
     """Safetensors with transformers' key names; the tied decoder weight is left out as transformers does."""
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items() if key != TIED_KEY}
-    temporary = path.with_name(path.name + ".tmp")
-    save_file(state, str(temporary), metadata={"format": "pt"})
-    os.replace(temporary, path)
+    with atomic_output(path) as temporary:
+        save_file(state, str(temporary), metadata={"format": "pt"})
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json_object(path: Path) -> dict:
