@@ -4,6 +4,7 @@ against (tests/): each is the textbook algorithm, written for clarity, not speed
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def redistribute_until_stable(budget: int, weights: list[float], caps: list[int]) -> list[float]:
@@ -22,3 +23,37 @@ def redistribute_until_stable(budget: int, weights: list[float], caps: list[int]
         if not over:
             return [float(caps[i]) if i in capped else targets[i] for i in range(len(weights))]
         capped |= over
+
+
+def fineweb2_quality_filters(words: str, config: Any) -> list:
+    """FineWeb2's three quality filters as fineweb-2-pipeline.py sets them up: stock datatrove classes
+    with one language's config (a ``pipeline.quality.LanguageThresholds``) and the word tokenizer
+    ``words`` (a language label datatrove resolves to its tokenizer, or a tokenizer)."""
+    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    return [
+        GopherRepetitionFilter(
+            language=words,
+            dup_para_frac=0,
+            dup_line_char_frac=0,
+            dup_para_char_frac=0,
+            dup_line_frac=config.dup_line_frac,
+            top_n_grams=config.top_n_grams,
+            dup_n_grams=config.dup_n_grams,
+        ),
+        FineWebQualityFilter(
+            language=words,
+            short_line_thr=999,
+            char_duplicates_ratio=0.1,
+            line_punct_thr=config.line_punct_thr,
+            new_line_ratio=config.new_line_ratio,
+        ),
+        GopherQualityFilter(
+            language=words,
+            max_avg_word_length=config.max_avg_word_length,
+            min_avg_word_length=config.min_avg_word_length,
+            stop_words=list(config.stopwords),
+            max_non_alpha_words_ratio=config.max_non_alpha_words_ratio,
+            min_stop_words=2,
+        ),
+    ]

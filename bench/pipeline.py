@@ -130,16 +130,12 @@ def run_ours(hub: str, out: str, tokenizer: str) -> dict:
 
 def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.filters import (
-        FineWebQualityFilter,
-        GopherQualityFilter,
-        GopherRepetitionFilter,
-        LanguageFilter,
-    )
+    from datatrove.pipeline.filters import LanguageFilter
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.utils.lid import FT176LID
 
+    from bench.peers import fineweb2_quality_filters
     from pipeline.cache import lid176_model_path
     from pipeline.quality import FilterConfigs
     from pipeline.words import word_splitting
@@ -160,30 +156,7 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
             [
                 ParquetReader(str(folder), glob_pattern="train/*.parquet"),
                 language_filter,
-                GopherRepetitionFilter(
-                    language=words,
-                    dup_para_frac=0,
-                    dup_line_char_frac=0,
-                    dup_para_char_frac=0,
-                    dup_line_frac=config.dup_line_frac,
-                    top_n_grams=config.top_n_grams,
-                    dup_n_grams=config.dup_n_grams,
-                ),
-                FineWebQualityFilter(
-                    language=words,
-                    short_line_thr=999,
-                    char_duplicates_ratio=0.1,
-                    line_punct_thr=config.line_punct_thr,
-                    new_line_ratio=config.new_line_ratio,
-                ),
-                GopherQualityFilter(
-                    language=words,
-                    max_avg_word_length=config.max_avg_word_length,
-                    min_avg_word_length=config.min_avg_word_length,
-                    stop_words=list(config.stopwords),
-                    max_non_alpha_words_ratio=config.max_non_alpha_words_ratio,
-                    min_stop_words=2,
-                ),
+                *fineweb2_quality_filters(words, config),
                 DocumentTokenizer(
                     f"{out}/tokens/{language}",
                     tokenizer_name_or_path=tokenizer,
@@ -242,11 +215,13 @@ def run_tokenize_stage(hub: str, out: str, tokenizer: str) -> dict:
 
 def measure(kind: str, hub: Path, out: Path, tokenizer: Path) -> dict:
     """Run one contender in a fresh process and add its peak resident memory."""
+    # VmHWM is the contender's own peak; ru_maxrss would also count this process's size at the fork
     code = (
-        f"import json, resource, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        f"import json, re, sys; sys.path.insert(0, {str(ROOT)!r}); "
         f"from bench.pipeline import run_{kind}; "
         f"r = run_{kind}({str(hub)!r}, {str(out)!r}, {str(tokenizer)!r}); "
-        "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
+        "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1]; "
+        "r['peak_rss_mb'] = int(hwm) / 1024; print(json.dumps(r))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:

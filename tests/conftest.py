@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
-PHASES = ("pretrain", "midtrain", "decay")
 DEMO_TOKENS = 150_000  # the mixture size `make demo` compiles
 
 
@@ -28,12 +27,13 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
     from pipeline.build import Build, BuildOptions
 
     builds = {}
+    recipe = load_recipe()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MMBERT_DATA_CACHE", str(sample_root / "cache"))
-        for phase in PHASES:
-            plan = Build(
+        for phase in recipe.phases:
+            build = Build(
                 BuildOptions(
-                    recipe=load_recipe(),
+                    recipe=recipe,
                     phase=phase,
                     output=sample_root / "data",
                     input_root=str(SAMPLE / "hub"),
@@ -42,7 +42,7 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
                     progress=False,
                 )
             )
-            builds[phase] = (plan.phase_dir, plan.run())
+            builds[phase] = (build.phase_dir, build.run())
     return builds
 
 

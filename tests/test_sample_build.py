@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
+from bench.peers import fineweb2_quality_filters
 from mixtures.recipe import load_recipe
 from tests.conftest import SAMPLE
 
@@ -73,7 +74,6 @@ def _fineweb2_rejects(language: str, text: str, score: float) -> bool:
     """FineWeb2's own verdict (fineweb-2-pipeline.py, steps 3 and 5): stock datatrove filters with the
     language's config and datatrove's own word tokenizer for it."""
     from datatrove.data import Document
-    from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
 
     from pipeline.quality import FilterConfigs
     from pipeline.words import normalize_text
@@ -81,32 +81,7 @@ def _fineweb2_rejects(language: str, text: str, score: float) -> bool:
     config = FilterConfigs()(language)
     if score < config.language_score:
         return True
-    stock = [
-        GopherRepetitionFilter(
-            language=language,
-            dup_para_frac=0,
-            dup_line_char_frac=0,
-            dup_para_char_frac=0,
-            dup_line_frac=config.dup_line_frac,
-            top_n_grams=config.top_n_grams,
-            dup_n_grams=config.dup_n_grams,
-        ),
-        FineWebQualityFilter(
-            language=language,
-            short_line_thr=999,
-            char_duplicates_ratio=0.1,
-            line_punct_thr=config.line_punct_thr,
-            new_line_ratio=config.new_line_ratio,
-        ),
-        GopherQualityFilter(
-            language=language,
-            max_avg_word_length=config.max_avg_word_length,
-            min_avg_word_length=config.min_avg_word_length,
-            stop_words=list(config.stopwords),
-            max_non_alpha_words_ratio=config.max_non_alpha_words_ratio,
-            min_stop_words=2,
-        ),
-    ]
+    stock = fineweb2_quality_filters(language, config)
     doc = Document(normalize_text(text), "doc")
     return any(step.filter(doc) is not True for step in stock)
 
