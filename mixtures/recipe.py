@@ -348,7 +348,16 @@ def _shared_training(raw: Any, where: str) -> dict:
     return raw
 
 
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
 def _source(name: str, raw: Any, where: str) -> SourceSpec:
+    if not isinstance(name, str) or not _SOURCE_NAME.match(name):
+        # the name is a directory of every build (OUTPUT/PHASE/SOURCE/LANGUAGE) and a stats label part
+        raise RecipeError(
+            f"{where}: a source name is lower-case letters, digits, '-' and '_' (one directory name), "
+            f"got {name!r}"
+        )
     raw = _mapping(raw, where)
     _known_keys(raw, ("format", "uri", "subsets", "date", "quality_filters", "language", "pool"), where)
     fmt = _require(raw, "format", where)

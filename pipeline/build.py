@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from pipeline.languages import LanguageSelection
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
 from pipeline.quality import (
     FILTER_FAMILIES,
+    FINEWEB2_CONFIGS,
+    SHIPPED,
     DocumentSizeFilter,
     FilterConfigs,
     LanguageQualityFilter,
@@ -169,8 +172,8 @@ class Build:
             raise hub_unavailable(
                 f"reading {', '.join(f'{s.name} ({s.uri})' for s in remote)}",
                 self.hub_unreachable,
-                f"mirror the phase with `mmbert-data download --phase {self.options.phase} --to DIR` where "
-                "the hub can be reached, then build with --input-root DIR",
+                f"mirror the phase with `mmbert-data download --phase {self.options.phase} --output DIR` "
+                "where the hub can be reached, then build with --input-root DIR",
             )
         found, catalogs = [], {}
         for reader in readers:
@@ -201,7 +204,7 @@ class Build:
         return (
             f"source {source.name}: no input files under {self._location(reader)} "
             f"(looked for {', '.join(reader.patterns())}{mapped}). Mirror it with `mmbert-data download "
-            f"--phase {self.options.phase} --to DIR`, or leave it out with --sources"
+            f"--phase {self.options.phase} --output DIR`, or leave it out with --sources"
         )
 
     @staticmethod
@@ -380,7 +383,14 @@ class Build:
         so rerunning with ``skip`` mixes nothing. Nor are workers or the executor.
         """
         options = self.options
-        directory = self.filter_configs.directory
+        configs = self.filter_configs
+        if configs.shipped:
+            configs_sha256 = hashlib.sha256(FINEWEB2_CONFIGS.read_bytes()).hexdigest()
+            configs_label = f"{SHIPPED} (shipped with the package)"
+        elif configs.directory is not None:
+            configs_sha256, configs_label = directory_sha256(configs.directory), str(configs.directory)
+        else:
+            configs_sha256, configs_label = None, "none (the defaults)"
         settings = {
             "phase": options.phase,
             "recipe": options.recipe.sha256,
@@ -390,7 +400,7 @@ class Build:
             "tokenizer": tokenizer["sha256"],
             "lid": self.lid,
             "lid_model": _resolved(options.lid_model),
-            "filter_configs": directory_sha256(directory) if directory else None,
+            "filter_configs": configs_sha256,
             "dedup": self.dedup,
             "minhash": str(options.minhash) if self.dedup else None,
             "rehydrate": self.rehydrate,
@@ -401,7 +411,7 @@ class Build:
         labels = {
             "recipe": str(options.recipe.path),
             "tokenizer": tokenizer["name"],
-            "filter_configs": str(directory),
+            "filter_configs": configs_label,
         }
         return settings, labels
 

@@ -215,6 +215,17 @@ class SourceFormat:
         """The language score the source publishes for the record, or None."""
         return None
 
+    def record_id(self, record: dict, path: str, line: int) -> str:
+        """The record's own id (a non-empty string or an integer); BadRecord if it has none."""
+        raw_id = record.get("id")
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+            return str(raw_id)
+        if raw_id is None or raw_id == "":
+            raise BadRecord("id is missing" if raw_id is None else "id is empty")
+        if not isinstance(raw_id, str):
+            raise BadRecord(f"id is {type(raw_id).__name__}, not a string")
+        return raw_id
+
 
 class FineWeb2(SourceFormat):
     """FineWeb2: parquet under ``data/{lang}_{Script}/train/``, labelled and scored by GlotLID."""
@@ -319,6 +330,14 @@ class DCLM(SourceFormat):
                 f"language_id_whole_page_fasttext is {scores!r}, not an object with an 'en' score"
             )
         return score(scores["en"], "language_id_whole_page_fasttext.en")
+
+    def record_id(self, record: dict, path: str, line: int) -> str:
+        """DCLM publishes no ids: a page is named by its WARC record, else by its file and line."""
+        warc = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        raw_id = warc.get("WARC-Record-ID") or f"{path}:{line}"
+        if not isinstance(raw_id, str):
+            raise BadRecord(f"metadata.WARC-Record-ID is {type(raw_id).__name__}, not a string")
+        return raw_id
 
 
 class Dolma(SourceFormat):

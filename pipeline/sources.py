@@ -131,13 +131,7 @@ class SourceReader(BaseDiskReader):
         text = _text(record)
         label = self.format.label(self.source, path, text, record)
         score = self.format.score(record)
-        # DCLM has no ids: its pages are named by their WARC record, else by file and line.
-        warc = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-        raw_id = record.get("id") or warc.get("WARC-Record-ID") or f"{path}:{line}"
-        if isinstance(raw_id, int) and not isinstance(raw_id, bool):
-            raw_id = str(raw_id)
-        if not isinstance(raw_id, str):
-            raise BadRecord(f"id is {type(raw_id).__name__}, not a string")
+        raw_id = self.format.record_id(record, path, line)
         _check_unicode(raw_id, "id")
         metadata = {"source": self.source.name, "language": label, "language_score": score}
         if (size := record.get("minhash_cluster_size")) is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mixtures.files import write_atomic
@@ -143,7 +144,8 @@ def _skipped_rules(language: str, skipped: dict[str, int]) -> dict:
 
 def stats_summary(stats: dict, top: int | None = None) -> dict:
     """What `mmbert-data stats` shows: one row per stream, or the ``top`` streams with the most tokens
-    (largest first), and the totals over every stream."""
+    (largest first), and the totals over every stream. ``errors`` is the build's record of bad input
+    (``count``, ``by_source`` and the ``report`` file beside stats.json)."""
     streams = stats["streams"]
     shown = streams if top is None else sorted(streams, key=lambda s: -s["tokens"])[:top]
     subsets = {s["language"] for s in streams}
@@ -157,11 +159,12 @@ def stats_summary(stats: dict, top: int | None = None) -> dict:
         "languages": len({language_code(name) for name in subsets}),
         "language_script_subsets": len(subsets),
         "totals": {**totals, "shards": sum(len(s["shards"]) for s in streams)},
-        "errors": stats["errors"]["count"],
+        "errors": stats["errors"],
         "rows": [
             {
                 **{key: stream[key] for key in ("source", "language", *totals, "drops")},
                 "shards": len(stream["shards"]),
+                "skipped_rules": stream.get("skipped_rules", {}),
             }
             for stream in shown
         ],
@@ -212,7 +215,9 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
             rules_by_reason[skipped["why"]].append(rule)
         for why, rules in rules_by_reason.items():
             console.print(
-                f"[yellow]{stream['source']}/{stream['language']}: {', '.join(rules)} not applied: {why}[/]"
+                f"[yellow]{stream['source']}/{stream['language']}: {', '.join(rules)} not applied: "
+                f"{escape(why)}[/]",
+                soft_wrap=True,
             )
     errors = stats["errors"]
     if errors["count"]:

@@ -6,12 +6,20 @@ the trainer's dependencies) are collected on a machine without datatrove.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
 DEMO_TOKENS = 150_000  # the mixture size `make demo` compiles
+
+
+def sample_documents() -> list[dict[str, str]]:
+    """Every document of the bundled sample as its manifest.csv lists it: source, path, row, id,
+    language, kind (``clean`` or how it is bad on purpose) and detail."""
+    with open(SAMPLE / "manifest.csv", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="session")

@@ -153,7 +153,7 @@ def _strings_with_invalid_utf8(values: list[str | bytes]) -> pa.Array:
 def bad_fields_hub(root: Path) -> dict[tuple[str, int], str]:
     """Every source format with good records and records with bad fields; returns (file, line) -> error."""
     rng = random.Random(11)
-    english = [prose(rng, "eng_Latn") for _ in range(12)]
+    english = [prose(rng, "eng_Latn") for _ in range(13)]
     expected = {}
 
     fw2 = write_fineweb2(root, "fra_Latn", [prose(rng, "fra_Latn") for _ in range(9)])
@@ -215,11 +215,15 @@ def bad_fields_hub(root: Path) -> dict[tuple[str, int], str]:
             _escaped({"id": "flan-\udc80", "text": english[6]}),
             _escaped({"id": "flan-2", "text": ["a", "list"]}),
             codecs.BOM_UTF8 + _escaped({"id": "flan-3", "text": english[7]}),
+            _escaped({"text": english[11]}),  # Dolma names every document: no id is no guess
+            _escaped({"id": "", "text": english[12]}),
         ],
     )
     expected |= {
         (dolmino, 2): "invalid Unicode in id: lone surrogate U+DC80",
         (dolmino, 3): "text is list, not a string",
+        (dolmino, 5): "id is missing",
+        (dolmino, 6): "id is empty",
     }
 
     arxiv = f"{ARXIV}/data/arxiv/arxiv-0000.json.gz"

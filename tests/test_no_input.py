@@ -133,7 +133,7 @@ def test_hub_sources_without_the_hub_fail_fast_naming_the_mirror(tmp_path, hub_s
     assert line.startswith("error: reading fineweb2 (hf://datasets/HuggingFaceFW/fineweb-2), dclm (")
     assert "needs the Hugging Face hub, but" in line
     assert "HF_HUB_OFFLINE is set" in line if hub_state == "hub_offline" else "cannot be reached" in line
-    assert "`mmbert-data download --phase pretrain --to DIR`" in line and "--input-root DIR" in line
+    assert "`mmbert-data download --phase pretrain --output DIR`" in line and "--input-root DIR" in line
     download = runner.invoke(app, ["download", "--phase", "pretrain", "--to", str(tmp_path / "mirror")])
     assert download.exit_code == 1 and len(error_lines(download.output)) == 1
     assert not (tmp_path / "mirror").exists()

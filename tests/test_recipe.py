@@ -73,6 +73,15 @@ def test_training_round_trips_through_the_manifest_form_and_scales():
         ),
         (lambda r: r["sources"]["dclm"].update(formt="dclm"), "sources.dclm: unknown key 'formt'"),
         (
+            lambda r: r["sources"].update({"../../elsewhere": r["sources"]["arxiv"]}),
+            "sources.../../elsewhere: a source name is lower-case letters, digits, '-' and '_' "
+            "(one directory name), got '../../elsewhere'",
+        ),
+        (
+            lambda r: r["sources"].update({"starcoder/python": r["sources"]["arxiv"]}),
+            "(one directory name), got 'starcoder/python'",
+        ),
+        (
             lambda r: r["processing"].update(dedupe=True),
             "processing: unknown key 'dedupe' (did you mean 'dedup'?)",
         ),

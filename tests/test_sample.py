@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import random
@@ -19,6 +18,7 @@ import zstandard
 from mixtures.recipe import load_recipe
 from pipeline.quality import FINEWEB2_CONFIGS
 from pipeline.sample import make_sample
+from tests.conftest import sample_documents
 
 SAMPLE = Path(make_sample.__file__).parent
 HUB = SAMPLE / "hub"
@@ -26,13 +26,26 @@ FINEWEB2 = HUB / make_sample.FINEWEB2
 KINDS = {"clean", "boilerplate", "repetition", "wrong_language", "too_short", "near_duplicate", "empty"}
 DOLMA_FIELDS = {"id", "text", "added", "created", "source", "metadata"}
 DCLM_FIELDS = {
-    "bff_contained_ngram_count_before_dedupe", "language_id_whole_page_fasttext", "metadata",
-    "previous_word_count", "text", "url", "warcinfo",
+    "bff_contained_ngram_count_before_dedupe",
+    "language_id_whole_page_fasttext",
+    "metadata",
+    "previous_word_count",
+    "text",
+    "url",
+    "warcinfo",
     "fasttext_openhermes_reddit_eli5_vs_rw_v2_bigram_200k_train_prob",
 }
 FILTER_CONFIG_KEYS = {
-    "language_score", "dup_line_frac", "dup_n_grams", "top_n_grams", "line_punct_thr", "min_avg_word_length",
-    "max_avg_word_length", "max_non_alpha_words_ratio", "new_line_ratio", "stopwords",
+    "language_score",
+    "dup_line_frac",
+    "dup_n_grams",
+    "top_n_grams",
+    "line_punct_thr",
+    "min_avg_word_length",
+    "max_avg_word_length",
+    "max_non_alpha_words_ratio",
+    "new_line_ratio",
+    "stopwords",
 }
 
 
@@ -47,16 +60,14 @@ def read_zstd(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def manifest() -> list[dict]:
-    with (SAMPLE / "manifest.csv").open(encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+    return sample_documents()
 
 
 @pytest.fixture(scope="module")
 def fineweb2() -> dict[str, list[dict]]:
     """FineWeb2 rows by subset, read from every parquet under data/{subset}/train/."""
     return {
-        path.parts[-3]: pq.read_table(path).to_pylist()
-        for path in sorted(FINEWEB2.glob("*/train/*.parquet"))
+        path.parts[-3]: pq.read_table(path).to_pylist() for path in sorted(FINEWEB2.glob("*/train/*.parquet"))
     }
 
 
@@ -185,8 +196,11 @@ def test_wrong_language_documents_have_low_scores(manifest, fineweb2):
         row = by_id[entry["id"]]
         assert row["language_score"] < 0.3
         assert entry["detail"].removeprefix("text in ") + "_score" in json.loads(row["top_langs"])
-    clean = [by_id[row["id"]]["language_score"] for row in manifest if row["source"] == "fineweb2"
-             and row["kind"] == "clean"]
+    clean = [
+        by_id[row["id"]]["language_score"]
+        for row in manifest
+        if row["source"] == "fineweb2" and row["kind"] == "clean"
+    ]
     assert min(clean) > 0.85
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import datasets
@@ -10,17 +9,12 @@ import pytest
 
 from bench.peers import fineweb2_quality_filters
 from mixtures.recipe import load_recipe
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, sample_documents
 
 
 @pytest.fixture(scope="module")
 def decay(sample_builds) -> tuple[Path, dict]:
     return sample_builds["decay"]
-
-
-def _manifest() -> list[dict]:
-    with open(SAMPLE / "manifest.csv", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def test_decay_covers_many_languages_and_every_shard_loads(decay):
@@ -40,7 +34,7 @@ def test_every_deliberately_bad_document_is_dropped_with_a_reason(decay):
     kept_ids = set()
     for path in phase_dir.glob("*/*/*.arrow"):
         kept_ids.update(datasets.Dataset.from_file(str(path))["id"])
-    documents = _manifest()
+    documents = sample_documents()
     bad = [d for d in documents if d["kind"] not in ("clean", "near_duplicate") and d["source"] == "fineweb2"]
     assert bad and not {f"fineweb2/{d['id']}" for d in bad} & kept_ids
     reasons = {reason for s in stats["streams"] for reason in s["drops"]}
@@ -96,7 +90,7 @@ def test_fineweb2s_configs_keep_the_clean_documents_of_every_language(decay):
     for path in phase_dir.glob("fineweb2/*/*.arrow"):
         kept_ids.update(datasets.Dataset.from_file(str(path))["id"])
     clean: dict[str, list[str]] = {}
-    for d in _manifest():
+    for d in sample_documents():
         if d["source"] == "fineweb2" and d["kind"] == "clean":
             clean.setdefault(d["language"], []).append(f"fineweb2/{d['id']}")
     drops = {s["language"]: s["drops"] for s in stats["streams"] if s["source"] == "fineweb2"}
@@ -126,7 +120,7 @@ def test_fineweb2s_configs_keep_the_clean_documents_of_every_language(decay):
 def test_rules_a_languages_word_splitting_cannot_serve_are_reported(decay, capsys):
     from rich.console import Console
 
-    from pipeline.stats import print_stats
+    from pipeline.stats import print_stats, stats_summary
     from pipeline.words import SYLLABLE_SKIPPED_RULES
 
     _, stats = decay
@@ -140,5 +134,7 @@ def test_rules_a_languages_word_splitting_cannot_serve_are_reported(decay, capsy
     for rule, entry in skipped.items():
         assert entry["why"] == SYLLABLE_SKIPPED_RULES[rule] and "botok" in entry["why"]
         assert tibetan["documents_kept"] <= entry["documents"] <= tibetan["documents_read"]
+    summary = stats_summary(stats)  # what `mmbert-data stats --json` prints
+    assert next(r for r in summary["rows"] if r["language"] == "bod_Tibt")["skipped_rules"] == skipped
     print_stats(stats, Console(width=200))
     assert "fineweb2/bod_Tibt: dup_n_grams, top_n_grams not applied: botok" in capsys.readouterr().out

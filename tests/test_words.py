@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import unicodedata
 
 import pyarrow.parquet as pq
@@ -19,7 +18,7 @@ from pipeline.words import (
     normalize_text,
     word_splitting,
 )
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, sample_documents
 
 FINEWEB2 = SAMPLE / "hub" / "datasets" / "HuggingFaceFW" / "fineweb-2" / "data"
 
@@ -87,8 +86,7 @@ def test_languages_get_the_segmenter_fineweb2_used():
 
 def test_fineweb2_stop_words_are_found_in_the_samples_clean_text():
     """Two stop words per document is FineWeb2's rule: its lists only match its own word splitting."""
-    with open(SAMPLE / "manifest.csv", encoding="utf-8") as f:
-        clean = {row["id"] for row in csv.DictReader(f) if row["kind"] == "clean"}
+    clean = {row["id"] for row in sample_documents() if row["kind"] == "clean"}
     configs = FilterConfigs()
     for language in ("tha_Thai", "kor_Hang", "vie_Latn", "cmn_Hani", "jpn_Jpan", "lao_Laoo", "khm_Khmr",
                      "mya_Mymr", "div_Thaa", "bod_Tibt"):  # fmt: skip
