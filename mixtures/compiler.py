@@ -168,6 +168,8 @@ def compile_phase(
     for source, amount in budgets.items():
         try:
             targets += fixed_targets(source, fixed_streams[source], amount, max_epochs, planning)
+        except EmptySourceError as err:
+            raise MixtureError(f"phase {phase}, {source}: {err}") from err
         except MixtureError as err:
             raise MixtureError(
                 f"phase {phase}, {source}: {err}; lower --tokens or raise --max-epochs"
@@ -210,6 +212,10 @@ def pool_targets(
     ]
 
 
+class EmptySourceError(MixtureError):
+    """A fixed budget for a source the build holds nothing of: more epochs or fewer tokens cannot help."""
+
+
 def fixed_targets(
     source: str, streams: Sequence[Stream], budget: int, max_epochs: float | None, planning: bool
 ) -> list[Target]:
@@ -221,7 +227,10 @@ def fixed_targets(
     if planning:
         return [Target(s.source, s.language, None, budget, False) for s in streams]
     if budget > 0 and not any(s.tokens for s in streams):
-        raise MixtureError(f"a budget of {budget:,} tokens but the build statistics hold none of this source")
+        raise EmptySourceError(
+            f"a budget of {budget:,} tokens but the build statistics hold none of this source; build it "
+            "(`mmbert-data build --sources ...`) or set its budget to 0 in the recipe"
+        )
     caps = [None if max_epochs is None else math.floor(s.tokens * max_epochs) for s in streams]
     allocation = capped_allocation(budget, [float(s.tokens) for s in streams], caps)
     return [

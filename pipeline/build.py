@@ -147,8 +147,10 @@ class Build:
         wanted = options.sources or (*pool, *self.spec.budgets)
         unknown = [s for s in wanted if s not in options.recipe.sources]
         if unknown:
+            near = difflib.get_close_matches(unknown[0], options.recipe.sources, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
             raise ValueError(
-                f"unknown source(s) {unknown}; the recipe has {', '.join(options.recipe.sources)}"
+                f"unknown source(s) {unknown}{hint}; the recipe has {', '.join(options.recipe.sources)}"
             )
         self.sources = [options.recipe.sources[name] for name in wanted]
         self.tokenizer_spec = options.tokenizer or options.recipe.tokenizer

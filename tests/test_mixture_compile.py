@@ -234,3 +234,13 @@ def test_decay_over_fineweb2s_table_caps_the_tiniest_languages(recipe):
         assert target.target_tokens < share * mixture.multilingual_tokens  # capped, not inflated
     largest = pool[-1]
     assert not largest.capped and largest.expected_epochs < 0.01
+
+
+def test_a_budget_for_a_source_the_build_holds_nothing_of_says_build_it(recipe, tmp_path):
+    streams = {key: tokens for key, tokens in DECAY_STREAMS.items() if key[0] != "arxiv"}
+    build = write_build(tmp_path / "data", streams=streams)
+    with pytest.raises(MixtureError) as caught:
+        compile_phase(recipe, "decay", read_stats(build), tokens=10_000)
+    message = str(caught.value)
+    assert message.startswith("phase decay, arxiv: a budget of") and "hold none of this source" in message
+    assert "set its budget to 0 in the recipe" in message and "--max-epochs" not in message

@@ -41,6 +41,15 @@ def test_a_typo_in_input_root_stops_naming_it(hub, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_mistyped_source_is_one_line_with_the_near_miss(hub, tmp_path):
+    result = runner.invoke(app, build_args(hub, tmp_path / "out", "--sources", "fineweb2,wikipeda"))
+    assert result.exit_code == 1
+    assert error_lines(result.output) == [
+        "error: unknown source(s) ['wikipeda'] (did you mean wikipedia?); "
+        "the recipe has fineweb2, dclm, dolmino, wikipedia, arxiv"
+    ]
+
+
 def test_a_source_without_files_stops_naming_the_path_and_the_mapping(hub, tmp_path):
     shutil.rmtree(hub / DCLM)
     result = runner.invoke(app, build_args(hub, tmp_path / "out"))
