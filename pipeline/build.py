@@ -437,9 +437,10 @@ class Build:
                 self.hub_unreachable,
                 "download model_v3.bin where the hub can be reached and pass --lid-model PATH",
             )
-        self._make_phase_dir()
-        # Loaded here, once: a sample tokenizer is trained and cached before workers start.
+        # Loaded here, once: a sample tokenizer is trained and cached before workers start. Before the
+        # phase directory is made, so a tokenizer that cannot be loaded leaves nothing behind.
         loaded = load_tokenizer(self.tokenizer_spec)
+        self._make_phase_dir()
         with BuildLock(self.phase_dir) as lock:
             if lock.taken_over and say:
                 say(

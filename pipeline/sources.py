@@ -152,7 +152,8 @@ class SourceReader(BaseDiskReader):
             yield from data
         self.errors = ErrorLog(self.on_error)
         files = self.list_files()[rank::world_size]
-        yield from self.read_files_shard(files)
+        if files:  # a task without files shows no empty progress bar
+            yield from self.read_files_shard(files)
         self.stat_update("input_errors", value=len(self.errors.problems))
         if self.errors_dir is not None:
             self.errors.write(Path(self.errors_dir) / f"{self.source.name}-{rank:05d}.jsonl")

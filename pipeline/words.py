@@ -140,6 +140,10 @@ def _prepare(class_name: str, code: str) -> None:
     """Keep the segmenters' own files in the asset cache and their downloads off."""
     if class_name in ("ThaiTokenizer", "LaoTokenizer") and "PYTHAINLP_READ_MODE" not in os.environ:
         os.environ.setdefault("PYTHAINLP_READ_ONLY", "1")  # pythainlp would create ~/pythainlp-data
+    if class_name == "KhmerTokenizer":
+        # khmer-nltk sets its logger to DEBUG with its own console handler when imported; a filter
+        # added before that stays, and keeps its "Loaded model" line off the build's console
+        logging.getLogger("khmer-nltk").addFilter(lambda record: record.levelno >= logging.WARNING)
     if class_name == "SpaCyTokenizer" and code == "zh":
         import jieba
 

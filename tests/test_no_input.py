@@ -109,6 +109,17 @@ def test_an_output_that_is_no_directory_is_one_line(hub, tmp_path, kind):
     assert line.startswith(f"error: --output {output}: cannot write {output}/pretrain (")
 
 
+def test_a_tokenizer_that_cannot_be_loaded_leaves_no_output(hub, tmp_path):
+    args = build_args(hub, tmp_path / "out", "--no-dedup")
+    args[args.index("--tokenizer") + 1] = str(tmp_path / "missing" / "tokenizer.json")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert error_lines(result.output) == [
+        f"error: tokenizer file {tmp_path}/missing/tokenizer.json does not exist"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def hub_offline(monkeypatch):
     """HF_HUB_OFFLINE=1, as huggingface_hub reads it when imported."""
