@@ -40,7 +40,12 @@ class InputProblem:
     error: str
 
     def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        if self.line is None:
+            where = self.path
+        elif self.path.endswith(".parquet"):
+            where = f"{self.path} (row {self.line}, from 0)"
+        else:
+            where = f"{self.path}:{self.line}"
         return f"{where}: {self.error}"
 
 

@@ -283,3 +283,13 @@ def test_bad_fields_of_every_source_format_are_reported_never_guessed(tmp_path, 
     assert {path.parent.relative_to(phase).as_posix() for path in phase.glob("*/*/*.arrow")} == {
         f"{s['source']}/{s['language']}" for s in stats["streams"] if s["documents_kept"]
     }
+
+
+def test_a_parquet_problem_names_its_row_and_a_json_lines_problem_its_line():
+    from pipeline.errors import InputProblem
+
+    parquet = InputProblem("fineweb2", "data/fra_Latn/train/000_00000.parquet", 0, "text is null")
+    assert str(parquet) == "data/fra_Latn/train/000_00000.parquet (row 0, from 0): text is null"
+    json_line = InputProblem("dclm", "shard.jsonl.zst", 3, "no text field")
+    assert str(json_line) == "shard.jsonl.zst:3: no text field"
+    assert str(InputProblem("dclm", "shard.jsonl.zst", None, "unreadable")) == "shard.jsonl.zst: unreadable"
