@@ -19,6 +19,7 @@ import codecs
 import gzip
 import io
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def json_lines(folder: DataFolder, path: str, report: Report) -> Iterator[tuple[
 
 
 # ---- formats -------------------------------------------------------------------------------------------
-class SourceFormat:
+class SourceFormat(ABC):
     """One kind of source: where its files are, which language each holds, and its records.
 
     The defaults serve a single-language source: every file and record is in the one
@@ -187,13 +188,13 @@ class SourceFormat:
     name: str = ""
     single_language: bool = True
 
+    @abstractmethod
     def patterns(self, source: SourceSpec) -> list[str]:
         """The glob patterns of the source's files, relative to its root."""
-        raise NotImplementedError
 
+    @abstractmethod
     def records(self, folder: DataFolder, path: str, report: Report) -> Iterator[tuple[int, dict]]:
         """(line or row, raw record) for each record of a file that could be parsed at all."""
-        raise NotImplementedError
 
     def serves(self, source: SourceSpec, selection: LanguageSelection) -> bool:
         """Whether the selection asks for a language the source may hold (without listing its files)."""

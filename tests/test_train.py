@@ -103,6 +103,14 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def wait_for_steps(process: subprocess.Popen, run_dir: Path, steps: int, timeout_s: float = 300) -> None:
+    """Wait until a running ``mmbert-train`` has logged ``steps`` steps (it must not exit first)."""
+    deadline = time.monotonic() + timeout_s
+    while not (run_dir / "metrics.jsonl").exists() or len(metrics(run_dir)) < steps:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def reference(sample_manifests, tmp_path_factory) -> Path:
     """An uninterrupted single-process run that the interrupted and distributed runs must reproduce."""
@@ -169,10 +177,7 @@ def test_two_processes_follow_one_and_resume_exactly(reference, sample_manifests
 def test_sigterm_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
     args = tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M")
     process = launch(args)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "run" / "metrics.jsonl").exists() or len(metrics(tmp_path / "run")) < 2:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_steps(process, tmp_path / "run", 2)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, output
@@ -184,10 +189,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
 def test_sigterm_to_torchrun_checkpoints_once_every_rank_agrees(sample_manifests, tmp_path):
     args = tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M")
     process = launch(args, processes=2)
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "run" / "metrics.jsonl").exists() or len(metrics(tmp_path / "run")) < 2:
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_steps(process, tmp_path / "run", 2)
     process.send_signal(signal.SIGTERM)  # torchrun passes it to both workers
     output, _ = process.communicate(timeout=120)
     assert "stopped by a signal" in output, output
@@ -371,10 +373,7 @@ def test_a_shard_with_ids_beyond_the_vocabulary_is_named(sample_manifests, sampl
 
 def test_ctrl_c_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
     process = launch(tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M"))
-    deadline = time.monotonic() + 300
-    while not (tmp_path / "run" / "metrics.jsonl").exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
+    wait_for_steps(process, tmp_path / "run", 1)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, output
