@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from mixtures.recipe import load_recipe  # noqa: E402
 from trainer.config import resolve  # noqa: E402
 from trainer.metrics import PEAK_BF16_FLOPS, flops_per_token  # noqa: E402
 from trainer.model import ModelConfig  # noqa: E402
+from trainer.overrides import Overrides  # noqa: E402
 from trainer.train import train  # noqa: E402
 
 VOCAB = 256_000
@@ -137,19 +139,17 @@ def main() -> None:
         manifest = write_phase(Path(scratch), tokens)
         for model in args.models:
             out = Path(scratch) / model
-            config = resolve(
-                load_manifest(manifest),
-                manifest,
-                out,
+            phase = load_manifest(manifest)
+            overrides = Overrides(
                 tokens=tokens,
                 batch_size=args.batch_size,
                 micro_batch_tokens=args.micro_batch_tokens,
                 model=model,
                 attn_backend=args.attn,
                 compile=args.compile,
-                save_every_minutes=None,
             )
-            train(config, device="cuda")
+            config = replace(resolve(phase, overrides, out), save_every_minutes=None)  # one save, at the end
+            train(config, phase, device="cuda")
             records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             timed = records[args.warmup :]
             seconds = sum(r["step_time"] + r["data_wait"] for r in timed)

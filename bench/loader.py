@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.sample import SAMPLE, sample_manifest  # noqa: E402
-from mixtures.manifest import load_manifest  # noqa: E402
-from mixtures.recipe import TrainingSpec, parse_tokens  # noqa: E402
+from mixtures.manifest import Manifest, load_manifest  # noqa: E402
+from mixtures.recipe import parse_tokens  # noqa: E402
 from pipeline.tokenizer import sample_tokenizer_path  # noqa: E402
 from trainer.data import MixtureData, MixtureLoader  # noqa: E402
 from trainer.masking import Masking  # noqa: E402
@@ -81,20 +81,18 @@ def quiet(log: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def prepare(tmp: Path, phase: str) -> tuple[dict[str, Any], Path]:
+def prepare(tmp: Path, phase: str) -> tuple[Manifest, Path]:
     """Build the bundled sample's ``phase`` and compile its manifest; return it and the tokenizer.json."""
     with quiet(tmp / "build.log"):
         path = sample_manifest(tmp, phase, MANIFEST_TOKENS)
     return load_manifest(path), sample_tokenizer_path(SAMPLE / "hub")
 
 
-def our_loader(manifest: dict[str, Any]) -> MixtureLoader:
+def our_loader(manifest: Manifest) -> MixtureLoader:
     """Our loader on one rank, set up as the trainer does (and as tests/test_loader.py's make_loader)."""
-    training = TrainingSpec.from_dict(manifest["training"], "manifest")
-    special = manifest["tokenizer"]["special_ids"]
-    masking = Masking(
-        training.mask_rate, special["mask"], tuple(special.values()), manifest["tokenizer"]["vocab_size"]
-    )
+    training, tokenizer = manifest.training, manifest.tokenizer
+    special = tokenizer.special_ids
+    masking = Masking(training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size)
     return MixtureLoader(
         MixtureData(manifest, seed=SEED),
         seq_len=training.seq_len,
@@ -106,7 +104,7 @@ def our_loader(manifest: dict[str, Any]) -> MixtureLoader:
     )
 
 
-def run_ours(manifest: dict[str, Any], tokens: int) -> dict[str, float]:
+def run_ours(manifest: Manifest, tokens: int) -> dict[str, float]:
     loader = our_loader(manifest)
     for _ in range(WARMUP):
         loader.next_step()
@@ -129,7 +127,7 @@ def run_ours(manifest: dict[str, Any], tokens: int) -> dict[str, float]:
     }
 
 
-def peer_parts(manifest: dict[str, Any], tokenizer_json: Path) -> tuple[Any, Any, dict[str, int]]:
+def peer_parts(manifest: Manifest, tokenizer_json: Path) -> tuple[Any, Any, dict[str, int]]:
     """The peer's interleaved dataset and collator, built from the manifest's shards.
 
     Imported here, once HF_DATASETS_CACHE points into the temporary directory (datasets reads it on import).
@@ -137,18 +135,15 @@ def peer_parts(manifest: dict[str, Any], tokenizer_json: Path) -> tuple[Any, Any
     from datasets import Dataset, concatenate_datasets, interleave_datasets
     from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
 
-    root = Path(manifest["data_root"])
-    streams = [entry for entry in manifest["streams"] if entry["target_tokens"] > 0 and entry["shards"]]
+    root = manifest.data_root
+    streams = [entry for entry in manifest.streams if entry.target_tokens > 0 and entry.shards]
     per_stream = [
         concatenate_datasets(
-            [
-                Dataset.from_file(str(root / shard["path"])).select_columns(["input_ids"])
-                for shard in entry["shards"]
-            ]
+            [Dataset.from_file(str(root / s.path)).select_columns(["input_ids"]) for s in entry.shards]
         )
         for entry in streams
     ]
-    weights = [entry["weight"] for entry in streams]
+    weights = [entry.weight for entry in streams]
     interleaved = interleave_datasets(
         per_stream,
         probabilities=[w / sum(weights) for w in weights],
@@ -163,7 +158,7 @@ def peer_parts(manifest: dict[str, Any], tokenizer_json: Path) -> tuple[Any, Any
         bos_token="<bos>",
         eos_token="<eos>",
     )
-    rate = manifest["training"]["mask_rate"]
+    rate = manifest.training.mask_rate
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=rate, seed=SEED)
     lengths = [len(ids) for ids in interleaved["input_ids"]]
     return interleaved, collator, {"documents": len(lengths), "tokens": sum(lengths), "streams": len(streams)}
@@ -220,12 +215,11 @@ def main() -> None:
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-datasets")
         start = time.perf_counter()
         manifest, tokenizer_json = prepare(Path(tmp), args.phase)
-        training = manifest["training"]
-        seq_len, rate = training["seq_len"], training["mask_rate"]
+        seq_len, rate = manifest.training.seq_len, manifest.training.mask_rate
         dataset, collator, peer_info = peer_parts(manifest, tokenizer_json)
         micro = max(8192, 2 * seq_len)
         print(
-            f"{args.phase}: sample built and compiled to {manifest['sampling']['tokens']:,} tokens in "
+            f"{args.phase}: sample built and compiled to {manifest.sampling.tokens:,} tokens in "
             f"{time.perf_counter() - start:.1f} s; {peer_info['streams']} streams, seq_len {seq_len}, "
             f"mask {rate:.0%}"
         )

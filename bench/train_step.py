@@ -12,7 +12,7 @@ The data is real: the bundled sample's ``pretrain`` phase is built and compiled 
 in a temporary directory, as tests/conftest.py does, and read by the trainer's loader with the
 phase's settings (seq_len 1024, 30% masking), batch-size warmup off (a constant batch).
 
-- ``ours``: the trainer's own step, ``trainer.train.train_step``, for one process, fed by the
+- ``ours``: the trainer's own step, ``trainer.train.TrainStep``, for one process, fed by the
   ``MixtureLoader`` behind a ``Prefetcher`` (background thread) as ``trainer.train`` feeds it:
   per micro-batch the dropout seed, ``model(input_ids, cu_seqlens, max_seqlen, labels)``
   (packed, sparse prediction), the loss scaled by the micro-batch's share of the step's
@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.model import THREADS, matmul_flops, padded, transformers_model  # noqa: E402
 from bench.sample import MIXTURE_TOKENS, sample_manifest  # noqa: E402
+from mixtures.formats import TokenizerRecord  # noqa: E402
 from mixtures.manifest import load_manifest  # noqa: E402
 from trainer.config import TrainConfig, model_config, resolve, tokenizer_record  # noqa: E402
 from trainer.data import MixtureData, MixtureLoader, Prefetcher  # noqa: E402
@@ -73,10 +74,11 @@ from trainer.distributed import Dist  # noqa: E402
 from trainer.masking import Masking  # noqa: E402
 from trainer.metrics import flops_per_token  # noqa: E402
 from trainer.model import ModelConfig, ModernBertMLM  # noqa: E402
-from trainer.optim import StableAdamW, param_groups  # noqa: E402
+from trainer.optim import make_optimizer  # noqa: E402
+from trainer.overrides import Overrides  # noqa: E402
 from trainer.packing import PackedBatch  # noqa: E402
 from trainer.schedule import lr_at  # noqa: E402
-from trainer.train import train_step  # noqa: E402
+from trainer.train import TrainStep  # noqa: E402
 
 PHASE = "pretrain"
 CONTENDERS = ("ours", "transformers")
@@ -97,7 +99,7 @@ class Setting:
 SETTINGS = {"tiny": Setting(16, 4096, 4), "small": Setting(4, 1024, 2)}
 
 
-def shape_config(shape: str, layers: int, config: TrainConfig, tokenizer: dict) -> ModelConfig:
+def shape_config(shape: str, layers: int, config: TrainConfig, tokenizer: TokenizerRecord) -> ModelConfig:
     """The model as ``_train`` builds it: a preset (tiny), or an --init model's shape (small)."""
     if shape == "tiny":
         return model_config(config, tokenizer, None)
@@ -108,23 +110,21 @@ def shape_config(shape: str, layers: int, config: TrainConfig, tokenizer: dict) 
 def setup(manifest_path: str, shape: str, layers: int, setting: Setting):
     """The run's config, the model's shape and a fresh loader, all as ``trainer.train._train`` makes them."""
     manifest = load_manifest(manifest_path)
-    tokenizer = tokenizer_record(manifest, manifest_path)
-    config = resolve(
-        manifest,
-        manifest_path,
-        out=os.devnull,  # nothing is written
+    tokenizer = tokenizer_record(manifest)
+    overrides = Overrides(
         batch_size=setting.batch,
         micro_batch_tokens=setting.micro_batch_tokens,
         model="tiny" if shape == "tiny" else None,
     )
-    training, special = config.training, tokenizer["special_ids"]
+    config = resolve(manifest, overrides, out=os.devnull)  # nothing is written
+    training, special = config.training, tokenizer.special_ids
     loader = MixtureLoader(
         MixtureData(manifest, seed=config.seed),
         seq_len=training.seq_len,
         micro_batch_tokens=config.micro_batch_tokens,
         batch_size_at=lambda tokens: setting.batch,
         masking=Masking(
-            training.mask_rate, special["mask"], tuple(special.values()), tokenizer["vocab_size"]
+            training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size
         ),
         seed=config.seed,
         pad_id=special["pad"],
@@ -133,19 +133,13 @@ def setup(manifest_path: str, shape: str, layers: int, setting: Setting):
 
 
 def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, warmup: int, total: int):
-    """``total`` steps of ``trainer.train.train_step``: per step (tokens, wall s, data wait s, loss)."""
-    training, opt = config.training, config.training.optimizer
+    """``total`` steps of ``trainer.train.TrainStep``: per step (tokens, wall s, data wait s, loss)."""
+    training = config.training
     torch.manual_seed(config.seed)
     model = ModernBertMLM(shape, attn_backend=config.attn_backend)
-    optimizer = StableAdamW(
-        param_groups(model, opt.weight_decay),
-        lr=training.lr.peak,
-        betas=opt.betas,
-        eps=opt.eps,
-        max_lr=training.lr.peak,
-    )
     dist = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     fp32 = torch.autocast("cpu", enabled=False)  # as the trainer runs on the CPU
+    train_step = TrainStep(model, make_optimizer(model, training), dist, fp32, config.seed)
     model.train()
     steps = []
     prefetch = Prefetcher(loader)
@@ -154,7 +148,7 @@ def run_ours(config: TrainConfig, shape: ModelConfig, loader: MixtureLoader, war
         for batch in prefetch:
             started = time.perf_counter()
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
-            result = train_step(batch, model, optimizer, dist, lr, fp32, config.seed)
+            result = train_step(batch, lr)
             steps.append((batch.tokens, time.perf_counter() - waited, started - waited, result["loss"]))
             if len(steps) == warmup + total:
                 break

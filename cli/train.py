@@ -9,14 +9,18 @@ torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --output R   #
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.options import token_amount
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from trainer.overrides import Overrides
+
+OVERRIDES = {spec.name: spec for spec in fields(Overrides)}
 
 app = typer.Typer(
     help="Train mmBERT encoders phase by phase from compiled manifests; export them to transformers, "
@@ -38,6 +42,15 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def option(name: str, *declarations: str) -> Any:
+    """The typer option of the ``Overrides`` field ``name``: its default, and its help from the field
+    (a flag that changes the result says that ``--resume`` keeps it)."""
+    spec = OVERRIDES[name]
+    default = None if spec.default == () else spec.default
+    keeps = " --resume refuses a change (unless --force)." if spec.metadata["changes_result"] else ""
+    return typer.Option(default, *declarations, help=spec.metadata["help"] + keeps)
+
+
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
@@ -51,38 +64,27 @@ def main(
         "--out",
         help="Run directory (checkpoints, metrics). Default: runs/PHASE. (--out: an older spelling.)",
     ),
-    init: Path = typer.Option(
-        None,
-        help="Start from a model: a run directory or checkpoint of the previous phase, a model directory, "
-        "or a transformers ModernBERT directory.",
-    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the newest intact checkpoint in --output."
     ),
     force: bool = typer.Option(
         False, "--force", help="Resume or init even when the manifest, tokenizer or settings differ."
     ),
-    tokens: str = typer.Option(None, help="Train this many tokens (k/M/B/T); the schedule scales with it."),
-    batch_size: int = typer.Option(None, help="Sequences of seq_len tokens per optimizer step."),
-    micro_batch_tokens: int = typer.Option(
-        None, help="Tokens per packed micro-batch (default: max(8192, 2 x seq_len))."
-    ),
-    lr: float = typer.Option(None, help="Peak learning rate (the schedule's shape stays)."),
-    model: str = typer.Option(None, help="tiny | small | base (default: base, or the --init model's shape)."),
-    attn: str = typer.Option("auto", help="Attention backend: auto | flash | flex | sdpa | dense."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (fixed batch shapes)."),
-    precision: str = typer.Option(None, help="fp32 | bf16 (default: bf16 on a GPU, fp32 on the CPU)."),
     device: str = typer.Option(None, help="cpu | cuda (default: a GPU when there is one)."),
-    seed: int = typer.Option(
-        None, help="Seed of data order, masks, dropout and init (default: the manifest's)."
-    ),
-    save_every: str = typer.Option(
-        None, help="Checkpoint every N tokens (50M) or every T (30min, 2h). Default: 30min."
-    ),
-    keep: int = typer.Option(None, help="Keep only the newest N checkpoints."),
-    verify: bool = typer.Option(
-        False, "--verify", help="Before training, hash every shard against the manifest (reads all the data)."
-    ),
+    init: str = option("init"),
+    tokens: str = option("tokens"),
+    batch_size: int = option("batch_size"),
+    micro_batch_tokens: int = option("micro_batch_tokens"),
+    lr: float = option("lr"),
+    settings: list[str] = option("settings", "--set"),
+    model: str = option("model"),
+    attn_backend: str = option("attn_backend", "--attn"),
+    compile: bool = option("compile", "--compile"),
+    precision: str = option("precision"),
+    seed: int = option("seed"),
+    save_every: str = option("save_every"),
+    keep: int = option("keep"),
+    verify: bool = option("verify", "--verify"),
 ) -> None:
     """Train one phase of the recipe from its manifest (or run one of the commands below)."""
     if ctx.invoked_subcommand is not None:
@@ -93,34 +95,16 @@ def main(
     from mixtures.errors import MixtureError
     from mixtures.manifest import load_manifest
     from trainer.checkpoint import CheckpointError
-    from trainer.config import ConfigError, parse_save_every, resolve
+    from trainer.config import ConfigError, resolve
     from trainer.data import DataError
     from trainer.model import ModelFormatError
     from trainer.train import train
 
+    given = {name: value for name, value in ctx.params.items() if name in OVERRIDES and value is not None}
     try:
-        every_tokens, every_minutes = parse_save_every(save_every)
-        doc = load_manifest(manifest)
-        config = resolve(
-            doc,
-            manifest,
-            out or Path("runs") / doc["phase"],
-            tokens=token_amount(tokens),
-            batch_size=batch_size,
-            micro_batch_tokens=micro_batch_tokens,
-            lr=lr,
-            seed=seed,
-            model=model,
-            attn_backend=attn,
-            compile=compile,
-            precision=precision,
-            init=str(init) if init else None,
-            save_every_tokens=every_tokens,
-            save_every_minutes=every_minutes,
-            keep=keep,
-            verify=verify,
-        )
-        train(config, resume=resume, force=force, device=device)
+        overrides = Overrides(**{**given, "settings": tuple(settings or ())})
+        phase = load_manifest(manifest, check_hashes=overrides.verify)
+        train(resolve(phase, overrides, out), phase, resume=resume, force=force, device=device)
     except (ConfigError, CheckpointError, DataError, ModelFormatError, MixtureError, RecipeError) as err:
         raise _fail(err) from err
     except KeyboardInterrupt as err:  # a second Ctrl-C: nothing saved beyond the last checkpoint

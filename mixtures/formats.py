@@ -20,6 +20,7 @@ node reading a manifest imports none of the data pipeline:
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -46,12 +47,45 @@ SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
 _NOT_HEX = re.compile(r"[^0-9a-f]")
 
 
+def expected_metadata(
+    tokenizer_name: str | None, tokenizer_sha256: str | None, source: str, language: str, phase: str
+) -> dict[str, str | None]:
+    """The schema metadata a shard of one stream carries (keys as in ``SHARD_METADATA``; None: unchecked)."""
+    values = (tokenizer_name, tokenizer_sha256, source, language, phase)
+    return dict(zip(SHARD_METADATA, values, strict=True))
+
+
 def shard_metadata(
     tokenizer_name: str, tokenizer_sha256: str, source: str, language: str, phase: str
 ) -> dict[bytes, bytes]:
-    """The schema metadata of one shard (keys as in ``SHARD_METADATA``)."""
-    values = (tokenizer_name, tokenizer_sha256, source, language, phase)
-    return {key.encode(): value.encode() for key, value in zip(SHARD_METADATA, values, strict=True)}
+    """The schema metadata written into one shard, as Arrow stores it (bytes)."""
+    expected = expected_metadata(tokenizer_name, tokenizer_sha256, source, language, phase)
+    return {key.encode(): value.encode() for key, value in expected.items()}
+
+
+def metadata_problems(
+    metadata: dict[bytes, bytes] | None, shard: str, expected: dict[str, str | None]
+) -> list[str]:
+    """Each way a shard's schema metadata differs from ``expected``, one message each (empty: it matches).
+
+    ``shard`` names the shard in the messages (its path relative to the data root).
+    The trainer's reader raises the first message, ``mmbert-data validate`` lists
+    them all, so both say the same thing about the same shard.
+    """
+    metadata = metadata or {}
+    problems = []
+    for key, want in expected.items():
+        if want is None:
+            continue
+        have = metadata.get(key.encode())
+        if have is None:
+            problems.append(f"{SHARD_METADATA[key]}: shard {shard} has no {key} in its schema metadata")
+        elif have.decode(errors="replace") != want:
+            problems.append(
+                f"{SHARD_METADATA[key]}: shard {shard} has {key}={have.decode(errors='replace')!r}, "
+                f"the manifest expects {want!r}"
+            )
+    return problems
 
 
 def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
@@ -75,12 +109,16 @@ def check_shards(raw: Any, where: str) -> None:
         _check_shard(raw[index], f"{where}: shards[{index}]")
 
 
-def check_tokenizer(raw: Any, where: str) -> dict[str, Any]:
-    """The tokenizer record of stats.json or a manifest, checked; ``vocab_size`` and ids may be absent."""
+def check_tokenizer(raw: Any, where: str, planned: bool = False) -> dict[str, Any]:
+    """The tokenizer record of stats.json or a manifest, checked; ``vocab_size`` and ids may be absent.
+
+    ``planned``: a manifest compiled from counts names the recipe's tokenizer but
+    holds no shards, so it has no ``sha256`` either.
+    """
     if not isinstance(raw, dict):
         raise MixtureError(f"{where}: tokenizer: expected an object")
     for key in ("name", "sha256"):
-        if not isinstance(raw.get(key), str):
+        if not isinstance(raw.get(key), str) and not (planned and key == "sha256" and raw.get(key) is None):
             raise MixtureError(f"{where}: tokenizer.{key}: expected a string, got {raw.get(key)!r}")
     vocab = raw.get("vocab_size")
     if vocab is not None and (type(vocab) is not int or vocab < 1):
@@ -95,6 +133,24 @@ def check_tokenizer(raw: Any, where: str) -> dict[str, Any]:
             if token_id is not None and (type(token_id) is not int or token_id < 0):
                 raise MixtureError(f"{where}: tokenizer.special_ids.{role}: expected an id, got {token_id!r}")
     return {"name": raw["name"], "sha256": raw["sha256"], "vocab_size": vocab, "special_ids": special}
+
+
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """The tokenizer a phase's shards were made with (see the module docstring); ids may be None."""
+
+    name: str
+    sha256: str | None  # None only in a manifest planned from counts
+    vocab_size: int | None
+    special_ids: dict[str, int | None] | None
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str, planned: bool = False) -> TokenizerRecord:
+        """The record of a stats.json or manifest, checked (``check_tokenizer``)."""
+        return cls(**check_tokenizer(raw, where, planned))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _first_malformed(raw: list) -> int | None:

@@ -40,15 +40,24 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.ipc
 
 from mixtures.errors import MixtureError
 from mixtures.files import write_atomic
-from mixtures.formats import MANIFEST_FORMAT, MANIFEST_VERSION, SHARD_METADATA, check_shards
+from mixtures.formats import (
+    MANIFEST_FORMAT,
+    MANIFEST_VERSION,
+    TokenizerRecord,
+    check_shards,
+    expected_metadata,
+    metadata_problems,
+)
+from mixtures.recipe import RecipeError, TrainingSpec
 
 if TYPE_CHECKING:  # the compiler's types, named for the writer only: reading needs none of it
     from mixtures.compiler import Mixture
@@ -92,6 +101,7 @@ _STREAM_FIELDS = {
     "capped": bool,
     "shards": list,
 }
+PROBLEMS_SHOWN = 10  # in the message of a manifest whose data has problems
 _HEAD_BYTES = 1 << 16  # the schema message at the start of an Arrow stream is far smaller
 
 
@@ -166,22 +176,80 @@ def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
     return fingerprint
 
 
-def load_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest, checking its structure and fingerprint; raises MixtureError naming the problem.
+class ShardEntry(NamedTuple):
+    """One shard of a stream: a tuple, since a phase lists 100k+ of them."""
 
-    The data root comes back as an absolute path (the file holds it relative to itself).
+    path: str  # relative to the data root
+    documents: int | None  # None in files written before documents were recorded
+    tokens: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One (source, language) stream of the phase: its target and the shards that hold its data."""
+
+    source: str
+    language: str
+    available_tokens: int | None
+    target_tokens: int
+    weight: float
+    expected_epochs: float | None
+    capped: bool
+    shards: tuple[ShardEntry, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.source}/{self.language}"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the phase's targets were drawn (see ``mixtures.compiler``)."""
+
+    sampler: str | None
+    temperature: float | None
+    tokens: int  # the phase's total: the targets sum to it
+    multilingual_source: str | None
+    multilingual_tokens: int | None
+    fixed_budgets: dict[str, int]
+    max_epochs: float | None
+    languages_without_data: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A phase manifest as read from its file: checked, fingerprinted, its data root absolute."""
+
+    path: Path
+    phase: str
+    seed: int
+    fingerprint: str
+    data_root: Path | None  # None: compiled from counts for planning, so it lists no shards
+    tokenizer: TokenizerRecord
+    training: TrainingSpec
+    sampling: Sampling
+    streams: tuple[StreamEntry, ...]
+    recipe: dict[str, Any]  # name, path and sha256 of the recipe file
+    counts: dict[str, Any]  # what the targets were compiled from
+
+
+def load_manifest(path: str | Path, check_hashes: bool = False) -> Manifest:
+    """Read a manifest (parsed once) and check it and its data; raises MixtureError naming the problems.
+
+    Checked: the structure, the fingerprint, and every shard at its recorded size
+    (``check_hashes``: also its sha256; see the module docstring). A planning
+    manifest, which lists no shards, is read as it is.
     """
-    doc, recorded, actual = _read(Path(path))
-    if recorded != actual:
-        raise MixtureError(_fingerprint_problem(recorded, actual, path))
-    return {**doc, "data_root": _absolute_root(doc, Path(path)), "fingerprint": recorded}
-
-
-def _absolute_root(doc: dict[str, Any], path: Path) -> str | None:
-    """The manifest's data root as an absolute path, the file's own directory standing for ``.``."""
-    if doc["data_root"] is None:
-        return None
-    return os.path.normpath(path.parent.resolve() / doc["data_root"])
+    manifest, mismatch = _parse(Path(path))
+    if mismatch:
+        raise MixtureError(mismatch)
+    problems = data_problems(manifest, check_hashes)
+    if problems:
+        shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
+        raise MixtureError(f"{path}: {len(problems)} problem(s) with its data:\n  {shown}")
+    return manifest
 
 
 def validate_manifest(
@@ -195,71 +263,141 @@ def validate_manifest(
     """
     path = Path(path)
     try:
-        doc, recorded, actual = _read(path)
+        manifest, mismatch = _parse(path)
     except MixtureError as err:
         return [str(err)]
-    problems = [] if recorded == actual else [_fingerprint_problem(recorded, actual, path)]
+    problems = [mismatch] if mismatch else []
     if tokenizer is not None:
-        problems += _tokenizer_problems(doc["tokenizer"], tokenizer)
-    root = _absolute_root(doc, path)
-    if root is None:
+        problems += _tokenizer_problems(manifest.tokenizer, tokenizer)
+    if manifest.data_root is None:
         return [*problems, f"{path}: compiled from counts for planning, so it lists no shards to check"]
+    return problems + data_problems(manifest, check_hashes)
+
+
+def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
+    """Problems with the shards a manifest lists: missing, resized, rehashed, or made for another stream.
+
+    Sizes come from ``stat`` relative to the open data root, which spares the
+    kernel a walk of the full path for each of 100k+ shards. Schema metadata is
+    read from the first shard of each stream (every shard with ``check_hashes``).
+    """
+    if manifest.data_root is None:
+        return []
+    root = str(manifest.data_root)
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as err:
+        relative = os.path.relpath(root, manifest.path.parent.resolve())
         return [
-            *problems,
             f"missing data root: {root} ({err.strerror}); the manifest finds its data at "
-            f"{doc['data_root']!r} from its own directory, so move manifests and data together",
+            f"{relative!r} from its own directory, so move manifests and data together"
         ]
-    identity = {
-        "mmbert.tokenizer.name": doc["tokenizer"].get("name"),
-        "mmbert.tokenizer.sha256": doc["tokenizer"].get("sha256"),
-        "mmbert.phase": doc["phase"],
-    }
+    problems = []
     try:
-        for stream in doc["streams"]:
-            expected = {**identity, "mmbert.source": stream["source"], "mmbert.language": stream["language"]}
-            problems += _stream_problems(root_fd, root, stream["shards"], expected, check_hashes)
+        for stream in manifest.streams:
+            expected = stream_metadata(manifest, stream)
+            problems += _stream_problems(root_fd, root, stream.shards, expected, check_hashes)
     finally:
         os.close(root_fd)
     return problems
 
 
-def _stream_problems(
-    root_fd: int, root: str, shards: list[dict], expected: dict[str, str | None], check_hashes: bool
-) -> list[str]:
-    """Problems with one stream's shards: missing, resized, rehashed, or made for another stream.
+def stream_metadata(manifest: Manifest, stream: StreamEntry) -> dict[str, str | None]:
+    """The schema metadata each shard of ``stream`` must carry."""
+    tokenizer = manifest.tokenizer
+    return expected_metadata(tokenizer.name, tokenizer.sha256, stream.source, stream.language, manifest.phase)
 
-    Sizes come from ``stat`` relative to the open data root (``root_fd``),
-    which spares the kernel a walk of the full path for each of 100k+ shards.
-    """
+
+def _parse(path: Path) -> tuple[Manifest, str | None]:
+    """The manifest, and its fingerprint problem (None: the file is as written)."""
+    doc, recorded, actual = _read(path)
+    where = str(path)
+    try:
+        training = TrainingSpec.from_dict(doc["training"], f"{where}: training")
+    except RecipeError as err:
+        raise MixtureError(str(err)) from err
+    sampling = doc["sampling"]
+    manifest = Manifest(
+        path=path,
+        phase=doc["phase"],
+        seed=doc["seed"],
+        fingerprint=recorded,
+        data_root=_absolute_root(doc, path),
+        tokenizer=TokenizerRecord.from_dict(doc["tokenizer"], where, planned=doc["data_root"] is None),
+        training=training,
+        sampling=Sampling(
+            sampler=sampling.get("sampler"),
+            temperature=sampling.get("temperature"),
+            tokens=sampling["tokens"],
+            multilingual_source=sampling.get("multilingual_source"),
+            multilingual_tokens=sampling.get("multilingual_tokens"),
+            fixed_budgets=dict(sampling.get("fixed_budgets") or {}),
+            max_epochs=sampling.get("max_epochs"),
+            languages_without_data=tuple(sampling.get("languages_without_data") or ()),
+        ),
+        streams=tuple(
+            StreamEntry(
+                source=stream["source"],
+                language=stream["language"],
+                available_tokens=stream["available_tokens"],
+                target_tokens=stream["target_tokens"],
+                weight=stream["weight"],
+                expected_epochs=stream["expected_epochs"],
+                capped=stream["capped"],
+                shards=tuple(
+                    ShardEntry(s["path"], s.get("documents"), s["tokens"], s["bytes"], s["sha256"])
+                    for s in stream["shards"]
+                ),
+            )
+            for stream in doc["streams"]
+        ),
+        recipe=doc["recipe"],
+        counts=doc["counts"],
+    )
+    return manifest, None if recorded == actual else _fingerprint_problem(recorded, actual, path)
+
+
+def _absolute_root(doc: dict[str, Any], path: Path) -> Path | None:
+    """The manifest's data root as an absolute path, the file's own directory standing for ``.``."""
+    if doc["data_root"] is None:
+        return None
+    return Path(os.path.normpath(path.parent.resolve() / doc["data_root"]))
+
+
+def _stream_problems(
+    root_fd: int,
+    root: str,
+    shards: tuple[ShardEntry, ...],
+    expected: dict[str, str | None],
+    check_hashes: bool,
+) -> list[str]:
+    """Problems with one stream's shards (see :func:`data_problems`)."""
     problems = []
     for index, shard in enumerate(shards):
         try:
-            size = os.stat(shard["path"], dir_fd=root_fd).st_size
+            size = os.stat(shard.path, dir_fd=root_fd).st_size
         except FileNotFoundError:
-            problems.append(f"missing shard: {shard['path']} (no file {os.path.join(root, shard['path'])})")
+            problems.append(f"missing shard: {shard.path} (no file {os.path.join(root, shard.path)})")
             continue
-        if size != shard["bytes"]:
+        if size != shard.bytes:
             problems.append(
-                f"changed shard: {shard['path']} has {size:,} bytes, the manifest records {shard['bytes']:,}"
+                f"changed shard: {shard.path} has {size:,} bytes, the manifest records {shard.bytes:,}"
             )
             continue
         if check_hashes:
-            digest, head = _read_shard(os.path.join(root, shard["path"]))
-            if digest != shard["sha256"]:
+            digest, head = _read_shard(os.path.join(root, shard.path))
+            if digest != shard.sha256:
                 problems.append(
-                    f"changed shard: {shard['path']} content sha256 {digest[:16]}... differs from the "
-                    f"manifest's {shard['sha256'][:16]}..."
+                    f"changed shard: {shard.path} content sha256 {digest[:16]}... differs from the "
+                    f"manifest's {shard.sha256[:16]}..."
                 )
                 continue
         elif index == 0:
-            with open(os.path.join(root, shard["path"]), "rb") as handle:
+            with open(os.path.join(root, shard.path), "rb") as handle:
                 head = handle.read(_HEAD_BYTES)
         else:
             continue
-        problems += _metadata_problems(head, shard["path"], expected)
+        problems += _head_problems(head, shard.path, expected)
     return problems
 
 
@@ -351,48 +489,35 @@ def _fingerprint_problem(recorded: str, actual: str, path: str | Path) -> str:
     )
 
 
-def _tokenizer_problems(recorded: dict[str, Any], tokenizer: str | Path) -> list[str]:
+def _tokenizer_problems(recorded: TokenizerRecord, tokenizer: str | Path) -> list[str]:
     """Compare the manifest's tokenizer with one given as a tokenizer.json, its directory, or a name."""
     path = Path(tokenizer)
     if path.is_dir():
         path = path / "tokenizer.json"
     if path.is_file():
         digest, _ = _read_shard(str(path))
-        if digest != recorded.get("sha256"):
+        if digest != recorded.sha256:
             return [
                 f"tokenizer mismatch: {path} has sha256 {digest[:16]}..., "
                 "the manifest's shards were tokenized "
-                f"with {recorded.get('name')} (sha256 {str(recorded.get('sha256'))[:16]}...)"
+                f"with {recorded.name} (sha256 {str(recorded.sha256)[:16]}...)"
             ]
         return []
-    if str(tokenizer) != recorded.get("name"):
+    if str(tokenizer) != recorded.name:
         return [
             f"tokenizer mismatch: expected {tokenizer}, "
-            f"the manifest's shards were tokenized with {recorded.get('name')}"
+            f"the manifest's shards were tokenized with {recorded.name}"
         ]
     return []
 
 
-def _metadata_problems(head: bytes, shown: str, expected: dict[str, str | None]) -> list[str]:
+def _head_problems(head: bytes, shown: str, expected: dict[str, str | None]) -> list[str]:
     """Compare a shard's schema metadata (from the head of its Arrow stream) with what its stream says."""
     try:
-        metadata = pyarrow.ipc.open_stream(pa.py_buffer(head)).schema.metadata or {}
+        metadata = pyarrow.ipc.open_stream(pa.py_buffer(head)).schema.metadata
     except (OSError, pa.ArrowInvalid) as err:
         return [f"unreadable shard: {shown} is not an Arrow IPC stream ({err})"]
-    problems = []
-    for key, kind in SHARD_METADATA.items():
-        want = expected[key]
-        have = metadata.get(key.encode())
-        if want is None:
-            continue
-        if have is None:
-            problems.append(f"{kind}: shard {shown} has no {key} in its schema metadata")
-        elif have.decode(errors="replace") != want:
-            problems.append(
-                f"{kind}: shard {shown} has {key}={have.decode(errors='replace')!r}, "
-                f"the manifest expects {want!r}"
-            )
-    return problems
+    return metadata_problems(metadata, shown, expected)
 
 
 def _read_shard(file: str) -> tuple[str, bytes]:

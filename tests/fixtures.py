@@ -135,3 +135,13 @@ def shard_rows(phase_dir: Path) -> dict[str, list[tuple[str, list[int]]]]:
         language = path.parent.name
         rows.setdefault(language, []).extend(zip(table["id"], table["input_ids"], strict=True))
     return {language: sorted(r) for language, r in rows.items()}
+
+
+def manifest_document(path: Path) -> dict:
+    """A manifest file's JSON document as ``write_manifest`` takes it: no fingerprint, the data root
+    absolute (the file holds it relative to itself), for tests that write variants of a manifest."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    del doc["fingerprint"]
+    if doc["data_root"] is not None:
+        doc["data_root"] = str((path.parent / doc["data_root"]).resolve())
+    return doc

@@ -93,7 +93,7 @@ import cli.train, trainer.train
 from mixtures.manifest import load_manifest, validate_manifest
 doc = load_manifest({str(sample_manifests["decay"])!r})
 assert validate_manifest({str(sample_manifests["decay"])!r}, check_hashes=False) == []
-print(len(doc["streams"]))
+print(len(doc.streams))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

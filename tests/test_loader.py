@@ -6,11 +6,13 @@ from collections import Counter
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 
 from mixtures.formats import SPECIAL_ROLES
-from mixtures.manifest import load_manifest
-from mixtures.recipe import TrainingSpec
+from mixtures.manifest import Manifest, load_manifest, validate_manifest
+from tests.conftest import write_synthetic_phase
 from trainer.data import Blend, DataError, MixtureData, MixtureLoader
 from trainer.masking import Masking
 from trainer.model import IGNORE_INDEX
@@ -20,16 +22,16 @@ SEQUENCES = 16  # the demo's batch: 16 sequences per step
 
 
 def make_loader(
-    manifest: dict, seed: int = 0, rank: int = 0, world_size: int = 1, **settings
+    manifest: Manifest, seed: int = 0, rank: int = 0, world_size: int = 1, **settings
 ) -> MixtureLoader:
-    training = TrainingSpec.from_dict(manifest["training"], "manifest")
-    special = manifest["tokenizer"]["special_ids"]
+    training, tokenizer = manifest.training, manifest.tokenizer
+    special = tokenizer.special_ids
     options = {
         "seq_len": training.seq_len,
         "micro_batch_tokens": max(8192, 2 * training.seq_len),
         "batch_size_at": lambda tokens: SEQUENCES,
         "masking": Masking(
-            training.mask_rate, special["mask"], tuple(special.values()), manifest["tokenizer"]["vocab_size"]
+            training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size
         ),
         "seed": seed,
         "pad_id": special["pad"],
@@ -48,7 +50,7 @@ def rows(batch) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def manifests(sample_manifests) -> dict[str, dict]:
+def manifests(sample_manifests) -> dict[str, Manifest]:
     return {phase: load_manifest(path) for phase, path in sample_manifests.items()}
 
 
@@ -90,7 +92,7 @@ def _documents(batch) -> list[tuple]:
 @pytest.mark.parametrize("phase", ["pretrain", "midtrain", "decay"])
 def test_stream_shares_follow_the_manifest_weights(manifests, phase):
     data = MixtureData(manifests[phase], seed=0)
-    blend = Blend(data, manifests[phase]["training"]["seq_len"])
+    blend = Blend(data, manifests[phase].training.seq_len)
     tokens, total = Counter(), 0
     while total < 100_000_000:  # hundreds of epochs of the sample: long enough for its smallest streams
         chunk = blend.next_chunk()
@@ -114,9 +116,9 @@ def test_every_document_is_seen_once_per_epoch(manifests):
 @pytest.mark.parametrize("phase", ["pretrain", "midtrain", "decay"])
 def test_masks_chunks_and_packing_on_the_demo_data(manifests, phase):
     manifest = manifests[phase]
-    rate, seq_len = manifest["training"]["mask_rate"], manifest["training"]["seq_len"]
-    special = [manifest["tokenizer"]["special_ids"][role] for role in SPECIAL_ROLES]
-    mask_id = manifest["tokenizer"]["special_ids"]["mask"]
+    rate, seq_len = manifest.training.mask_rate, manifest.training.seq_len
+    special = [manifest.tokenizer.special_ids[role] for role in SPECIAL_ROLES]
+    mask_id = manifest.tokenizer.special_ids["mask"]
     loader = make_loader(manifest)
     predictions = maskable = tokens = capacity = 0
     for _ in range(30):
@@ -147,8 +149,7 @@ def test_a_loader_resumed_from_its_state_continues_exactly(manifests):
 
 def test_batch_warmup_grows_the_micro_batches(manifests):
     manifest = manifests["pretrain"]
-    training = TrainingSpec.from_dict(manifest["training"], "manifest")
-    training = replace(training, batch_size=32, batch_warmup_min=6)
+    training = replace(manifest.training, batch_size=32, batch_warmup_min=6)
     loader = make_loader(manifest, batch_size_at=lambda tokens: batch_size_at(tokens, training))
     steps = [loader.next_step() for _ in range(3)]
     assert steps[0].sequences == training.batch_warmup_min < training.batch_size
@@ -157,10 +158,31 @@ def test_batch_warmup_grows_the_micro_batches(manifests):
 
 def test_shards_that_do_not_match_the_manifest_are_refused(manifests, tmp_path):
     manifest = manifests["pretrain"]
-    wrong = {**manifest, "tokenizer": {**manifest["tokenizer"], "sha256": "0" * 64}}
+    wrong = replace(manifest, tokenizer=replace(manifest.tokenizer, sha256="0" * 64))
     with pytest.raises(
-        DataError, match=r"tokenizer mismatch: mmbert.tokenizer.sha256 is '[0-9a-f]{64}', the manifest"
+        DataError, match=r"tokenizer mismatch: shard \S+ has mmbert.tokenizer.sha256='[0-9a-f]{64}', the"
     ):
         make_loader(wrong).next_step()
     with pytest.raises(ValueError, match="micro_batch_tokens 512 must be at least seq_len 1024"):
         make_loader(manifest, micro_batch_tokens=512)
+
+
+def test_the_loader_and_validate_say_the_same_of_a_shard_made_for_another_stream(tmp_path):
+    path = write_synthetic_phase(tmp_path)
+    manifest = load_manifest(path)
+    stream = manifest.streams[0]
+    shard = manifest.data_root / stream.shards[0].path
+    other = "fra_Latx"  # as long as the stream's fra_Latn, so the shard keeps its recorded size
+    table = pyarrow.ipc.open_stream(shard.read_bytes()).read_all()
+    schema = table.schema.with_metadata({**table.schema.metadata, b"mmbert.language": other.encode()})
+    with pa.OSFile(str(shard), "wb") as sink, pyarrow.ipc.new_stream(sink, schema) as out:
+        out.write_table(table.cast(schema))
+    assert shard.stat().st_size == stream.shards[0].bytes
+    problems = validate_manifest(path, check_hashes=False)
+    assert problems == [
+        f"language mismatch: shard {stream.shards[0].path} has mmbert.language={other!r}, "
+        f"the manifest expects {stream.language!r}"
+    ]
+    with pytest.raises(DataError) as raised:
+        make_loader(manifest).next_step()
+    assert str(raised.value) == problems[0]

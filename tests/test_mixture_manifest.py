@@ -16,6 +16,7 @@ from mixtures.compiler import compile_phase
 from mixtures.counts import read_counts_csv
 from mixtures.errors import MixtureError
 from mixtures.manifest import (
+    ShardEntry,
     build_manifest,
     canonical_json,
     check_manifest,
@@ -24,7 +25,14 @@ from mixtures.manifest import (
     write_manifest,
 )
 from mixtures.recipe import load_recipe
-from tests.fixtures import TOKENIZER, TOKENIZER_JSON, TOKENIZER_SHA256, compile_to, write_build
+from tests.fixtures import (
+    TOKENIZER,
+    TOKENIZER_JSON,
+    TOKENIZER_SHA256,
+    compile_to,
+    manifest_document,
+    write_build,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,25 +51,28 @@ def manifest(build, tmp_path):
 
 def test_manifest_is_self_describing(manifest, build):
     doc = load_manifest(manifest)
+    raw = json.loads(manifest.read_text())
     recipe = load_recipe()
-    assert doc["format"] == "mmbert-data/manifest" and doc["version"] == 1
-    assert doc["phase"] == "decay" and doc["seed"] == 0
-    assert doc["recipe"] == {"name": "mmbert", "path": str(recipe.path.resolve()), "sha256": recipe.sha256}
-    assert doc["tokenizer"] == TOKENIZER  # with the vocabulary size and special ids the trainer checks
-    assert doc["training"]["mask_rate"] == 0.05 and doc["training"]["seq_len"] == 8192
-    assert doc["training"]["lr"]["schedule"] == "one_minus_sqrt"
-    assert doc["sampling"]["temperature"] == 0.3 and doc["sampling"]["max_epochs"] == 5.0
-    assert doc["data_root"] == str(build.resolve())  # the file holds it relative to its own directory
-    assert json.loads(manifest.read_text())["data_root"] == "../data/decay"
-    assert doc["counts"]["kind"] == "stats"
-    assert doc["counts"]["sha256"] == hashlib.sha256((build / "stats.json").read_bytes()).hexdigest()
-    stream = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
-    assert stream["source"] == "fineweb2" and stream["capped"] is True
-    assert stream["target_tokens"] == 100 and stream["expected_epochs"] == 5.0 and stream["weight"] == 0.01
-    assert set(stream["shards"][0]) == {"path", "documents", "tokens", "bytes", "sha256"}
-    assert sum(s["target_tokens"] for s in doc["streams"]) == doc["sampling"]["tokens"] == 10_000
-    body = {key: value for key, value in json.loads(manifest.read_text()).items() if key != "fingerprint"}
-    assert doc["fingerprint"] == hashlib.sha256(canonical_json(body)).hexdigest()
+    assert raw["format"] == "mmbert-data/manifest" and raw["version"] == 1
+    assert doc.phase == "decay" and doc.seed == 0
+    assert doc.recipe == {"name": "mmbert", "path": str(recipe.path.resolve()), "sha256": recipe.sha256}
+    assert doc.tokenizer.to_dict() == TOKENIZER  # with the vocabulary size and special ids the trainer checks
+    assert doc.training.mask_rate == 0.05 and doc.training.seq_len == 8192
+    assert doc.training.lr.schedule == "one_minus_sqrt"
+    assert doc.sampling.temperature == 0.3 and doc.sampling.max_epochs == 5.0
+    assert doc.data_root == build.resolve()  # the file holds it relative to its own directory
+    assert raw["data_root"] == "../data/decay"
+    assert doc.counts["kind"] == "stats"
+    assert doc.counts["sha256"] == hashlib.sha256((build / "stats.json").read_bytes()).hexdigest()
+    stream = next(s for s in doc.streams if s.language == "fao_Latn")
+    assert stream.source == "fineweb2" and stream.capped is True
+    assert stream.target_tokens == 100 and stream.expected_epochs == 5.0 and stream.weight == 0.01
+    fao = next(s for s in raw["streams"] if s["language"] == "fao_Latn")
+    assert set(fao["shards"][0]) == {"path", "documents", "tokens", "bytes", "sha256"}
+    assert stream.shards[0] == ShardEntry(**fao["shards"][0])
+    assert sum(s.target_tokens for s in doc.streams) == doc.sampling.tokens == 10_000
+    body = {key: value for key, value in raw.items() if key != "fingerprint"}
+    assert doc.fingerprint == hashlib.sha256(canonical_json(body)).hexdigest()
 
 
 def test_same_inputs_give_byte_identical_manifests(build, manifest, tmp_path):
@@ -94,15 +105,14 @@ def test_write_is_atomic_and_checked(build, tmp_path):
 
 
 def test_structure_and_caps_are_checked_on_read(manifest):
-    doc = load_manifest(manifest)
-    del doc["fingerprint"]
+    doc = manifest_document(manifest)
     fao = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
     fao["target_tokens"] += 1
     with pytest.raises(
         MixtureError, match=r"streams\[\d+\] \(fineweb2/fao_Latn\): target_tokens 101 exceeds 5 epochs"
     ):
         check_manifest(doc, "m.json")
-    doc = load_manifest(manifest)
+    doc = json.loads(manifest.read_text())
     doc["version"] = 2
     manifest.write_text(json.dumps(doc))
     with pytest.raises(MixtureError, match="reads manifest version 1, got 2"):
@@ -137,14 +147,14 @@ def test_a_moved_data_root_is_one_problem_not_one_per_shard(manifest, build):
 
 
 def test_data_and_manifests_moved_together_stay_valid(manifest, build, tmp_path):
-    fingerprint = load_manifest(manifest)["fingerprint"]
+    fingerprint = load_manifest(manifest).fingerprint
     moved = tmp_path / "elsewhere" / "runs"
     moved.mkdir(parents=True)
     (tmp_path / "data").rename(moved / "data")
     (tmp_path / "manifests").rename(moved / "manifests")
     assert validate_manifest(moved / "manifests" / "decay.json") == []
     doc = load_manifest(moved / "manifests" / "decay.json")
-    assert doc["data_root"] == str(moved / "data" / "decay") and doc["fingerprint"] == fingerprint
+    assert doc.data_root == moved / "data" / "decay" and doc.fingerprint == fingerprint
     # a manifest written beside its data (the default of `mmbert-data mixture`) holds the root as "."
     compile_to(moved / "data" / "decay", moved / "data" / "decay" / "manifest.json")
     assert json.loads((moved / "data" / "decay" / "manifest.json").read_text())["data_root"] == "."
@@ -234,7 +244,7 @@ def test_planning_manifest_has_no_shards_to_check(tmp_path):
         build_manifest(compile_phase(recipe, "midtrain", counts, tokens=10**9), recipe, counts, 0), path
     )
     doc = load_manifest(path)
-    assert doc["data_root"] is None and doc["tokenizer"] == {
+    assert doc.data_root is None and doc.tokenizer.to_dict() == {
         "name": "jhu-clsp/mmBERT-base",
         "sha256": None,
         "vocab_size": None,

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cli.train import app
-from mixtures.manifest import load_manifest, write_manifest
+from mixtures.manifest import write_manifest
+from tests.fixtures import manifest_document
 from trainer.checkpoint import checkpoint_dirs
 from trainer.model import ModelConfig, ModernBertMLM
 
@@ -236,8 +237,7 @@ def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_pat
 
 
 def test_bad_input_stops_before_training_and_names_it(sample_manifests, sample_builds, tmp_path):
-    manifest = load_manifest(sample_manifests["pretrain"])
-    body = {k: v for k, v in manifest.items() if k != "fingerprint"}
+    body = manifest_document(sample_manifests["pretrain"])
 
     def variant(name: str, **changes) -> Path:
         path = tmp_path / f"{name}.json"
@@ -248,7 +248,7 @@ def test_bad_input_stops_before_training_and_names_it(sample_manifests, sample_b
     data = tmp_path / "data"
     shutil.copytree(sample_builds["pretrain"][0], data)
     moved = variant("moved", data_root=str(data))
-    first, second = (s["shards"][0]["path"] for s in manifest["streams"][:2])
+    first, second = (s["shards"][0]["path"] for s in body["streams"][:2])
     (data / first).unlink()
     with open(data / second, "ab") as handle:
         handle.write(b"\0")
@@ -350,7 +350,7 @@ def test_data_and_manifests_moved_together_still_validate_and_train(sample_build
 
 
 def test_a_shard_with_ids_beyond_the_vocabulary_is_named(sample_manifests, sample_builds, tmp_path):
-    manifest = load_manifest(sample_manifests["pretrain"])
+    manifest = manifest_document(sample_manifests["pretrain"])
     data = tmp_path / "data"
     shutil.copytree(sample_builds["pretrain"][0], data)
     shard = data / manifest["streams"][0]["shards"][0]["path"]
@@ -361,7 +361,7 @@ def test_a_shard_with_ids_beyond_the_vocabulary_is_named(sample_manifests, sampl
     shard.write_bytes(bytes(raw))  # the same size: only --verify's hashes would notice before training
     moved = tmp_path / "moved.json"
     write_manifest(
-        {**{k: v for k, v in manifest.items() if k != "fingerprint"}, "data_root": str(data)}, moved
+        {**manifest, "data_root": str(data)}, moved
     )
     output = fails(*tiny(moved, tmp_path / "run", tokens="200k"))
     assert (

@@ -14,6 +14,7 @@ import torch
 from mixtures.manifest import load_manifest
 from tests.conftest import write_synthetic_phase
 from trainer.config import resolve
+from trainer.overrides import Overrides
 from trainer.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def run(tmp_path, name: str, **settings) -> list[dict]:
     manifest = write_synthetic_phase(tmp_path / "data", documents=1500)
     options = {"tokens": 400_000, "batch_size": 16, "micro_batch_tokens": 8192, "model": "tiny", "lr": 3e-3}
-    config = resolve(load_manifest(manifest), manifest, tmp_path / name, **{**options, **settings})
-    train(config, device="cuda")
+    phase = load_manifest(manifest)
+    train(resolve(phase, Overrides(**{**options, **settings}), tmp_path / name), phase, device="cuda")
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -48,7 +49,7 @@ def test_fp32_on_the_gpu_matches_the_cpu_start(tmp_path):
     gpu = run(tmp_path, "gpu", precision="fp32", attn_backend="sdpa", tokens=40_000)
     manifest = write_synthetic_phase(tmp_path / "data", documents=1500)
     options = {"tokens": 40_000, "batch_size": 16, "micro_batch_tokens": 8192, "model": "tiny", "lr": 3e-3}
-    config = resolve(load_manifest(manifest), manifest, tmp_path / "cpu", attn_backend="sdpa", **options)
-    train(config, device="cpu")
+    phase = load_manifest(manifest)
+    train(resolve(phase, Overrides(attn_backend="sdpa", **options), tmp_path / "cpu"), phase, device="cpu")
     cpu = [json.loads(line) for line in (tmp_path / "cpu" / "metrics.jsonl").read_text().splitlines()]
     assert gpu[0]["loss"] == pytest.approx(cpu[0]["loss"], rel=1e-3)  # the same data, masks and weights

@@ -15,6 +15,11 @@ its hash; a damaged newest checkpoint is reported and the one before it used.
 Nothing is unpickled: tensors are safetensors, everything else JSON. There is no
 random state to save: masks and dropout draw from generators seeded by
 (seed, step, micro-batch), so a resumed run rebuilds them.
+
+:class:`Checkpointer` holds the run's stateful parts (model, optimizer, loader,
+train state) and decides when to save them; :func:`find_start` decides where a
+run begins (its newest checkpoint, an ``--init`` model, or a new model) and
+refuses a checkpoint made for other data or settings.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mixtures.files import temporary_path, temporary_pattern, write_atomic
+from mixtures.formats import TokenizerRecord
+from mixtures.manifest import Manifest
+from trainer.config import ConfigError, TrainConfig, model_config
+from trainer.data import MixtureLoader, StepBatch
+from trainer.distributed import Dist, all_reduce_sum, barrier
 from trainer.hf import config_from_hf, read_hf_weights
 from trainer.model import (
     CONFIG_NAME,
@@ -43,6 +55,7 @@ from trainer.model import (
     ModernBertMLM,
     read_json_object,
 )
+from trainer.optim import StableAdamW, load_named_state, named_state
 
 CHECKPOINT_FORMAT = "mmbert-train/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -65,7 +78,10 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(
-    run_dir: str | Path, model: ModernBertMLM, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    run_dir: str | Path,
+    model: ModernBertMLM,
+    optimizer: StableAdamW,
+    state: dict[str, Any],
 ) -> Path:
     """Write ``RUN_DIR/checkpoints/step-{state['step']}`` (if not there already) and return it."""
     root = Path(run_dir) / "checkpoints"
@@ -77,13 +93,7 @@ def save_checkpoint(
     temporary.mkdir(parents=True)
     try:
         model.save(temporary)
-        names = parameter_names(model)
-        tensors, steps = {}, {}
-        for parameter, slot in optimizer.state.items():
-            name = names[parameter]
-            tensors[f"{name}.exp_avg"] = slot["exp_avg"].detach().contiguous().cpu()
-            tensors[f"{name}.exp_avg_sq"] = slot["exp_avg_sq"].detach().contiguous().cpu()
-            steps[name] = slot["step"]
+        tensors, steps = named_state(optimizer, parameter_names(model))
         save_file(tensors, str(temporary / OPTIMIZER_NAME), metadata={"format": "pt"})
         files = {name: _sha256(temporary / name) for name in (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER_NAME)}
         document = {
@@ -147,33 +157,15 @@ def latest_checkpoint(
 
 
 def load_checkpoint(
-    checkpoint: Path, state: dict[str, Any], model: ModernBertMLM, optimizer: torch.optim.Optimizer
+    checkpoint: Path, state: dict[str, Any], model: ModernBertMLM, optimizer: StableAdamW
 ) -> None:
     """Load a checkpoint's weights and optimizer state (``state`` from :func:`read_state`)."""
     try:
         model.load_weights(load_file(str(checkpoint / WEIGHTS_NAME)), where=str(checkpoint / WEIGHTS_NAME))
-        load_optimizer(
-            optimizer, model, load_file(str(checkpoint / OPTIMIZER_NAME)), state["optimizer_steps"]
-        )
+        tensors = load_file(str(checkpoint / OPTIMIZER_NAME))
+        load_named_state(optimizer, parameter_names(model), tensors, state["optimizer_steps"])
     except (OSError, SafetensorError, ModelFormatError, KeyError) as err:
         raise CheckpointError(f"{checkpoint}: cannot be loaded into this model: {err}") from err
-
-
-def load_optimizer(
-    optimizer: torch.optim.Optimizer,
-    model: ModernBertMLM,
-    tensors: dict[str, torch.Tensor],
-    steps: dict[str, int],
-) -> None:
-    """Restore StableAdamW's per-parameter state saved by :func:`save_checkpoint`."""
-    for parameter, name in parameter_names(model).items():
-        if name not in steps:
-            raise KeyError(f"no optimizer state for {name}")
-        optimizer.state[parameter] = {
-            "step": int(steps[name]),
-            "exp_avg": tensors[f"{name}.exp_avg"].to(parameter.device),
-            "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(parameter.device),
-        }
 
 
 def parameter_names(model: ModernBertMLM) -> dict[torch.nn.Parameter, str]:
@@ -233,6 +225,170 @@ def read_init(path: str | Path) -> InitSource:
     state = read_state(path)
     optimizer = (load_file(str(path / OPTIMIZER_NAME)), state["optimizer_steps"])
     return InitSource(config, weights, str(path), optimizer=optimizer, tokenizer=state.get("tokenizer"))
+
+
+@dataclass
+class Start:
+    """Where a run begins: the model's shape and a checkpoint of this run or an ``--init`` source."""
+
+    shape: ModelConfig
+    checkpoint: tuple[Path, dict[str, Any]] | None = None
+    init: InitSource | None = None
+
+
+def find_start(
+    config: TrainConfig,
+    manifest: Manifest,
+    tokenizer: TokenizerRecord,
+    resume: bool,
+    force: bool,
+    say: Callable[[str], None],
+) -> Start:
+    """A checkpoint of this run (``--resume``), else ``--init``, else a new model of the preset."""
+    run = Path(config.out)
+    if not resume:
+        if checkpoint_dirs(run):
+            raise ConfigError(
+                f"{run} already holds checkpoints; pass --resume to continue that run "
+                "or choose another --output"
+            )
+    elif (found := latest_checkpoint(run, say)) is not None:
+        path, state = found
+        _check_resume(config, manifest, state, force, say)
+        shape = ModelConfig.from_dict(read_json_object(path / CONFIG_NAME), where=str(path / CONFIG_NAME))
+        return Start(shape, checkpoint=found)
+    else:
+        say(f"no checkpoint in {run}: starting the run")
+    if not config.init:
+        return Start(model_config(config, tokenizer, None))
+    init = read_init(config.init)
+    if init.tokenizer and init.tokenizer.get("sha256") != tokenizer.sha256 and not force:
+        raise ConfigError(
+            f"--init {config.init} was trained on data tokenized with {init.tokenizer.get('name')}, this "
+            f"manifest with {tokenizer.name} (different tokenizer.json); pass --force to start anyway"
+        )
+    return Start(model_config(config, tokenizer, init.config), init=init)
+
+
+def _check_resume(
+    config: TrainConfig, manifest: Manifest, state: dict, force: bool, say: Callable[[str], None]
+) -> None:
+    """Refuse to continue a checkpoint made for another manifest or with other settings, unless forced."""
+    recorded = state["manifest"]["fingerprint"]
+    if recorded != manifest.fingerprint:
+        message = (
+            f"the checkpoint was made for manifest {state['manifest']['path']} "
+            f"(fingerprint {recorded[:16]}...), not {config.manifest} ({manifest.fingerprint[:16]}...)"
+        )
+        if not force:
+            raise CheckpointError(f"{message}; pass --force to continue on this manifest's data")
+        say(f"warning: {message}; continuing as --force says, the data starts at the manifest's beginning")
+    changed = config.differences(state["config"])
+    if changed and not force:
+        raise CheckpointError(
+            "the run's settings differ from the checkpoint's, so resuming would change the result: "
+            + "; ".join(changed)
+            + " (pass --force to continue anyway)"
+        )
+
+
+@dataclass
+class TrainState:
+    """How far the run is: steps taken, tokens seen, and the loader's state once that step was taken.
+
+    The loader runs ahead on a background thread, so its state at a save is the
+    one each step carries (``StepBatch.state``), not the loader's own.
+    """
+
+    step: int = 0
+    tokens: int = 0
+    loader: dict[str, Any] | None = None
+
+    def advance(self, batch: StepBatch) -> None:
+        self.step, self.tokens, self.loader = batch.step + 1, batch.state["tokens"], batch.state
+
+
+class Checkpointer:
+    """The run's stateful parts (model, optimizer, loader, train state), when to save them, and how.
+
+    ``due`` decides every step, the same way on every rank (a signal or the clock
+    on any rank counts for all); ``save`` has rank 0 write while the others wait;
+    ``restore`` loads a :class:`Start` into the parts.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        manifest: Manifest,
+        tokenizer: TokenizerRecord,
+        dist: Dist,
+        *,
+        model: ModernBertMLM,
+        optimizer: StableAdamW,
+        loader: MixtureLoader,
+        state: TrainState,
+    ):
+        self.run, self.dist, self.keep = Path(config.out), dist, config.keep
+        self.every_tokens, self.every_minutes = config.save_every_tokens, config.save_every_minutes
+        self.fingerprint = manifest.fingerprint
+        self.identity = {
+            "manifest": {"path": config.manifest, "fingerprint": manifest.fingerprint},
+            "tokenizer": tokenizer.to_dict(),
+            "config": config.to_dict(),
+        }
+        self.model, self.optimizer, self.loader, self.state = model, optimizer, loader, state
+        self.stopping = False  # set by due(): every rank stops after this step
+        self._saved(time.monotonic())
+
+    def restore(self, start: Start, say: Callable[[str], None]) -> None:
+        """Load the run's checkpoint or the ``--init`` model into the parts; clear an interrupted save."""
+        if start.checkpoint is not None:
+            path, state = start.checkpoint
+            load_checkpoint(path, state, self.model, self.optimizer)
+            if state["manifest"]["fingerprint"] == self.fingerprint:
+                self.loader.load_state_dict(state["loader"])
+            else:  # --force onto another manifest: its positions mean nothing here
+                self.loader.start_counting_at(state["step"], state["tokens"])
+            self.state.step, self.state.tokens = state["step"], state["tokens"]
+            say(f"resuming {path} (step {state['step']}, {state['tokens']:,} tokens)")
+        elif start.init is not None:
+            self.model.load_weights(start.init.weights, where=start.init.where)
+            if start.init.optimizer is not None:  # a training checkpoint: its moments carry into this phase
+                tensors, steps = start.init.optimizer
+                load_named_state(self.optimizer, parameter_names(self.model), tensors, steps)
+        self.state.loader = self.loader.state_dict()
+        if self.dist.main:
+            self.run.mkdir(parents=True, exist_ok=True)
+            prune_checkpoints(self.run, self.keep or sys.maxsize)
+        self._saved(time.monotonic())
+
+    def due(self, stop_requested: bool) -> bool:
+        """Whether to save after the step just taken: every ``save_every`` tokens, minutes, or on a stop.
+
+        One collective per step settles both flags for every rank; ``stopping`` says
+        whether the save is for a stop.
+        """
+        late = bool(self.every_minutes) and time.monotonic() - self._saved_time >= 60 * self.every_minutes
+        self.stopping, late = (flag > 0 for flag in all_reduce_sum([stop_requested, late], self.dist))
+        return self.stopping or late or (self._next_save is not None and self.state.tokens >= self._next_save)
+
+    def save(self) -> Path | None:
+        """Rank 0 writes the checkpoint of the state now; every rank returns once it is complete."""
+        saved = None
+        if self.dist.main:
+            state = {"step": self.state.step, "tokens": self.state.tokens, "loader": self.state.loader}
+            saved = save_checkpoint(self.run, self.model, self.optimizer, {**state, **self.identity})
+            if self.keep:
+                prune_checkpoints(self.run, self.keep)
+        barrier(self.dist)
+        self._saved(time.monotonic())
+        return saved
+
+    def _saved(self, now: float) -> None:
+        """Start the next interval: the next multiple of ``save_every`` tokens, and the clock."""
+        every = self.every_tokens
+        self._next_save = (self.state.tokens // every + 1) * every if every else None
+        self._saved_time = now
 
 
 def _sha256(path: Path) -> str:

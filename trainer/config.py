@@ -9,60 +9,49 @@ schedule: warmup and batch warmup keep their share of the phase.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from mixtures.errors import MixtureError
-from mixtures.formats import SPECIAL_ROLES, check_tokenizer
+import torch
+import yaml
+
+from mixtures.formats import SPECIAL_ROLES, TokenizerRecord
+from mixtures.manifest import Manifest
 from mixtures.recipe import RecipeError, TrainingSpec, parse_tokens
 from trainer.attention import BACKENDS
 from trainer.model import PRESETS, ModelConfig
+from trainer.overrides import Overrides, RunOptions
 
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_MICRO_BATCH_TOKENS = 8192
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|min|h)\s*$")
 _MINUTES = {"s": 1 / 60, "min": 1.0, "h": 60.0}
 MIN_STEPS = 2  # a run shorter than this many full batches is a mistake in its flags
+CHANGES_RESULT = {"changes_result": True}
 
 
 class ConfigError(ValueError):
     """Settings a run cannot start with; the message names the file, field or flag."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. ``tokens`` is the run's length; ``training`` is already scaled to it."""
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunOptions):
+    """One training run. ``tokens`` is the run's length; ``training`` is already scaled to it.
+
+    The fields marked as changing the result (the run options' own marks, and
+    those below) are the ones a resumed run must share with its checkpoint.
+    """
 
     manifest: str
     out: str
-    phase: str
-    tokens: int
-    training: TrainingSpec
-    seed: int
-    model: str | None = None  # a preset; None: base, or the shape of the --init model
-    attn_backend: str = "auto"
-    compile: bool = False
-    precision: str | None = None  # None: bf16 on a GPU, fp32 on the CPU
-    micro_batch_tokens: int = DEFAULT_MICRO_BATCH_TOKENS
-    init: str | None = None
+    phase: str = field(metadata=CHANGES_RESULT)
+    tokens: int = field(metadata=CHANGES_RESULT)
+    training: TrainingSpec = field(metadata=CHANGES_RESULT)
+    seed: int = field(metadata=CHANGES_RESULT)
+    micro_batch_tokens: int = field(default=DEFAULT_MICRO_BATCH_TOKENS, metadata=CHANGES_RESULT)
     save_every_tokens: int | None = None
     save_every_minutes: float | None = 30.0
-    keep: int | None = None
-    verify: bool = False  # hash every shard before training (reads all the data), not only its size
-
-    # What a resumed run must share with the run that wrote the checkpoint for the result not to change.
-    RESULT_FIELDS = (
-        "phase",
-        "tokens",
-        "training",
-        "seed",
-        "model",
-        "micro_batch_tokens",
-        "precision",
-        "attn_backend",
-        "compile",
-    )
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -72,8 +61,9 @@ class TrainConfig:
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """The result-changing settings where ``saved`` (a checkpoint's config) differs from this run."""
         mine = self.to_dict()
-        old = _flatten({key: saved.get(key) for key in self.RESULT_FIELDS})
-        new = _flatten({key: mine[key] for key in self.RESULT_FIELDS})
+        keys = [f.name for f in fields(self) if f.metadata.get("changes_result")]
+        old = _flatten({key: saved.get(key) for key in keys})
+        new = _flatten({key: mine[key] for key in keys})
         return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in new if old.get(key) != new.get(key)]
 
 
@@ -110,43 +100,33 @@ def parse_save_every(value: str | None) -> tuple[int | None, float | None]:
 
 
 def resolve(
-    manifest: dict[str, Any],
-    manifest_path: str | Path,
-    out: str | Path,
-    *,
-    tokens: int | None = None,
-    batch_size: int | None = None,
-    micro_batch_tokens: int | None = None,
-    lr: float | None = None,
-    seed: int | None = None,
-    **settings: Any,
+    manifest: Manifest, overrides: Overrides = Overrides(), out: str | Path | None = None
 ) -> TrainConfig:
-    """The run's configuration: the manifest's settings with the flags that were given (None: not given).
+    """The run's configuration: the manifest's settings with the command line's ``overrides``.
 
-    ``batch_size`` overrides the batch in sequences; the batch-warmup start keeps
-    its ratio to it. ``settings`` are the remaining ``TrainConfig`` fields.
+    ``--batch-size`` overrides the batch in sequences; the batch-warmup start keeps
+    its ratio to it. ``--set`` keys apply last, as written. ``out`` defaults to
+    ``runs/PHASE``.
     """
-    where = str(manifest_path)
-    if manifest.get("data_root") is None:
-        raise ConfigError(f"{where}: compiled for planning (from counts), so it lists no shards to train on")
-    try:
-        training = TrainingSpec.from_dict(manifest["training"], f"{where}: training")
-    except RecipeError as err:
-        raise ConfigError(str(err)) from err
-    total = manifest["sampling"]["tokens"]
-    if tokens is not None:
-        if tokens <= 0:
-            raise ConfigError(f"--tokens must be positive, got {tokens}")
+    if manifest.data_root is None:
+        raise ConfigError(
+            f"{manifest.path}: compiled for planning (from counts), so it lists no shards to train on"
+        )
+    training, total = manifest.training, manifest.sampling.tokens
+    if overrides.tokens is not None:
+        tokens = _tokens(overrides.tokens)
         training, total = training.scaled(tokens / total), tokens
-    if batch_size is not None:
+    if overrides.batch_size is not None:
+        batch_size = overrides.batch_size
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         start = max(1, min(batch_size, round(training.batch_warmup_min * batch_size / training.batch_size)))
         training = replace(training, batch_size=batch_size, batch_warmup_min=start)
-    if lr is not None:
-        if not lr > 0:
-            raise ConfigError(f"--lr must be positive, got {lr}")
-        training = replace(training, lr=replace(training.lr, peak=lr))
+    if overrides.lr is not None:
+        if not overrides.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {overrides.lr}")
+        training = replace(training, lr=replace(training.lr, peak=overrides.lr))
+    training = apply_settings(training, overrides.settings)
     if total < MIN_STEPS * training.tokens_per_step:
         suggested = max(1, total // (100 * training.seq_len))  # about 100 steps, if the run is that long
         raise ConfigError(
@@ -154,18 +134,21 @@ def resolve(
             f"{training.batch_size} x {training.seq_len} tokens; pass --batch-size (--batch-size {suggested} "
             f"gives {total / (suggested * training.seq_len):.0f} steps)"
         )
-    micro = micro_batch_tokens or max(DEFAULT_MICRO_BATCH_TOKENS, 2 * training.seq_len)
+    micro = overrides.micro_batch_tokens or max(DEFAULT_MICRO_BATCH_TOKENS, 2 * training.seq_len)
     if micro < training.seq_len:
         raise ConfigError(f"--micro-batch-tokens {micro} is below the phase's seq_len {training.seq_len}")
+    every_tokens, every_minutes = parse_save_every(overrides.save_every)
     config = TrainConfig(
-        manifest=str(Path(manifest_path).resolve()),
-        out=str(out),
-        phase=manifest["phase"],
+        manifest=str(manifest.path.resolve()),
+        out=str(out or Path("runs") / manifest.phase),
+        phase=manifest.phase,
         tokens=total,
         training=training,
-        seed=manifest["seed"] if seed is None else seed,
+        seed=manifest.seed if overrides.seed is None else overrides.seed,
         micro_batch_tokens=micro,
-        **settings,
+        save_every_tokens=every_tokens,
+        save_every_minutes=every_minutes,
+        **{option.name: getattr(overrides, option.name) for option in fields(RunOptions)},
     )
     if config.model not in (None, *PRESETS):
         raise ConfigError(f"--model {config.model!r}: choose {', '.join(PRESETS)}")
@@ -178,24 +161,71 @@ def resolve(
     return config
 
 
-def tokenizer_record(manifest: dict[str, Any], where: str) -> dict[str, Any]:
-    """The manifest's tokenizer, which must state its vocabulary size and special ids."""
+def _tokens(value: str | int) -> int:
     try:
-        record = check_tokenizer(manifest.get("tokenizer"), where)
-    except MixtureError as err:
+        tokens = parse_tokens(value)
+    except ValueError as err:
+        raise ConfigError(f"--tokens: {err}") from err
+    if tokens <= 0:
+        raise ConfigError(f"--tokens must be positive, got {tokens}")
+    return tokens
+
+
+def apply_settings(training: TrainingSpec, settings: tuple[str, ...]) -> TrainingSpec:
+    """``training`` with each ``training.KEY=VALUE`` of ``--set`` applied; values are YAML (``1e-3``,
+    ``[0.9, 0.98]``, ``2M``), checked as the recipe's keys are, with the closest key for a typo."""
+    if not settings:
+        return training
+    raw = training.to_dict()
+    for setting in settings:
+        path, sep, value = setting.partition("=")
+        keys = path.strip().split(".")
+        if not sep or keys[0] != "training" or len(keys) < 2 or not all(keys):
+            raise ConfigError(f"--set {setting!r}: expected training.KEY=VALUE, e.g. training.lr.peak=1e-3")
+        section = raw
+        for depth, key in enumerate(keys[1:-1], start=1):
+            if not isinstance(section.get(key, {}), dict):
+                inner = ".".join(keys[: depth + 1])
+                raise ConfigError(f"--set {setting!r}: {inner} is a value, not a section")
+            section = section.setdefault(key, {})
+        try:
+            section[keys[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {setting!r}: the value is not valid YAML ({err})") from err
+    try:
+        return TrainingSpec.from_dict(raw, "--set training")
+    except RecipeError as err:
         raise ConfigError(str(err)) from err
-    special = record["special_ids"] or {}
+
+
+def for_device(config: TrainConfig, device: torch.device) -> TrainConfig:
+    """The config with its precision settled for ``device``; settings the device cannot run are refused."""
+    if device.type != "cuda":
+        if config.attn_backend in ("flash", "flex"):
+            raise ConfigError(f"--attn {config.attn_backend} needs a CUDA GPU; on the CPU use auto or sdpa")
+        if config.compile:
+            raise ConfigError("--compile needs a CUDA GPU (on the CPU the per-document attention recompiles)")
+    if config.precision is not None:
+        return config
+    return replace(config, precision="bf16" if device.type == "cuda" else "fp32")
+
+
+def tokenizer_record(manifest: Manifest) -> TokenizerRecord:
+    """The manifest's tokenizer, which must state its vocabulary size and special ids."""
+    record = manifest.tokenizer
+    special = record.special_ids or {}
     missing = [role for role in SPECIAL_ROLES if special.get(role) is None]
-    if record["vocab_size"] is None or missing:
+    if record.vocab_size is None or missing:
         raise ConfigError(
-            f"{where}: tokenizer: the build did not record the tokenizer's vocab_size and special ids "
-            f"(missing: {', '.join(['vocab_size'] * (record['vocab_size'] is None) + missing)}); "
+            f"{manifest.path}: tokenizer: the build did not record the tokenizer's vocab_size and "
+            "special ids "
+            f"(missing: {', '.join(['vocab_size'] * (record.vocab_size is None) + missing)}); "
             "rebuild the data with `mmbert-data build` and compile the mixture again"
         )
     return record
 
 
-def model_config(config: TrainConfig, tokenizer: dict[str, Any], base: ModelConfig | None) -> ModelConfig:
+def model_config(config: TrainConfig, tokenizer: TokenizerRecord, base: ModelConfig | None) -> ModelConfig:
     """The model of this phase: ``base`` (from ``--init``) or the preset, with the phase's RoPE and length.
 
     A new model's vocabulary is the tokenizer's, rounded up to a multiple of 64
@@ -208,9 +238,9 @@ def model_config(config: TrainConfig, tokenizer: dict[str, Any], base: ModelConf
         "rope_theta_local": training.rope_theta_local,
         "max_position_embeddings": training.seq_len,
     }
-    ids = {f"{role}_token_id": tokenizer["special_ids"][role] for role in SPECIAL_ROLES}
+    ids = {f"{role}_token_id": tokenizer.special_ids[role] for role in SPECIAL_ROLES}
     if base is None:
-        vocab = -(-tokenizer["vocab_size"] // 64) * 64
+        vocab = -(-tokenizer.vocab_size // 64) * 64
         return ModelConfig.preset(config.model or "base", vocab_size=vocab, **ids, **phase)
     if config.model is not None:
         preset, shape = PRESETS[config.model], ("hidden_size", "intermediate_size", "num_layers", "num_heads")
@@ -218,10 +248,10 @@ def model_config(config: TrainConfig, tokenizer: dict[str, Any], base: ModelConf
             raise ConfigError(
                 f"--init {config.init} is not a {config.model!r} model; leave out --model to use its shape"
             )
-    if tokenizer["vocab_size"] > base.vocab_size:
+    if tokenizer.vocab_size > base.vocab_size:
         raise ConfigError(
             f"--init {config.init}: the model's vocabulary of {base.vocab_size} does not hold "
-            f"the tokenizer's {tokenizer['vocab_size']} tokens ({tokenizer['name']})"
+            f"the tokenizer's {tokenizer.vocab_size} tokens ({tokenizer.name})"
         )
     wrong = [
         f"{key} {getattr(base, key)} (tokenizer: {value})"

@@ -41,6 +41,7 @@ import hashlib
 import heapq
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
-from mixtures.formats import SHARD_METADATA
+from mixtures.formats import metadata_problems
+from mixtures.manifest import Manifest, ShardEntry, StreamEntry, stream_metadata
 from trainer.masking import Masking
 from trainer.packing import PackedBatch, assemble, pack
 from trainer.schedule import micro_batches
@@ -77,27 +79,27 @@ class Chunk(NamedTuple):
 class ShardFile:
     """A memory-mapped shard: each document's length, and its token ids as a zero-copy view."""
 
-    def __init__(self, path: str, expected: dict[str, str], rows: int | None):
+    def __init__(self, root: Path, entry: ShardEntry, expected: dict[str, str | None]):
+        path = str(root / entry.path)
         try:
             reader = pyarrow.ipc.open_stream(pa.memory_map(path))
-            metadata = reader.schema.metadata or {}
+            metadata = reader.schema.metadata
             batches = [batch.column("input_ids") for batch in reader]
         except (OSError, pa.ArrowInvalid, KeyError) as err:
             raise DataError(f"{path}: not a readable shard: {err}") from err
-        for key, want in expected.items():
-            have = metadata.get(key.encode(), b"").decode(errors="replace")
-            if want is not None and have != want:
-                raise DataError(
-                    f"{path}: {SHARD_METADATA[key]}: {key} is {have!r}, the manifest says {want!r}"
-                )
+        problems = metadata_problems(metadata, entry.path, expected)
+        if problems:
+            raise DataError(problems[0])
         self.offsets = [column.offsets.to_numpy() for column in batches]
         self.values = [column.values.to_numpy() for column in batches]
         self.starts = np.cumsum([0] + [len(column) for column in batches])
         self.lengths = np.concatenate(
             [np.diff(offsets) for offsets in self.offsets] or [np.zeros(0, np.int32)]
         )
-        if rows is not None and rows != len(self.lengths):
-            raise DataError(f"{path}: holds {len(self.lengths)} documents, the manifest says {rows}")
+        if entry.documents is not None and entry.documents != len(self.lengths):
+            raise DataError(
+                f"{path}: holds {len(self.lengths)} documents, the manifest says {entry.documents}"
+            )
 
     def tokens(self, row: int, start: int, stop: int) -> np.ndarray:
         """Token ids ``[start, stop)`` of document ``row`` (a view into the mapped file)."""
@@ -111,25 +113,24 @@ class Stream:
     """One manifest stream: its shards, its weight, and the walk of its documents epoch after epoch."""
 
     index: int
-    source: str
-    language: str
+    entry: StreamEntry
     weight: float
-    shard_paths: list[str]
     shard_rows: np.ndarray  # documents per shard
-    tokens: int  # tokens in one epoch
     seed: int
     key: int = field(init=False)  # a seed component that does not change when other streams come and go
     documents: int = field(init=False)  # in one epoch
+    tokens: int = field(init=False)  # in one epoch
     _orders: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _rows: OrderedDict = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self):
         self.key = int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:8], "little")
         self.documents = int(self.shard_rows.sum())
+        self.tokens = sum(shard.tokens for shard in self.entry.shards)
 
     @property
     def name(self) -> str:
-        return f"{self.source}/{self.language}"
+        return self.entry.name
 
     def locate(self, doc: int) -> tuple[int, int]:
         """``(shard, row)`` of the stream's ``doc``-th document (``doc`` counts across epochs)."""
@@ -164,48 +165,40 @@ class Stream:
 class MixtureData:
     """The manifest's streams with a non-zero target, and their shards (opened lazily)."""
 
-    def __init__(self, manifest: dict[str, Any], seed: int):
-        self.root = Path(manifest["data_root"])
-        self.identity = {
-            "mmbert.tokenizer.name": manifest["tokenizer"]["name"],
-            "mmbert.tokenizer.sha256": manifest["tokenizer"]["sha256"],
-            "mmbert.phase": manifest["phase"],
-        }
-        total = manifest["sampling"]["tokens"]
+    def __init__(self, manifest: Manifest, seed: int):
+        if manifest.data_root is None:
+            raise DataError(f"{manifest.path}: compiled from counts for planning, so it lists no shards")
+        self.manifest = manifest
+        self.root = manifest.data_root
         self.streams: list[Stream] = []
-        for entry in manifest["streams"]:
-            if entry["target_tokens"] == 0:
+        for entry in manifest.streams:
+            if entry.target_tokens == 0:
                 continue
-            shards = entry["shards"]
-            rows = [shard.get("documents") for shard in shards]
-            if not shards or None in rows:
-                rows = [self._count_rows(entry, shard) for shard in shards]
+            rows = [shard.documents for shard in entry.shards]
+            if not entry.shards or None in rows:
+                rows = [self._count_rows(entry, shard) for shard in entry.shards]
             stream = Stream(
                 index=len(self.streams),
-                source=entry["source"],
-                language=entry["language"],
-                weight=entry["target_tokens"] / total,
-                shard_paths=[shard["path"] for shard in shards],
+                entry=entry,
+                weight=entry.target_tokens / manifest.sampling.tokens,
                 shard_rows=np.array(rows, dtype=np.int64),
-                tokens=sum(shard["tokens"] for shard in shards),
                 seed=seed,
             )
             if stream.documents == 0:
                 raise DataError(
-                    f"stream {stream.name} has a target of {entry['target_tokens']:,} tokens but no data"
+                    f"stream {stream.name} has a target of {entry.target_tokens:,} tokens but no data"
                 )
             self.streams.append(stream)
         if not self.streams:
             raise DataError("the manifest has no stream with a target above zero")
+        self._expected = [stream_metadata(manifest, stream.entry) for stream in self.streams]
         self._open: OrderedDict[tuple[int, int], ShardFile] = OrderedDict()
 
     def shard(self, stream: int, shard: int) -> ShardFile:
         key = (stream, shard)
         if key not in self._open:
-            owner = self.streams[stream]
-            expected = {**self.identity, "mmbert.source": owner.source, "mmbert.language": owner.language}
-            rows = int(owner.shard_rows[shard])
-            self._open[key] = ShardFile(str(self.root / owner.shard_paths[shard]), expected, rows)
+            entry = self.streams[stream].entry.shards[shard]
+            self._open[key] = ShardFile(self.root, entry, self._expected[stream])
             if len(self._open) > OPEN_SHARDS:
                 self._open.popitem(last=False)
         self._open.move_to_end(key)
@@ -223,17 +216,15 @@ class MixtureData:
     def where(self, chunk: Chunk) -> str:
         """The file and row a chunk comes from, for messages."""
         shard, row = self.streams[chunk.stream].locate(chunk.doc)
-        return f"{self.root / self.streams[chunk.stream].shard_paths[shard]}: document {row}"
+        return f"{self.root / self.streams[chunk.stream].entry.shards[shard].path}: document {row}"
 
-    def _count_rows(self, entry: dict, shard: dict) -> int:
+    def _count_rows(self, entry: StreamEntry, shard: ShardEntry) -> int:
         """Documents in a shard whose manifest entry does not say (read from the file's batches)."""
-        path = str(self.root / shard["path"])
+        path = str(self.root / shard.path)
         try:
             return sum(batch.num_rows for batch in pyarrow.ipc.open_stream(pa.memory_map(path)))
         except (OSError, pa.ArrowInvalid) as err:
-            raise DataError(
-                f"{path}: not a readable shard of {entry['source']}/{entry['language']}: {err}"
-            ) from err
+            raise DataError(f"{path}: not a readable shard of {entry.name}: {err}") from err
 
 
 class Blend:
@@ -308,6 +299,8 @@ class StepBatch:
     stream_tokens: dict[int, int]  # real tokens per stream index in the whole step
     tokens_before: int  # tokens seen before this step
     state: dict[str, Any]  # the loader's state once this step is taken: what a checkpoint saves
+    received: float = 0.0  # set by Prefetcher: when the training loop got this step (perf_counter, s)
+    waited: float = 0.0  # set by Prefetcher: seconds the training loop waited for it
 
 
 class MixtureLoader:
@@ -361,6 +354,14 @@ class MixtureLoader:
         self.blend.load_state_dict(state["blend"])
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens"])
         self.carried = [self._chunk(*entry) for entry in state["carried"]]
+
+    def start_counting_at(self, step: int, tokens: int) -> None:
+        """Continue another run's count of steps and tokens, on this data from its beginning.
+
+        For ``--force`` onto another manifest, whose loader positions mean nothing
+        here: the schedule goes on where that run stopped.
+        """
+        self.step, self.tokens_seen = step, tokens
 
     def _chunk(self, stream: int, doc: int, index: int) -> Chunk:
         length = self.data.length(stream, doc)
@@ -452,9 +453,12 @@ class Prefetcher:
 
     def __iter__(self) -> Iterator[StepBatch]:
         while True:
+            asked = time.perf_counter()
             item = self.queue.get()
             if isinstance(item, BaseException):
                 raise item
+            item.received = time.perf_counter()
+            item.waited = item.received - asked
             yield item
 
     def close(self) -> None:

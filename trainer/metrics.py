@@ -18,6 +18,7 @@ import torch
 
 from mixtures.files import write_atomic
 from mixtures.recipe import format_tokens
+from trainer.data import StepBatch
 from trainer.model import ModelConfig
 
 METRICS_NAME = "metrics.jsonl"
@@ -94,13 +95,21 @@ class Meter:
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         write_atomic(self.path, "".join(kept))
 
-    def log(self, record: dict[str, Any], step_time: float, data_wait: float) -> dict[str, Any]:
-        """Complete ``record`` (step, tokens, tokens_in_step, loss, ...) with rates; write and print it."""
+    def log(self, batch: StepBatch, result: dict[str, float], lr: float) -> dict[str, Any]:
+        """The record of a finished step (its batch, ``train_step``'s result, its lr); written and printed."""
+        step_time = time.perf_counter() - batch.received
         record = {
             "phase": self.phase,
-            **record,
+            "step": batch.step + 1,
+            "tokens": batch.state["tokens"],
+            "tokens_in_step": batch.tokens,
+            **result,
+            "lr": lr,
+            "batch_sequences": batch.sequences,
+            "micro_batches": batch.global_micro_batches,
+            "packing": batch.tokens / batch.capacity,
             "step_time": round(step_time, 6),
-            "data_wait": round(data_wait, 6),
+            "data_wait": round(batch.waited, 6),
         }
         record["tokens_per_s"] = record["tokens_in_step"] / step_time if step_time > 0 else None
         if self.peak and step_time > 0:
@@ -115,7 +124,7 @@ class Meter:
         window, weight = self.window, record["tokens_in_step"]
         window["tokens"] += weight
         window["time"] += step_time
-        window["wait"] += data_wait
+        window["wait"] += batch.waited
         window["loss"] += record["loss"] * weight
         window["accuracy"] += record["accuracy"] * weight
         now = time.monotonic() - self.started

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mixtures.recipe import TrainingSpec
+
 
 def debiased_beta(beta: float, step: int) -> float:
     """``(beta^t - beta) / (beta^t - 1)``: an EMA with this weight equals Adam's bias-corrected one."""
@@ -32,6 +34,8 @@ class StableAdamW(torch.optim.Optimizer):
     shape but not the value of the peak. State per tensor: ``exp_avg``,
     ``exp_avg_sq`` (fp32, like the parameters) and the integer ``step``.
     """
+
+    SLOTS = ("exp_avg", "exp_avg_sq")  # the tensors of each parameter's state, as checkpoints name them
 
     def __init__(
         self,
@@ -83,9 +87,55 @@ class StableAdamW(torch.optim.Optimizer):
                 p.sub_(exp_avg / exp_avg_sq.sqrt().add_(eps) * lr_t)
 
 
+def make_optimizer(model: nn.Module, training: TrainingSpec) -> StableAdamW:
+    """StableAdamW over ``model`` as the phase's training section says (its peak is ``max_lr``)."""
+    return StableAdamW(
+        param_groups(model, training.optimizer.weight_decay),
+        lr=training.lr.peak,
+        betas=training.optimizer.betas,
+        eps=training.optimizer.eps,
+        max_lr=training.lr.peak,
+    )
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices (linear and embedding weights), none on norms and biases (recipe)."""
     decay, no_decay = [], []
     for parameter in model.parameters():
         (decay if parameter.dim() >= 2 else no_decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def named_state(
+    optimizer: StableAdamW, names: dict[nn.Parameter, str]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The optimizer's per-parameter state flattened to names, as checkpoints store it.
+
+    Returns ``{"<parameter>.<slot>": tensor}`` (on the CPU, contiguous) and each
+    parameter's integer ``step``; parameters without state yet are left out.
+    Like torchtitan's flat optimizer state dict, keyed by parameter name rather
+    than position, so a checkpoint does not depend on the order of param groups.
+    """
+    tensors, steps = {}, {}
+    for parameter, state in optimizer.state.items():
+        name = names[parameter]
+        for slot in optimizer.SLOTS:
+            tensors[f"{name}.{slot}"] = state[slot].detach().contiguous().cpu()
+        steps[name] = state["step"]
+    return tensors, steps
+
+
+def load_named_state(
+    optimizer: StableAdamW,
+    names: dict[nn.Parameter, str],
+    tensors: dict[str, torch.Tensor],
+    steps: dict[str, int],
+) -> None:
+    """Restore what :func:`named_state` gave, onto each parameter's device; KeyError names what is missing."""
+    for parameter, name in names.items():
+        if name not in steps:
+            raise KeyError(f"no optimizer state for {name}")
+        optimizer.state[parameter] = {
+            "step": int(steps[name]),
+            **{slot: tensors[f"{name}.{slot}"].to(parameter.device) for slot in optimizer.SLOTS},
+        }
