@@ -21,12 +21,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.options import choices, token_amount
-from mixtures.compiler import SAMPLERS, Mixture, compile_phase, multilingual_source
+from mixtures.compiler import Mixture, compile_phase, multilingual_source
 from mixtures.counts import Counts, last_build_stats, parse_bytes_per_token, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
+from mixtures.sampling import SAMPLERS
 from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
@@ -68,7 +69,9 @@ def mixture(
         0, "--seed", help="Seed the trainer samples streams with (recorded in the manifest)."
     ),
     sampler: Sampler = typer.Option(
-        Sampler.temperature, "--sampler", help="temperature, or unimax (uniform, capped)."
+        Sampler.temperature,
+        "--sampler",
+        help="How the multilingual pool's tokens are split over its languages (under the epoch cap).",
     ),
     languages: str | None = typer.Option(
         None,

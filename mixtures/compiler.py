@@ -31,9 +31,8 @@ from mixtures.counts import Counts, Stream
 from mixtures.errors import MixtureError
 from mixtures.languages import select_languages
 from mixtures.recipe import PhaseSpec, Recipe
-from mixtures.sampling import capped_allocation, temperature_weights, unimax_allocation
+from mixtures.sampling import SAMPLERS, capped_allocation
 
-SAMPLERS = ("temperature", "unimax")
 MANY_LANGUAGES = "mul"  # ISO 639-2: the planning stream of a source in several languages
 
 
@@ -197,15 +196,11 @@ def scaled_budgets(spec: PhaseSpec, total: int) -> dict[str, int]:
 def pool_targets(
     streams: Sequence[Stream], budget: int, temperature: float, max_epochs: float | None, sampler: str
 ) -> list[Target]:
-    """Split the multilingual ``budget`` over the pool's streams."""
+    """Split the multilingual ``budget`` over the pool's streams with the named sampler (``SAMPLERS``)."""
     if not streams:
         return []
     caps = [None if max_epochs is None else math.floor(s.tokens * max_epochs) for s in streams]
-    if sampler == "unimax":
-        allocation = unimax_allocation(budget, caps)
-    else:
-        weights = temperature_weights([s.tokens for s in streams], temperature)
-        allocation = capped_allocation(budget, weights, caps)
+    allocation = SAMPLERS[sampler].allocate(budget, [s.tokens for s in streams], caps, temperature)
     return [
         Target(s.source, s.language, s.tokens, target, capped, s.shards)
         for s, target, capped in zip(streams, allocation.targets, allocation.capped, strict=True)

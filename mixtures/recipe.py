@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from mixtures.schedules import CONSTANT_SCHEDULES, DECAYS
+
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "mmbert.yaml"
 # Language ID: trust the source's labels, or run GlotLID or fastText LID-176 (pipeline/lid.py).
 LID_BACKENDS = ("trust", "glotlid", "ft176")
@@ -87,20 +89,15 @@ class ProcessingSpec:
     tokenize_batch: int = 1000
 
 
-SCHEDULES = ("warmup_constant", "constant", "one_minus_sqrt", "linear")
-DECAY_SCHEDULES = ("one_minus_sqrt", "linear")
-
-
 @dataclass(frozen=True)
 class LRSchedule:
     """The learning rate over one phase, a function of the tokens seen in it (``trainer/schedule.py``).
 
     - ``warmup_constant``: linear from 0 to ``peak`` over ``warmup_tokens``, then ``peak``;
     - ``constant``: ``peak`` from the first token (no warmup);
-    - ``one_minus_sqrt``: after the optional warmup, from ``peak`` down to
-      ``final_fraction * peak`` as ``1 - sqrt(progress)`` (Hägele et al. 2024,
-      arXiv 2405.18392; ModernBERT's ``OneMinusSqrtScheduler``), mmBERT's decay;
-    - ``linear``: the same fall, linear in the tokens seen.
+    - a decay (a key of ``mixtures.schedules.DECAYS``, such as mmBERT's ``one_minus_sqrt``):
+      after the optional warmup, from ``peak`` down to ``final_fraction * peak`` in that
+      table's shape.
 
     The three phases share ``peak``, so pre-training's warmup, the constant
     context extension and the decay form the recipe's one trapezoid.
@@ -262,9 +259,10 @@ def _lr(raw: Any, where: str) -> LRSchedule:
     raw = _mapping(raw, where)
     _known_keys(raw, LRSchedule.__dataclass_fields__, where)
     schedule = _require(raw, "schedule", where)
-    if schedule not in SCHEDULES:
-        close = difflib.get_close_matches(str(schedule), SCHEDULES, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"choose {', '.join(SCHEDULES)}"
+    schedules = (*CONSTANT_SCHEDULES, *DECAYS)
+    if schedule not in schedules:
+        close = difflib.get_close_matches(str(schedule), schedules, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose {', '.join(schedules)}"
         raise RecipeError(f"{where}.schedule: unknown schedule {schedule!r} ({hint})")
     _require(raw, "peak", where)
     spec = LRSchedule(
@@ -277,8 +275,8 @@ def _lr(raw: Any, where: str) -> LRSchedule:
         raise RecipeError(f"{where}.peak: must be > 0, got {spec.peak}")
     if schedule == "constant" and spec.warmup_tokens:
         raise RecipeError(f"{where}.warmup_tokens: 'constant' has no warmup; use schedule 'warmup_constant'")
-    if spec.final_fraction and schedule not in DECAY_SCHEDULES:
-        raise RecipeError(f"{where}.final_fraction: only the decays ({', '.join(DECAY_SCHEDULES)}) take one")
+    if spec.final_fraction and schedule not in DECAYS:
+        raise RecipeError(f"{where}.final_fraction: only the decays ({', '.join(DECAYS)}) take one")
     if not 0.0 <= spec.final_fraction <= 1.0:
         raise RecipeError(f"{where}.final_fraction: must be in [0, 1], got {spec.final_fraction}")
     return spec

@@ -1,10 +1,11 @@
-"""Per-language token targets: temperature sampling, UniMax, and an epoch cap.
+"""Per-language token targets: the samplers (temperature sampling, UniMax) and an epoch cap.
 
-Temperature sampling (XLM-R, mmBERT): with q_i the share of language i in the
-pool, ``p_i = q_i^tau / sum_j q_j^tau``. tau = 1 keeps the natural proportions,
-tau -> 0 tends to uniform, and for tau > 0 a larger language never gets a
-smaller weight. Weights are computed in log space so that tiny shares (FineWeb2's
-smallest subsets are ~1e-10 of the pool) neither underflow nor lose precision.
+Temperature sampling (XLM-R, Conneau et al., 2020, arXiv 1911.02116; mmBERT):
+with q_i the share of language i in the pool, ``p_i = q_i^tau / sum_j q_j^tau``.
+tau = 1 keeps the natural proportions, tau -> 0 tends to uniform, and for
+tau > 0 a larger language never gets a smaller weight. Weights are computed in
+log space so that tiny shares (FineWeb2's smallest subsets are ~1e-10 of the
+pool) neither underflow nor lose precision.
 
 The cap. Language i may be asked for at most ``c_i`` tokens (its available
 tokens times the allowed epochs). Multiplying the budget B by p_i can exceed
@@ -22,19 +23,22 @@ budget is left over, the pool cannot fill the budget and that is an error that
 says by how much.
 
 UniMax (Chung et al., 2023, "UniMax: Fairer and More Effective Language
-Sampling"): spend the budget uniformly over languages, give no language more
-than a fixed number of epochs of its data, and share what the small ones cannot
-take among the rest. That is the capped allocation above with equal weights.
+Sampling", arXiv 2304.09151): spend the budget uniformly over languages, give
+no language more than a fixed number of epochs of its data, and share what the
+small ones cannot take among the rest. That is the capped allocation above with equal weights.
 
 Targets are whole tokens: the real-valued targets are rounded with the largest
 remainder method, which keeps the sum exactly equal to the budget and never
 lifts a language above its cap.
+
+``SAMPLERS`` names the samplers: the compiler, the ``--sampler`` choices and the
+mixture table read that one table, so a new sampler is one function and one entry.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mixtures.errors import MixtureError
@@ -102,9 +106,32 @@ def capped_allocation(budget: int, weights: Sequence[float], caps: Sequence[int 
     return Allocation(tuple(apportion(values, budget, caps)), tuple(capped))
 
 
-def unimax_allocation(budget: int, caps: Sequence[int | None]) -> Allocation:
-    """UniMax: a uniform split of ``budget`` under per-language caps."""
+def temperature_allocation(
+    budget: int, sizes: Sequence[float], caps: Sequence[int | None], temperature: float
+) -> Allocation:
+    """Temperature sampling: ``budget`` split as ``p_i = q_i^tau / sum_j q_j^tau`` under the caps."""
+    return capped_allocation(budget, temperature_weights(sizes, temperature), caps)
+
+
+def unimax_allocation(
+    budget: int, sizes: Sequence[float], caps: Sequence[int | None], temperature: float
+) -> Allocation:
+    """UniMax: a uniform split of ``budget`` under the caps (the sizes count through the caps alone)."""
     return capped_allocation(budget, [1.0] * len(caps), caps)
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How the pool's budget is split over its languages, and how the mixture table names that."""
+
+    allocate: Callable[[int, Sequence[float], Sequence[int | None], float], Allocation]
+    title: str  # the mixture table's words for it; ``{temperature}`` is the phase's tau
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "temperature": Sampler(temperature_allocation, "temperature {temperature:g}"),
+    "unimax": Sampler(unimax_allocation, "UniMax"),
+}
 
 
 def apportion(values: Sequence[float], total: int, caps: Sequence[int | None] | None = None) -> list[int]:

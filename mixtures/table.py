@@ -12,6 +12,7 @@ from rich.table import Table
 from mixtures.compiler import Mixture, Target
 from mixtures.languages import count_languages, language_code, language_table
 from mixtures.recipe import format_tokens
+from mixtures.sampling import SAMPLERS
 
 SMALLEST_SHOWN = 5
 
@@ -32,7 +33,7 @@ def languages_table(mixture: Mixture, top: int) -> Table:
     )
     capped = sum(t.capped for t in pool)
     epochs = "no epoch cap" if mixture.max_epochs is None else f"at most {mixture.max_epochs:g} epochs"
-    sampling = f"temperature {mixture.temperature:g}" if mixture.sampler == "temperature" else "UniMax"
+    sampling = SAMPLERS[mixture.sampler].title.format(temperature=mixture.temperature)
     table = Table(
         title=(
             f"phase {mixture.phase}: {count_languages(t.language for t in pool)}, {sampling}, "

@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import data, train
-from mixtures.compiler import SAMPLERS
 from mixtures.recipe import DEFAULT_RECIPE, LID_BACKENDS
+from mixtures.sampling import SAMPLERS
 from pipeline.errors import ON_ERROR_CHOICES
 from tests.corpus import build_args, small_hub
 

@@ -13,7 +13,8 @@ from mixtures.counts import load_stats, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
 from mixtures.languages import select_languages
 from mixtures.recipe import load_recipe
-from mixtures.sampling import temperature_weights
+from mixtures.sampling import SAMPLERS, Sampler, capped_allocation, temperature_weights
+from mixtures.table import languages_table
 from tests.fixtures import DECAY_STREAMS, TOKENIZER, write_build
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
@@ -169,6 +170,25 @@ def test_overrides_change_the_phase(recipe, build):
     assert max(free) - min(free) <= 1
     only_srp = compile_phase(recipe, "decay", counts, tokens=10_000, languages=["srp"], max_epochs=10)
     assert [t.language for t in only_srp.targets if t.source == "fineweb2"] == ["srp_Cyrl", "srp_Latn"]
+
+
+def test_a_new_sampler_is_one_entry_of_the_table(recipe, build, monkeypatch):
+    """A sampler added to SAMPLERS compiles and is named in the mixture table, with no other change."""
+
+    def proportional(budget, sizes, caps, temperature):
+        return capped_allocation(budget, [float(size) for size in sizes], caps)
+
+    monkeypatch.setitem(SAMPLERS, "proportional", Sampler(proportional, "in proportion to size"))
+    counts = read_stats(build)
+    mixture = compile_phase(recipe, "decay", counts, tokens=10_000, max_epochs=1000, sampler="proportional")
+    natural = compile_phase(recipe, "decay", counts, tokens=10_000, max_epochs=1000, temperature=1.0)
+    assert mixture.sampler == "proportional"
+    assert [t.language for t in mixture.targets] == [t.language for t in natural.targets]
+    assert all(
+        abs(ours.target_tokens - theirs.target_tokens) <= 1
+        for ours, theirs in zip(mixture.targets, natural.targets, strict=True)
+    )
+    assert ", in proportion to size, " in languages_table(mixture, 5).title
 
 
 def test_pool_that_cannot_fill_its_share_says_so(recipe, build):

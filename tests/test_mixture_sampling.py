@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bench.peers import redistribute_until_stable
 from mixtures.errors import MixtureError
-from mixtures.sampling import apportion, capped_allocation, temperature_weights, unimax_allocation
+from mixtures.sampling import SAMPLERS, apportion, capped_allocation, temperature_weights, unimax_allocation
 
 sizes = st.lists(st.integers(min_value=1, max_value=10**12), min_size=1, max_size=40)
 temperatures = st.floats(min_value=0.05, max_value=2.0)
@@ -98,13 +98,28 @@ def test_pool_too_small_is_an_error_saying_by_how_much():
 @given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=40), st.floats(0.01, 1.0))
 def test_unimax_is_uniform_below_the_caps(caps, fill):
     budget = int(sum(caps) * fill)
-    allocation = unimax_allocation(budget, caps)
+    allocation = unimax_allocation(budget, caps, caps, 0.7)  # one epoch each: the caps are the sizes
     assert sum(allocation.targets) == budget
     assert all(target <= cap for target, cap in zip(allocation.targets, caps, strict=True))
     free = [t for t, capped in zip(allocation.targets, allocation.capped, strict=True) if not capped]
     if free:
         assert max(free) - min(free) <= 1
         assert all(cap <= max(free) for cap, capped in zip(caps, allocation.capped, strict=True) if capped)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@given(counts=sizes, tau=temperatures, fill=st.floats(0.01, 1.0))
+def test_every_sampler_fills_the_budget_within_the_caps(name, counts, tau, fill):
+    caps = [2 * count for count in counts]  # two epochs
+    budget = int(sum(caps) * fill)
+    allocation = SAMPLERS[name].allocate(budget, counts, caps, tau)
+    assert sum(allocation.targets) == budget
+    assert all(0 <= target <= cap for target, cap in zip(allocation.targets, caps, strict=True))
+    assert all(
+        target == cap
+        for target, cap, held in zip(allocation.targets, caps, allocation.capped, strict=True)
+        if held
+    )
 
 
 @given(st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=30))

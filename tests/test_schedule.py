@@ -6,8 +6,10 @@ import math
 from dataclasses import replace
 
 import pytest
+import yaml
 
-from mixtures.recipe import LRSchedule, load_recipe
+from mixtures.recipe import DEFAULT_RECIPE, LRSchedule, RecipeError, load_recipe
+from mixtures.schedules import DECAYS
 from trainer.schedule import batch_size_at, lr_at, micro_batches
 
 PEAK = 8e-4
@@ -44,6 +46,42 @@ def test_linear_decay_after_warmup():
     assert lr_at(20_000, spec, TOTAL) == pytest.approx(PEAK)
     assert lr_at(60_000, spec, TOTAL) == pytest.approx(PEAK * (0.04 + 0.96 * 0.5))
     assert lr_at(TOTAL, spec, TOTAL) == pytest.approx(0.04 * PEAK)
+
+
+@pytest.mark.parametrize("name", list(DECAYS))
+def test_every_decay_shape_falls_from_one_to_zero(name):
+    shape = DECAYS[name]
+    values = [shape(step / 1000) for step in range(1001)]
+    assert values[0] == 1.0 and values[-1] == 0.0
+    assert all(later <= earlier for earlier, later in zip(values[:-1], values[1:], strict=True))
+
+
+def test_a_new_decay_shape_is_one_entry_of_the_table(tmp_path, monkeypatch):
+    """The recipe accepts a shape added to DECAYS, and lr_at follows it, with no other change."""
+    monkeypatch.setitem(DECAYS, "cosine", lambda p: 0.5 * (1.0 + math.cos(math.pi * p)))
+    raw = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    path = tmp_path / "recipe.yaml"
+    raw["phases"]["decay"]["training"]["lr"]["schedule"] = "cosine"
+    path.write_text(yaml.safe_dump(raw))
+    decay = load_recipe(path).phase("decay")
+    spec, total = decay.training.lr, decay.tokens
+    assert spec == LRSchedule("cosine", PEAK, final_fraction=0.02)
+    assert lr_at(0, spec, total) == PEAK
+    assert lr_at(total // 2, spec, total) == pytest.approx(PEAK * (0.02 + 0.98 * 0.5))
+    assert lr_at(total // 4, spec, total) == pytest.approx(
+        PEAK * (0.02 + 0.98 * (0.5 + 0.5 * math.sqrt(0.5)))
+    )
+    assert lr_at(total, spec, total) == pytest.approx(0.02 * PEAK)
+    raw["phases"]["decay"]["training"]["lr"]["schedule"] = "cosin"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(RecipeError, match=r"unknown schedule 'cosin' \(did you mean 'cosine'\?\)"):
+        load_recipe(path)
+    raw["phases"]["decay"]["training"]["lr"]["schedule"] = "wsd"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(
+        RecipeError, match=r"\(choose warmup_constant, constant, one_minus_sqrt, linear, cosine\)"
+    ):
+        load_recipe(path)
 
 
 def test_the_three_phases_form_one_trapezoid():

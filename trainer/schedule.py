@@ -12,27 +12,25 @@ phase's last step. The batch of a step is decided by the tokens seen before it.
 
 from __future__ import annotations
 
-import math
-
-from mixtures.recipe import DECAY_SCHEDULES, LRSchedule, TrainingSpec
+from mixtures.recipe import LRSchedule, TrainingSpec
+from mixtures.schedules import DECAYS
 
 
 def lr_at(tokens: int, spec: LRSchedule, total: int) -> float:
     """The learning rate after ``tokens`` of a phase of ``total`` tokens.
 
     Linear warmup from 0 to ``peak`` over ``warmup_tokens``; then ``peak`` for the
-    constant schedules, or for the decays, with ``p`` the fraction of the tokens
-    after warmup seen so far and ``f`` the ``final_fraction``:
-    ``one_minus_sqrt``: ``peak * (f + (1 - f) * (1 - sqrt(p)))`` (Hägele et al. 2024,
-    arXiv 2405.18392, as ModernBERT's OneMinusSqrtScheduler); ``linear``:
-    ``peak * (f + (1 - f) * (1 - p))``.
+    constant schedules, or for a decay ``peak * (f + (1 - f) * shape(p))``, with
+    ``p`` the fraction of the tokens after warmup seen so far, ``f`` the
+    ``final_fraction`` and the decay's shape from ``mixtures.schedules.DECAYS``
+    (mmBERT's ``one_minus_sqrt``: ``1 - sqrt(p)``).
     """
     if tokens < spec.warmup_tokens:
         return spec.peak * tokens / spec.warmup_tokens
-    if spec.schedule not in DECAY_SCHEDULES:
+    if spec.schedule not in DECAYS:
         return spec.peak
     progress = min(1.0, (tokens - spec.warmup_tokens) / max(1, total - spec.warmup_tokens))
-    shape = 1.0 - math.sqrt(progress) if spec.schedule == "one_minus_sqrt" else 1.0 - progress
+    shape = DECAYS[spec.schedule](progress)
     return spec.peak * (spec.final_fraction + (1.0 - spec.final_fraction) * shape)
 
 
