@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from trainer.model import ModelConfig, ModernBertMLM
-from trainer.optim import StableAdamW, debiased_beta, param_groups
+from trainer.optim import StableAdamW, debiased_beta, load_named_state, named_state, param_groups
 
 BETAS, EPS, LR, MAX_LR, DECAY = (0.9, 0.95), 1e-8, 1e-2, 2e-2, 0.1
 
@@ -90,3 +92,31 @@ def test_weight_decay_spares_norms_and_biases():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="invalid StableAdamW settings"):
         StableAdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, betas=(0.9, 1.0))
+
+
+def test_named_state_round_trips_by_parameter_name():
+    torch.manual_seed(0)
+    model = ModernBertMLM(ModelConfig.preset("tiny", vocab_size=128))
+    optimizer = StableAdamW(param_groups(model, 0.1), lr=1e-3)
+    cu_seqlens = torch.tensor([0, 4], dtype=torch.int32)
+    model(torch.tensor([2, 7, 9, 1]), cu_seqlens, 4, torch.tensor([-100, 7, -100, -100])).loss.backward()
+    optimizer.step()
+    names = {parameter: name for name, parameter in model.named_parameters()}
+    tensors, steps = named_state(optimizer, names)
+    assert set(steps) == set(names.values()) and set(steps.values()) == {1}
+    assert set(tensors) == {f"{name}.{slot}" for name in steps for slot in StableAdamW.SLOTS}
+    again = StableAdamW(param_groups(model, 0.1), lr=1e-3)
+    load_named_state(again, names, tensors, steps)
+    for parameter in names:
+        assert again.state[parameter]["step"] == 1
+        for slot in StableAdamW.SLOTS:
+            assert torch.equal(again.state[parameter][slot], optimizer.state[parameter][slot])
+    del steps["model.embeddings.norm.weight"]
+    with pytest.raises(KeyError, match="no optimizer state for model.embeddings.norm.weight"):
+        load_named_state(again, names, tensors, steps)
+
+
+def test_the_checkpointer_names_no_optimizer_slot():
+    """The optimizer's state is flattened here, so a new optimizer is no change to trainer/checkpoint.py."""
+    source = (Path(__file__).resolve().parents[1] / "trainer" / "checkpoint.py").read_text(encoding="utf-8")
+    assert not [slot for slot in StableAdamW.SLOTS if slot in source]

@@ -138,6 +138,13 @@ def test_a_run_learns_and_leaves_checkpoints_metrics_and_a_plot(reference):
     state = json.loads((newest / "state.json").read_text())
     assert state["step"] == records[-1]["step"] and state["tokens"] == records[-1]["tokens"]
     assert set(state["loader"]) == {"step", "tokens", "blend", "carried"}
+    # format 1, as every release has written it: checkpoints of older runs resume
+    assert (state["format"], state["version"]) == ("mmbert-train/checkpoint", 1)
+    assert set(state) == {
+        *("format", "version", "step", "tokens", "loader", "manifest", "tokenizer", "config"),
+        *("optimizer_steps", "files"),
+    }
+    assert set(state["files"]) == {"config.json", "model.safetensors", "optimizer.safetensors"}
     assert (reference / "loss.png").stat().st_size > 10_000
     assert len(checkpoint_dirs(reference)) >= 3  # every 20k tokens, and at the end
 
@@ -409,3 +416,37 @@ def test_export_finds_the_data_tokenizer_from_anywhere_and_leaves_nothing_on_fai
     assert result.exit_code == 1 and "nowhere: not a directory" in result.output
     result = runner.invoke(app, ["plot", str(run_dir), "-o", str(tmp_path / "new" / "dir" / "loss.png")])
     assert result.exit_code == 0 and (tmp_path / "new" / "dir" / "loss.png").exists()
+
+
+def test_a_manifest_is_read_and_parsed_once_on_the_way_to_training(sample_manifests, tmp_path, monkeypatch):
+    import mixtures.manifest
+
+    manifest = sample_manifests["pretrain"]
+    parses, reads = [], []
+    parse, read_bytes = mixtures.manifest.loads, Path.read_bytes
+
+    def counted_read(path: Path) -> bytes:
+        if path.resolve() == manifest.resolve():
+            reads.append(path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(mixtures.manifest, "loads", lambda raw: parses.append(raw) or parse(raw))
+    monkeypatch.setattr(Path, "read_bytes", counted_read)
+    train(*tiny(manifest, tmp_path / "run", tokens="20k"))
+    assert len(parses) == 1 and len(reads) == 1
+    assert len(metrics(tmp_path / "run")) >= 1
+
+
+def test_set_reaches_any_training_key_and_a_typo_names_the_closest(sample_manifests, tmp_path):
+    out = tmp_path / "run"
+    train(*tiny(sample_manifests["pretrain"], out, "--set", "training.lr.peak=1e-3", tokens="20k"))
+    assert max(r["lr"] for r in metrics(out)) == 1e-3  # --set comes after --lr 3e-3
+    output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "b", "--set", "training.lr.peek=1"))
+    assert output.strip().splitlines() == [
+        "error: --set training.lr: unknown key 'peek' (did you mean 'peak'?)"
+    ]
+    output = fails(
+        *tiny(sample_manifests["pretrain"], out, "--resume", "--set", "training.lr.peak=2e-3", tokens="20k")
+    )
+    assert "training.lr.peak: 0.001 -> 0.002" in output  # it changes the result, so resuming refuses it
+    assert not (tmp_path / "b").exists()

@@ -188,14 +188,23 @@ def apply_settings(training: TrainingSpec, settings: tuple[str, ...]) -> Trainin
                 inner = ".".join(keys[: depth + 1])
                 raise ConfigError(f"--set {setting!r}: {inner} is a value, not a section")
             section = section.setdefault(key, {})
-        try:
-            section[keys[-1]] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {setting!r}: the value is not valid YAML ({err})") from err
+        section[keys[-1]] = _setting_value(setting, value)
     try:
         return TrainingSpec.from_dict(raw, "--set training")
     except RecipeError as err:
         raise ConfigError(str(err)) from err
+
+
+def _setting_value(setting: str, value: str) -> Any:
+    """A ``--set`` value as YAML reads it, except that ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3``)."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {setting!r}: the value is not valid YAML ({err})") from err
+    try:
+        return float(parsed) if isinstance(parsed, str) else parsed
+    except ValueError:
+        return parsed  # a name (linear) or a token amount (2M), which the recipe's checks read
 
 
 def for_device(config: TrainConfig, device: torch.device) -> TrainConfig:
