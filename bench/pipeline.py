@@ -104,7 +104,8 @@ def train_tokenizer(hub: Path, path: Path) -> None:
 
 def run_ours(hub: str, out: str, tokenizer: str) -> dict:
     from mixtures.recipe import load_recipe
-    from pipeline.build import Build, BuildOptions
+    from pipeline.build import Build
+    from pipeline.build_options import BuildOptions
 
     options = BuildOptions(
         recipe=load_recipe(),
@@ -136,7 +137,7 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     from datatrove.utils.lid import FT176LID
 
     from bench.peers import fineweb2_quality_filters
-    from pipeline.cache import lid176_model_path
+    from pipeline.lid import lid176_model_path
     from pipeline.quality import FilterConfigs
     from pipeline.words import word_splitting
 

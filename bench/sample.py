@@ -14,7 +14,8 @@ from mixtures.compiler import compile_phase
 from mixtures.counts import read_stats
 from mixtures.manifest import build_manifest, write_manifest
 from mixtures.recipe import load_recipe
-from pipeline.build import Build, BuildOptions
+from pipeline.build import Build
+from pipeline.build_options import BuildOptions
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
 MIXTURE_TOKENS = 150_000  # what `make demo` compiles

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import traceback
@@ -11,18 +12,21 @@ import traceback
 os.environ.setdefault("LOGURU_LEVEL", "WARNING")
 os.environ.setdefault("LOGURU_DIAGNOSE", "NO")
 
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cli.mixture import mixture, validate
-from cli.options import choices
+from cli.options import choices, field_option, from_params
 from cli.shard import inspect
 from mixtures.recipe import DEFAULT_RECIPE, LID_BACKENDS, load_recipe
-from pipeline.errors import ON_ERROR_CHOICES, USER_ERRORS
+from pipeline.bad_input import ON_ERROR_CHOICES, USER_ERRORS
+from pipeline.build_options import BuildOptions, SlurmOptions
 
 app = typer.Typer(
     help="The mmBERT data pipeline: build per-language Arrow token shards from FineWeb2, DCLM, Dolmino, "
@@ -46,101 +50,57 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+_option = functools.partial(field_option, BuildOptions)  # a build option, stated in BuildOptions
+
+
+def _build_options(params: Mapping[str, Any]) -> BuildOptions:
+    """BuildOptions from a command's parameters (``ctx.params``), with the command line's own conversions:
+    the recipe path loaded, the comma-separated lists split, Slurm's options grouped."""
+    return from_params(
+        BuildOptions,
+        params,
+        recipe=load_recipe(params["recipe"]),
+        sources=_split(params["sources"]),
+        languages=_split(params["languages"]),
+        slurm=from_params(SlurmOptions, params, venv_path=os.environ.get("VIRTUAL_ENV")),
+    )
+
+
 @app.command()
 def build(
-    phase: str = typer.Option(..., help="Which phase of the recipe to build (one of its `phases`)."),
+    ctx: typer.Context,
+    phase: str = _option("phase"),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML (sources, languages, filters, budgets)."),
-    output: Path = typer.Option(
-        Path("runs/build"), "--output", "-o", help="Output root; shards go to OUTPUT/PHASE/..."
-    ),
-    sources: str = typer.Option(
-        None, help="Comma-separated subset of the phase's sources, e.g. fineweb2,wikipedia."
-    ),
-    languages: str = typer.Option(
-        None,
-        help="Comma-separated languages instead of the phase's: ISO 639-3 (fra) or with script (srp_Latn).",
-    ),
-    input_root: str = typer.Option(
-        None,
-        help="Local mirror of the hub: hf://datasets/<repo>/... is read from INPUT_ROOT/datasets/<repo>/...",
-    ),
-    tokenizer: str = typer.Option(
-        None,
-        help="tokenizer.json path, hub name, or sample:DIR (a BPE trained on DIR). Default: the recipe's.",
-    ),
-    lid: Lid = typer.Option(
-        None, help="Language ID: trust the source's labels, or run GlotLID / fastText LID-176."
-    ),
-    lid_model: str = typer.Option(
-        None, help="Local model file for --lid glotlid/ft176 instead of the default."
-    ),
-    filter_configs: str = typer.Option(
-        None, help="Directory of FineWeb2-format {lang}_{Script}.yml thresholds."
-    ),
-    dedup: bool = typer.Option(
-        None, "--dedup/--no-dedup", help="MinHash near-duplicate removal per language."
-    ),
-    rehydrate: bool = typer.Option(
-        None, "--rehydrate/--no-rehydrate", help="FineWeb2-style repetition by cluster size."
-    ),
-    keep_removed: bool = typer.Option(
-        False, help="Write dropped documents to OUTPUT/PHASE/removed/ for audit."
-    ),
-    overwrite: bool = typer.Option(
-        False, help="Delete what OUTPUT/PHASE holds and build it from scratch (a rerun otherwise resumes)."
-    ),
-    on_error: OnError = typer.Option(
-        OnError.fail, help="Bad input: stop naming the file/line, or skip and report it."
-    ),
-    executor: Executor = typer.Option(
-        Executor.local, help="Run tasks as local processes or Slurm array jobs."
-    ),
-    tasks: int = typer.Option(4, min=1, help="Number of tasks the input is split into (the unit of resume)."),
-    workers: int = typer.Option(1, min=1, help="Local tasks run at the same time."),
-    partition: str = typer.Option("cpu", help="Slurm partition."),
-    slurm_time: str = typer.Option("24:00:00", help="Slurm time limit per task."),
-    cpus_per_task: int = typer.Option(1, min=1, help="Slurm CPUs per task."),
-    limit: int = typer.Option(-1, help="Read at most this many documents per source per task (-1: all)."),
+    output: Path = _option("output", "--output", "-o"),
+    sources: str = _option("sources"),
+    languages: str = _option("languages"),
+    input_root: str = _option("input_root"),
+    tokenizer: str = _option("tokenizer"),
+    lid: Lid = _option("lid"),
+    lid_model: str = _option("lid_model"),
+    filter_configs: str = _option("filter_configs"),
+    dedup: bool = _option("dedup", "--dedup/--no-dedup"),
+    rehydrate: bool = _option("rehydrate", "--rehydrate/--no-rehydrate"),
+    keep_removed: bool = _option("keep_removed"),
+    overwrite: bool = _option("overwrite"),
+    on_error: OnError = _option("on_error"),
+    executor: Executor = _option("executor"),
+    tasks: int = _option("tasks", min=1),
+    workers: int = _option("workers", min=1),
+    partition: str = field_option(SlurmOptions, "partition"),
+    time: str = field_option(SlurmOptions, "time", "--slurm-time"),
+    cpus_per_task: int = field_option(SlurmOptions, "cpus_per_task", min=1),
+    limit: int = _option("limit"),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
-    verbose: bool = typer.Option(
-        False, help="Copy every task's log and tracebacks to the console (always in OUTPUT/PHASE/_logs)."
-    ),
+    verbose: bool = _option("verbose"),
 ) -> None:
     """Build one phase's per-language token shards and stats.json. Rerunning the same command resumes;
     rerunning with other settings is refused (see OUTPUT/PHASE/build.json) unless --overwrite."""
-    from pipeline.build import Build, BuildOptions, SlurmOptions
+    from pipeline.build import Build
     from pipeline.stats import print_stats
 
     try:
-        options = BuildOptions(
-            recipe=load_recipe(recipe),
-            phase=phase,
-            output=output,
-            sources=_split(sources),
-            languages=_split(languages),
-            input_root=input_root,
-            tokenizer=tokenizer,
-            lid=lid.value if lid else None,
-            lid_model=lid_model,
-            filter_configs=filter_configs,
-            dedup=dedup,
-            rehydrate=rehydrate,
-            keep_removed=keep_removed,
-            overwrite=overwrite,
-            on_error=on_error.value,
-            limit=limit,
-            tasks=tasks,
-            workers=workers,
-            verbose=verbose,
-            executor=executor.value,
-            slurm=SlurmOptions(
-                partition=partition,
-                time=slurm_time,
-                cpus_per_task=cpus_per_task,
-                venv_path=os.environ.get("VIRTUAL_ENV"),
-            ),
-        )
-        build = Build(options)
+        build = Build(_build_options(ctx.params))
         if dry_run:
             typer.echo(build.describe())
             return
@@ -166,6 +126,7 @@ def _announce_stage(name: str, tasks: int, done: int) -> None:
 
 @app.command()
 def download(
+    ctx: typer.Context,
     phase: str = typer.Option(..., help="Which phase of the recipe to mirror the files of."),
     output: Path = typer.Option(
         ...,
@@ -175,23 +136,15 @@ def download(
         help="Mirror directory; build from it later with --input-root DIR. (--to: an older spelling.)",
     ),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML."),
-    sources: str = typer.Option(None, help="Comma-separated subset of the phase's sources."),
-    languages: str = typer.Option(None, help="Comma-separated languages instead of the phase's."),
+    sources: str = _option("sources"),
+    languages: str = _option("languages"),
 ) -> None:
     """Mirror just the files a phase needs (per language), resumable and size-checked."""
-    from pipeline.build import Build, BuildOptions
+    from pipeline.build import Build
     from pipeline.download import download_phase
 
     try:
-        build = Build(
-            BuildOptions(
-                recipe=load_recipe(recipe),
-                phase=phase,
-                output=output,
-                sources=_split(sources),
-                languages=_split(languages),
-            )
-        )
+        build = Build(_build_options(ctx.params))
         result = download_phase(
             build.input_files(), output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
         )

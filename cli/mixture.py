@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.options import choices, token_amount
+from mixtures.cache import last_build_stats
 from mixtures.compiler import Mixture, compile_phase, multilingual_source
-from mixtures.counts import Counts, last_build_stats, parse_bytes_per_token, read_counts_csv, read_stats
+from mixtures.counts import Counts, parse_bytes_per_token, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest
 from mixtures.plot import plot_shares

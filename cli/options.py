@@ -1,17 +1,41 @@
-"""Flag values the commands share."""
+"""Flag values the commands share, and typer options made from a library's dataclass fields."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from enum import Enum
+from typing import Any, TypeVar
+
+import typer
 
 from mixtures.recipe import RecipeError, parse_tokens
+
+T = TypeVar("T")
 
 
 def choices(name: str, values: Iterable[str]) -> type[Enum]:
     """A typer choice type over a library's constant (typer lists the choices and refuses others),
     so that the values are spelled once, where the library checks them."""
     return Enum(name, [(value, value) for value in values], type=str)
+
+
+def field_option(cls: type, name: str, *param_decls: str, **settings: Any) -> Any:
+    """The typer option of field ``name`` of dataclass ``cls``: the field's default (none: required) and
+    its ``help`` metadata, so a flag's default and meaning are stated once, in the library; the command
+    adds only its spelling (``param_decls``) and command-line checks such as ``min=1``."""
+    (spec,) = (spec for spec in dataclasses.fields(cls) if spec.name == name)
+    default = ... if spec.default is dataclasses.MISSING else spec.default
+    return typer.Option(default, *param_decls, help=spec.metadata["help"], **settings)
+
+
+def from_params(cls: type[T], params: Mapping[str, Any], **converted: Any) -> T:
+    """An instance of dataclass ``cls`` from a command's parameters (``ctx.params``): those named like its
+    fields, choices as their plain values, then ``converted``, the fields the command turned into the
+    library's types itself (a comma-separated list into a tuple, say)."""
+    names = {spec.name for spec in dataclasses.fields(cls)}
+    plain = {name: value.value if isinstance(value, Enum) else value for name, value in params.items()}
+    return cls(**{name: value for name, value in plain.items() if name in names} | converted)
 
 
 def token_amount(value: str | None, flag: str = "--tokens") -> int | None:

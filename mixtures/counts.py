@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from typing import Any
 
 import orjson
 
-from mixtures.cache import cache_dir
 from mixtures.errors import MixtureError
 from mixtures.formats import STATS_FORMAT, STATS_VERSION, check_tokenizer, shard_entries
 from mixtures.recipe import parse_tokens
@@ -200,34 +198,6 @@ def parse_bytes_per_token(items: Iterable[str]) -> dict[str, float]:
             raise MixtureError(f"--bytes-per-token {item!r}: expected SCRIPT=BYTES, e.g. Latn=3.8")
         table[script] = number
     return table
-
-
-def last_build_stats(phase: str) -> Path:
-    """The ``stats.json`` of ``phase`` in the last build, as recorded by ``mmbert-data build``."""
-    pointer = cache_dir() / "last-build.json"
-    if not pointer.exists():
-        raise MixtureError(
-            f"no --stats or --counts given and no build recorded at {pointer}; "
-            "run `mmbert-data build` first or pass --stats DIR / --counts CSV"
-        )
-    try:
-        record = json.loads(pointer.read_text(encoding="utf-8"))
-        phases = record["phases"]
-        output = record.get("output", "?")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise MixtureError(
-            f"{pointer}: not a last-build record ({err}); run `mmbert-data build` again"
-        ) from err
-    if not isinstance(phases, dict) or phase not in phases:
-        known = ", ".join(phases) if isinstance(phases, dict) else "none"
-        raise MixtureError(
-            f"the last build ({output}) has no phase {phase!r} (phases: {known}); "
-            f"run `mmbert-data build --phase {phase}` or pass --stats DIR"
-        )
-    stats = Path(phases[phase]) / "stats.json"
-    if not stats.exists():
-        raise MixtureError(f"the last build's {phase} phase has no statistics: {stats} is missing")
-    return stats
 
 
 def _fineweb2_rows(reader: csv.DictReader, path: Path, table: Mapping[str, float]) -> dict[str, int]:

@@ -60,7 +60,7 @@ def format_tokens(count: float | None) -> str:
 class SourceSpec:
     """Where a source lives (hub/s3/local URI), which reader format understands it, and what it holds.
 
-    ``format`` names one of the pipeline's reader formats (``pipeline.formats``), which the
+    ``format`` names one of the pipeline's reader formats (``pipeline.source_formats``), which the
     build checks. ``language`` is the one language of a single-language source (DCLM,
     Dolmino, arXiv: ``eng_Latn``); ``pool`` marks the multilingual pool that temperature
     sampling splits (FineWeb2), whose languages are the phase's.

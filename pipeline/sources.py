@@ -1,6 +1,6 @@
 """Reading a recipe source, in its format, as datatrove documents.
 
-One reader class serves every source: the source's *format* (`pipeline.formats`,
+One reader class serves every source: the source's *format* (`pipeline.source_formats`,
 named by the recipe's ``format:``) decides which files belong to which language and
 how each file's raw records are read. Files are reached through fsspec, so
 ``hf://datasets/...``, ``s3://...`` and local paths share one code path;
@@ -14,7 +14,7 @@ none) and an id that is stable across runs (``{source}/{id in the source}``, or
 Fields are checked, never guessed: a record whose text is null, not a string, empty
 (only whitespace or invisible characters) or not valid Unicode (invalid UTF-8, or a
 lone UTF-16 surrogate that JSON can escape), or whose language, script or score is
-null or malformed, is bad input (see `pipeline.errors`). Two things are repaired
+null or malformed, is bad input (see `pipeline.bad_input`). Two things are repaired
 because they carry no data: a UTF-8 byte-order mark before a JSON line is dropped,
 and blank lines are skipped. A Wikipedia article without letters gets no language
 label, and language ID drops it with reason ``no_script``.
@@ -31,9 +31,9 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
 
 from mixtures.recipe import SourceSpec
-from pipeline.errors import ErrorLog
-from pipeline.formats import BadRecord, source_format
-from pipeline.languages import LanguageSelection
+from pipeline.bad_input import ErrorLog
+from pipeline.labels import LanguageSelection
+from pipeline.source_formats import BadRecord, source_format
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # A text holds something once it has a character that is not whitespace, a control or a format

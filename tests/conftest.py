@@ -32,7 +32,8 @@ def sample_root(tmp_path_factory) -> Path:
 def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
     """Each phase of the recipe built from the bundled sample: phase -> (phase directory, stats)."""
     from mixtures.recipe import load_recipe
-    from pipeline.build import Build, BuildOptions
+    from pipeline.build import Build
+    from pipeline.build_options import BuildOptions
 
     builds = {}
     recipe = load_recipe()

@@ -286,7 +286,7 @@ def test_bad_fields_of_every_source_format_are_reported_never_guessed(tmp_path, 
 
 
 def test_a_parquet_problem_names_its_row_and_a_json_lines_problem_its_line():
-    from pipeline.errors import InputProblem
+    from pipeline.bad_input import InputProblem
 
     parquet = InputProblem("fineweb2", "data/fra_Latn/train/000_00000.parquet", 0, "text is null")
     assert str(parquet) == "data/fra_Latn/train/000_00000.parquet (row 0, from 0): text is null"

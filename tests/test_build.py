@@ -20,8 +20,9 @@ from typer.testing import CliRunner
 
 from cli.data import app
 from mixtures.recipe import load_recipe
-from pipeline.build import Build, BuildOptions
-from pipeline.cache import lid176_model_path
+from pipeline.build import Build
+from pipeline.build_options import BuildOptions
+from pipeline.lid import lid176_model_path
 from pipeline.stats import print_stats
 from pipeline.tokenizer import load_tokenizer
 from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
@@ -377,7 +378,7 @@ def test_slurm_executor_chains_the_same_stages(tmp_path):
     """Without a cluster here, check the job graph a Slurm build would submit."""
     from datatrove.executor import SlurmPipelineExecutor
 
-    from pipeline.build import SlurmOptions
+    from pipeline.build_options import SlurmOptions
 
     options = BuildOptions(
         recipe=load_recipe(),

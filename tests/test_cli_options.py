@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli import data, train
 from mixtures.recipe import DEFAULT_RECIPE, LID_BACKENDS
 from mixtures.sampling import SAMPLERS
-from pipeline.errors import ON_ERROR_CHOICES
+from pipeline.bad_input import ON_ERROR_CHOICES
 from tests.corpus import build_args, small_hub
 
 ROOT = Path(__file__).resolve().parents[1]

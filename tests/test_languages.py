@@ -10,8 +10,7 @@ from fasttext.FastText import _FastText
 from iso639.exceptions import DeprecatedLanguageValue
 
 from mixtures.languages import language_code
-from pipeline.cache import lid176_model_path
-from pipeline.languages import (
+from pipeline.labels import (
     SCRIPT_SAMPLE_CHARS,
     NoScriptError,
     detect_script,
@@ -20,6 +19,7 @@ from pipeline.languages import (
     parse_label,
     to_iso639_3,
 )
+from pipeline.lid import lid176_model_path
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
 LANGUAGE_CODES = Path(__file__).parent / "data" / "language_codes.tsv"

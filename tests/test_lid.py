@@ -9,8 +9,7 @@ from datatrove.data import Document
 
 from mixtures.languages import language_code
 from pipeline import lid
-from pipeline.cache import lid176_model_path
-from pipeline.lid import LanguageIdentifier, LanguageScoreFilter
+from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, lid176_model_path
 
 HELDOUT = Path(__file__).parent / "data" / "lid_heldout.tsv"
 # Held-out language -> the label the tiny GlotLID-style model is trained with. `ara` is a

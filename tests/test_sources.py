@@ -16,9 +16,10 @@ from cli.data import app
 from mixtures.compiler import compile_phase
 from mixtures.counts import read_stats
 from mixtures.recipe import RecipeError, SourceSpec, load_recipe
-from pipeline.build import Build, BuildOptions
+from pipeline.build import Build
+from pipeline.build_options import BuildOptions
 from pipeline.download import download_phase
-from pipeline.formats import FORMATS, Report, SourceFormat
+from pipeline.source_formats import FORMATS, Report, SourceFormat
 from pipeline.sources import SourceReader, resolve_uri
 from pipeline.tokenizer import SPECIAL_TOKENS, load_tokenizer, sample_tokenizer_path
 from tests.corpus import build_args, prose, small_hub

@@ -30,7 +30,7 @@ from datatrove.io import DataFolder
 
 from mixtures.languages import language_code
 from mixtures.recipe import SourceSpec
-from pipeline.languages import (
+from pipeline.labels import (
     LanguageSelection,
     NoScriptError,
     is_language_label,
