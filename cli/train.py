@@ -9,7 +9,6 @@ torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --output R   #
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cli.options import field_option, from_params
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from trainer.overrides import Overrides
-
-OVERRIDES = {spec.name: spec for spec in fields(Overrides)}
 
 app = typer.Typer(
     help="Train mmBERT encoders phase by phase from compiled manifests; export them to transformers, "
@@ -42,13 +40,9 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def option(name: str, *declarations: str) -> Any:
-    """The typer option of the ``Overrides`` field ``name``: its default, and its help from the field
-    (a flag that changes the result says that ``--resume`` keeps it)."""
-    spec = OVERRIDES[name]
-    default = None if spec.default == () else spec.default
-    keeps = " --resume refuses a change (unless --force)." if spec.metadata["changes_result"] else ""
-    return typer.Option(default, *declarations, help=spec.metadata["help"] + keeps)
+def option(name: str, *declarations: str, **settings: Any) -> Any:
+    """The typer option of the ``Overrides`` field ``name`` (default and help from the field)."""
+    return field_option(Overrides, name, *declarations, **settings)
 
 
 @app.callback(invoke_without_command=True)
@@ -76,7 +70,7 @@ def main(
     batch_size: int = option("batch_size"),
     micro_batch_tokens: int = option("micro_batch_tokens"),
     lr: float = option("lr"),
-    settings: list[str] = option("settings", "--set"),
+    settings: list[str] = option("settings", "--set", metavar="training.KEY=VALUE"),
     model: str = option("model"),
     attn_backend: str = option("attn_backend", "--attn"),
     compile: bool = option("compile", "--compile"),
@@ -100,9 +94,8 @@ def main(
     from trainer.model import ModelFormatError
     from trainer.train import train
 
-    given = {name: value for name, value in ctx.params.items() if name in OVERRIDES and value is not None}
     try:
-        overrides = Overrides(**{**given, "settings": tuple(settings or ())})
+        overrides = from_params(Overrides, ctx.params, settings=tuple(settings))
         phase = load_manifest(manifest, check_hashes=overrides.verify)
         train(resolve(phase, overrides, out), phase, resume=resume, force=force, device=device)
     except (ConfigError, CheckpointError, DataError, ModelFormatError, MixtureError, RecipeError) as err:

@@ -18,7 +18,10 @@ def flag(help: str, default: Any = None, *, result: bool = False) -> Any:
 
     A setting that changes the result must be the same when a run resumes
     (``TrainConfig.differences``); the others (where to save, how often) may change.
+    Its help says so.
     """
+    if result:
+        help += " Must match on --resume."
     return field(default=default, metadata={"help": help, "changes_result": result})
 
 
@@ -63,7 +66,7 @@ class Overrides(RunOptions):
         "Checkpoint every N tokens (50M) or every T (30min, 2h). Default: 30min."
     )
     settings: tuple[str, ...] = flag(
-        "KEY=VALUE: set any key of the phase's training section, e.g. training.lr.peak=1e-3 or "
+        "Set any key of the phase's training section, e.g. training.lr.peak=1e-3 or "
         "training.optimizer.betas=[0.9,0.98] (applied after --tokens scales the schedule; repeatable).",
         (),
         result=True,
