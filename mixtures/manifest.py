@@ -33,6 +33,13 @@ phase of real shards is terabytes) while the rest costs one ``stat`` per shard:
   whose bytes are the ones checked when it was written;
 - ``check_hashes=True``: also the sha256 of every shard's content and the
   schema metadata of every shard. A same-size edit is caught only here.
+
+Reading. ``load_manifest`` parses the file once and checks it and its data in
+that one pass, returning a frozen :class:`Manifest` (shard entries are compact
+tuples: a phase lists 100k+); it raises on problems. ``validate_manifest``
+makes the same checks and returns every problem instead. Both say the same
+thing of a shard's schema metadata as the trainer's reader does
+(``mixtures.formats.metadata_problems``).
 """
 
 from __future__ import annotations

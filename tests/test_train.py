@@ -432,21 +432,21 @@ def test_a_manifest_is_read_and_parsed_once_on_the_way_to_training(sample_manife
 
     monkeypatch.setattr(mixtures.manifest, "loads", lambda raw: parses.append(raw) or parse(raw))
     monkeypatch.setattr(Path, "read_bytes", counted_read)
-    train(*tiny(manifest, tmp_path / "run", tokens="20k"))
+    train(*tiny(manifest, tmp_path / "run", tokens="40k"))
     assert len(parses) == 1 and len(reads) == 1
     assert len(metrics(tmp_path / "run")) >= 1
 
 
 def test_set_reaches_any_training_key_and_a_typo_names_the_closest(sample_manifests, tmp_path):
     out = tmp_path / "run"
-    train(*tiny(sample_manifests["pretrain"], out, "--set", "training.lr.peak=1e-3", tokens="20k"))
+    train(*tiny(sample_manifests["pretrain"], out, "--set", "training.lr.peak=1e-3", tokens="40k"))
     assert max(r["lr"] for r in metrics(out)) == 1e-3  # --set comes after --lr 3e-3
     output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "b", "--set", "training.lr.peek=1"))
     assert output.strip().splitlines() == [
         "error: --set training.lr: unknown key 'peek' (did you mean 'peak'?)"
     ]
     output = fails(
-        *tiny(sample_manifests["pretrain"], out, "--resume", "--set", "training.lr.peak=2e-3", tokens="20k")
+        *tiny(sample_manifests["pretrain"], out, "--resume", "--set", "training.lr.peak=2e-3", tokens="40k")
     )
     assert "training.lr.peak: 0.001 -> 0.002" in output  # it changes the result, so resuming refuses it
     assert not (tmp_path / "b").exists()
