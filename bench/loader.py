@@ -89,7 +89,7 @@ def prepare(tmp: Path, phase: str) -> tuple[dict[str, Any], Path]:
 
 
 def our_loader(manifest: dict[str, Any]) -> MixtureLoader:
-    """Our loader on one rank, set up as the trainer does (and as tests/test_loader.py's make_loader)."""
+    """Our loader on one rank, set up as the trainer does (and tests/trainer/test_data.py's make_loader)."""
     training = TrainingSpec.from_dict(manifest["training"], "manifest")
     special = manifest["tokenizer"]["special_ids"]
     masking = Masking(

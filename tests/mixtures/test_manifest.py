@@ -26,7 +26,7 @@ from mixtures.manifest import (
 from mixtures.recipe import load_recipe
 from tests.fixtures import TOKENIZER, TOKENIZER_JSON, TOKENIZER_SHA256, compile_to, write_build
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ from mixtures.manifest import load_manifest, write_manifest
 from trainer.checkpoint import checkpoint_dirs
 from trainer.model import ModelConfig, ModernBertMLM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
