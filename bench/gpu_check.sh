@@ -19,7 +19,8 @@ print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
 EOF
 
 echo "== GPU tests"
-$PYTHON -m pytest -q -p no:cacheprovider -rs tests/test_attention.py tests/test_model.py tests/test_train_gpu.py
+$PYTHON -m pytest -q -p no:cacheprovider -rs \
+    tests/trainer/test_attention.py tests/trainer/test_model.py tests/trainer/test_train_gpu.py
 status=$?
 
 echo "== training throughput, eager (bf16, attention backend auto)"

@@ -89,7 +89,7 @@ def prepare(tmp: Path, phase: str) -> tuple[Manifest, Path]:
 
 
 def our_loader(manifest: Manifest) -> MixtureLoader:
-    """Our loader on one rank, set up as the trainer does (and as tests/test_loader.py's make_loader)."""
+    """Our loader on one rank, set up as the trainer does (as tests/trainer/test_data.py's make_loader)."""
     training, tokenizer = manifest.training, manifest.tokenizer
     special = tokenizer.special_ids
     masking = Masking(training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size)

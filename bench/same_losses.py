@@ -78,9 +78,10 @@ def main() -> None:
     for phase, mine, other in zip(PHASES, ours, theirs, strict=True):
         equal = [[r[k] for k in COMPARED] for r in mine] == [[r[k] for k in COMPARED] for r in other]
         same &= equal
-        last = mine[-1]["loss"]
-        print(f"  {phase:<9} {len(mine):>4} steps  last loss {last:.6f}  identical: {'yes' if equal else 'NO'}")
-    print(f"  wall time: this tree {ours_s:.1f} s, {args.against} {theirs_s:.1f} s (ratio {ours_s / theirs_s:.2f})")
+        verdict = "yes" if equal else "NO"
+        print(f"  {phase:<9} {len(mine):>4} steps  last loss {mine[-1]['loss']:.6f}  identical: {verdict}")
+    ratio = ours_s / theirs_s
+    print(f"  wall time: this tree {ours_s:.1f} s, {args.against} {theirs_s:.1f} s (ratio {ratio:.2f})")
     sys.exit(0 if same else 1)
 
 

@@ -47,7 +47,7 @@ _WITHDRAWN = {"sh": "hbs", "mo": "ron"}
 # Wikipedia / LID-176 language codes that are not ISO 639 codes of the same language: `als` is
 # Alemannic there but Tosk Albanian in ISO 639-3, `nrm` Norman (ISO `nrf`) but Narom, a language
 # of Sarawak. Wikipedia's `eml` (Emilian-Romagnol) is absent on purpose: ISO 639-3 has retired the
-# code, and FineWeb2 files that language under it. tests/data/language_codes.tsv checks every code.
+# code, and FineWeb2 files that language under it. tests/pipeline/data/language_codes.tsv checks every code.
 _WIKI_CODES = {
     "simple": "eng", "als": "gsw", "bh": "bho", "nrm": "nrf",
     "zh-yue": "yue", "zh-classical": "lzh", "zh-min-nan": "nan",

@@ -41,25 +41,29 @@ def test_imports_run_one_way(package):
     assert not offenders
 
 
-# Written as code or inside a script a test runs (python -c "from tests.test_x import ...").
-IMPORTS_A_TEST = re.compile(r"\b(?:from|import)\s+tests\.test_\w+")
+# Written as code or inside a script a test runs (python -c "from tests.trainer.test_x import ..."),
+# a test module in any folder under tests/.
+IMPORTS_A_TEST = re.compile(
+    r"\b(?:from|import)\s+tests(?:\.\w+)*\.test_\w+|\bfrom\s+tests(?:\.\w+)*\s+import\s+test_\w+"
+)
 IMPORTS_TESTS = re.compile(r"\b(?:from|import)\s+tests\b")
 # A fixture writing a format name of its own would pass on after the format changes.
 LITERAL_FORMAT = re.compile(r"""["']format["']\s*:\s*["']mmbert-data/""")
 
 
 def sources(folder: str) -> dict[str, str]:
-    """Each module's text, but this one's (its examples of what is refused are meant to match)."""
+    """Each module's text, in every subfolder too, but this one's (its examples of what is refused
+    are meant to match)."""
     return {
-        str(path.relative_to(ROOT)): path.read_text(encoding="utf-8")
-        for path in sorted((ROOT / folder).glob("*.py"))
+        path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8")
+        for path in sorted((ROOT / folder).rglob("*.py"))
         if path != Path(__file__).resolve()
     }
 
 
 def test_tests_import_fixture_modules_not_other_tests():
     offenders = [name for name, text in sources("tests").items() if IMPORTS_A_TEST.search(text)]
-    assert not offenders, "move what they share to tests/conftest.py or tests/fixtures.py"
+    assert not offenders, "move what they share to a conftest.py or a fixture module (tests/fixtures.py)"
 
 
 def test_benchmarks_import_no_tests():
@@ -74,9 +78,19 @@ def test_fixtures_take_format_names_from_the_formats_module():
 
 
 def test_role_checks_catch_what_they_are_for():
-    assert IMPORTS_A_TEST.search("from tests.test_build import shard_rows")
-    assert IMPORTS_A_TEST.search('script = "import sys; from tests.test_mixture_manifest import compile_to"')
+    assert IMPORTS_A_TEST.search("from tests.pipeline.test_build import shard_rows")
+    assert IMPORTS_A_TEST.search('script = "import sys; from tests.mixtures.test_manifest import compile_to"')
+    assert IMPORTS_A_TEST.search("from tests.trainer.test_data import make_loader")
+    assert IMPORTS_A_TEST.search("import tests.scenarios.test_resume")
+    assert IMPORTS_A_TEST.search("from tests.trainer import test_data")
+    assert IMPORTS_A_TEST.search("from tests.test_imports import sources")
     assert not IMPORTS_A_TEST.search("from tests.fixtures import shard_rows\nfrom tests.corpus import prose")
+    assert not IMPORTS_A_TEST.search("from tests.conftest import SAMPLE, write_synthetic_phase")
+    # the checks read the test modules in every folder, fixture modules and conftests too
+    found = set(sources("tests"))
+    assert {"tests/pipeline/test_build.py", "tests/trainer/test_data.py"} <= found
+    assert {"tests/conftest.py", "tests/fixtures.py", "tests/corpus.py"} <= found
+    assert "tests/test_imports.py" not in found
     assert IMPORTS_TESTS.search("from tests.corpus import small_hub") and IMPORTS_TESTS.search("import tests")
     assert not IMPORTS_TESTS.search("from bench.peers import redistribute_until_stable  # the tests' oracle")
     assert LITERAL_FORMAT.search('stats = {"format": "mmbert-data/stats", "version": 1}')

@@ -34,7 +34,7 @@ from tests.fixtures import (
     write_build,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ from pipeline.labels import (
 )
 from pipeline.lid import lid176_model_path
 
-FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
+FINEWEB2_TABLE = Path(__file__).resolve().parents[2] / "../shared/data/fineweb2-language-distribution.csv"
 LANGUAGE_CODES = Path(__file__).parent / "data" / "language_codes.tsv"
 # FineWeb2's languages as datatrove assigns them word tokenizers (datatrove ships the table).
 TOKENIZER_ASSIGNMENT = importlib.resources.files("datatrove") / "assets" / "tokenizer_assignment.csv"
@@ -37,10 +37,6 @@ def test_is_language_label_accepts_labels(label):
 @pytest.mark.parametrize("value", HOSTILE + ["fra", "fr_Latn", None, 42, "fra_Latnn"])
 def test_is_language_label_rejects_everything_else(value):
     assert not is_language_label(value)
-
-
-def test_language_code():
-    assert language_code("srp_Latn") == "srp"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from mixtures.sampling import SAMPLERS
 from pipeline.bad_input import ON_ERROR_CHOICES
 from tests.corpus import build_args, small_hub
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Every command that writes something, and the older spelling it still accepts (None: none).
 WRITERS = {
     ("mmbert-data", "build"): None,

@@ -24,7 +24,7 @@ from tests.fixtures import manifest_document
 from trainer.checkpoint import checkpoint_dirs
 from trainer.model import ModelConfig, ModernBertMLM
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 

@@ -17,7 +17,7 @@ from mixtures.sampling import SAMPLERS, Sampler, capped_allocation, temperature_
 from mixtures.table import languages_table
 from tests.fixtures import DECAY_STREAMS, TOKENIZER, write_build
 
-FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
+FINEWEB2_TABLE = Path(__file__).resolve().parents[2] / "../shared/data/fineweb2-language-distribution.csv"
 FINEWEB2_HEADER = (
     "subset,split,code,script,name,family,words,documents,utf8_bytes,utf8_bytes_human,"
     "parquet_bytes,parquet_bytes_human,bible_ratio,wiki_ratio"

@@ -118,5 +118,5 @@ def test_named_state_round_trips_by_parameter_name():
 
 def test_the_checkpointer_names_no_optimizer_slot():
     """The optimizer's state is flattened here, so a new optimizer is no change to trainer/checkpoint.py."""
-    source = (Path(__file__).resolve().parents[1] / "trainer" / "checkpoint.py").read_text(encoding="utf-8")
+    source = (Path(__file__).resolve().parents[2] / "trainer" / "checkpoint.py").read_text(encoding="utf-8")
     assert not [slot for slot in StableAdamW.SLOTS if slot in source]

@@ -13,7 +13,7 @@ from cli.mixture import mixture, validate
 from mixtures.plot import shares_figure
 from tests.fixtures import DECAY_STREAMS, write_build, write_last_build
 
-FINEWEB2_TABLE = Path(__file__).resolve().parents[1] / "../shared/data/fineweb2-language-distribution.csv"
+FINEWEB2_TABLE = Path(__file__).resolve().parents[2] / "../shared/data/fineweb2-language-distribution.csv"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 app = typer.Typer()
