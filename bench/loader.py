@@ -30,7 +30,6 @@ Run: `.venv/bin/python bench/loader.py [--phase pretrain] [--tokens 5M] [--round
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sample import SAMPLE, sample_manifest  # noqa: E402
+from bench.sample import SAMPLE, quiet, sample_manifest  # noqa: E402
 from mixtures.manifest import Manifest, load_manifest  # noqa: E402
 from mixtures.recipe import parse_tokens  # noqa: E402
 from pipeline.tokenizer import sample_tokenizer_path  # noqa: E402
@@ -54,31 +53,6 @@ SEQUENCES = 16  # sequences per step (ours) and per batch (the peer)
 WARMUP = 3  # untimed steps / batches before each timed run
 SEED = 0
 GOAL, FLOOR = 10.0, 5.0
-
-
-@contextlib.contextmanager
-def quiet(log: Path) -> Iterator[None]:
-    """Send the build's console output (datatrove's stats, progress bars) to ``log``; show it on error."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(log, "w") as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            print(log.read_text()[-4000:], file=sys.stderr)
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def prepare(tmp: Path, phase: str) -> tuple[Manifest, Path]:

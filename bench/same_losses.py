@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.sample import sample_manifest  # noqa: E402
+from bench.sample import quiet, sample_manifest  # noqa: E402
 from mixtures.recipe import parse_tokens  # noqa: E402
 
 PHASES = ("pretrain", "midtrain", "decay")
@@ -68,7 +68,8 @@ def main() -> None:
             capture_output=True,
         )
         try:
-            manifests = {phase: sample_manifest(scratch / "sample", phase) for phase in PHASES}
+            with quiet(scratch / "build.log"):
+                manifests = {phase: sample_manifest(scratch / "sample", phase) for phase in PHASES}
             ours, ours_s = train_chain(ROOT, manifests, scratch / "ours", tokens)
             theirs, theirs_s = train_chain(reference, manifests, scratch / "theirs", tokens)
         finally:

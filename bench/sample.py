@@ -7,7 +7,10 @@ written to the user's cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from mixtures.compiler import compile_phase
@@ -45,3 +48,28 @@ def sample_manifest(directory: Path, phase: str = "pretrain", tokens: int = MIXT
     mixture = compile_phase(recipe, phase, counts, tokens=tokens)
     write_manifest(build_manifest(mixture, recipe, counts, seed=0), path)
     return path
+
+
+@contextlib.contextmanager
+def quiet(log: Path) -> Iterator[None]:
+    """Send the build's console output (datatrove's stats, progress bars) to ``log``; show it on error."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            print(log.read_text()[-4000:], file=sys.stderr)
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
