@@ -1,7 +1,7 @@
 """Where mmbert-data keeps downloaded and derived assets between runs.
 
 One directory (``$MMBERT_DATA_CACHE``, default ``~/.cache/mmbert-data``) holds the
-offline LID model, trained demo tokenizers and the pointer to the last build, so
+offline LID model, trained demo tokenizers, matplotlib's font cache and the pointer to the last build, so
 that every command finds them without flags and tests can isolate them.
 
 The last-build pointer (``last-build.json``) is written by `mmbert-data build` and read by
@@ -27,6 +27,12 @@ def cache_dir() -> Path:
     path = Path(root).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def matplotlib_in_cache() -> None:
+    """Point matplotlib's configuration and font cache into the cache (unless ``MPLCONFIGDIR`` already
+    says where): left alone it writes them under ``$HOME``. Call it before importing matplotlib."""
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
 
 
 def record_last_build(output: Path, phase: str, phase_dir: Path) -> None:

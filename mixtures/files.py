@@ -4,14 +4,22 @@ Every output is written under a temporary name in its own directory and renamed 
 complete: a reader sees the old file or the new one, never a part. There is one
 temporary name (:func:`temporary_path`): hidden, and unique per process, so two
 processes writing the same file never write into each other's.
+
+A directory that one process at a time may write (a build's phase directory, a
+training run) is guarded by a :class:`FileLock`.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
-from collections.abc import Iterator
+import socket
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def temporary_path(path: str | Path) -> Path:
@@ -52,3 +60,100 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock; the message names it (pid, host, started)."""
+
+    def __init__(self, holder: Mapping[str, Any]):
+        super().__init__(describe_holder(holder))
+
+
+class FileLock:
+    """An exclusive ``flock`` on ``path`` for as long as the ``with`` block runs; the file names the holder.
+
+    The kernel releases a ``flock`` when its holder dies, however it dies, so a lock
+    file left by a killed process is taken over, never waited for (``taken_over``
+    is then the dead holder's record); the pid inside only serves the messages.
+    Entering raises :class:`LockHeld` while a live process holds it, OSError on a
+    filesystem without ``flock``. :meth:`holder_now` tells whether the file is still
+    this lock's, for writers that must stop once another process took their directory.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.taken_over: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    def __enter__(self) -> FileLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise LockHeld(holder) from None
+            except OSError:  # a filesystem without flock (some NFS or Lustre mounts)
+                os.close(fd)
+                raise
+            if self._same_file(fd):  # the holder before us may have removed it between our open and flock
+                break
+            os.close(fd)
+        self.taken_over = _holder(fd) or None
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._same_file(self._fd):  # still holding it, so nobody waits on a removed file
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+    def takeover_note(self) -> str:
+        """What to tell the user when ``taken_over`` is set."""
+        holder = self.taken_over or {}
+        return (
+            f"note: took over {self.path} from pid {holder.get('pid')} on {holder.get('host')}, "
+            "which stopped without releasing it"
+        )
+
+    def holder_now(self) -> dict[str, Any] | None:
+        """None while ``path`` is still this lock's file; else the record of the one there now
+        (empty when the file is gone or names nobody)."""
+        if self._same_file(self._fd):
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return {}
+        try:
+            return _holder(fd)
+        finally:
+            os.close(fd)
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    """The record a lock file holds (empty when it holds none, or something else)."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """The process a lock record names, for messages (``pid 123 on node7, started ...``)."""
+    if not holder:
+        return "pid unknown"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"

@@ -10,7 +10,8 @@ A log axis cannot show a zero: a language of a phase whose target rounds to no
 tokens, or a pool language the build kept no tokens of, is not drawn, and the
 legend and a note under the plot say how many were left out, so that every
 language is either on the plot or counted. Drawn with matplotlib's object API on
-the Agg canvas: no display, no global pyplot state.
+the Agg canvas: no display, no global pyplot state; matplotlib is imported once
+its font cache is pointed into the project's cache.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
-
+from mixtures.cache import matplotlib_in_cache
 from mixtures.files import atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LABELLED_LANGUAGES = 60  # up to this many languages, the x axis names them
 NAMED_LEFT_OUT = 8  # the note names this many of the languages it leaves out
@@ -41,6 +44,10 @@ def plot_shares(
 
 def shares_figure(series: Sequence[tuple[str, Mapping[str, float]]], pool: Mapping[str, int]) -> Figure:
     """The figure ``plot_shares`` writes (see the module docstring)."""
+    matplotlib_in_cache()  # before matplotlib is first imported
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     order = sorted((name for name, size in pool.items() if size > 0), key=lambda name: (-pool[name], name))
     rank = {name: i + 1 for i, name in enumerate(order)}
     total = sum(pool[name] for name in order)

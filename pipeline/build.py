@@ -401,10 +401,7 @@ class Build:
         self._make_phase_dir()
         with BuildLock(self.phase_dir) as lock:
             if lock.taken_over and say:
-                say(
-                    f"note: took over {lock.path} from pid {lock.taken_over.get('pid')} on "
-                    f"{lock.taken_over.get('host')}, which stopped without releasing it"
-                )
+                say(lock.takeover_note())
             check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
             chain = self.executors(loaded.record())
             if self.options.executor == "slurm":

@@ -8,25 +8,18 @@ empties the directory first (old shards and completions would otherwise mix with
 new ones).
 
 Two builds writing one phase directory at once would corrupt it, so a build holds
-``build.lock`` while it runs: an exclusive ``flock`` on the file, which names the
-holder's pid and host. The kernel releases a ``flock`` when its holder dies, however
-it dies, so a lock file left by a killed build is taken over, never waited for; the
-pid inside only serves the messages.
+``build.lock`` while it runs (a :class:`mixtures.files.FileLock`: an exclusive
+``flock`` naming the holder's pid and host; a dead build's lock is taken over).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
-import socket
-import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mixtures.files import write_atomic
+from mixtures.files import FileLock, LockHeld, write_atomic
 
 SETTINGS_FORMAT = "mmbert-data/build"
 SETTINGS_VERSION = 1
@@ -39,73 +32,29 @@ class BuildConflict(ValueError):
     """A build that must not go ahead: another one holds the output, or it was made with other settings."""
 
 
-class BuildLock:
+class BuildLock(FileLock):
     """An exclusive lock on one phase directory for as long as the ``with`` block runs.
 
     ``taken_over`` is the record of a build that died holding the lock, when there was one.
     """
 
     def __init__(self, phase_dir: Path):
-        self.path = phase_dir / LOCK_NAME
-        self.taken_over: dict[str, Any] | None = None
-        self._fd: int | None = None
+        super().__init__(phase_dir / LOCK_NAME)
 
     def __enter__(self) -> BuildLock:
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                os.close(fd)
-                raise BuildConflict(
-                    f"{self.path.parent} is being written by another build ({_describe(holder)}); "
-                    "wait for it to finish or stop it, then run this again"
-                ) from None
-            except OSError as err:  # a filesystem without flock (some NFS or Lustre mounts)
-                os.close(fd)
-                raise BuildConflict(
-                    f"cannot lock {self.path}: {err.strerror}; write the build to a filesystem that "
-                    "supports flock (a local disk, or the cluster's flock-enabled scratch)"
-                ) from err
-            try:  # the holder before us may have removed the file between our open and flock
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        self.taken_over = _holder(fd) or None
-        record = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        self._fd = fd
+        try:
+            super().__enter__()
+        except LockHeld as held:
+            raise BuildConflict(
+                f"{self.path.parent} is being written by another build ({held}); "
+                "wait for it to finish or stop it, then run this again"
+            ) from None
+        except OSError as err:
+            raise BuildConflict(
+                f"cannot lock {self.path}: {err.strerror}; write the build to a filesystem that "
+                "supports flock (a local disk, or the cluster's flock-enabled scratch)"
+            ) from err
         return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.path.unlink(missing_ok=True)  # still holding the lock, so nobody waits on a removed file
-        os.close(self._fd)
-        self._fd = None
-
-
-def _holder(fd: int) -> dict[str, Any]:
-    """The record a lock file holds (empty when it holds none, or something else)."""
-    try:
-        record = json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _describe(holder: Mapping[str, Any]) -> str:
-    """The build a lock record names, for messages (``pid 123 on node7, started ...``)."""
-    if not holder:
-        return "pid unknown"
-    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
 
 
 def check_settings(

@@ -11,7 +11,8 @@
 
 A checkpoint is assembled under a hidden temporary name and renamed into place,
 so a directory called ``step-N`` is complete. Loading checks each file against
-its hash; a damaged newest checkpoint is reported and the one before it used.
+its hash; a damaged newest checkpoint is moved aside (``step-N.damaged``), reported,
+and the one before it used, so the run writes step N anew when it gets there.
 Nothing is unpickled: tensors are safetensors, everything else JSON. There is no
 random state to save: masks and dropout draw from generators seeded by
 (seed, step, micro-batch), so a resumed run rebuilds them.
@@ -20,6 +21,10 @@ random state to save: masks and dropout draw from generators seeded by
 train state) and decides when to save them; :func:`find_start` decides where a
 run begins (its newest checkpoint, an ``--init`` model, or a new model) and
 refuses a checkpoint made for other data or settings.
+
+One process trains a run: rank 0 holds ``RUN/run.lock`` (:class:`RunLock`) from
+before it reads the checkpoints until it exits, and checks that the lock is still
+its own before every write, so that a process that lost the run never writes into it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mixtures.files import temporary_path, temporary_pattern, write_atomic
+from mixtures.files import (
+    FileLock,
+    LockHeld,
+    describe_holder,
+    temporary_path,
+    temporary_pattern,
+    write_atomic,
+)
 from mixtures.formats import TokenizerRecord
 from mixtures.manifest import Manifest
 from trainer.config import ConfigError, TrainConfig, model_config
@@ -61,6 +74,7 @@ CHECKPOINT_FORMAT = "mmbert-train/checkpoint"
 CHECKPOINT_VERSION = 1
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+LOCK_NAME = "run.lock"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -83,15 +97,19 @@ def save_checkpoint(
     optimizer: StableAdamW,
     state: dict[str, Any],
 ) -> Path:
-    """Write ``RUN_DIR/checkpoints/step-{state['step']}`` (if not there already) and return it."""
+    """Write ``RUN_DIR/checkpoints/step-{state['step']}`` (if not there already) and return it.
+
+    A write that fails (a full disk) is a CheckpointError naming the checkpoint; the
+    checkpoints before it are untouched and the temporary directory removed.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{state['step']:08d}"
-    if final.is_dir():
+    if final.is_dir():  # resumed at that step: intact, as resuming checked
         return final
     temporary = temporary_path(final)
     shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
     try:
+        temporary.mkdir(parents=True)
         model.save(temporary)
         tensors, steps = named_state(optimizer, parameter_names(model))
         save_file(tensors, str(temporary / OPTIMIZER_NAME), metadata={"format": "pt"})
@@ -108,17 +126,30 @@ def save_checkpoint(
             _fsync(path)
         os.rename(temporary, final)
         _fsync(root)
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(
+            f"{final}: cannot be written ({getattr(err, 'strerror', None) or err}); free space on its "
+            "filesystem, then continue with --resume (the checkpoints before it are intact)"
+        ) from err
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return final
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
-    """Remove all but the newest ``keep`` checkpoints (and temporary ones an interrupted save left)."""
+    """Remove all but the newest ``keep`` checkpoints (and temporary ones an interrupted save left).
+
+    A symbolic link among the old ones is refused, never followed: it may lead out of the run.
+    """
     root = Path(run_dir) / "checkpoints"
     for leftover in root.glob(temporary_pattern("step-*")):
         shutil.rmtree(leftover, ignore_errors=True)
     for old in checkpoint_dirs(run_dir)[:-keep]:
+        if old.is_symlink():
+            raise CheckpointError(
+                f"{old}: a symbolic link; --keep removes old checkpoints and never follows links: "
+                "move the checkpoint it points to into the run, or remove the link"
+            )
         shutil.rmtree(old)
 
 
@@ -147,13 +178,72 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 def latest_checkpoint(
     run_dir: str | Path, report: Callable[[str], None]
 ) -> tuple[Path, dict[str, Any]] | None:
-    """The newest intact checkpoint and its state, reporting each damaged one passed over; None if none."""
+    """The newest intact checkpoint and its state; None if none is intact.
+
+    Each damaged one passed over is moved aside and reported: left in place, the run
+    would keep it when it reached that step again instead of writing it anew.
+    """
     for checkpoint in reversed(checkpoint_dirs(run_dir)):
         try:
             return checkpoint, read_state(checkpoint)
         except CheckpointError as err:
-            report(f"{err}; using the checkpoint before it")
+            report(f"{err}; moved to {_move_aside(checkpoint)}; using the checkpoint before it")
     return None
+
+
+def _move_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint to ``step-N.damaged`` (``.damaged-2``, ... if that is taken)."""
+    aside, copies = checkpoint.with_name(f"{checkpoint.name}.damaged"), 1
+    while aside.exists():
+        copies += 1
+        aside = checkpoint.with_name(f"{checkpoint.name}.damaged-{copies}")
+    os.rename(checkpoint, aside)
+    return aside
+
+
+class RunLock(FileLock):
+    """``RUN/run.lock``: one process at a time trains a run (rank 0 under torchrun).
+
+    Entering creates the run directory if need be (and removes it on exit if it is
+    still empty, so a refused run leaves nothing); a live holder is a CheckpointError
+    naming its pid and host, a dead one's lock is taken over.
+    """
+
+    def __init__(self, run: Path):
+        super().__init__(run / LOCK_NAME)
+        self.created = False
+
+    def __enter__(self) -> RunLock:
+        self.created = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            super().__enter__()
+        except LockHeld as held:
+            raise CheckpointError(
+                f"{self.path.parent} is being trained by another process ({held}); "
+                "wait for it to finish or stop it, then run this again"
+            ) from None
+        except OSError as err:
+            raise CheckpointError(
+                f"cannot lock {self.path}: {err.strerror}; put --output on a filesystem that supports "
+                "flock (a local disk, or the cluster's flock-enabled scratch)"
+            ) from err
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        super().__exit__(*exc_info)
+        if self.created:
+            with suppress(OSError):  # not empty: the run wrote into it
+                self.path.parent.rmdir()
+
+    def check(self) -> None:
+        """Raise a CheckpointError once another process holds the run (its lock file replaced ours)."""
+        holder = self.holder_now()
+        if holder is not None:
+            raise CheckpointError(
+                f"{self.path}: the run is now held by {describe_holder(holder)}; this process stops "
+                "without writing more (let that one train, or stop it and continue with --resume)"
+            )
 
 
 def load_checkpoint(
@@ -244,20 +334,28 @@ def find_start(
     force: bool,
     say: Callable[[str], None],
 ) -> Start:
-    """A checkpoint of this run (``--resume``), else ``--init``, else a new model of the preset."""
+    """A checkpoint of this run (``--resume``), else ``--init``, else a new model of the preset.
+
+    ``--resume`` where every checkpoint is damaged is refused: starting over is asked
+    for by running without ``--resume`` (the damaged ones are moved aside by then).
+    """
     run = Path(config.out)
-    if not resume:
-        if checkpoint_dirs(run):
-            raise ConfigError(
-                f"{run} already holds checkpoints; pass --resume to continue that run "
-                "or choose another --output"
+    if checkpoint_dirs(run) and not resume:
+        raise ConfigError(
+            f"{run} already holds checkpoints; pass --resume to continue that run or choose another --output"
+        )
+    if checkpoint_dirs(run):
+        found = latest_checkpoint(run, say)
+        if found is None:
+            raise CheckpointError(
+                f"{run}: no intact checkpoint to resume (the damaged ones were moved aside); "
+                "run without --resume to start the run over"
             )
-    elif (found := latest_checkpoint(run, say)) is not None:
         path, state = found
         _check_resume(config, manifest, state, force, say)
         shape = ModelConfig.from_dict(read_json_object(path / CONFIG_NAME), where=str(path / CONFIG_NAME))
         return Start(shape, checkpoint=found)
-    else:
+    if resume:
         say(f"no checkpoint in {run}: starting the run")
     if not config.init:
         return Start(model_config(config, tokenizer, None))
@@ -312,7 +410,8 @@ class Checkpointer:
     """The run's stateful parts (model, optimizer, loader, train state), when to save them, and how.
 
     ``due`` decides every step, the same way on every rank (a signal or the clock
-    on any rank counts for all); ``save`` has rank 0 write while the others wait;
+    on any rank counts for all); ``save`` has rank 0 write while the others wait,
+    once ``lock`` (rank 0's) says the run is still this process's;
     ``restore`` loads a :class:`Start` into the parts.
     """
 
@@ -322,13 +421,14 @@ class Checkpointer:
         manifest: Manifest,
         tokenizer: TokenizerRecord,
         dist: Dist,
+        lock: RunLock | None,
         *,
         model: ModernBertMLM,
         optimizer: StableAdamW,
         loader: MixtureLoader,
         state: TrainState,
     ):
-        self.run, self.dist, self.keep = Path(config.out), dist, config.keep
+        self.run, self.dist, self.keep, self.lock = Path(config.out), dist, config.keep, lock
         self.every_tokens, self.every_minutes = config.save_every_tokens, config.save_every_minutes
         self.fingerprint = manifest.fingerprint
         self.identity = {
@@ -358,7 +458,6 @@ class Checkpointer:
                 load_named_state(self.optimizer, parameter_names(self.model), tensors, steps)
         self.state.loader = self.loader.state_dict()
         if self.dist.main:
-            self.run.mkdir(parents=True, exist_ok=True)
             prune_checkpoints(self.run, self.keep or sys.maxsize)
         self._saved(time.monotonic())
 
@@ -376,6 +475,7 @@ class Checkpointer:
         """Rank 0 writes the checkpoint of the state now; every rank returns once it is complete."""
         saved = None
         if self.dist.main:
+            self.lock.check()
             state = {"step": self.state.step, "tokens": self.state.tokens, "loader": self.state.loader}
             saved = save_checkpoint(self.run, self.model, self.optimizer, {**state, **self.identity})
             if self.keep:

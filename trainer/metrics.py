@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ PEAK_BF16_FLOPS = {
     "L40S": 362e12,
     "A10G": 125e12,
 }
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``. A line that is not a JSON record, as the last one is when a
+    kill interrupted its write, is left out: it is never read as a step, and a resumed run writes
+    that step again."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def flops_per_token(config: ModelConfig, seq_len: int, mask_rate: float) -> float:
@@ -67,7 +83,11 @@ def _duration(seconds: float) -> str:
 
 
 class Meter:
-    """Turns finished steps into ``metrics.jsonl`` records and a console line (every ``interval`` seconds)."""
+    """Turns finished steps into ``metrics.jsonl`` records and a console line (every ``interval`` seconds).
+
+    ``guard``, if given, is called before each record is written: it raises once the
+    run belongs to another process, so that this one never writes into it.
+    """
 
     def __init__(
         self,
@@ -78,22 +98,23 @@ class Meter:
         peak: float | None,
         interval: float = 10.0,
         enabled: bool = True,
+        guard: Callable[[], None] | None = None,
     ):
         self.path = run_dir / METRICS_NAME
         self.phase, self.total, self.flops, self.peak = phase, total_tokens, flops, peak
-        self.interval, self.enabled = interval, enabled
+        self.interval, self.enabled, self.guard = interval, enabled, guard
         self.started = time.monotonic()
         self.last_print = 0.0
         self.window = self._empty_window()
         self.file = None
 
     def resume_at(self, step: int) -> None:
-        """Drop the records of steps after ``step``: a resumed run writes them again."""
+        """Keep the records of steps up to ``step`` (the run's start: its checkpoint's step, 0 for a new
+        run) and drop the rest, a torn last line too: the run writes those steps again."""
         if not self.enabled or not self.path.exists():
             return
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        write_atomic(self.path, "".join(kept))
+        kept = [record for record in read_records(self.path) if record.get("step", step + 1) <= step]
+        write_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def log(self, batch: StepBatch, result: dict[str, float], lr: float) -> dict[str, Any]:
         """The record of a finished step (its batch, ``train_step``'s result, its lr); written and printed."""
@@ -116,6 +137,8 @@ class Meter:
             record["mfu"] = record["tokens_in_step"] * self.flops / step_time / self.peak
         if not self.enabled:
             return record
+        if self.guard is not None:
+            self.guard()
         if self.file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())

@@ -3,21 +3,21 @@
 Several runs given in order (pre-training, context extension, decay) are laid
 end to end on one token axis, so the recipe's trapezoid and the loss across
 phases read as one training. Drawn with matplotlib's object API (Agg canvas,
-no display needed) and written through a temporary name.
+no display needed; imported once its font cache is pointed into the project's
+cache) and written through a temporary name.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from mixtures.cache import matplotlib_in_cache
 from mixtures.files import write_atomic
-from trainer.metrics import METRICS_NAME
+from trainer.metrics import METRICS_NAME, read_records
 
 SMOOTHING_WINDOW = (8, 101)  # the smoothed loss averages over an eighth of a run's steps, at most 101
 
@@ -26,10 +26,9 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of a run's ``metrics.jsonl`` (ValueError naming the file if there is none)."""
     path = Path(run_dir) / METRICS_NAME
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        records = read_records(path)
     except OSError as err:
         raise ValueError(f"{path}: no metrics to plot ({err.strerror or err})") from err
-    records = [json.loads(line) for line in lines if line.strip()]
     if not records:
         raise ValueError(f"{path}: no steps recorded yet")
     return records
@@ -49,6 +48,9 @@ def smoothed(values: Sequence[float]) -> list[float]:
 
 def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     """Draw the runs' loss and learning rate against tokens (runs end to end) into a PNG at ``path``."""
+    matplotlib_in_cache()  # before matplotlib is first imported
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     loss_axes, lr_axes = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     offset = 0

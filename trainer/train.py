@@ -2,9 +2,9 @@
 
 The loop composes the trainer's parts: ``config`` (what to run), ``data`` (steps
 of packed, masked micro-batches, prepared on a background thread), ``optim`` and
-``schedule`` (StableAdamW at the schedule's learning rate), ``checkpoint`` (where
-the run starts, when and how it is saved: atomic, exact), ``distributed`` (DDP)
-and ``metrics``.
+``schedule`` (StableAdamW at the schedule's learning rate), ``checkpoint`` (the
+run's lock, where the run starts, when and how it is saved: atomic, exact),
+``distributed`` (DDP) and ``metrics``.
 
 Exact resume rests on three facts: the loader's state fixes every later batch,
 the learning rate is a function of tokens seen, and every random draw (masks,
@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from mixtures.manifest import Manifest
-from trainer.checkpoint import Checkpointer, TrainState, find_start
+from trainer.checkpoint import Checkpointer, RunLock, Start, TrainState, find_start
 from trainer.config import TrainConfig, for_device, tokenizer_record
 from trainer.data import MixtureData, MixtureLoader, Prefetcher, StepBatch
-from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, wrap
+from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, main_first, wrap
 from trainer.masking import Masking
 from trainer.metrics import Meter, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModernBertMLM
@@ -77,35 +77,53 @@ def train(
 ) -> Path:
     """Train one phase of ``manifest`` as ``config`` (resolved from it) says; return the run directory.
 
-    Errors before training: ConfigError, CheckpointError, DataError.
+    Errors before training: ConfigError, CheckpointError, DataError; during it, CheckpointError
+    (a save that cannot be written, a run another process took over).
     """
     dist = init_distributed(device)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.main else (lambda line: None)
     try:
-        return _train(config, manifest, dist, resume, force)
+        config = for_device(config, dist.device)
+        with ExitStack() as held:
+
+            def begin() -> tuple[RunLock | None, Start]:
+                """Rank 0 locks the run; then each rank finds where it starts."""
+                lock = held.enter_context(RunLock(Path(config.out))) if dist.main else None
+                if lock is not None and lock.taken_over:
+                    say(lock.takeover_note())
+                return lock, find_start(config, manifest, tokenizer_record(manifest), resume, force, say)
+
+            lock, start = main_first(dist, begin)
+            return _train(config, manifest, dist, start, lock, say)
     finally:
         close(dist)
 
 
-def _train(config: TrainConfig, manifest: Manifest, dist: Dist, resume: bool, force: bool) -> Path:
-    say = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.main else (lambda line: None)
-    stop, config = StopRequest(), for_device(config, dist.device)
+def _train(
+    config: TrainConfig,
+    manifest: Manifest,
+    dist: Dist,
+    start: Start,
+    lock: RunLock | None,
+    say: Callable[[str], None],
+) -> Path:
+    stop = StopRequest()
     run, training, tokenizer = Path(config.out), config.training, tokenizer_record(manifest)
 
     # ---- the parts: model, optimizer, data, and where they start ---------------------------------------
-    start = find_start(config, manifest, tokenizer, resume, force, say)
     torch.manual_seed(config.seed)
     model = ModernBertMLM(start.shape, attn_backend=config.attn_backend).to(dist.device)
     optimizer, state = make_optimizer(model, training), TrainState()
     loader = make_loader(config, manifest, dist)
     checkpointer = Checkpointer(
-        config, manifest, tokenizer, dist, model=model, optimizer=optimizer, loader=loader, state=state
+        config, manifest, tokenizer, dist, lock, model=model, optimizer=optimizer, loader=loader, state=state
     )
     checkpointer.restore(start, say)
     flops = flops_per_token(start.shape, training.seq_len, training.mask_rate)
     peak = peak_flops(dist.device, config.precision)
-    meter = Meter(run, config.phase, config.tokens, flops, peak, enabled=dist.main)
-    if start.checkpoint is not None:
-        meter.resume_at(state.step)
+    guard = lock.check if lock is not None else None
+    meter = Meter(run, config.phase, config.tokens, flops, peak, enabled=dist.main, guard=guard)
+    meter.resume_at(state.step)  # the steps up to the start, none for a new run
     for line in _banner(config, manifest, model, loader, dist):
         say(line)
     if config.compile:  # layer by layer, as torchtitan does: small graphs, the same for every layer kind

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from bench.processes import alive, children
 from cli.train import app
 from mixtures.manifest import write_manifest
 from tests.fixtures import manifest_document
-from trainer.checkpoint import checkpoint_dirs
+from trainer.checkpoint import checkpoint_dirs, read_state
 from trainer.model import ModelConfig, ModernBertMLM
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -450,3 +452,159 @@ def test_set_reaches_any_training_key_and_a_typo_names_the_closest(sample_manife
     )
     assert "training.lr.peak: 0.001 -> 0.002" in output  # it changes the result, so resuming refuses it
     assert not (tmp_path / "b").exists()
+
+
+# ---- faults: damaged checkpoints, orphaned ranks, a second trainer, torn metrics, a full disk ----------
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_written_anew_and_none_intact_is_an_error(
+    sample_manifests, tmp_path
+):
+    out = tmp_path / "run"
+    args = tiny(sample_manifests["pretrain"], out, tokens="40k")
+    train(*args)
+    newest = checkpoint_dirs(out)[-1]
+    with open(newest / "model.safetensors", "r+b") as handle:
+        handle.seek(-8, os.SEEK_END)
+        handle.write(b"\xff" * 8)
+    output = train(*args, "--resume")
+    aside = newest.with_name(f"{newest.name}.damaged")
+    assert f"{newest / 'model.safetensors'}: damaged" in output and f"moved to {aside}" in output
+    assert aside.is_dir() and checkpoint_dirs(out)[-1] == newest
+    read_state(newest)  # written anew when the run reached that step again, not kept damaged
+    for checkpoint in checkpoint_dirs(out):
+        (checkpoint / "state.json").write_text("{")
+    output = fails(*args, "--resume")
+    assert output.strip().splitlines()[-1] == (
+        f"error: {out}: no intact checkpoint to resume (the damaged ones were moved aside); "
+        "run without --resume to start the run over"
+    )
+    assert checkpoint_dirs(out) == []
+
+
+def test_killing_the_torchrun_agent_alone_stops_its_workers(sample_manifests, tmp_path):
+    args = tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M")
+    agent = launch(args, processes=2)
+    workers = []
+    try:
+        wait_for_steps(agent, tmp_path / "run", 1)
+        workers = children(agent.pid)
+        assert len(workers) >= 2  # the two ranks
+        agent.kill()  # SIGKILL to the agent only: its workers are in sessions of their own
+        agent.wait()
+        deadline = time.monotonic() + 10
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(alive, workers)), "workers outlived their agent"
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_trainer_on_a_run_is_refused_and_a_dead_holders_lock_is_taken_over(
+    sample_manifests, tmp_path
+):
+    out = tmp_path / "run"
+    first = launch(tiny(sample_manifests["pretrain"], out, tokens="2M"))
+    try:
+        wait_for_steps(first, out, 1)
+        output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", tokens="2M"))
+        assert output.strip().splitlines() == [
+            f"error: {out} is being trained by another process (pid {first.pid} on {socket.gethostname()}, "
+            f"started {json.loads((out / 'run.lock').read_text())['started']}); "
+            "wait for it to finish or stop it, then run this again"
+        ]
+        assert first.poll() is None
+    finally:
+        first.kill()  # it dies holding the lock, and its lock file stays behind
+        first.wait()
+    steps = [r["step"] for r in metrics(out)]
+    assert steps == list(range(1, len(steps) + 1))  # the refused trainer wrote nothing
+    output = train(*tiny(sample_manifests["pretrain"], out, "--resume", "--force", tokens="40k"))
+    assert f"note: took over {out / 'run.lock'} from pid {first.pid} on " in output
+    assert not (out / "run.lock").exists()
+
+
+def test_a_trainer_that_lost_its_run_lock_stops_without_writing(sample_manifests, tmp_path):
+    from mixtures.files import FileLock
+
+    out = tmp_path / "run"
+    process = launch(tiny(sample_manifests["pretrain"], out, tokens="2M"))
+    try:
+        wait_for_steps(process, out, 1)
+        with FileLock(tmp_path / "other.lock"):  # another trainer, as after a cleanup removed the lock
+            os.replace(tmp_path / "other.lock", out / "run.lock")
+            written = len(metrics(out))
+            output, _ = process.communicate(timeout=120)
+            assert process.returncode == 1, output
+            assert f"{out / 'run.lock'}: the run is now held by pid {os.getpid()} on " in output
+            assert len(metrics(out)) <= written + 1  # at most the step it was finishing
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_killed_before_its_first_checkpoint_and_resumed_each_step_is_logged_once(
+    reference, sample_manifests, tmp_path
+):
+    args = tiny(sample_manifests["pretrain"], tmp_path / "run")
+    crashed = run(args, crash_at="1:0")  # step 0 is logged, no checkpoint yet
+    assert crashed.returncode == -signal.SIGKILL and not checkpoint_dirs(tmp_path / "run")
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as handle:
+        handle.write('{"phase": "pretrain", "st')  # a torn last line, as a kill mid-write leaves
+    resumed = run([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stdout
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [r["step"] for r in metrics(reference)]
+    assert_bitwise_equal(reference, tmp_path / "run")
+
+
+def test_resuming_cuts_a_torn_last_line_of_the_metrics(tmp_path):
+    from trainer.metrics import Meter
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
+    Meter(tmp_path, "pretrain", 100, 1.0, None).resume_at(2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_full_disk_during_a_save_and_a_linked_checkpoint_with_keep_are_one_line_errors(
+    sample_manifests, tmp_path, monkeypatch
+):
+    from safetensors import SafetensorError
+
+    import trainer.checkpoint
+
+    out = tmp_path / "run"
+    save_file, calls = trainer.checkpoint.save_file, []
+
+    def full_on_second_save(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise SafetensorError(
+                "Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                'message: "No space left on device" })'
+            )
+        return save_file(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.checkpoint, "save_file", full_on_second_save)
+    output = fails(*tiny(sample_manifests["pretrain"], out, tokens="40k"))
+    (first,) = checkpoint_dirs(out)  # the checkpoint before survives
+    read_state(first)
+    error = output.strip().splitlines()[-1]
+    assert error.startswith(f"error: {out / 'checkpoints'}/step-") and "No space left on device" in error
+    assert "free space on its filesystem, then continue with --resume" in error
+    assert not list((out / "checkpoints").glob(".*"))  # no temporary directory left
+    monkeypatch.setattr(trainer.checkpoint, "save_file", save_file)
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep-me").write_text("not the run's")
+    (out / "checkpoints" / "step-00000000").symlink_to(outside, target_is_directory=True)
+    output = fails(*tiny(sample_manifests["pretrain"], out, "--resume", "--keep", "1", tokens="40k"))
+    assert output.strip().splitlines()[-1] == (
+        f"error: {out / 'checkpoints' / 'step-00000000'}: a symbolic link; --keep removes old checkpoints "
+        "and never follows links: move the checkpoint it points to into the run, or remove the link"
+    )
+    assert (outside / "keep-me").exists()
