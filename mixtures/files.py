@@ -8,6 +8,7 @@ processes writing the same file never write into each other's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,3 +53,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's content, read in chunks (shards are large)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
