@@ -12,6 +12,7 @@ training run) is guarded by a :class:`FileLock`.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -157,3 +158,9 @@ def describe_holder(holder: Mapping[str, Any]) -> str:
     if not holder:
         return "pid unknown"
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's content, read in chunks (shards are large)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -2,7 +2,7 @@
 
 The pipeline writes shards and ``stats.json``, the mixture compiler turns them into a
 manifest, and the trainer reads both the manifest and the shards. What they agree on
-lives here, in one light module (standard library and pyarrow only), so that a GPU
+lives here, in one light module (standard library, numpy and pyarrow only), so that a GPU
 node reading a manifest imports none of the data pipeline:
 
 - format names and versions of ``stats.json`` and the manifest;
@@ -23,7 +23,9 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.ipc
 
 from mixtures.errors import MixtureError
 
@@ -88,6 +90,80 @@ def metadata_problems(
     return problems
 
 
+def schema_problems(schema: pa.Schema, shard: str, expected: dict[str, str | None]) -> list[str]:
+    """Each way a shard's schema differs from the format's columns and ``expected`` metadata (empty: none).
+
+    A column of another type (float or uint8 ids, negative int64 ids, strings)
+    would otherwise be read as token ids; every reader of shards asks this first.
+    """
+    problems = []
+    for field in SHARD_SCHEMA:
+        index = schema.get_field_index(field.name)
+        if index < 0:
+            problems.append(
+                f"not a token shard: {shard} has no {field.name} column; rebuild it with `mmbert-data build`"
+            )
+        elif schema.field(index).type != field.type:
+            problems.append(
+                f"wrong column type: shard {shard} has {field.name}: {schema.field(index).type}, the format "
+                f"is {field.type}; rebuild it with `mmbert-data build`"
+            )
+    return problems + metadata_problems(schema.metadata, shard, expected)
+
+
+def shard_counts(reader: pa.ipc.RecordBatchStreamReader) -> tuple[int, int]:
+    """Documents and tokens of a shard, from its record batch headers (the lengths Arrow keeps there).
+
+    Read from a memory map, this touches a few bytes per batch, not the token data.
+    """
+    documents = tokens = 0
+    for batch in reader:
+        documents += batch.num_rows
+        tokens += len(batch.column(SHARD_SCHEMA.get_field_index("input_ids")).values)
+    return documents, tokens
+
+
+def count_problems(shard: str, recorded: tuple[int | None, int], found: tuple[int, int]) -> list[str]:
+    """Where a shard's (documents, tokens) differ from its entry's (documents None: not recorded).
+
+    The blend draws from each stream by its entries' counts, so a wrong count
+    changes the mixture silently.
+    """
+    fix = "the manifest does not describe this file; compile it again from the build"
+    return [
+        f"count mismatch: shard {shard} holds {have:,} {what}, the manifest records {want:,}; {fix}"
+        for what, want, have in zip(("documents", "tokens"), recorded, found, strict=True)
+        if want is not None and want != have
+    ]
+
+
+def input_ids_problem(
+    shard: str, offsets: np.ndarray, values: np.ndarray, first_row: int, vocab_size: int | None
+) -> str | None:
+    """The first fault of one record batch's ``input_ids`` (None: none): offsets that run backwards or
+    past the ids, or an id outside the tokenizer's vocabulary.
+
+    Arrow does not check these when it maps a file, so a damaged shard would
+    otherwise be trained on; one pass over the ids costs less than reading them.
+    """
+    lengths = np.diff(offsets)
+    if offsets[0] != 0 or offsets[-1] != len(values) or (len(lengths) and lengths.min() < 0):
+        return (
+            f"damaged shard: {shard}: the input_ids offsets of documents {first_row:,} to "
+            f"{first_row + len(lengths) - 1:,} do not fit its {len(values):,} token ids; "
+            "rebuild it with `mmbert-data build`"
+        )
+    if vocab_size is None or not len(values) or int(values.max()) < vocab_size:
+        return None
+    at = int(np.argmax(values >= vocab_size))
+    row = first_row + int(np.searchsorted(offsets, at, side="right")) - 1
+    return (
+        f"{shard}: document {row} holds token id {int(values[at])}, outside the tokenizer's {vocab_size} "
+        "ids: the shard is damaged (check it with `mmbert-data inspect --verify`) or the manifest names "
+        "another tokenizer (compile it again from the shard's build)"
+    )
+
+
 def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
     """A stream's shards as build statistics and manifests list them (see the module docstring)."""
     check_shards(raw, where)
@@ -132,6 +208,16 @@ def check_tokenizer(raw: Any, where: str, planned: bool = False) -> dict[str, An
         for role, token_id in special.items():
             if token_id is not None and (type(token_id) is not int or token_id < 0):
                 raise MixtureError(f"{where}: tokenizer.special_ids.{role}: expected an id, got {token_id!r}")
+            if token_id is not None and vocab is not None and token_id >= vocab:
+                raise MixtureError(
+                    f"{where}: tokenizer.vocab_size: {vocab} ids do not hold special_ids.{role} {token_id}; "
+                    "the record is not the tokenizer's: compile the manifest again from its build"
+                )
+        if vocab is not None and vocab <= len(set(special.values()) - {None}):
+            raise MixtureError(
+                f"{where}: tokenizer.vocab_size: {vocab} ids are all special tokens, none left to train on; "
+                "the record is not the tokenizer's: compile the manifest again from its build"
+            )
     return {"name": raw["name"], "sha256": raw["sha256"], "vocab_size": vocab, "special_ids": special}
 
 

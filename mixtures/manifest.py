@@ -26,20 +26,24 @@ Validation has two levels, because hashing reads every byte of the data (a
 phase of real shards is terabytes) while the rest costs one ``stat`` per shard:
 
 - always: the structure and invariants (targets sum to the phase's tokens, no
-  stream beyond its epoch cap), the fingerprint, every shard present with the
-  recorded size, and the schema metadata (tokenizer, source, language, phase)
-  of the first shard of each stream, read from the Arrow stream header only.
-  The field checks of each shard entry are skipped for an untouched file,
-  whose bytes are the ones checked when it was written;
-- ``check_hashes=True``: also the sha256 of every shard's content and the
-  schema metadata of every shard. A same-size edit is caught only here.
+  stream beyond its epoch cap, each weight the stream's share of the tokens),
+  the fingerprint, every shard present with the recorded size, its path inside
+  the data root once links are resolved, no more tokens than its size can hold
+  (4 bytes each), and the schema (column types; tokenizer, source, language,
+  phase) and document and token counts of the first shard of each stream, read
+  from its Arrow message headers only. The field checks of each shard entry are
+  skipped for an untouched file, whose bytes are the ones checked when it was
+  written; the checks against the files are not, since anyone can compute a
+  fingerprint;
+- ``check_hashes=True``: also the sha256 of every shard's content, and the
+  schema and counts of every shard. A same-size edit is caught only here.
 
 Reading. ``load_manifest`` parses the file once and checks it and its data in
 that one pass, returning a frozen :class:`Manifest` (shard entries are compact
 tuples: a phase lists 100k+); it raises on problems. ``validate_manifest``
 makes the same checks and returns every problem instead. Both say the same
-thing of a shard's schema metadata as the trainer's reader does
-(``mixtures.formats.metadata_problems``).
+thing of a shard's schema and counts as the trainer's reader does
+(``mixtures.formats.schema_problems``, ``count_problems``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -55,14 +60,16 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from mixtures.errors import MixtureError
-from mixtures.files import write_atomic
+from mixtures.files import file_sha256, write_atomic
 from mixtures.formats import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
     TokenizerRecord,
     check_shards,
+    count_problems,
     expected_metadata,
-    metadata_problems,
+    schema_problems,
+    shard_counts,
 )
 from mixtures.recipe import RecipeError, TrainingSpec
 
@@ -109,7 +116,6 @@ _STREAM_FIELDS = {
     "shards": list,
 }
 PROBLEMS_SHOWN = 10  # in the message of a manifest whose data has problems
-_HEAD_BYTES = 1 << 16  # the schema message at the start of an Arrow stream is far smaller
 
 
 def build_manifest(mixture: Mixture, recipe: Recipe, counts: Counts, seed: int) -> dict[str, Any]:
@@ -282,11 +288,13 @@ def validate_manifest(
 
 
 def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
-    """Problems with the shards a manifest lists: missing, resized, rehashed, or made for another stream.
+    """Problems with the shards a manifest lists: missing, outside the data root, resized, rehashed,
+    of other counts or columns, or made for another stream.
 
-    Sizes come from ``stat`` relative to the open data root, which spares the
-    kernel a walk of the full path for each of 100k+ shards. Schema metadata is
-    read from the first shard of each stream (every shard with ``check_hashes``).
+    Sizes come from ``lstat`` relative to the open data root, which spares the
+    kernel a walk of the full path for each of 100k+ shards. The schema and
+    counts are read from the first shard of each stream (every shard with
+    ``check_hashes``).
     """
     if manifest.data_root is None:
         return []
@@ -300,10 +308,11 @@ def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
             f"{relative!r} from its own directory, so move manifests and data together"
         ]
     problems = []
+    inside = _Inside(root)
     try:
         for stream in manifest.streams:
             expected = stream_metadata(manifest, stream)
-            problems += _stream_problems(root_fd, root, stream.shards, expected, check_hashes)
+            problems += _stream_problems(root_fd, root, stream.shards, expected, check_hashes, inside)
     finally:
         os.close(root_fd)
     return problems
@@ -377,35 +386,77 @@ def _stream_problems(
     shards: tuple[ShardEntry, ...],
     expected: dict[str, str | None],
     check_hashes: bool,
+    inside: _Inside,
 ) -> list[str]:
     """Problems with one stream's shards (see :func:`data_problems`)."""
     problems = []
     for index, shard in enumerate(shards):
         try:
-            size = os.stat(shard.path, dir_fd=root_fd).st_size
+            status = os.stat(shard.path, dir_fd=root_fd, follow_symlinks=False)
+            outside = inside.problem(shard.path, stat.S_ISLNK(status.st_mode))
+            if not outside and stat.S_ISLNK(status.st_mode):
+                status = os.stat(shard.path, dir_fd=root_fd)
         except FileNotFoundError:
             problems.append(f"missing shard: {shard.path} (no file {os.path.join(root, shard.path)})")
             continue
-        if size != shard.bytes:
+        if outside:
+            problems.append(outside)
+            continue
+        if status.st_size != shard.bytes:
             problems.append(
-                f"changed shard: {shard.path} has {size:,} bytes, the manifest records {shard.bytes:,}"
+                f"changed shard: {shard.path} has {status.st_size:,} bytes, "
+                f"the manifest records {shard.bytes:,}"
             )
             continue
         if check_hashes:
-            digest, head = _read_shard(os.path.join(root, shard.path))
+            digest = file_sha256(os.path.join(root, shard.path))
             if digest != shard.sha256:
                 problems.append(
                     f"changed shard: {shard.path} content sha256 {digest[:16]}... differs from the "
                     f"manifest's {shard.sha256[:16]}..."
                 )
                 continue
-        elif index == 0:
-            with open(os.path.join(root, shard.path), "rb") as handle:
-                head = handle.read(_HEAD_BYTES)
-        else:
-            continue
-        problems += _head_problems(head, shard.path, expected)
+        if check_hashes or index == 0:
+            problems += _shard_problems(os.path.join(root, shard.path), shard, expected)
+        elif 4 * shard.tokens > shard.bytes:  # the ids are uncompressed uint32: at most bytes / 4 of them
+            problems.append(
+                f"count mismatch: shard {shard.path} of {shard.bytes:,} bytes cannot hold the "
+                f"{shard.tokens:,} tokens the manifest records (4 bytes each); "
+                "the manifest does not describe this file; compile it again from the build"
+            )
     return problems
+
+
+class _Inside:
+    """Whether shard paths, links resolved, stay inside the data root: one ``realpath`` per directory.
+
+    A phase's 100k+ shards sit in a few thousand directories, so each directory
+    is resolved once, and a file only when it is itself a link. The check holds
+    whatever the manifest's fingerprint, which anyone can compute.
+    """
+
+    def __init__(self, root: str):
+        self.root = os.path.realpath(root)
+        self.directories: dict[str, bool] = {}
+
+    def problem(self, path: str, is_link: bool) -> str | None:
+        """The message for a shard path that leads out of the data root (None: it stays inside)."""
+        directory = os.path.dirname(path)
+        if directory not in self.directories:
+            self.directories[directory] = self._contains(os.path.join(self.root, directory))
+        if self.directories[directory] and not is_link:
+            return None
+        resolved = os.path.realpath(os.path.join(self.root, path))
+        if self._contains(resolved):
+            return None
+        return (
+            f"shard outside the data root: {path} resolves to {resolved}, outside {self.root}; "
+            "a manifest reads only files inside its data root; compile it again from the build"
+        )
+
+    def _contains(self, path: str) -> bool:
+        resolved = os.path.realpath(path)
+        return resolved == self.root or resolved.startswith(self.root + os.sep)
 
 
 def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
@@ -451,6 +502,14 @@ def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
             raise MixtureError(f"{here}: shards: expected a list")
     if targets != total:
         raise MixtureError(f"{where}: streams: target tokens sum to {targets:,}, not the phase's {total:,}")
+    for i, stream in enumerate(doc["streams"]):
+        share = stream["target_tokens"] / total  # what the trainer draws by: the weight beside it must agree
+        if not math.isclose(stream["weight"], share, rel_tol=1e-9, abs_tol=1e-15):
+            raise MixtureError(
+                f"{where}: streams[{i}] ({stream['source']}/{stream['language']}): weight: "
+                f"{stream['weight']!r} is not the stream's share of the phase's tokens, {share!r} "
+                "(target_tokens / sampling.tokens); compile the manifest again"
+            )
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str, str]:
@@ -502,7 +561,7 @@ def _tokenizer_problems(recorded: TokenizerRecord, tokenizer: str | Path) -> lis
     if path.is_dir():
         path = path / "tokenizer.json"
     if path.is_file():
-        digest, _ = _read_shard(str(path))
+        digest = file_sha256(str(path))
         if digest != recorded.sha256:
             return [
                 f"tokenizer mismatch: {path} has sha256 {digest[:16]}..., "
@@ -518,24 +577,15 @@ def _tokenizer_problems(recorded: TokenizerRecord, tokenizer: str | Path) -> lis
     return []
 
 
-def _head_problems(head: bytes, shown: str, expected: dict[str, str | None]) -> list[str]:
-    """Compare a shard's schema metadata (from the head of its Arrow stream) with what its stream says."""
+def _shard_problems(file: str, shard: ShardEntry, expected: dict[str, str | None]) -> list[str]:
+    """Compare a shard's schema and its counts (from the batch headers) with what its entry says."""
     try:
-        metadata = pyarrow.ipc.open_stream(pa.py_buffer(head)).schema.metadata
+        reader = pyarrow.ipc.open_stream(pa.memory_map(file))
+        problems = schema_problems(reader.schema, shard.path, expected)
+        found = None if problems else shard_counts(reader)
     except (OSError, pa.ArrowInvalid) as err:
-        return [f"unreadable shard: {shown} is not an Arrow IPC stream ({err})"]
-    return metadata_problems(metadata, shown, expected)
-
-
-def _read_shard(file: str) -> tuple[str, bytes]:
-    """One pass over a file: its sha256, and its head (where an Arrow stream keeps its schema)."""
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        head = handle.read(_HEAD_BYTES)
-        digest.update(head)
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest(), head
+        return [f"unreadable shard: {shard.path} is not an Arrow IPC stream ({err})"]
+    return problems or count_problems(shard.path, (shard.documents, shard.tokens), found)
 
 
 def _check_fields(obj: Any, fields: dict[str, Any], where: str) -> None:

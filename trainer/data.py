@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
-from mixtures.formats import metadata_problems
+from mixtures.formats import count_problems, input_ids_problem, schema_problems
 from mixtures.manifest import Manifest, ShardEntry, StreamEntry, stream_metadata
 from trainer.masking import Masking
 from trainer.packing import PackedBatch, assemble, pack
@@ -77,29 +77,39 @@ class Chunk(NamedTuple):
 
 
 class ShardFile:
-    """A memory-mapped shard: each document's length, and its token ids as a zero-copy view."""
+    """A memory-mapped shard: each document's length, and its token ids as a zero-copy view.
 
-    def __init__(self, root: Path, entry: ShardEntry, expected: dict[str, str | None]):
+    Its structure is checked on open (schema, counts against the manifest, offsets,
+    id range: ``mixtures.formats``), so a damaged shard stops training with its name
+    instead of being trained on; a same-size change of valid ids needs ``--verify``.
+    """
+
+    def __init__(
+        self, root: Path, entry: ShardEntry, expected: dict[str, str | None], vocab_size: int | None
+    ):
         path = str(root / entry.path)
         try:
             reader = pyarrow.ipc.open_stream(pa.memory_map(path))
-            metadata = reader.schema.metadata
+            problems = schema_problems(reader.schema, entry.path, expected)
+            if problems:
+                raise DataError(problems[0])
             batches = [batch.column("input_ids") for batch in reader]
-        except (OSError, pa.ArrowInvalid, KeyError) as err:
+        except (OSError, pa.ArrowInvalid) as err:
             raise DataError(f"{path}: not a readable shard: {err}") from err
-        problems = metadata_problems(metadata, entry.path, expected)
-        if problems:
-            raise DataError(problems[0])
         self.offsets = [column.offsets.to_numpy() for column in batches]
         self.values = [column.values.to_numpy() for column in batches]
         self.starts = np.cumsum([0] + [len(column) for column in batches])
+        for offsets, values, start in zip(self.offsets, self.values, self.starts[:-1], strict=True):
+            problem = input_ids_problem(path, offsets, values, int(start), vocab_size)
+            if problem:
+                raise DataError(problem)
         self.lengths = np.concatenate(
             [np.diff(offsets) for offsets in self.offsets] or [np.zeros(0, np.int32)]
         )
-        if entry.documents is not None and entry.documents != len(self.lengths):
-            raise DataError(
-                f"{path}: holds {len(self.lengths)} documents, the manifest says {entry.documents}"
-            )
+        found = (len(self.lengths), sum(len(values) for values in self.values))
+        problems = count_problems(entry.path, (entry.documents, entry.tokens), found)
+        if problems:
+            raise DataError(problems[0])
 
     def tokens(self, row: int, start: int, stop: int) -> np.ndarray:
         """Token ids ``[start, stop)`` of document ``row`` (a view into the mapped file)."""
@@ -198,7 +208,9 @@ class MixtureData:
         key = (stream, shard)
         if key not in self._open:
             entry = self.streams[stream].entry.shards[shard]
-            self._open[key] = ShardFile(self.root, entry, self._expected[stream])
+            self._open[key] = ShardFile(
+                self.root, entry, self._expected[stream], self.manifest.tokenizer.vocab_size
+            )
             if len(self._open) > OPEN_SHARDS:
                 self._open.popitem(last=False)
         self._open.move_to_end(key)
@@ -212,11 +224,6 @@ class MixtureData:
         shard, row = self.streams[chunk.stream].locate(chunk.doc)
         start = chunk.index * seq_len
         return self.shard(chunk.stream, shard).tokens(row, start, start + chunk.length)
-
-    def where(self, chunk: Chunk) -> str:
-        """The file and row a chunk comes from, for messages."""
-        shard, row = self.streams[chunk.stream].locate(chunk.doc)
-        return f"{self.root / self.streams[chunk.stream].entry.shards[shard].path}: document {row}"
 
     def _count_rows(self, entry: StreamEntry, shard: ShardEntry) -> int:
         """Documents in a shard whose manifest entry does not say (read from the file's batches)."""
@@ -403,14 +410,7 @@ class MixtureLoader:
 
     def _assemble(self, chunks: list[Chunk], micro_batch: int) -> PackedBatch:
         rng = np.random.default_rng([self.seed, MASK_STREAM, self.step, micro_batch])  # before step += 1
-        documents = [self.data.tokens(chunk, self.seq_len) for chunk in chunks]
-        for chunk, ids in zip(chunks, documents, strict=True):
-            if len(ids) and int(ids.max()) >= self.masking.vocab_size:
-                raise DataError(
-                    f"{self.data.where(chunk)} holds token id {int(ids.max())}, outside the tokenizer's "
-                    f"{self.masking.vocab_size} ids: the shard does not match its manifest; "
-                    "check it with `mmbert-data validate`"
-                )
+        documents = [self.data.tokens(chunk, self.seq_len) for chunk in chunks]  # ids checked on open
         return assemble(documents, self.masking, rng, self.pad_id, self.pad_to)
 
     def _empty(self) -> PackedBatch:

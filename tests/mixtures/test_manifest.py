@@ -6,10 +6,12 @@ import copy
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from mixtures.compiler import compile_phase
@@ -30,7 +32,9 @@ from tests.fixtures import (
     TOKENIZER_JSON,
     TOKENIZER_SHA256,
     compile_to,
+    forge_manifest,
     manifest_document,
+    rewrite_ids,
     write_build,
 )
 
@@ -253,3 +257,114 @@ def test_planning_manifest_has_no_shards_to_check(tmp_path):
     assert validate_manifest(path) == [
         f"{path}: compiled from counts for planning, so it lists no shards to check"
     ]
+
+
+def test_stream_weights_are_the_shares_of_their_targets(manifest):
+    doc = manifest_document(manifest)
+    doc["streams"][0]["weight"] = -0.1
+    name = f"{doc['streams'][0]['source']}/{doc['streams'][0]['language']}"
+    with pytest.raises(MixtureError, match=rf"m.json: streams\[0\] \({name}\): weight: -0.1 is not the"):
+        check_manifest(doc, "m.json")
+    tripled = manifest_document(manifest)
+    for stream in tripled["streams"]:
+        stream["weight"] *= 3  # weights summing to 3, in a file whose fingerprint is right
+    forge_manifest(tripled, manifest)
+    (problem,) = validate_manifest(manifest)
+    first = next(s for s in tripled["streams"] if s["weight"])
+    assert f"({first['source']}/{first['language']}): weight: {first['weight']!r} is not" in problem
+    assert problem.endswith(
+        f"share of the phase's tokens, {first['weight'] / 3!r} (target_tokens / sampling.tokens); "
+        "compile the manifest again"
+    )
+    with pytest.raises(MixtureError, match="is not the stream's share"):
+        load_manifest(manifest)
+
+
+def test_the_tokenizer_vocabulary_holds_its_special_ids(manifest):
+    doc = manifest_document(manifest)
+    doc["tokenizer"]["vocab_size"] = 3
+    write_manifest(doc, manifest)
+    with pytest.raises(
+        MixtureError, match=r"decay.json: tokenizer.vocab_size: 3 ids do not hold special_ids.mask 4; the"
+    ):
+        load_manifest(manifest)
+    doc["tokenizer"]["vocab_size"] = 5
+    write_manifest(doc, manifest)
+    (problem,) = validate_manifest(manifest)
+    assert "decay.json: tokenizer.vocab_size: 5 ids are all special tokens, none left to train on" in problem
+
+
+def test_shard_paths_stay_inside_the_data_root_whatever_the_fingerprint(manifest, build, tmp_path):
+    root = build.resolve()
+    doc = manifest_document(manifest)
+    shard = doc["streams"][0]["shards"][0]
+    outside = tmp_path / "outside.arrow"
+    shutil.copy(root / shard["path"], outside)
+    shard["path"] = os.path.relpath(outside, root)  # ../../outside.arrow, its size and hash right
+    forge_manifest(doc, manifest)
+    fix = "a manifest reads only files inside its data root; compile it again from the build"
+    assert validate_manifest(manifest) == [
+        f"shard outside the data root: {shard['path']} resolves to {outside.resolve()}, outside {root}; {fix}"
+    ]
+    with pytest.raises(MixtureError, match="shard outside the data root"):
+        load_manifest(manifest)
+    # the original manifest, over a stream directory and a shard that are links leading out
+    compile_to(build, manifest)
+    elsewhere = tmp_path / "elsewhere"
+    (root / "fineweb2/deu_Latn").rename(elsewhere)
+    (root / "fineweb2/deu_Latn").symlink_to(elsewhere)
+    shard = root / "arxiv/eng_Latn/00000.arrow"
+    shard.rename(tmp_path / "arxiv.arrow")
+    shard.symlink_to(tmp_path / "arxiv.arrow")
+    inside = root / "wikipedia/deu_Latn/00000.arrow"  # a link to a file inside the data root is a file
+    inside.rename(root / "kept.arrow")
+    inside.symlink_to(root / "kept.arrow")
+    assert validate_manifest(manifest) == [
+        f"shard outside the data root: arxiv/eng_Latn/00000.arrow resolves to {tmp_path / 'arxiv.arrow'}, "
+        f"outside {root}; {fix}",
+        f"shard outside the data root: fineweb2/deu_Latn/00000.arrow resolves to "
+        f"{elsewhere / '00000.arrow'}, outside {root}; {fix}",
+    ]
+
+
+def test_shard_counts_are_checked_against_the_shards(manifest, build):
+    doc = manifest_document(manifest)
+    fra = next(s for s in doc["streams"] if s["source"] == "fineweb2" and s["language"] == "fra_Latn")
+    first, second = fra["shards"]
+    first["tokens"], first["documents"] = first["tokens"] * 100, first["documents"] + 1
+    second["tokens"] *= 100
+    write_manifest(doc, manifest)
+    fix = "the manifest does not describe this file; compile it again from the build"
+    exact = [
+        f"count mismatch: shard {first['path']} holds 30 documents, the manifest records 31; {fix}",
+        f"count mismatch: shard {first['path']} holds 3,000 tokens, the manifest records 300,000; {fix}",
+    ]
+    # every shard: a file of B bytes holds at most B / 4 tokens; the first of each stream: exactly
+    assert validate_manifest(manifest, check_hashes=False) == [
+        *exact,
+        f"count mismatch: shard {second['path']} of {second['bytes']:,} bytes cannot hold the 200,000 "
+        f"tokens the manifest records (4 bytes each); {fix}",
+    ]
+    assert validate_manifest(manifest, check_hashes=True) == [
+        *exact,
+        f"count mismatch: shard {second['path']} holds 2,000 tokens, the manifest records 200,000; {fix}",
+    ]
+    with pytest.raises(MixtureError, match="3 problem"):
+        load_manifest(manifest)
+
+
+@pytest.mark.parametrize(
+    "ids_type, convert",
+    [(pa.float32(), float), (pa.uint8(), lambda i: i % 256), (pa.int64(), lambda i: -i), (pa.string(), str)],
+)
+def test_the_input_ids_type_is_checked(manifest, build, ids_type, convert):
+    doc = manifest_document(manifest)
+    shard = doc["streams"][0]["shards"][0]
+    shard.update(rewrite_ids(build / shard["path"], ids_type, convert))
+    write_manifest(doc, manifest)
+    expected = [
+        f"wrong column type: shard {shard['path']} has input_ids: {pa.list_(ids_type)}, "
+        "the format is list<item: uint32>; rebuild it with `mmbert-data build`"
+    ]
+    assert validate_manifest(manifest, check_hashes=False) == expected
+    assert validate_manifest(manifest, check_hashes=True) == expected

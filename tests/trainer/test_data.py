@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,7 @@ import pytest
 from mixtures.formats import SPECIAL_ROLES
 from mixtures.manifest import Manifest, load_manifest, validate_manifest
 from tests.conftest import write_synthetic_phase
+from tests.fixtures import rewrite_ids
 from trainer.data import Blend, DataError, MixtureData, MixtureLoader
 from trainer.masking import Masking
 from trainer.model import IGNORE_INDEX
@@ -186,3 +188,57 @@ def test_the_loader_and_validate_say_the_same_of_a_shard_made_for_another_stream
     with pytest.raises(DataError) as raised:
         make_loader(manifest).next_step()
     assert str(raised.value) == problems[0]
+
+
+def _first_shard(manifest: Manifest) -> Path:
+    return manifest.data_root / manifest.streams[0].shards[0].path
+
+
+@pytest.mark.parametrize(
+    "ids_type, convert",
+    [(pa.int64(), lambda i: -i), (pa.string(), str), (pa.float32(), float), (pa.uint8(), int)],
+)
+def test_a_shard_of_another_id_type_is_refused_when_opened(tmp_path, ids_type, convert):
+    manifest = load_manifest(write_synthetic_phase(tmp_path, documents=40))  # then the shard is rewritten
+    rewrite_ids(_first_shard(manifest), ids_type, lambda i: convert(i % 256))
+    with pytest.raises(DataError) as raised:
+        make_loader(manifest).next_step()
+    assert str(raised.value) == (
+        f"wrong column type: shard {manifest.streams[0].shards[0].path} has input_ids: {pa.list_(ids_type)}, "
+        "the format is list<item: uint32>; rebuild it with `mmbert-data build`"
+    )
+
+
+def test_a_damaged_shard_is_refused_when_opened(tmp_path):
+    manifest = load_manifest(write_synthetic_phase(tmp_path, documents=40))
+    shard = _first_shard(manifest)
+    raw = bytearray(shard.read_bytes())
+    offsets = next(iter(pyarrow.ipc.open_stream(pa.py_buffer(bytes(raw))))).column("input_ids").offsets
+    at = raw.index(offsets.to_numpy()[1:4].tobytes()) + 4  # the third document's start, in the file
+    raw[at : at + 4] = (10**6).to_bytes(4, "little")  # the same size: only hashing would notice before
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"damaged shard: {shard}: the input_ids offsets of documents 0 to"):
+        make_loader(manifest).next_step()
+
+
+def test_a_shard_entry_with_other_counts_is_refused_when_opened(tmp_path):
+    manifest = load_manifest(write_synthetic_phase(tmp_path, documents=40))
+    stream = manifest.streams[0]
+    entry = stream.shards[0]
+    wrong = replace(stream, shards=(entry._replace(tokens=entry.tokens * 100),))
+    loader = make_loader(replace(manifest, streams=(wrong, *manifest.streams[1:])))
+    with pytest.raises(DataError) as raised:
+        for _ in range(20):  # its documents now seem 100x longer, so the blend takes them rarely
+            loader.next_step()
+    assert str(raised.value) == (
+        f"count mismatch: shard {entry.path} holds {entry.tokens:,} tokens, the manifest records "
+        f"{entry.tokens * 100:,}; the manifest does not describe this file; compile it again from the build"
+    )
+
+
+def test_ids_beyond_the_manifests_vocabulary_are_refused_when_opened(tmp_path):
+    manifest = load_manifest(write_synthetic_phase(tmp_path, documents=40))
+    small = replace(manifest, tokenizer=replace(manifest.tokenizer, vocab_size=100))
+    message = r"document \d+ holds token id \d+, outside the tokenizer's 100 ids: the shard is damaged"
+    with pytest.raises(DataError, match=message):
+        make_loader(small).next_step()

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from bench.processes import alive, children
 from cli.train import app
 from mixtures.manifest import write_manifest
-from tests.fixtures import manifest_document
+from tests.conftest import write_synthetic_phase
+from tests.fixtures import manifest_document, rewrite_ids
 from trainer.checkpoint import checkpoint_dirs, read_state
 from trainer.model import ModelConfig, ModernBertMLM
 
@@ -289,6 +290,21 @@ def test_bad_input_stops_before_training_and_names_it(sample_manifests, sample_b
     ModernBertMLM(ModelConfig.preset("tiny", vocab_size=8192, bos_token_id=1, eos_token_id=2)).save(swapped)
     output = fails(*tiny(sample_manifests["pretrain"], tmp_path / "e", "--init", str(swapped)))
     assert "special ids differ from the tokenizer's: eos_token_id 2 (tokenizer: 1), bos_token_id 1" in output
+
+
+def test_bad_shards_and_a_bad_vocabulary_are_named_not_tracebacks(tmp_path):
+    doc = manifest_document(write_synthetic_phase(tmp_path, documents=40))
+    shard = doc["streams"][0]["shards"][0]
+    for ids_type, convert in ((pa.int64(), lambda i: -i), (pa.string(), str)):
+        shard.update(rewrite_ids(Path(doc["data_root"]) / shard["path"], ids_type, convert))
+        write_manifest(doc, tmp_path / "bad.json")
+        output = fails(*tiny(tmp_path / "bad.json", tmp_path / "run"))
+        assert f"wrong column type: shard {shard['path']} has input_ids: {pa.list_(ids_type)}" in output
+        assert "Traceback" not in output and not (tmp_path / "run").exists()
+    write_manifest({**doc, "tokenizer": {**doc["tokenizer"], "vocab_size": 3}}, tmp_path / "vocab.json")
+    output = fails(*tiny(tmp_path / "vocab.json", tmp_path / "run"))
+    assert "vocab.json: tokenizer.vocab_size: 3 ids do not hold special_ids" in output
+    assert len(output.strip().splitlines()) == 1
 
 
 def test_resume_refuses_another_manifest_and_falls_back_from_a_damaged_checkpoint(sample_manifests, tmp_path):
