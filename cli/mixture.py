@@ -11,7 +11,6 @@ only; the recipe file stays as it is and the manifest records what was used.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -22,16 +21,18 @@ from rich.markup import escape
 
 from cli.options import choices, token_amount
 from mixtures.cache import last_build_stats
-from mixtures.compiler import Mixture, compile_phase, multilingual_source
+from mixtures.compiler import Mixture, compile_phase, multilingual_source, pool_shares
 from mixtures.counts import Counts, parse_bytes_per_token, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
-from mixtures.manifest import build_manifest, validate_manifest, write_manifest
+from mixtures.manifest import build_manifest, load_manifest, validate_manifest, write_manifest
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
 from mixtures.sampling import SAMPLERS
 from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
+REPEATS_WARNED = 100  # a stream's data seen more often than this is a plan nobody means
+REPEATED_NAMED = 5  # the warning names this many of those streams, the most repeated first
 
 Sampler = choices("Sampler", SAMPLERS)
 
@@ -91,9 +92,9 @@ def mixture(
     plot: Path | None = typer.Option(
         None,
         "--plot",
-        help="PNG of every phase's per-language share over these counts (other phases as the recipe "
-        "sets them, "
-        "totals scaled like --tokens).",
+        help="PNG of every phase's per-language share: the other phases from their manifests "
+        "(PHASE.json beside --output, or manifest.json in the build's PHASE directory); when planning "
+        "from --counts, as the recipe sets them over the same counts.",
     ),
     top: int = typer.Option(20, "--top", help="Languages shown in the table (plus the smallest few)."),
 ) -> None:
@@ -127,8 +128,8 @@ def mixture(
             fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)
             console.print(f"wrote manifest {escape(str(output))} (fingerprint {fingerprint[:16]})")
         if plot is not None:
-            series = _phase_series(loaded, found, compiled)
             pool = {s.language: s.tokens for s in found.streams if s.source == pool_source}
+            series = _phase_series(console, loaded, found, compiled, output, pool)
             plot_shares(series, pool, plot)
             console.print(f"wrote plot {escape(str(plot))}")
     except (MixtureError, RecipeError, OSError) as err:
@@ -182,7 +183,8 @@ def _counts_origin(counts: Counts) -> str:
 
 
 def _warn(console: Console, recipe: Recipe, counts: Counts, compiled: Mixture) -> None:
-    """Say what the user may not expect: languages without data, statistics of another recipe."""
+    """Say what the user may not expect: languages without data, statistics of another recipe,
+    streams repeated beyond reason, a temperature that sharpens instead of flattening."""
     if compiled.languages_without_data:
         missing = compiled.languages_without_data
         console.print(
@@ -196,24 +198,74 @@ def _warn(console: Console, recipe: Recipe, counts: Counts, compiled: Mixture) -
             f"(sha256 {counts.recipe_sha256[:16]}...) than {escape(str(recipe.path))} "
             f"({recipe.sha256[:16]}...)"
         )
+    repeated = sorted(
+        (t for t in compiled.targets if (t.expected_epochs or 0) > REPEATS_WARNED),
+        key=lambda t: (-t.expected_epochs, t.source, t.language),
+    )
+    if repeated:
+        named = ", ".join(
+            f"{t.source}/{t.language} ({t.expected_epochs:.3g}x)" for t in repeated[:REPEATED_NAMED]
+        )
+        streams = f"{len(repeated)} streams repeat their" if len(repeated) > 1 else "1 stream repeats its"
+        console.print(
+            f"[yellow]warning:[/yellow] {streams} data more than {REPEATS_WARNED} times: {escape(named)}"
+            f"{' ...' if len(repeated) > REPEATED_NAMED else ''}; cap them with --max-epochs or train fewer "
+            "--tokens"
+        )
+    if compiled.sampler == "temperature" and compiled.temperature > 1:
+        console.print(
+            f"[yellow]note:[/yellow] temperature {compiled.temperature:g} is above 1, so it sharpens the "
+            "mixture: the larger a language, the more than its natural share it gets (below 1 flattens, "
+            "1 keeps the natural shares)"
+        )
 
 
-def _phase_series(recipe: Recipe, counts: Counts, compiled: Mixture) -> list[tuple[str, dict[str, float]]]:
-    """Every recipe phase's pool shares over the same counts, the compiled phase as compiled."""
+def _phase_series(
+    console: Console, recipe: Recipe, counts: Counts, compiled: Mixture, output: Path | None, pool: dict
+) -> list[tuple[str, dict[str, float]]]:
+    """Every recipe phase's pool shares, the compiled phase as compiled and the others from their manifests.
+
+    A build's counts are that phase's build alone, so another phase's shares come
+    from what it was compiled to (its languages join ``pool``, the x axis). A
+    planning table is every phase's pool, so there the others are compiled over it.
+    """
     scale = compiled.tokens / recipe.phase(compiled.phase).tokens
-    # compiled as a plan: only the pool matters here, other phases' fixed sources need no counts
-    plan = dataclasses.replace(counts, data_root=None)
     series = []
     for name, spec in recipe.phases.items():
         if name == compiled.phase:
-            here = compiled
-        else:
+            series.append((f"{name}, tau {compiled.temperature:g}", compiled.pool_shares()))
+        elif counts.data_root is None:
             try:
-                here = compile_phase(recipe, name, plan, tokens=round(spec.tokens * scale))
+                here = compile_phase(recipe, name, counts, tokens=round(spec.tokens * scale))
             except MixtureError as err:
                 raise MixtureError(f"--plot: phase {name} over these counts: {err}") from err
-        series.append((f"{name}, tau {here.temperature:g}", here.pool_shares()))
+            series.append((f"{name}, tau {here.temperature:g}", here.pool_shares()))
+        else:
+            places = [output.parent / f"{name}.json"] if output else []
+            places.append(counts.data_root.parent / name / "manifest.json")
+            series += _manifest_series(console, name, places, pool)
     return series
+
+
+def _manifest_series(
+    console: Console, phase: str, places: list[Path], pool: dict
+) -> list[tuple[str, dict[str, float]]]:
+    """``phase``'s pool shares from the first of ``places`` that holds its manifest (none: a note)."""
+    path = next((place for place in places if place.is_file()), None)
+    if path is None:
+        console.print(
+            f"[yellow]note:[/yellow] --plot: no manifest of phase {phase} at "
+            f"{escape(' or '.join(map(str, places)))}, so it is not drawn; compile it there first"
+        )
+        return []
+    manifest = load_manifest(path)
+    sampling = manifest.sampling
+    streams = [s for s in manifest.streams if s.source == sampling.multilingual_source]
+    for stream in streams:
+        pool.setdefault(stream.language, stream.available_tokens or 0)
+    console.print(f"plot: phase {phase} from {escape(str(path))}")
+    shares = pool_shares(streams, sampling.multilingual_source, sampling.multilingual_tokens)
+    return [(f"{phase}, tau {sampling.temperature:g}", shares)]
 
 
 def validate(

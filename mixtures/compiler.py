@@ -31,7 +31,7 @@ from mixtures.counts import Counts, Stream
 from mixtures.errors import MixtureError
 from mixtures.languages import select_languages
 from mixtures.recipe import PhaseSpec, Recipe
-from mixtures.sampling import SAMPLERS, capped_allocation
+from mixtures.sampling import SAMPLERS, capped_allocation, check_temperature
 
 MANY_LANGUAGES = "mul"  # ISO 639-2: the planning stream of a source in several languages
 
@@ -76,13 +76,15 @@ class Mixture:
 
     def pool_shares(self) -> dict[str, float]:
         """Each pool language's share of the multilingual tokens."""
-        if not self.multilingual_tokens:
-            return {}
-        return {
-            t.language: t.target_tokens / self.multilingual_tokens
-            for t in self.targets
-            if t.source == self.multilingual_source
-        }
+        return pool_shares(self.targets, self.multilingual_source, self.multilingual_tokens)
+
+
+def pool_shares(streams: Sequence[Any], source: str | None, tokens: int | None) -> dict[str, float]:
+    """Each language's share of the ``tokens`` of the pool ``source``, over a mixture's targets or a
+    manifest's streams (both have ``source``, ``language`` and ``target_tokens``)."""
+    if not tokens:
+        return {}
+    return {s.language: s.target_tokens / tokens for s in streams if s.source == source}
 
 
 def multilingual_source(recipe: Recipe) -> str:
@@ -118,8 +120,7 @@ def compile_phase(
     max_epochs = spec.max_epochs if max_epochs is None else max_epochs
     if sampler not in SAMPLERS:
         raise MixtureError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    if not temperature > 0:
-        raise MixtureError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     if total <= 0:
         raise MixtureError(f"phase {phase}: tokens must be > 0, got {total}")
     if max_epochs is not None and not max_epochs > 0:

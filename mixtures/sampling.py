@@ -52,10 +52,15 @@ class Allocation:
     capped: tuple[bool, ...]
 
 
+def check_temperature(temperature: float) -> None:
+    """Refuse a tau the sampling formula has no meaning for, before it turns into a budget error."""
+    if not 0 < temperature < math.inf:  # also false for nan
+        raise MixtureError(f"temperature must be a finite number > 0, got {temperature}")
+
+
 def temperature_weights(sizes: Sequence[float], temperature: float) -> list[float]:
     """``p_i = q_i^tau / sum_j q_j^tau`` with q_i = size_i / sum(sizes); empty languages get 0."""
-    if not temperature > 0:
-        raise MixtureError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
     if any(not math.isfinite(size) or size < 0 for size in sizes):
         raise MixtureError("language sizes must be finite and >= 0")
     logs = [math.log(size) for size in sizes if size > 0]

@@ -25,7 +25,8 @@ Chunking. A document longer than ``seq_len`` is cut into pieces of ``seq_len``
 tokens; the tail keeps the rest, however short (no token is dropped), and
 every piece is its own sequence for attention and RoPE.
 
-Steps (:class:`MixtureLoader`). A step's micro-batches are filled by
+Steps (:class:`MixtureLoader`). A step's micro-batches hold the batch the
+schedule asks for (``trainer.schedule.micro_batch_sizes``) and are filled by
 ``trainer.packing.pack`` from the blend. Every rank plans the whole step from
 lengths alone (cheap: no token is read), then reads, assembles and masks only
 its own micro-batches: rank ``r`` of ``N`` takes micro-batches ``r, r + N, ...``,
@@ -56,7 +57,7 @@ from mixtures.formats import count_problems, input_ids_problem, schema_problems
 from mixtures.manifest import Manifest, ShardEntry, StreamEntry, stream_metadata
 from trainer.masking import Masking
 from trainer.packing import PackedBatch, assemble, pack
-from trainer.schedule import micro_batches
+from trainer.schedule import micro_batch_sizes
 
 OPEN_SHARDS = 1024  # memory-mapped shards kept open at once (least recently used closed first)
 MASK_STREAM = 1  # tags that keep the seeds of different random draws apart
@@ -321,6 +322,7 @@ class MixtureLoader:
         micro_batch_tokens: int,
         batch_size_at: Callable[[int], int],
         masking: Masking,
+        batch_size: int | None = None,
         seed: int,
         pad_id: int,
         rank: int = 0,
@@ -335,6 +337,7 @@ class MixtureLoader:
         self.seq_len = seq_len
         self.micro_batch_tokens = micro_batch_tokens
         self.batch_size_at = batch_size_at
+        self.batch_size = batch_size  # the full batch; steps below it are batch warmup (None: none are)
         self.masking = masking
         self.seed = seed
         self.pad_id = pad_id
@@ -377,14 +380,12 @@ class MixtureLoader:
     def next_step(self) -> StepBatch:
         """Plan the next step (every rank alike), then read and mask this rank's micro-batches."""
         sequences = self.batch_size_at(self.tokens_seen)
-        bins = micro_batches(sequences, self.seq_len, self.micro_batch_tokens)
+        capacities = micro_batch_sizes(
+            sequences, self.seq_len, self.micro_batch_tokens, self.batch_size or sequences
+        )
+        bins = len(capacities)
         plan, self.carried = pack(
-            self.carried,
-            self.blend.next_chunk,
-            lambda chunk: chunk.length,
-            bins,
-            self.micro_batch_tokens,
-            self.max_documents,
+            self.carried, self.blend.next_chunk, lambda chunk: chunk.length, capacities, self.max_documents
         )
         stream_tokens: dict[int, int] = {}
         for chunk in (chunk for micro in plan for chunk in micro):
@@ -402,7 +403,7 @@ class MixtureLoader:
             global_micro_batches=bins,
             sequences=sequences,
             tokens=self.tokens_seen - tokens_before,
-            capacity=bins * self.micro_batch_tokens,
+            capacity=sum(capacities),
             stream_tokens=stream_tokens,
             tokens_before=tokens_before,
             state=self.state_dict(),

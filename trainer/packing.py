@@ -1,6 +1,6 @@
 """Packing a step's sequences into micro-batches, and one micro-batch into the model's packed row.
 
-A step has ``bins`` micro-batches of ``capacity`` tokens. :func:`pack` fills them
+A step has micro-batches of given token capacities. :func:`pack` fills them
 by greedy best fit: sequences carried over from the step before go first, in
 order (so none waits more than a step or two), then new sequences are pulled
 until they cover the free space, sorted longest first, and each placed into the
@@ -32,17 +32,17 @@ def pack(
     carried: Sequence[T],
     pull: Callable[[], T],
     length: Callable[[T], int],
-    bins: int,
-    capacity: int,
+    capacities: Sequence[int],
     max_documents: int,
 ) -> tuple[list[list[T]], list[T]]:
-    """``(bins, still carried)``: the step's sequences in ``bins`` lists, and those left for the next step.
+    """``(bins, still carried)``: the step's sequences in one list per capacity, and those left over.
 
-    Every sequence must be at most ``capacity`` long. Bins are kept in a sorted
+    Every sequence must fit the smallest capacity. Bins are kept in a sorted
     list of ``remaining * bins + index`` keys, so the best fit is one bisection.
     """
+    bins = len(capacities)
     packed: list[list[T]] = [[] for _ in range(bins)]
-    keys = [capacity * bins + index for index in range(bins)]  # all empty, sorted
+    keys = sorted(capacity * bins + index for index, capacity in enumerate(capacities))  # all empty
     left: list[T] = []
 
     def place(item: T) -> bool:

@@ -46,6 +46,34 @@ def batch_size_at(tokens: int, spec: TrainingSpec) -> int:
     return spec.batch_warmup_min + grown
 
 
-def micro_batches(sequences: int, seq_len: int, micro_batch_tokens: int) -> int:
-    """Packed micro-batches of ``micro_batch_tokens`` that hold ``sequences`` sequences (at least one)."""
-    return max(1, round(sequences * seq_len / micro_batch_tokens))
+def micro_batch_sizes(sequences: int, seq_len: int, micro_batch_tokens: int, batch_size: int) -> list[int]:
+    """The token capacities of the packed micro-batches of a step of ``sequences`` sequences.
+
+    At the full ``batch_size`` they add up to exactly ``sequences * seq_len``, so a
+    step trains the batch it asks for, however small: as few micro-batches as hold
+    it within ``micro_batch_tokens`` each, as even as whole tokens allow (ranks
+    wait little for each other), each at least ``seq_len`` (there are at most
+    ``sequences``). A batch of whole micro-batches gets exactly those.
+
+    Batch warmup's smaller steps are the nearest whole number of full
+    micro-batches (half up, at least one), as long as that stays within the full
+    batch: the ramp is approximate anyway and its micro-batches keep one shape.
+    Beyond the full batch, the step's own tokens are split as a full batch's are.
+    """
+    tokens = sequences * seq_len
+    whole = max(1, (tokens + micro_batch_tokens // 2) // micro_batch_tokens)
+    if sequences < batch_size and whole * micro_batch_tokens <= batch_size * seq_len:
+        return [micro_batch_tokens] * whole
+    count = -(-tokens // micro_batch_tokens)
+    size, larger = divmod(tokens, count)
+    return [size + 1] * larger + [size] * (count - larger)
+
+
+def describe_step(sequences: int, seq_len: int, micro_batch_tokens: int) -> str:
+    """The banner's words for a full step: the batch, its tokens, and the micro-batches that hold them."""
+    sizes = micro_batch_sizes(sequences, seq_len, micro_batch_tokens, sequences)
+    each = f"{sizes[0]:,}" if sizes[0] == sizes[-1] else f"{sizes[-1]:,} to {sizes[0]:,}"
+    return (
+        f"batch {sequences} x {seq_len} = {sum(sizes):,} tokens per step, in {len(sizes)} "
+        f"micro-batch{'es' if len(sizes) > 1 else ''} of {each}"
+    )

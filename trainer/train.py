@@ -39,7 +39,7 @@ from trainer.metrics import Meter, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModernBertMLM
 from trainer.optim import make_optimizer
 from trainer.plot import plot_runs
-from trainer.schedule import batch_size_at, lr_at, micro_batches
+from trainer.schedule import batch_size_at, describe_step, lr_at, micro_batch_sizes
 
 DROPOUT_STREAM = 4  # keeps dropout's seeds apart from the loader's
 
@@ -219,6 +219,7 @@ def make_loader(config: TrainConfig, manifest: Manifest, dist: Dist) -> MixtureL
         seq_len=training.seq_len,
         micro_batch_tokens=config.micro_batch_tokens,
         batch_size_at=lambda tokens: batch_size_at(tokens, training),
+        batch_size=training.batch_size,
         masking=Masking(training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size),
         seed=config.seed,
         pad_id=special["pad"],
@@ -251,11 +252,12 @@ def _banner(
 ) -> list[str]:
     """What the run is about to do, and what it does that the user may not expect."""
     training = config.training
-    micro = micro_batches(training.batch_size, training.seq_len, config.micro_batch_tokens)
+    full = (training.batch_size, training.seq_len, config.micro_batch_tokens)
+    micro = len(micro_batch_sizes(*full, training.batch_size))
     lines = [
         f"{config.phase}: {len(loader.data.streams)} streams of {manifest.tokenizer.name}, "
-        f"{config.tokens:,} tokens to train; batch {training.batch_size} x {training.seq_len} tokens "
-        f"= {micro} micro-batch(es) of {config.micro_batch_tokens:,} per step; "
+        f"{config.tokens:,} tokens to train; "
+        f"{describe_step(*full)}; "
         f"model {config.model or 'from --init'} ({model.num_parameters() / 1e6:.2f}M parameters, "
         f"vocab {model.config.vocab_size}); {dist.world_size} process(es) on {dist.device.type}, "
         f"{config.precision}"

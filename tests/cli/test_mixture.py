@@ -77,6 +77,55 @@ def test_demo_phases_give_manifests_a_plot_and_tables(tmp_path):
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
 
 
+def test_the_shares_plot_draws_each_phase_from_its_own_manifest(tmp_path, monkeypatch):
+    data, manifests = tmp_path / "data", tmp_path / "manifests"
+    for phase, streams in (("pretrain", PRETRAIN), ("decay", DECAY_STREAMS)):
+        write_build(data, phase=phase, streams=streams)
+    run("--stats", data / "pretrain", "--tokens", "10k", "--output", manifests / "pretrain.json")
+    drawn = {}
+    monkeypatch.setattr("cli.mixture.plot_shares", lambda series, pool, path: drawn.update(series=series))
+    output = run(
+        "--stats", data / "decay", "--tokens", "10k", "-o", manifests / "decay.json",
+        "--plot", tmp_path / "p.png",
+    )  # fmt: skip
+    series = dict(drawn["series"])
+    doc = json.loads((manifests / "pretrain.json").read_text())
+    pool = doc["sampling"]["multilingual_tokens"]
+    expected = {s["language"]: s["target_tokens"] / pool for s in doc["streams"] if s["source"] == "fineweb2"}
+    # rus_Cyrl is in the pretrain build only: recomputed over the decay counts it would be missing
+    assert series["pretrain, tau 0.7"] == expected and "rus_Cyrl" in expected
+    assert f"plot: phase pretrain from {manifests / 'pretrain.json'}" in output
+    # midtrain was never compiled: not drawn, and the output says where its manifest was looked for
+    assert "midtrain, tau 0.5" not in series and len(series) == 2
+    assert f"no manifest of phase midtrain at {manifests / 'midtrain.json'} or" in output
+
+
+def test_streams_repeated_far_beyond_their_data_are_named(tmp_path):
+    build = write_build(tmp_path / "data", phase="pretrain", streams=PRETRAIN)
+    output = run("--stats", build, "-o", tmp_path / "m.json")  # the recipe's 2.3T over 15k tokens
+    warning = next(line for line in output.splitlines() if line.startswith("warning:"))
+    assert warning.startswith("warning: 7 streams repeat their data more than 100 times: fineweb2/deu_Latn (")
+    assert warning.endswith("...; cap them with --max-epochs or train fewer --tokens")
+    assert "warning:" not in run("--stats", build, "--tokens", "10k", "-o", tmp_path / "m.json")
+
+
+def test_a_temperature_above_one_is_said_to_sharpen(tmp_path):
+    build = write_build(tmp_path / "data")
+    output = run("--stats", build, "--tokens", "10k", "--temperature", "1.5", "-o", tmp_path / "m.json")
+    assert (
+        "note: temperature 1.5 is above 1, so it sharpens the mixture: the larger a language, the more "
+        "than its natural share it gets (below 1 flattens, 1 keeps the natural shares)"
+    ) in output
+    assert "sharpens" not in run("--stats", build, "--tokens", "10k", "-o", tmp_path / "m.json")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_temperature_that_is_not_finite_is_refused_as_such(tmp_path, value):
+    build = write_build(tmp_path / "data")
+    output = run("--stats", build, "--tokens", "10k", "--temperature", value, code=1)
+    assert f"error: temperature must be a finite number > 0, got {value}" in output
+
+
 def test_temperature_alone_compiles_that_phase_of_the_last_build(tmp_path, cache):
     data = tmp_path / "out"
     write_build(data, phase="decay")

@@ -158,6 +158,25 @@ def test_batch_warmup_grows_the_micro_batches(manifests):
     assert steps[0].global_micro_batches <= steps[-1].global_micro_batches
 
 
+@pytest.mark.parametrize(("sequences", "micro_batches"), [(1, 1), (3, 1), (5, 1), (12, 2), (16, 2)])
+def test_a_step_trains_the_batch_it_asks_for(manifests, sequences, micro_batches):
+    manifest = manifests["pretrain"]  # seq_len 1024, micro-batches of 8192
+    loader = make_loader(manifest, batch_size_at=lambda tokens: sequences)
+    for _ in range(3):
+        step = loader.next_step()
+        assert step.capacity == sequences * manifest.training.seq_len >= step.tokens > 0
+        assert step.global_micro_batches == len(step.micro_batches) == micro_batches
+        assert all(m.tokens <= step.capacity // micro_batches for m in step.micro_batches)
+
+
+def test_batch_warmup_steps_stay_within_the_full_batch(manifests):
+    manifest = manifests["pretrain"]
+    ramp = make_loader(manifest, batch_size_at=lambda tokens: 3, batch_size=16).next_step()
+    assert ramp.capacity == 8192  # a whole micro-batch, as the demo's ramp has always trained
+    small = make_loader(manifest, batch_size_at=lambda tokens: 1, batch_size=3).next_step()
+    assert small.capacity == 1024 and small.sequences == 1  # a whole one would exceed the batch of 3
+
+
 def test_shards_that_do_not_match_the_manifest_are_refused(manifests, tmp_path):
     manifest = manifests["pretrain"]
     wrong = replace(manifest, tokenizer=replace(manifest.tokenizer, sha256="0" * 64))

@@ -20,7 +20,7 @@ MASKING = Masking(0.3, mask_id=4, special_ids=(0, 1, 2, 3, 4), vocab_size=1024)
 
 def packed(lengths, carried=(), bins=4, capacity=1024, max_documents=64):
     source = itertools.cycle(lengths)  # a stream that does not run dry, like the blend
-    return pack(list(carried), lambda: next(source), lambda n: n, bins, capacity, max_documents)
+    return pack(list(carried), lambda: next(source), lambda n: n, [capacity] * bins, max_documents)
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,7 +47,7 @@ def test_carried_sequences_go_first_and_bins_are_nearly_full():
     source = iter(lengths)
     carried, fill = [], []
     for _ in range(100):
-        plan, left = pack(carried, lambda: next(source), lambda n: n, 8, 4096, 512)
+        plan, left = pack(carried, lambda: next(source), lambda n: n, [4096] * 8, 512)
         assert all(item in [n for b in plan for n in b] for item in carried[:4])  # the oldest are placed
         carried = left
         fill.append(sum(map(sum, plan)) / (8 * 4096))

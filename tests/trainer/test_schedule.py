@@ -10,7 +10,7 @@ import yaml
 
 from mixtures.recipe import DEFAULT_RECIPE, LRSchedule, RecipeError, load_recipe
 from mixtures.schedules import DECAYS
-from trainer.schedule import batch_size_at, lr_at, micro_batches
+from trainer.schedule import batch_size_at, describe_step, lr_at, micro_batch_sizes
 
 PEAK = 8e-4
 TOTAL = 100_000
@@ -107,7 +107,40 @@ def test_batch_size_warmup_ramps_from_the_minimum():
     assert batch_size_at(0, replace(spec, batch_warmup_tokens=0)) == 4608
 
 
-def test_micro_batches_hold_the_batch():
-    assert micro_batches(4608, 1024, 8192) == 576
-    assert micro_batches(16, 1024, 8192) == 2
-    assert micro_batches(1, 1024, 8192) == 1  # never none
+def test_micro_batches_hold_exactly_the_batch():
+    assert micro_batch_sizes(4608, 1024, 8192, 4608) == [8192] * 576  # the recipe's batch, as before
+    assert micro_batch_sizes(16, 1024, 8192, 16) == [8192] * 2  # the demo's
+    assert micro_batch_sizes(2, 8192, 16384, 2) == [16384]
+    # a batch smaller than a micro-batch is one micro-batch of the batch, not a micro-batch's worth
+    assert micro_batch_sizes(1, 1024, 8192, 1) == [1024] and micro_batch_sizes(1, 8192, 16384, 1) == [8192]
+    assert micro_batch_sizes(3, 1024, 8192, 3) == [3072] and micro_batch_sizes(5, 1024, 8192, 5) == [5120]
+    assert micro_batch_sizes(12, 1024, 8192, 12) == [6144, 6144]  # not rounded to 2 x 8192
+    for sequences in range(1, 80):
+        for seq_len, micro in ((512, 8192), (1024, 3000), (8192, 16384)):
+            sizes = micro_batch_sizes(sequences, seq_len, micro, sequences)
+            assert sum(sizes) == sequences * seq_len and all(seq_len <= size <= micro for size in sizes)
+            assert len(sizes) == -(-sequences * seq_len // micro)  # as few as hold the batch
+
+
+def test_batch_warmup_steps_are_whole_micro_batches_within_the_batch():
+    assert micro_batch_sizes(768, 1024, 8192, 4608) == [8192] * 96  # the recipe's ramp starts whole
+    # the demo's ramp (3, 6, 10, 14 of 16 sequences) as it always trained: nearest whole, at least one
+    assert [len(micro_batch_sizes(n, 1024, 8192, 16)) for n in (3, 6, 10, 14)] == [1, 1, 1, 2]
+    assert micro_batch_sizes(20, 1024, 8192, 32) == [8192] * 3  # 2.5 rounds up, not to even
+    # never beyond the full batch: then the ramp's own tokens, split as a full batch's are
+    assert micro_batch_sizes(1, 1024, 8192, 3) == [1024]
+    assert micro_batch_sizes(10, 1024, 8192, 12) == [8192]
+    assert micro_batch_sizes(6, 1024, 4096, 7) == [3072, 3072]  # 2 x 4096 would exceed 7 x 1024
+
+
+def test_the_banner_says_what_a_step_trains():
+    assert describe_step(4, 512, 8192) == "batch 4 x 512 = 2,048 tokens per step, in 1 micro-batch of 2,048"
+    assert describe_step(16, 1024, 8192) == (
+        "batch 16 x 1024 = 16,384 tokens per step, in 2 micro-batches of 8,192"
+    )
+    assert describe_step(3, 1024, 2048) == (
+        "batch 3 x 1024 = 3,072 tokens per step, in 2 micro-batches of 1,536"
+    )
+    assert describe_step(5, 1000, 2048) == (
+        "batch 5 x 1000 = 5,000 tokens per step, in 3 micro-batches of 1,666 to 1,667"
+    )
