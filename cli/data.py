@@ -115,7 +115,7 @@ def build(
     if stats is None:
         typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
         return
-    print_stats(stats, Console())
+    print_stats(stats, Console(), phase_dir=build.phase_dir)
     typer.echo(f"wrote {build.phase_dir / 'stats.json'}")
 
 
@@ -174,7 +174,7 @@ def stats(
     if as_json:
         typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
     else:
-        print_stats(loaded, Console(), top)
+        print_stats(loaded, Console(), top, path if path.is_dir() else path.parent)
 
 
 app.command()(mixture)

@@ -55,6 +55,10 @@ def inspect(
 
 def _read(path: Path, documents: int) -> tuple[dict[str, str], int, int, list[tuple[str, list[int]]]]:
     """Schema metadata, document and token counts, and the first ``documents`` (id, token ids) rows."""
+    if path.is_dir():
+        shard = min(path.rglob("*.arrow"), default=None)
+        example = f"such as {shard}" if shard else "OUTPUT/PHASE/SOURCE/LANGUAGE/*.arrow"
+        raise ValueError(f"{path} is a directory; inspect takes one shard, {example}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:

@@ -32,7 +32,6 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCl
 from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
-from mixtures.cache import record_last_build
 from mixtures.counts import load_stats
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
@@ -415,7 +414,6 @@ class Build:
                     if on_stage:
                         on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
                     executor.run()
-        record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
         return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
 
     def _make_phase_dir(self) -> None:

@@ -118,6 +118,8 @@ def test_skip_completes_and_reports_every_problem(tmp_path):
         (f"{DOLMINO}/data/flan/part-0000.json.zst", 2, "invalid UTF-8"),
     }
     assert stats["errors"]["count"] == 6
+    report = out / "pretrain" / "errors.jsonl"
+    assert f"6 bad input file(s)/record(s) skipped; see {report}\n" in result.output
     assert stats["errors"]["by_source"] == {"dclm": 1, "dolmino": 1, "fineweb2": 4}
     kept = {(s["source"], s["language"]): s["documents_kept"] for s in stats["streams"]}
     assert kept[("fineweb2", "fra_Latn")] == 3 and kept[("dolmino", "eng_Latn")] == 3
