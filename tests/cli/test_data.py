@@ -5,6 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from cli.data import app
+from tests.corpus import build_args, small_hub
 from tests.fixtures import write_build
 
 runner = CliRunner()
@@ -33,3 +34,30 @@ def test_inspect_of_a_directory_names_a_shard_in_it(tmp_path):
     assert error_line(["inspect", str(phase_dir)]) == (
         f"error: {phase_dir} is a directory; inspect takes one shard, such as {first}"
     )
+
+
+def test_both_commands_answer_help_in_one_plain_style():
+    from cli.train import app as train_app
+
+    for command in (app, train_app):
+        text = runner.invoke(command, ["--help"]).output
+        assert "\nOptions:\n" in text and "Commands:" in text
+        assert not set("╭│╰") & set(text), "rich boxes in one command, plain text in the other"
+        assert "--install-completion" not in text
+
+
+def test_ctrl_c_in_a_build_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
+    from pipeline.build import Build
+
+    def interrupted(self, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Build, "run", interrupted)
+    small_hub(tmp_path / "hub")
+    args = build_args(tmp_path / "hub", tmp_path / "out", "--tasks", "2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert result.output.splitlines() == [
+        f"interrupted: the finished tasks are kept in {tmp_path / 'out' / 'pretrain'}; "
+        "run the same command again to resume (a task cut off midway is redone)"
+    ]
