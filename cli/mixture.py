@@ -4,8 +4,10 @@ Which phase: ``--phase``, else the phase recorded in ``--stats``, else the
 recipe phase whose temperature is ``--temperature`` (so ``mmbert-data mixture
 --temperature 0.3`` is the decay phase). Which counts: ``--stats`` (a build's
 phase directory), ``--counts`` (a CSV, for planning), or with neither the phase
-directory of the last build. Overrides (``--temperature``, ``--tokens``,
-``--max-epochs``, ``--sampler``, ``--languages``) change the compiled phase
+directory of the build in ``runs/build`` (build's default ``--output``) under the current
+directory: no record of "the last build" is kept anywhere, so another clone or job never
+decides what is read, and the output always names the file it read. Overrides
+(``--temperature``, ``--tokens``, ``--max-epochs``, ``--sampler``, ``--languages``) change the compiled phase
 only; the recipe file stays as it is and the manifest records what was used.
 """
 
@@ -20,10 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.options import choices, token_amount
-from mixtures.cache import last_build_stats
 from mixtures.compiler import Mixture, compile_phase, multilingual_source, pool_shares
 from mixtures.counts import Counts, parse_bytes_per_token, read_counts_csv, read_stats
 from mixtures.errors import MixtureError
+from mixtures.formats import BUILD_OUTPUT
 from mixtures.manifest import build_manifest, load_manifest, validate_manifest, write_manifest
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
@@ -167,11 +169,17 @@ def _counts(
     if counts is not None:
         table = parse_bytes_per_token(bytes_per_token)
         return read_counts_csv(counts, multilingual_source(recipe), table), name
-    return read_stats(last_build_stats(name)), name
+    default = BUILD_OUTPUT / name / "stats.json"
+    if not default.exists():
+        raise MixtureError(
+            f"no --stats or --counts given, and {default} (the build's default output) is missing; "
+            f"run `mmbert-data build --phase {name}` or pass --stats OUTPUT/{name}"
+        )
+    return read_stats(default), name
 
 
 def _counts_origin(counts: Counts) -> str:
-    """Which build (or table) the counts come from, so that the one the last build pointed at is named."""
+    """Which build (or table) the counts come from, named in full whichever way it was chosen."""
     origin = counts.origin
     if origin["kind"] != "stats":
         return f"{origin['path']} ({origin['kind']}, for planning)"

@@ -78,6 +78,10 @@ def inspect(
 
 def _read(path: Path) -> tuple[dict[str, str], pa.Table]:
     """Schema metadata and the rows (memory-mapped, a chunk per record batch), the column types checked."""
+    if path.is_dir():
+        shard = min(path.rglob("*.arrow"), default=None)
+        example = f"such as {shard}" if shard else "OUTPUT/PHASE/SOURCE/LANGUAGE/*.arrow"
+        raise ValueError(f"{path} is a directory; inspect takes one shard, {example}")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:

@@ -133,6 +133,11 @@ def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
     checked); every problem is a :class:`MixtureError` naming the file."""
     path = Path(path)
     if path.is_dir():
+        phases = sorted(str(found.parent) for found in path.glob("*/stats.json"))
+        if phases and not (path / "stats.json").exists():  # OUTPUT given for OUTPUT/PHASE
+            raise MixtureError(
+                f"{path} is a build's output, not one of its phases: pass {' or '.join(phases)}"
+            )
         path = path / "stats.json"
     try:
         raw_bytes = path.read_bytes()

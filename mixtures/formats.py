@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,10 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from mixtures.errors import MixtureError
+
+# Where `mmbert-data build` writes and `mmbert-data mixture` reads when not told: relative to the
+# current directory, so each project finds its own build and no state is shared between clones.
+BUILD_OUTPUT = Path("runs/build")
 
 STATS_FORMAT = "mmbert-data/stats"
 STATS_VERSION = 1

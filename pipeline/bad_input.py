@@ -8,7 +8,7 @@ kept in a per-task report, so nothing bad is silently lost.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from mixtures.files import write_atomic
@@ -38,6 +38,12 @@ class InputProblem:
     path: str
     line: int | None  # 1-based line (JSON lines) or 0-based row (parquet); None for a whole file
     error: str
+
+    def record(self) -> dict:
+        """The problem as a line of ``errors.jsonl``: where a parquet file's record is its ``row`` (from 0,
+        as pyarrow counts), a JSON lines file's its ``line`` (from 1), as the messages say."""
+        key = "row" if self.path.endswith(".parquet") else "line"
+        return {"source": self.source, "path": self.path, key: self.line, "error": self.error}
 
     def __str__(self) -> str:
         if self.line is None:
@@ -71,5 +77,5 @@ class ErrorLog:
         A path that is not valid Unicode (an undecodable file name) is written as JSON escapes.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(asdict(problem), ensure_ascii=False) + "\n" for problem in self.problems)
+        text = "".join(json.dumps(problem.record(), ensure_ascii=False) + "\n" for problem in self.problems)
         write_atomic(path, text.encode("utf-8", errors="backslashreplace"))

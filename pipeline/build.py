@@ -32,7 +32,6 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCl
 from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
-from mixtures.cache import record_last_build
 from mixtures.counts import load_stats
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
@@ -122,18 +121,23 @@ class Build:
         return unreachable_reason()
 
     # ---- inputs --------------------------------------------------------------------------------------
-    def input_files(self) -> list[tuple[SourceReader, list[str]]]:
+    def input_files(self, downloading: bool = False) -> list[tuple[SourceReader, list[str]]]:
         """Each source's reader and the files it will read. Stops, naming where it looked, when an
         ``hf://`` source's hub cannot be reached, a source the selection asks for has no files at
-        all, a ``--languages`` entry is found in no source, or nothing at all is selected."""
+        all, a ``--languages`` entry is found in no source, or nothing at all is selected.
+        ``downloading``: for `mmbert-data download`, whose way out without the hub is another machine."""
         readers = self.readers()
         remote = [r.source for r in readers if self._location(r).startswith("hf://")]
         if remote and self.hub_unreachable:
+            mirror = f"`mmbert-data download --phase {self.options.phase} --output DIR`"
             raise hub_unavailable(
                 f"reading {', '.join(f'{s.name} ({s.uri})' for s in remote)}",
                 self.hub_unreachable,
-                f"mirror the phase with `mmbert-data download --phase {self.options.phase} --output DIR` "
-                "where the hub can be reached, then build with --input-root DIR",
+                "run this download on a machine that reaches the hub (or through a proxy: HTTPS_PROXY), "
+                "then copy DIR here and build with --input-root DIR"
+                if downloading
+                else f"mirror the phase with {mirror} where the hub can be reached, "
+                "then build with --input-root DIR",
             )
         found, catalogs = [], {}
         for reader in readers:
@@ -412,7 +416,6 @@ class Build:
                     if on_stage:
                         on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
                     executor.run()
-        record_last_build(Path(self.options.output).resolve(), self.options.phase, self.phase_dir)
         return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
 
     def _make_phase_dir(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mixtures.formats import BUILD_OUTPUT
 from mixtures.recipe import Recipe
 
 if TYPE_CHECKING:  # made by `_default_minhash` when a build is set up
@@ -47,7 +48,7 @@ class BuildOptions:
 
     recipe: Recipe
     phase: str = flag("Which phase of the recipe to build (one of its `phases`).")
-    output: Path = flag("Output root; shards go to OUTPUT/PHASE/...", Path("runs/build"))
+    output: Path = flag("Output root; shards go to OUTPUT/PHASE/...", BUILD_OUTPUT)
     sources: tuple[str, ...] | None = flag(
         "Comma-separated subset of the phase's sources, e.g. fineweb2,wikipedia.", None
     )

@@ -171,8 +171,13 @@ def stats_summary(stats: dict, top: int | None = None) -> dict:
     }
 
 
-def print_stats(stats: dict, console: Console | None = None, top: int | None = None) -> None:
-    """The per-(source, language) table a user checks after a build (``top``: see ``stats_summary``)."""
+def print_stats(
+    stats: dict, console: Console | None = None, top: int | None = None, phase_dir: Path | None = None
+) -> None:
+    """The per-(source, language) table a user checks after a build (``top``: see ``stats_summary``).
+
+    ``phase_dir`` (where ``stats`` was read) makes the bad-input report a path one can open from here.
+    """
     console = console or Console()
     if not console.is_terminal:
         console.width = max(console.width, 160)
@@ -221,6 +226,8 @@ def print_stats(stats: dict, console: Console | None = None, top: int | None = N
             )
     errors = stats["errors"]
     if errors["count"]:
+        report = phase_dir / errors["report"] if phase_dir else errors["report"]
         console.print(
-            f"[yellow]{errors['count']} bad input file(s)/record(s) skipped; see {errors['report']}[/]"
+            f"[yellow]{errors['count']} bad input file(s)/record(s) skipped; see {escape(str(report))}[/]",
+            soft_wrap=True,
         )

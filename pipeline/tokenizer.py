@@ -107,12 +107,15 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    # The hub is asked once first: unreachable, only the cache is looked at, since huggingface_hub
+    # would retry for ~25 s ("Retrying in Ns") before falling back to it or failing.
+    reason = unreachable_reason()
     try:
-        path = Path(hf_hub_download(spec, "tokenizer.json"))
+        path = Path(hf_hub_download(spec, "tokenizer.json", local_files_only=reason is not None))
     except LocalEntryNotFoundError:  # not in the local cache, and the hub did not answer
         raise hub_unavailable(
             f"loading tokenizer {spec} (not in the local Hugging Face cache)",
-            unreachable_reason() or "the hub did not answer",
+            reason or "the hub did not answer",
             "pass --tokenizer PATH to a tokenizer.json (or a directory holding one)",
         ) from None
     return _from_json_bytes(path.read_bytes(), spec)

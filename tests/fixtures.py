@@ -111,7 +111,8 @@ def write_build(
 
 
 def write_last_build(cache: Path, output: Path, phases: list[str]) -> None:
-    """The pointer `mmbert-data build` leaves in the cache directory."""
+    """A "last build" pointer in the shared cache, as another tool or an older version may leave one:
+    nothing may read it."""
     cache.mkdir(parents=True, exist_ok=True)
     record = {"output": str(output), "phases": {phase: str(output / phase) for phase in phases}}
     (cache / "last-build.json").write_text(json.dumps(record))

@@ -112,6 +112,15 @@ def resolve(
         raise ConfigError(
             f"{manifest.path}: compiled for planning (from counts), so it lists no shards to train on"
         )
+    # A mistyped choice is named first, before any check of the numbers it would change.
+    if overrides.model not in (None, *PRESETS):
+        raise ConfigError(f"--model {overrides.model!r}: choose {', '.join(PRESETS)}")
+    if overrides.attn_backend not in BACKENDS:
+        raise ConfigError(f"--attn {overrides.attn_backend!r}: choose {', '.join(BACKENDS)}")
+    if overrides.precision not in (None, *PRECISIONS):
+        raise ConfigError(f"--precision {overrides.precision!r}: choose {', '.join(PRECISIONS)}")
+    if overrides.keep is not None and overrides.keep < 1:
+        raise ConfigError(f"--keep must be >= 1, got {overrides.keep}")
     training, total = manifest.training, manifest.sampling.tokens
     if overrides.tokens is not None:
         tokens = _tokens(overrides.tokens)
@@ -150,14 +159,6 @@ def resolve(
         save_every_minutes=every_minutes,
         **{option.name: getattr(overrides, option.name) for option in fields(RunOptions)},
     )
-    if config.model not in (None, *PRESETS):
-        raise ConfigError(f"--model {config.model!r}: choose {', '.join(PRESETS)}")
-    if config.attn_backend not in BACKENDS:
-        raise ConfigError(f"--attn {config.attn_backend!r}: choose {', '.join(BACKENDS)}")
-    if config.precision not in (None, *PRECISIONS):
-        raise ConfigError(f"--precision {config.precision!r}: choose {', '.join(PRECISIONS)}")
-    if config.keep is not None and config.keep < 1:
-        raise ConfigError(f"--keep must be >= 1, got {config.keep}")
     return config
 
 

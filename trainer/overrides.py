@@ -37,7 +37,7 @@ class RunOptions:
         "Start from a model: a run directory or checkpoint of the previous phase, a model directory, "
         "or a transformers ModernBERT directory."
     )
-    keep: int | None = flag("Keep only the newest N checkpoints.")
+    keep: int | None = flag("Keep only the newest N checkpoints.", 3)
     verify: bool = flag(
         "Before training, hash every shard against the manifest (reads all the data).", False
     )

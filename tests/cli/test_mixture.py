@@ -1,4 +1,4 @@
-"""`mmbert-data mixture` and `validate` end to end: the demo's phases, the last-build pointer, errors."""
+"""`mmbert-data mixture` and `validate` end to end: the demo's phases, the build read by default, errors."""
 
 from __future__ import annotations
 
@@ -126,23 +126,30 @@ def test_a_temperature_that_is_not_finite_is_refused_as_such(tmp_path, value):
     assert f"error: temperature must be a finite number > 0, got {value}" in output
 
 
-def test_temperature_alone_compiles_that_phase_of_the_last_build(tmp_path, cache):
-    data = tmp_path / "out"
-    write_build(data, phase="decay")
-    write_last_build(cache, data, ["decay"])
+def test_temperature_alone_compiles_that_phase_of_the_build_here(tmp_path, cache, monkeypatch):
+    """Without --stats, the build `mmbert-data build` writes by default under the current directory
+    is read, whatever another clone or job built last."""
+    here, elsewhere = tmp_path / "project", tmp_path / "other-project"
+    write_build(here / "runs/build", phase="decay")
+    write_build(elsewhere / "runs/build", phase="decay", streams={("fineweb2", "fra_Latn"): [9000]})
+    write_last_build(cache, elsewhere / "runs/build", ["decay"])  # what a global pointer would say
+    monkeypatch.chdir(here)
     output = run("--temperature", "0.3", "--tokens", "10k")
-    assert f"counts: build statistics {data / 'decay' / 'stats.json'} (phase decay, tokenizer" in output
-    manifest = data / "decay" / "manifest.json"
+    stats = here / "runs/build/decay/stats.json"
+    assert f"counts: build statistics {stats} (phase decay, tokenizer" in output
+    manifest = here / "runs/build/decay/manifest.json"
     assert f"wrote manifest {manifest}" in output
     assert json.loads(manifest.read_text())["sampling"]["temperature"] == 0.3
+    assert not (elsewhere / "runs/build/decay/manifest.json").exists()
 
 
-def test_missing_last_build_is_a_clear_error(cache):
+def test_a_missing_build_names_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_build(tmp_path / "runs/build", phase="pretrain")
     output = run("--temperature", "0.3", code=1)
-    assert f"no --stats or --counts given and no build recorded at {cache / 'last-build.json'}" in output
-    write_last_build(cache, cache / "out", ["pretrain"])
-    output = run("--temperature", "0.3", code=1)
-    assert "has no phase 'decay' (phases: pretrain)" in output
+    assert "no --stats or --counts given, and runs/build/decay/stats.json (the build's default output) " \
+        "is missing" in output
+    assert "run `mmbert-data build --phase decay` or pass --stats OUTPUT/decay" in output
     assert "no phase has temperature 0.4" in run("--temperature", "0.4", code=1)
 
 

@@ -94,8 +94,14 @@ def test_skip_completes_and_reports_every_problem(tmp_path):
     assert _tree(tmp_path, skip=(out, tmp_path / "cache")) == before  # nothing written outside --output
     stats = json.loads((out / "pretrain" / "stats.json").read_text())
     problems = [json.loads(line) for line in (out / "pretrain" / "errors.jsonl").read_text().splitlines()]
+    # a parquet file's records are rows (from 0, as pyarrow counts), a JSON lines file's lines (from 1)
+    assert {p["path"].endswith(".parquet"): set(p) - {"source", "path", "error"} for p in problems} == {
+        True: {"row"},
+        False: {"line"},
+    }
     found = {
-        (Path(p["path"]).relative_to(hub).as_posix(), p["line"], p["error"].split(":")[0]) for p in problems
+        (Path(p["path"]).relative_to(hub).as_posix(), p.get("row", p.get("line")), p["error"].split(":")[0])
+        for p in problems
     }
     assert found == {
         (f"{FINEWEB2}/data/deu_Latn/train/000_00000.parquet", None, "unreadable parquet"),
@@ -118,6 +124,8 @@ def test_skip_completes_and_reports_every_problem(tmp_path):
         (f"{DOLMINO}/data/flan/part-0000.json.zst", 2, "invalid UTF-8"),
     }
     assert stats["errors"]["count"] == 6
+    report = out / "pretrain" / "errors.jsonl"
+    assert f"6 bad input file(s)/record(s) skipped; see {report}\n" in result.output
     assert stats["errors"]["by_source"] == {"dclm": 1, "dolmino": 1, "fineweb2": 4}
     kept = {(s["source"], s["language"]): s["documents_kept"] for s in stats["streams"]}
     assert kept[("fineweb2", "fra_Latn")] == 3 and kept[("dolmino", "eng_Latn")] == 3
@@ -263,7 +271,10 @@ def test_bad_fields_of_every_source_format_are_reported_never_guessed(tmp_path, 
     assert result.exit_code == 0, result.output
     phase = out / "pretrain"
     problems = [json.loads(line) for line in (phase / "errors.jsonl").read_text().splitlines()]
-    found = {(Path(p["path"]).relative_to(hub).as_posix(), p["line"]): p["error"] for p in problems}
+    found = {
+        (Path(p["path"]).relative_to(hub).as_posix(), p.get("row", p.get("line"))): p["error"]
+        for p in problems
+    }
     assert found.keys() == expected.keys()
     assert [key for key, error in found.items() if not error.startswith(expected[key])] == []
     stats = json.loads((phase / "stats.json").read_text())

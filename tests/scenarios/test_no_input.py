@@ -142,6 +142,44 @@ def hub_unreachable(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
 
 
+@pytest.fixture
+def hub_refusing(monkeypatch):
+    """The hub's endpoint on a local port nobody listens on: every connection is refused at once,
+    as by a firewall, and nothing leaves the machine."""
+    import huggingface_hub.constants
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: the port stays closed and ours
+    endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    yield endpoint
+    closed.close()
+
+
+def test_a_hub_tokenizer_with_the_hub_refusing_fails_at_once(
+    hub, tmp_path, monkeypatch, hub_refusing, caplog
+):
+    """No "Retrying in Ns" for ~25 s first: the hub is asked once, before any download."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    args = build_args(hub, tmp_path / "out", "--no-dedup", "--tokenizer", "jhu-clsp/mmBERT-base")
+    started = time.monotonic()
+    result = runner.invoke(app, args)
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 1
+    (line,) = error_lines(result.output)
+    assert line.startswith(
+        "error: loading tokenizer jhu-clsp/mmBERT-base (not in the local Hugging Face cache)"
+    )
+    assert f"{hub_refusing} cannot be reached" in line and "--tokenizer PATH" in line
+    assert "Retrying" not in caplog.text + result.output
+
+
 @pytest.mark.parametrize("hub_state", ["hub_offline", "hub_unreachable"])
 def test_hub_sources_without_the_hub_fail_fast_naming_the_mirror(tmp_path, hub_state, request):
     request.getfixturevalue(hub_state)
@@ -155,7 +193,10 @@ def test_hub_sources_without_the_hub_fail_fast_naming_the_mirror(tmp_path, hub_s
     assert "HF_HUB_OFFLINE is set" in line if hub_state == "hub_offline" else "cannot be reached" in line
     assert "`mmbert-data download --phase pretrain --output DIR`" in line and "--input-root DIR" in line
     download = runner.invoke(app, ["download", "--phase", "pretrain", "--to", str(tmp_path / "mirror")])
-    assert download.exit_code == 1 and len(error_lines(download.output)) == 1
+    assert download.exit_code == 1
+    (line,) = error_lines(download.output)
+    assert "mmbert-data download" not in line, "the download itself is what cannot run here"
+    assert "run this download on a machine that reaches the hub" in line and "--input-root DIR" in line
     assert not (tmp_path / "mirror").exists()
 
 

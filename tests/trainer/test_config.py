@@ -80,6 +80,17 @@ def test_every_override_is_applied_and_run_options_pass_through(manifest):
     assert default.out == "runs/pretrain" and default.seed == manifest.seed and default.attn_backend == "auto"
 
 
+def test_an_unknown_choice_is_named_before_the_numbers_are_checked(manifest):
+    """`--model huge` on a run too short for its batch: the typo is the first thing to fix."""
+    with pytest.raises(ConfigError, match="^--model 'huge': choose tiny, small, base$"):
+        resolve(manifest, Overrides(model="huge", tokens="1k"))
+
+
+def test_checkpoints_do_not_pile_up_by_default(manifest):
+    """A run of weeks saves every 30 minutes: without a default --keep it fills the disk."""
+    assert resolve(manifest, Overrides(batch_size=2)).keep == 3  # the newest and two to fall back on
+
+
 def test_each_flag_has_help_and_says_whether_resuming_must_keep_it():
     for option in fields(Overrides):
         assert option.metadata["help"] and isinstance(option.metadata["changes_result"], bool)

@@ -225,3 +225,16 @@ def test_fill_mask_pipeline_on_a_trained_tiny_model(tmp_path):
     predictions = fill_mask("the <mask> sat on the mat", top_k=3)
     assert [p["token_str"] for p in predictions][0] == "cat"
     assert predictions[0]["score"] > 0.5
+
+
+def test_the_readme_fine_tuning_runs_as_written(exported, tmp_path, monkeypatch):
+    """The README's fine-tuning example, verbatim, on an export where it expects the demo's."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Fine-tuning", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    _, _, hf_dir = exported
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "hf").symlink_to(hf_dir)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (Fine-tuning)", "exec"), {})
+    assert (tmp_path / "runs" / "finetune").is_dir()
