@@ -152,7 +152,7 @@ def input_ids_problem(
     otherwise be trained on; one pass over the ids costs less than reading them.
     """
     lengths = np.diff(offsets)
-    if offsets[0] != 0 or offsets[-1] != len(values) or (len(lengths) and lengths.min() < 0):
+    if len(lengths) and (offsets[0] != 0 or offsets[-1] != len(values) or lengths.min() < 0):
         return (
             f"damaged shard: {shard}: the input_ids offsets of documents {first_row:,} to "
             f"{first_row + len(lengths) - 1:,} do not fit its {len(values):,} token ids; "

@@ -116,6 +116,8 @@ _STREAM_FIELDS = {
     "shards": list,
 }
 PROBLEMS_SHOWN = 10  # in the message of a manifest whose data has problems
+_HEAD_BYTES = 1 << 16  # a shard this small is parsed from one read, a larger one memory-mapped
+_READ_BYTES = 1 << 20  # when hashing
 
 
 def build_manifest(mixture: Mixture, recipe: Recipe, counts: Counts, seed: int) -> dict[str, Any]:
@@ -393,8 +395,10 @@ def _stream_problems(
     for index, shard in enumerate(shards):
         try:
             status = os.stat(shard.path, dir_fd=root_fd, follow_symlinks=False)
-            outside = inside.problem(shard.path, stat.S_ISLNK(status.st_mode))
-            if not outside and stat.S_ISLNK(status.st_mode):
+            link = stat.S_ISLNK(status.st_mode)
+            directory = shard.path.rpartition("/")[0]
+            outside = inside.problem(shard.path) if link or not inside[directory] else None
+            if link and not outside:
                 status = os.stat(shard.path, dir_fd=root_fd)
         except FileNotFoundError:
             problems.append(f"missing shard: {shard.path} (no file {os.path.join(root, shard.path)})")
@@ -408,16 +412,19 @@ def _stream_problems(
                 f"the manifest records {shard.bytes:,}"
             )
             continue
-        if check_hashes:
-            digest = file_sha256(os.path.join(root, shard.path))
-            if digest != shard.sha256:
+        if check_hashes or index == 0:
+            try:
+                digest, source = _read_shard(os.path.join(root, shard.path), shard.bytes, check_hashes)
+            except OSError as err:  # a directory, say, or a file this user may not read
+                problems.append(f"unreadable shard: {shard.path} ({err.strerror or err})")
+                continue
+            if check_hashes and digest != shard.sha256:
                 problems.append(
                     f"changed shard: {shard.path} content sha256 {digest[:16]}... differs from the "
                     f"manifest's {shard.sha256[:16]}..."
                 )
                 continue
-        if check_hashes or index == 0:
-            problems += _shard_problems(os.path.join(root, shard.path), shard, expected)
+            problems += _shard_problems(source, shard, expected)
         elif 4 * shard.tokens > shard.bytes:  # the ids are uncompressed uint32: at most bytes / 4 of them
             problems.append(
                 f"count mismatch: shard {shard.path} of {shard.bytes:,} bytes cannot hold the "
@@ -427,25 +434,25 @@ def _stream_problems(
     return problems
 
 
-class _Inside:
+class _Inside(dict):
     """Whether shard paths, links resolved, stay inside the data root: one ``realpath`` per directory.
 
     A phase's 100k+ shards sit in a few thousand directories, so each directory
-    is resolved once, and a file only when it is itself a link. The check holds
-    whatever the manifest's fingerprint, which anyone can compute.
+    is resolved once (``inside[directory]``: whether it resolves inside the
+    root), and a file only when it is itself a link. The check holds whatever
+    the manifest's fingerprint, which anyone can compute.
     """
 
     def __init__(self, root: str):
+        super().__init__()
         self.root = os.path.realpath(root)
-        self.directories: dict[str, bool] = {}
 
-    def problem(self, path: str, is_link: bool) -> str | None:
+    def __missing__(self, directory: str) -> bool:
+        self[directory] = self._contains(os.path.join(self.root, directory))
+        return self[directory]
+
+    def problem(self, path: str) -> str | None:
         """The message for a shard path that leads out of the data root (None: it stays inside)."""
-        directory = os.path.dirname(path)
-        if directory not in self.directories:
-            self.directories[directory] = self._contains(os.path.join(self.root, directory))
-        if self.directories[directory] and not is_link:
-            return None
         resolved = os.path.realpath(os.path.join(self.root, path))
         if self._contains(resolved):
             return None
@@ -577,10 +584,23 @@ def _tokenizer_problems(recorded: TokenizerRecord, tokenizer: str | Path) -> lis
     return []
 
 
-def _shard_problems(file: str, shard: ShardEntry, expected: dict[str, str | None]) -> list[str]:
+def _read_shard(file: str, size: int, check_hashes: bool) -> tuple[str | None, Any]:
+    """One pass over a shard of ``size`` bytes: its sha256 (with ``check_hashes``, else None), and what
+    to parse it from: the bytes read when they hold the whole file, else a memory map (of which
+    only the message headers are then read)."""
+    with open(file, "rb") as handle:
+        head = handle.read(_READ_BYTES if check_hashes else _HEAD_BYTES)
+        digest = hashlib.sha256(head) if check_hashes else None
+        while digest and (chunk := handle.read(_READ_BYTES)):
+            digest.update(chunk)
+    source = pa.py_buffer(head) if len(head) >= size else pa.memory_map(file)
+    return digest and digest.hexdigest(), source
+
+
+def _shard_problems(source: Any, shard: ShardEntry, expected: dict[str, str | None]) -> list[str]:
     """Compare a shard's schema and its counts (from the batch headers) with what its entry says."""
     try:
-        reader = pyarrow.ipc.open_stream(pa.memory_map(file))
+        reader = pyarrow.ipc.open_stream(source)
         problems = schema_problems(reader.schema, shard.path, expected)
         found = None if problems else shard_counts(reader)
     except (OSError, pa.ArrowInvalid) as err:
