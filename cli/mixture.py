@@ -70,7 +70,7 @@ def mixture(
         None, "--max-epochs", help="No stream is asked for more than this many epochs of its data."
     ),
     seed: int = typer.Option(
-        0, "--seed", help="Seed the trainer samples streams with (recorded in the manifest)."
+        0, "--seed", min=0, help="Seed the trainer samples streams with (recorded in the manifest)."
     ),
     sampler: Sampler = typer.Option(
         Sampler.temperature,

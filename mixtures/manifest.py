@@ -483,6 +483,8 @@ def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
             f"got {doc.get('version')!r}"
         )
     _check_fields(doc, _TOP_FIELDS, where)
+    if doc["seed"] < 0:
+        raise MixtureError(f"{where}: seed: expected an integer >= 0, got {doc['seed']}")
     sampling = doc["sampling"]
     total = sampling.get("tokens")
     max_epochs = sampling.get("max_epochs")

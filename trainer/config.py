@@ -121,6 +121,8 @@ def resolve(
         raise ConfigError(f"--precision {overrides.precision!r}: choose {', '.join(PRECISIONS)}")
     if overrides.keep is not None and overrides.keep < 1:
         raise ConfigError(f"--keep must be >= 1, got {overrides.keep}")
+    if overrides.seed is not None and overrides.seed < 0:
+        raise ConfigError(f"--seed must be >= 0 (numpy takes no negative seed), got {overrides.seed}")
     training, total = manifest.training, manifest.sampling.tokens
     if overrides.tokens is not None:
         tokens = _tokens(overrides.tokens)

@@ -49,6 +49,8 @@ def init_distributed(device: str | None = None) -> Dist:
 
     ``device`` is ``cpu``, ``cuda`` or None (a GPU when there is one).
     """
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: choose cpu or cuda (left out: a GPU when there is one)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent

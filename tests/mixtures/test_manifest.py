@@ -368,3 +368,9 @@ def test_the_input_ids_type_is_checked(manifest, build, ids_type, convert):
     ]
     assert validate_manifest(manifest, check_hashes=False) == expected
     assert validate_manifest(manifest, check_hashes=True) == expected
+
+
+def test_a_negative_seed_is_refused_on_write_and_read(build, tmp_path):
+    doc = compile_to(build, tmp_path / "good.json")
+    with pytest.raises(MixtureError, match=r"seed: expected an integer >= 0, got -1"):
+        write_manifest({**doc, "seed": -1}, tmp_path / "bad.json")

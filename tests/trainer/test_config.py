@@ -109,3 +109,12 @@ def test_differences_name_each_changed_setting(manifest):
     assert other.differences(saved) == [f"training.lr.peak: {config.training.lr.peak!r} -> 0.0009"]
     moved = resolve(manifest, Overrides(batch_size=8, model="tiny", keep=2, save_every="1h"), "elsewhere")
     assert moved.differences(saved) == []  # where and how often it saves do not change the result
+
+
+def test_a_negative_seed_and_an_unknown_device_are_refused_before_training(manifest):
+    from trainer.distributed import init_distributed
+
+    with pytest.raises(ConfigError, match=r"^--seed must be >= 0 .*got -1$"):
+        resolve(manifest, Overrides(batch_size=2, seed=-1))
+    with pytest.raises(ConfigError, match=r"^--device 'tpu': choose cpu or cuda"):
+        init_distributed("tpu")
