@@ -29,7 +29,6 @@ its own before every write, so that a process that lost the run never writes int
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -50,6 +49,7 @@ from mixtures.files import (
     FileLock,
     LockHeld,
     describe_holder,
+    file_sha256,
     temporary_path,
     temporary_pattern,
     write_atomic,
@@ -113,7 +113,7 @@ def save_checkpoint(
         model.save(temporary)
         tensors, steps = named_state(optimizer, parameter_names(model))
         save_file(tensors, str(temporary / OPTIMIZER_NAME), metadata={"format": "pt"})
-        files = {name: _sha256(temporary / name) for name in (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER_NAME)}
+        files = {name: file_sha256(temporary / name) for name in (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER_NAME)}
         document = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -165,7 +165,7 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
         raise CheckpointError(f"{checkpoint / STATE_NAME}: version {state.get('version')!r}, expected 1")
     for name, digest in state.get("files", {}).items():
         try:
-            actual = _sha256(checkpoint / name)
+            actual = file_sha256(checkpoint / name)
         except OSError as err:
             raise CheckpointError(f"{checkpoint / name}: cannot read ({err.strerror or err})") from err
         if actual != digest:
@@ -489,11 +489,6 @@ class Checkpointer:
         every = self.every_tokens
         self._next_save = (self.state.tokens // every + 1) * every if every else None
         self._saved_time = now
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _fsync(path: Path) -> None:
