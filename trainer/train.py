@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixtures.formats import TokenizerRecord
 from mixtures.manifest import Manifest
 from trainer.checkpoint import Checkpointer, RunLock, Start, TrainState, find_start
 from trainer.config import TrainConfig, for_device, tokenizer_record
@@ -83,7 +84,7 @@ def train(
     dist = init_distributed(device)
     say = (lambda line: print(line, file=sys.stderr, flush=True)) if dist.main else (lambda line: None)
     try:
-        config = for_device(config, dist.device)
+        config, tokenizer = for_device(config, dist.device), tokenizer_record(manifest)
         with ExitStack() as held:
 
             def begin() -> tuple[RunLock | None, Start]:
@@ -91,10 +92,10 @@ def train(
                 lock = held.enter_context(RunLock(Path(config.out))) if dist.main else None
                 if lock is not None and lock.taken_over:
                     say(lock.takeover_note())
-                return lock, find_start(config, manifest, tokenizer_record(manifest), resume, force, say)
+                return lock, find_start(config, manifest, tokenizer, resume, force, say)
 
             lock, start = main_first(dist, begin)
-            return _train(config, manifest, dist, start, lock, say)
+            return _train(config, manifest, tokenizer, dist, start, lock, say)
     finally:
         close(dist)
 
@@ -102,19 +103,20 @@ def train(
 def _train(
     config: TrainConfig,
     manifest: Manifest,
+    tokenizer: TokenizerRecord,
     dist: Dist,
     start: Start,
     lock: RunLock | None,
     say: Callable[[str], None],
 ) -> Path:
     stop = StopRequest()
-    run, training, tokenizer = Path(config.out), config.training, tokenizer_record(manifest)
+    run, training = Path(config.out), config.training
 
     # ---- the parts: model, optimizer, data, and where they start ---------------------------------------
     torch.manual_seed(config.seed)
     model = ModernBertMLM(start.shape, attn_backend=config.attn_backend).to(dist.device)
     optimizer, state = make_optimizer(model, training), TrainState()
-    loader = make_loader(config, manifest, dist)
+    loader = make_loader(config, manifest, tokenizer, dist)
     checkpointer = Checkpointer(
         config, manifest, tokenizer, dist, lock, model=model, optimizer=optimizer, loader=loader, state=state
     )
@@ -210,9 +212,11 @@ class TrainStep:
         }
 
 
-def make_loader(config: TrainConfig, manifest: Manifest, dist: Dist) -> MixtureLoader:
+def make_loader(
+    config: TrainConfig, manifest: Manifest, tokenizer: TokenizerRecord, dist: Dist
+) -> MixtureLoader:
     """The phase's loader for this rank, masking with the tokenizer's special ids."""
-    training, tokenizer = config.training, tokenizer_record(manifest)
+    training = config.training
     special = tokenizer.special_ids
     return MixtureLoader(
         MixtureData(manifest, seed=config.seed),
