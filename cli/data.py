@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import functools
 import json
 import os
@@ -11,8 +13,11 @@ import traceback
 # log stays in OUTPUT/PHASE/_logs), and print failures without variable dumps.
 os.environ.setdefault("LOGURU_LEVEL", "WARNING")
 os.environ.setdefault("LOGURU_DIAGNOSE", "NO")
+# and without its tqdm bars (one per task and source, read by tqdm when it is imported, so before
+# datatrove is): a build shows one bar per stage instead (`_stage_bar`).
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,14 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+)
+from rich.text import Text
 
 from cli.mixture import mixture, validate
 from cli.options import choices, field_option, from_params
@@ -108,9 +121,7 @@ def build(
         if dry_run:
             typer.echo(build.describe())
             return
-        stats = build.run(
-            on_stage=_announce_stage, say=lambda note: console.print(escape(note), soft_wrap=True)
-        )
+        stats = build.run(display=_stage_bar, say=lambda note: console.print(escape(note), soft_wrap=True))
     except KeyboardInterrupt:  # Ctrl-C: completed tasks survive it, so say so rather than exit silently
         typer.echo(
             f"interrupted: the finished tasks are kept in {build.phase_dir}; "
@@ -130,9 +141,47 @@ def build(
     typer.echo(f"wrote {build.phase_dir / 'stats.json'}")
 
 
-def _announce_stage(name: str, tasks: int, done: int) -> None:
-    resumed = f", {done} already done" if done else ""
-    console.print(f"[bold]stage {name}[/]: {tasks} task{'s' if tasks != 1 else ''}{resumed}")
+class _StageFigures(ProgressColumn):
+    """``3/4 tasks, 2.0/min, 0:01:30, ETA 0:00:30``: tasks finished, the rate (rich's running
+    estimate over its last 30 s, or this run's mean once the stage is done), time spent, time left."""
+
+    def render(self, task: Task) -> Text:
+        run = task.completed - task.fields["before"]
+        rate = run / task.elapsed if task.finished and task.elapsed else task.speed or 0.0
+        per = f"{rate:.1f}/s" if rate >= 1 else f"{rate * 60:.1f}/min" if rate else "-/min"
+        spent = datetime.timedelta(seconds=int(task.elapsed or 0))
+        remaining = task.time_remaining
+        left = (
+            "0:00:00"
+            if task.finished
+            else "-:--:--"
+            if remaining is None
+            else str(datetime.timedelta(seconds=int(remaining)))
+        )
+        figures = f"{task.completed:.0f}/{task.total:.0f} tasks, {per}, {spent}, ETA {left}"
+        return Text(figures, no_wrap=True, overflow="ellipsis")
+
+
+@contextlib.contextmanager
+def _stage_bar(name: str, tasks: int, done: int) -> Iterator[Callable[[int], None]]:
+    """One bar for a build stage: tasks finished of all, their rate, time spent and ETA.
+
+    On a terminal it redraws in place; in a log (not a terminal) rich prints it once, finished.
+    """
+    if done == tasks:
+        every = f"all {tasks} tasks" if tasks != 1 else "its task"
+        console.print(f"[bold]stage {escape(name)}[/]: {every} done before")
+        yield lambda finished: None
+        return
+    resumed = f" ({done} done before)" if done else ""
+    with Progress(
+        TextColumn(f"[bold]stage {escape(name)}[/]{resumed}"),
+        BarColumn(bar_width=12),
+        _StageFigures(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task(name, total=tasks, completed=done, before=done)
+        yield lambda finished: progress.update(bar, completed=finished)
 
 
 @app.command()

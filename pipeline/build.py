@@ -42,6 +42,7 @@ from pipeline.guard import BuildLock, check_settings
 from pipeline.hub import hub_unavailable, unreachable_reason
 from pipeline.labels import LanguageSelection
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
+from pipeline.progress import StageDisplay, watched
 from pipeline.quality import (
     FILTER_FAMILIES,
     FINEWEB2_CONFIGS,
@@ -202,7 +203,6 @@ class Build:
                 on_error=self.options.on_error,
                 errors_dir=str(self.phase_dir / "_errors"),
                 limit=self.options.limit,
-                file_progress=self.options.progress,
             )
             for source in self.sources
         ]
@@ -381,13 +381,13 @@ class Build:
 
     def run(
         self,
-        on_stage: Callable[[str, int, int], None] | None = None,
+        display: StageDisplay | None = None,
         say: Callable[[str], None] | None = None,
     ) -> dict | None:
         """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit and return None.
 
-        ``on_stage(name, tasks, done)`` is called before each local stage, with the number of its
-        tasks already finished by an earlier run; ``say`` gets notes (a lock taken over).
+        ``display`` follows each local stage's finished tasks (``pipeline.progress``); ``say`` gets
+        notes (a lock taken over).
         Raises ``pipeline.guard.BuildConflict`` when another build holds the phase directory
         or it was built with other settings (unless ``overwrite``).
         """
@@ -412,10 +412,8 @@ class Build:
                 list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
             else:
                 for name, executor in chain.items():
-                    tasks = executor.world_size
-                    if on_stage:
-                        on_stage(name, tasks, tasks - len(executor.get_incomplete_ranks(range(tasks))))
-                    executor.run()
+                    with watched(executor, name, display):
+                        executor.run()
         return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
 
     def _make_phase_dir(self) -> None:

@@ -74,7 +74,6 @@ class BuildOptions:
     limit: int = flag("Read at most this many documents per source per task (-1: all).", -1)
     tasks: int = flag("Number of tasks the input is split into (the unit of resume).", 4)
     workers: int = flag("Local tasks run at the same time.", 1)
-    progress: bool = True
     verbose: bool = flag(
         "Copy every task's log and tracebacks to the console (always in OUTPUT/PHASE/_logs).", False
     )

@@ -90,9 +90,8 @@ class SourceReader(BaseDiskReader):
         on_error: str = "fail",
         errors_dir: str | None = None,
         limit: int = -1,
-        file_progress: bool = False,
     ):
-        super().__init__(resolve_uri(source.uri, input_root), limit=limit, file_progress=file_progress)
+        super().__init__(resolve_uri(source.uri, input_root), limit=limit)
         self.source = source
         self.format = source_format(source)
         self.selection = LanguageSelection.parse(languages)

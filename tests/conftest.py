@@ -48,7 +48,6 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
                     input_root=str(SAMPLE / "hub"),
                     tokenizer=f"sample:{SAMPLE / 'hub'}",
                     on_error="skip",
-                    progress=False,
                 )
             )
             builds[phase] = (build.phase_dir, build.run())

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,6 @@ def build(hub: Path, out: Path, **overrides) -> tuple[Build, dict]:
         input_root=str(hub),
         tokenizer=f"sample:{hub}",
         tasks=overrides.pop("tasks", 2),
-        progress=False,
         **overrides,
     )
     plan = Build(options)
@@ -227,6 +227,27 @@ def test_huge_document_is_dropped_with_a_reason_in_bounded_memory(tmp_path):
     assert stream["documents_kept"] == 1
 
 
+def test_the_console_shows_one_bar_per_stage_and_no_task_bars(tmp_path):
+    """datatrove draws a tqdm bar per task and source (and one for the MinHash clusters); the
+    command shows one line per stage instead, with its tasks, rate, time spent and ETA."""
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    args = build_args(hub, tmp_path / "out", "--tasks", "3", "--workers", "2")
+    env = {**os.environ, "MMBERT_DATA_CACHE": str(tmp_path / "cache"), "COLUMNS": "120"}
+    env.pop("TQDM_DISABLE", None)
+    command = [sys.executable, "-m", "cli.data", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "it/s" not in done.stderr and "File progress" not in done.stderr
+    assert "Reading dup files" not in done.stderr
+    bars = [line for line in done.stderr.splitlines() if line.startswith("stage ")]
+    assert [line.split()[1] for line in bars] == ["process", "buckets", "clusters", "write", "stats"]
+    finished = re.compile(r" (\d+)/\1 tasks, [\d.]+/(s|min), \d+:\d\d:\d\d, ETA 0:00:00$")
+    assert all(finished.search(bar) for bar in bars), bars
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert "stage process: all 3 tasks done before" in again.stderr
+
+
 def test_keep_removed_writes_dropped_documents(tmp_path):
     hub = tmp_path / "hub"
     rng = random.Random(2)
@@ -298,7 +319,7 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_rebuilds_cleanly(t
     assert runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2")).exit_code == 0
     first = (phase / "stats.json").read_bytes()
     again = runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2"))  # the same: resumes
-    assert again.exit_code == 0 and "stage process: 2 tasks, 2 already done" in again.output
+    assert again.exit_code == 0 and "stage process: all 2 tasks done before" in again.output
     changed = ("--no-dedup", "--tasks", "1", "--languages", "fra,eng,fao", "--lid", "ft176")
     refused = runner.invoke(app, build_args(hub, out, *changed))
     assert refused.exit_code == 1
