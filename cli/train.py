@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cli.options import field_option, from_params
+from mixtures.hub import HubUnavailable
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from trainer.overrides import Overrides
 
@@ -154,7 +155,7 @@ def export(
             tokenizer = recorded["name"] if recorded else load_recipe(recipe).tokenizer
         same = recorded is not None and tokenizer == recorded["name"]
         export_hf(model_dir, out, tokenizer=find_tokenizer(tokenizer, recorded["sha256"] if same else None))
-    except (ValueError, OSError) as err:  # bad model files, recipe or tokenizer
+    except (ValueError, OSError, HubUnavailable) as err:  # bad model files, recipe or tokenizer
         raise _fail(err) from err
     typer.echo(f"wrote {out} (from {model_dir})")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mixtures.files import write_atomic
-from pipeline.hub import HubUnavailable
+from mixtures.hub import HubUnavailable
 
 ON_ERROR_CHOICES = ("fail", "skip")
 

@@ -33,13 +33,13 @@ from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
 from mixtures.counts import load_stats
+from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
 from pipeline.guard import BuildLock, check_settings
-from pipeline.hub import hub_unavailable, unreachable_reason
 from pipeline.labels import LanguageSelection
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
 from pipeline.progress import StageDisplay, watched

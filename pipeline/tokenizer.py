@@ -29,7 +29,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from mixtures.cache import cache_dir
 from mixtures.files import atomic_output
 from mixtures.formats import SPECIAL_ROLES
-from pipeline.hub import hub_unavailable, unreachable_reason
+from mixtures.hub import hub_unavailable, unreachable_reason
 from pipeline.sources import lone_surrogate
 
 # Gemma 2's special tokens, in its id order, so that ids 0..4 mean the same in every tokenizer we make.

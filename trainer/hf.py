@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mixtures.hub import hub_unavailable, unreachable_reason
 from trainer.model import (
     CONFIG_NAME,
     WEIGHTS_NAME,
@@ -216,9 +217,18 @@ def export_tokenizer(source: str, out_dir: Path, config: ModelConfig) -> None:
     if Path(source).is_file():
         tokenizer = tokenizer_from_file(source, config)
     else:
+        # A hub name: the hub is asked once, and unreachable, only the local cache is read, since
+        # transformers would retry each file for ~50 s ("Retrying in Ns") before failing.
+        reason = None if Path(source).is_dir() else unreachable_reason()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=reason is not None)
         except (OSError, ValueError) as err:
+            if reason is not None:
+                raise hub_unavailable(
+                    f"exporting tokenizer {source} (not in the local Hugging Face cache)",
+                    reason,
+                    "pass --tokenizer PATH to a tokenizer.json or a directory holding one",
+                ) from None
             raise ModelFormatError(
                 f"tokenizer {source}: cannot be loaded ({str(err).splitlines()[0]})"
             ) from err

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,6 +183,38 @@ def test_export_takes_a_tokenizer_directory_laid_out_like_the_hub(exported, tmp_
     assert (tokenizer.mask_token_id, tokenizer.unk_token_id) == (4, 3)
     settings = json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())
     assert settings["model_input_names"] == ["input_ids", "attention_mask"]
+
+
+def test_export_of_a_hub_tokenizer_with_the_hub_unreachable_reads_the_cache_or_fails_at_once(
+    exported, tmp_path
+):
+    """transformers retries each file for ~50 s when the hub does not answer; the export asks the hub
+    once, then reads the local Hugging Face cache (laid out as huggingface_hub writes it) or stops."""
+    _, model_dir, hf_dir = exported
+    snapshot = tmp_path / "hf-cache" / "models--acme--tok" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):  # a model repository
+        (snapshot / name).write_bytes((hf_dir / name).read_bytes())
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+    env.pop("HF_HUB_OFFLINE", None)
+
+    def export(name: str, out: str) -> tuple[subprocess.CompletedProcess, float]:
+        command = [sys.executable, "-m", "cli.train", "export", str(model_dir), "--tokenizer", name]
+        started = time.monotonic()
+        done = subprocess.run([*command, "-o", str(tmp_path / out)], env=env, capture_output=True, text=True)
+        return done, time.monotonic() - started
+
+    cached, _ = export("acme/tok", "cached")
+    assert cached.returncode == 0, cached.stderr
+    assert AutoTokenizer.from_pretrained(tmp_path / "cached").mask_token_id == 4
+    missing, seconds = export("acme/other", "missing")
+    assert missing.returncode == 1 and "Retrying" not in missing.stderr, missing.stderr
+    (line,) = missing.stderr.splitlines()
+    assert "exporting tokenizer acme/other (not in the local Hugging Face cache)" in line
+    assert "http://127.0.0.1:9 cannot be reached" in line and "--tokenizer PATH" in line
+    assert seconds < 20 and not (tmp_path / "missing").exists()
 
 
 def test_export_rejects_a_tokenizer_with_other_special_ids(tmp_path):

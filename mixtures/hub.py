@@ -1,18 +1,17 @@
-"""The Hugging Face hub, where a build reads from it: reachable, or one line saying what to use instead.
+"""The Hugging Face hub, where a command reads from it: reachable, or one line saying what to use instead.
 
 A build touches the hub for ``hf://`` sources, a tokenizer named by its hub repository and
-the GlotLID model. Unreachable, each request would cost huggingface_hub's timeouts and
-retries and end in a long traceback; so the build asks once, up front, and stops with
-:class:`HubUnavailable`, whose message names the local alternative (``mmbert-data
-download`` + ``--input-root``, ``--tokenizer PATH``, ``--lid-model PATH``).
+the GlotLID model; ``mmbert-train export`` for a tokenizer named by its hub repository.
+Unreachable, each request would cost huggingface_hub's timeouts and retries and end in a
+long traceback; so the command asks once, up front, and stops with :class:`HubUnavailable`,
+whose message names the local alternative (``mmbert-data download`` + ``--input-root``,
+``--tokenizer PATH``, ``--lid-model PATH``). Both sides use it, so it lives in the contract.
 """
 
 from __future__ import annotations
 
 import urllib.error
 import urllib.request
-
-from huggingface_hub import constants
 
 # One HEAD request to the hub's endpoint decides; a hub that answers at all answers well within this.
 PROBE_TIMEOUT_S = 5
@@ -27,6 +26,8 @@ def unreachable_reason() -> str | None:
 
     The probe goes through urllib, so it honours the same proxy variables as huggingface_hub.
     """
+    from huggingface_hub import constants  # here, so that importing this module stays light
+
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
     request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
