@@ -92,6 +92,7 @@ def main(
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError, resolve
     from trainer.data import DataError
+    from trainer.metrics import RunFileError
     from trainer.model import ModelFormatError
     from trainer.train import train
 
@@ -99,7 +100,15 @@ def main(
         overrides = from_params(Overrides, ctx.params, settings=tuple(settings))
         phase = load_manifest(manifest, check_hashes=overrides.verify)
         train(resolve(phase, overrides, out), phase, resume=resume, force=force, device=device)
-    except (ConfigError, CheckpointError, DataError, ModelFormatError, MixtureError, RecipeError) as err:
+    except (
+        ConfigError,
+        CheckpointError,
+        DataError,
+        ModelFormatError,
+        MixtureError,
+        RecipeError,
+        RunFileError,
+    ) as err:
         raise _fail(err) from err
     except KeyboardInterrupt as err:  # a second Ctrl-C: nothing saved beyond the last checkpoint
         raise _fail(RuntimeError("interrupted; continue from the last checkpoint with --resume")) from err

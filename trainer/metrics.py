@@ -8,6 +8,7 @@ spent waiting for data, and MFU where the device's peak is known.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -32,6 +33,19 @@ PEAK_BF16_FLOPS = {
     "L40S": 362e12,
     "A10G": 125e12,
 }
+
+
+class RunFileError(ValueError):
+    """A file of the run's own (``metrics.jsonl``, ``loss.png``) cannot be written, a full disk say."""
+
+
+def cannot_write(path: Path, err: OSError, then: str) -> RunFileError:
+    """The one-line error for ``path``, unwritable for ``err``; ``then`` says how to go on."""
+    reason = err.strerror or err
+    return RunFileError(f"{path}: cannot be written ({reason}); free space on its filesystem, {then}")
+
+
+RESUME = "then continue with --resume (the checkpoints are intact)"
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -114,7 +128,10 @@ class Meter:
         if not self.enabled or not self.path.exists():
             return
         kept = [record for record in read_records(self.path) if record.get("step", step + 1) <= step]
-        write_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        try:
+            write_atomic(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+        except OSError as err:
+            raise cannot_write(self.path, err, RESUME) from err
 
     def log(self, batch: StepBatch, result: dict[str, float], lr: float) -> dict[str, Any]:
         """The record of a finished step (its batch, ``train_step``'s result, its lr); written and printed."""
@@ -139,11 +156,14 @@ class Meter:
             return record
         if self.guard is not None:
             self.guard()
-        if self.file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            if self.file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as err:  # a part of the line may be written: --resume cuts a torn last line
+            raise cannot_write(self.path, err, RESUME) from err
         window, weight = self.window, record["tokens_in_step"]
         window["tokens"] += weight
         window["time"] += step_time
@@ -184,5 +204,6 @@ class Meter:
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            file, self.file = self.file, None
+            with contextlib.suppress(OSError):  # a failed write has been reported; its flush fails again
+                file.close()

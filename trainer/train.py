@@ -36,7 +36,7 @@ from trainer.config import TrainConfig, for_device, tokenizer_record
 from trainer.data import MixtureData, MixtureLoader, Prefetcher, StepBatch
 from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, main_first, wrap
 from trainer.masking import Masking
-from trainer.metrics import Meter, flops_per_token, peak_flops
+from trainer.metrics import Meter, cannot_write, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModernBertMLM
 from trainer.optim import make_optimizer
 from trainer.plot import plot_runs
@@ -155,7 +155,10 @@ def _train(
         meter.close()
     saved = checkpointer.save()
     if dist.main:
-        plot = plot_runs([run], run / "loss.png")
+        try:
+            plot = plot_runs([run], run / "loss.png")
+        except OSError as err:
+            raise cannot_write(run / "loss.png", err, f"then draw it with `mmbert-train plot {run}`") from err
         say(f"done: {state.tokens:,} tokens in {state.step} steps; model {saved}; loss curve {plot}")
     return run
 

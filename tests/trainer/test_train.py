@@ -385,9 +385,7 @@ def test_a_shard_with_ids_beyond_the_vocabulary_is_named(sample_manifests, sampl
     raw[at : at + 4] = (99_999).to_bytes(4, "little")  # one id far outside the sample tokenizer's 8192
     shard.write_bytes(bytes(raw))  # the same size: only --verify's hashes would notice before training
     moved = tmp_path / "moved.json"
-    write_manifest(
-        {**manifest, "data_root": str(data)}, moved
-    )
+    write_manifest({**manifest, "data_root": str(data)}, moved)
     output = fails(*tiny(moved, tmp_path / "run", tokens="200k"))
     assert (
         f"{shard}: document" in output and "holds token id 99999, outside the tokenizer's 8192 ids" in output
@@ -583,6 +581,57 @@ def test_resuming_cuts_a_torn_last_line_of_the_metrics(tmp_path):
     path.write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "lo')
     Meter(tmp_path, "pretrain", 100, 1.0, None).resume_at(2)
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_full_disk_while_writing_the_metrics_or_the_loss_plot_is_one_line_and_resumes(
+    sample_manifests, tmp_path, monkeypatch
+):
+    import builtins
+    import errno
+
+    import trainer.metrics
+    import trainer.train
+
+    out, full = tmp_path / "run", OSError(errno.ENOSPC, "No space left on device")
+
+    class FillingFile:
+        """metrics.jsonl on a disk that fills after two records."""
+
+        def __init__(self, *args, **kwargs):
+            self.file, self.writes = builtins.open(*args, **kwargs), 0  # noqa: SIM115 (close())
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            if self.writes > 2:
+                raise full
+            return self.file.write(text)
+
+        def flush(self) -> None:
+            self.file.flush()
+
+        def close(self) -> None:
+            self.file.close()
+
+    monkeypatch.setattr(trainer.metrics, "open", FillingFile, raising=False)
+    args = tiny(sample_manifests["pretrain"], out, "--save-every", "10k", tokens="40k")
+    error = fails(*args).strip().splitlines()[-1]
+    assert error == (
+        f"error: {out / 'metrics.jsonl'}: cannot be written (No space left on device); free space on its "
+        "filesystem, then continue with --resume (the checkpoints are intact)"
+    )
+    monkeypatch.undo()
+
+    def no_room_for_the_plot(runs, path):
+        raise full
+
+    monkeypatch.setattr(trainer.train, "plot_runs", no_room_for_the_plot)
+    error = fails(*args, "--resume").strip().splitlines()[-1]
+    assert error == (
+        f"error: {out / 'loss.png'}: cannot be written (No space left on device); free space on its "
+        f"filesystem, then draw it with `mmbert-train plot {out}`"
+    )
+    steps = [record["step"] for record in metrics(out)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # each step once, to the end
 
 
 def test_a_full_disk_during_a_save_and_a_linked_checkpoint_with_keep_are_one_line_errors(
