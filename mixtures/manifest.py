@@ -115,6 +115,15 @@ _STREAM_FIELDS = {
     "capped": bool,
     "shards": list,
 }
+# sampling's fields besides tokens and max_epochs: what the compiler did, each optional
+_SAMPLING_FIELDS = {
+    "sampler": (str, _NONE),
+    "temperature": (int, float, _NONE),
+    "multilingual_source": (str, _NONE),
+    "multilingual_tokens": (int, _NONE),
+    "fixed_budgets": (dict, _NONE),
+    "languages_without_data": (list, _NONE),
+}
 PROBLEMS_SHOWN = 10  # in the message of a manifest whose data has problems
 _HEAD_BYTES = 1 << 16  # a shard this small is parsed from one read, a larger one memory-mapped
 _READ_BYTES = 1 << 20  # when hashing
@@ -466,12 +475,12 @@ class _Inside(dict):
         return resolved == self.root or resolved.startswith(self.root + os.sep)
 
 
-def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
+def check_manifest(doc: Any, where: str) -> None:
     """Raise MixtureError unless ``doc`` (without fingerprint) has the manifest's structure and invariants.
 
-    ``shard_entries=False`` skips the per-shard field checks, the one part that
-    grows with the data, for bytes verified against their fingerprint: those
-    are exactly the bytes ``write_manifest`` checked.
+    Every shard entry is checked too, whatever the fingerprint says: anyone can compute
+    one, so a right fingerprint proves the file unchanged since it was fingerprinted,
+    not that ``write_manifest`` wrote it (``check_shards`` does 100k+ entries in bulk).
     """
     if not isinstance(doc, dict):
         raise MixtureError(f"{where}: expected a JSON object")
@@ -492,6 +501,14 @@ def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
         raise MixtureError(f"{where}: sampling.tokens: expected an integer > 0, got {total!r}")
     if max_epochs is not None and not (isinstance(max_epochs, (int, float)) and max_epochs > 0):
         raise MixtureError(f"{where}: sampling.max_epochs: expected a number > 0 or null, got {max_epochs!r}")
+    _check_fields({key: None for key in _SAMPLING_FIELDS} | sampling, _SAMPLING_FIELDS, f"{where}: sampling")
+    for source, budget in (sampling.get("fixed_budgets") or {}).items():
+        if type(budget) is not int or budget < 0:
+            raise MixtureError(
+                f"{where}: sampling.fixed_budgets.{source}: expected tokens >= 0, got {budget!r}"
+            )
+    if not all(isinstance(code, str) for code in sampling.get("languages_without_data") or ()):
+        raise MixtureError(f"{where}: sampling.languages_without_data: expected a list of language codes")
     targets = 0
     for i, stream in enumerate(doc["streams"]):
         here = f"{where}: streams[{i}]"
@@ -505,10 +522,7 @@ def check_manifest(doc: Any, where: str, shard_entries: bool = True) -> None:
             raise MixtureError(
                 f"{here}: target_tokens {target:,} exceeds {max_epochs:g} epochs of its {available:,} tokens"
             )
-        if shard_entries:
-            check_shards(stream["shards"], here)
-        elif not isinstance(stream["shards"], list):
-            raise MixtureError(f"{here}: shards: expected a list")
+        check_shards(stream["shards"], here)
     if targets != total:
         raise MixtureError(f"{where}: streams: target tokens sum to {targets:,}, not the phase's {total:,}")
     for i, stream in enumerate(doc["streams"]):
@@ -536,10 +550,9 @@ def _read(path: Path) -> tuple[dict[str, Any], str, str]:
         raise MixtureError(
             f"{path}: fingerprint: missing; is this a manifest written by `mmbert-data mixture`?"
         )
-    if _untouched(raw, recorded):
-        check_manifest(doc, str(path), shard_entries=False)
-        return doc, recorded, recorded
     check_manifest(doc, str(path))
+    if _untouched(raw, recorded):
+        return doc, recorded, recorded
     return doc, recorded, hashlib.sha256(canonical_json(doc)).hexdigest()
 
 

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,43 @@ def test_hand_edited_shard_entries_are_checked_field_by_field(manifest):
     assert len(problems) == 1
     assert problems[0].startswith(f"{manifest}: streams[3] ({doc['streams'][3]['source']}/")
     assert problems[0].endswith("shards[0]: sha256: expected 64 lowercase hex digits, got 'not-a-hash'")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("tokens", "2340", "tokens: expected an integer >= 0, got '2340'"),
+        ("tokens", None, "tokens: expected an integer >= 0, got None"),
+        ("bytes", True, "bytes: expected an integer >= 0, got True"),
+        ("path", 5, "path: must be relative to the data root, got 5"),
+    ],
+)
+def test_shard_entries_are_checked_whatever_the_fingerprint(manifest, field, value, expected):
+    """Anyone can compute a fingerprint: a right one does not excuse an entry from its type checks."""
+    doc = manifest_document(manifest)
+    doc["streams"][2]["shards"][0][field] = value
+    forge_manifest(doc, manifest)
+    where = f"{manifest}: streams[2] ({doc['streams'][2]['source']}/{doc['streams'][2]['language']})"
+    assert validate_manifest(manifest) == [f"{where}: shards[0]: {expected}"]
+    with pytest.raises(MixtureError, match=re.escape(f"shards[0]: {expected}")):
+        load_manifest(manifest)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("fixed_budgets", 5, "sampling: fixed_budgets: unexpected value 5"),
+        ("fixed_budgets", {"arxiv": "7"}, "sampling.fixed_budgets.arxiv: expected tokens >= 0, got '7'"),
+        ("languages_without_data", True, "sampling: languages_without_data: unexpected value True"),
+        ("temperature", "hot", "sampling: temperature: unexpected value 'hot'"),
+    ],
+)
+def test_the_sampling_record_is_checked_whatever_the_fingerprint(manifest, field, value, expected):
+    doc = manifest_document(manifest)
+    doc["sampling"][field] = value
+    forge_manifest(doc, manifest)
+    with pytest.raises(MixtureError, match=re.escape(f"{manifest}: {expected}")):
+        load_manifest(manifest)
 
 
 def test_validate_catches_shards_of_another_tokenizer(tmp_path):
