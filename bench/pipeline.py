@@ -117,7 +117,6 @@ def run_ours(hub: str, out: str, tokenizer: str) -> dict:
         dedup=False,
         tasks=1,
         workers=1,
-        progress=False,
         sources=("fineweb2",),
     )
     start = time.perf_counter()

@@ -39,7 +39,6 @@ def sample_manifest(directory: Path, phase: str = "pretrain", tokens: int = MIXT
             input_root=str(SAMPLE / "hub"),
             tokenizer=f"sample:{SAMPLE / 'hub'}",
             on_error="skip",
-            progress=False,
         )
     )
     plan.run()

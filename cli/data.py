@@ -25,13 +25,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-)
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from cli.mixture import mixture, validate
@@ -150,14 +144,12 @@ class _StageFigures(ProgressColumn):
         rate = run / task.elapsed if task.finished and task.elapsed else task.speed or 0.0
         per = f"{rate:.1f}/s" if rate >= 1 else f"{rate * 60:.1f}/min" if rate else "-/min"
         spent = datetime.timedelta(seconds=int(task.elapsed or 0))
-        remaining = task.time_remaining
-        left = (
-            "0:00:00"
-            if task.finished
-            else "-:--:--"
-            if remaining is None
-            else str(datetime.timedelta(seconds=int(remaining)))
-        )
+        if task.finished:
+            left = "0:00:00"
+        elif task.time_remaining is None:
+            left = "-:--:--"
+        else:
+            left = str(datetime.timedelta(seconds=int(task.time_remaining)))
         figures = f"{task.completed:.0f}/{task.total:.0f} tasks, {per}, {spent}, ETA {left}"
         return Text(figures, no_wrap=True, overflow="ellipsis")
 
@@ -169,8 +161,7 @@ def _stage_bar(name: str, tasks: int, done: int) -> Iterator[Callable[[int], Non
     On a terminal it redraws in place; in a log (not a terminal) rich prints it once, finished.
     """
     if done == tasks:
-        every = f"all {tasks} tasks" if tasks != 1 else "its task"
-        console.print(f"[bold]stage {escape(name)}[/]: {every} done before")
+        console.print(f"[bold]stage {escape(name)}[/]: done before ({tasks} task{'s' if tasks != 1 else ''})")
         yield lambda finished: None
         return
     resumed = f" ({done} done before)" if done else ""

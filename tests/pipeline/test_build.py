@@ -245,7 +245,7 @@ def test_the_console_shows_one_bar_per_stage_and_no_task_bars(tmp_path):
     finished = re.compile(r" (\d+)/\1 tasks, [\d.]+/(s|min), \d+:\d\d:\d\d, ETA 0:00:00$")
     assert all(finished.search(bar) for bar in bars), bars
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert "stage process: all 3 tasks done before" in again.stderr
+    assert "stage process: done before (3 tasks)" in again.stderr
 
 
 def test_keep_removed_writes_dropped_documents(tmp_path):
@@ -319,7 +319,7 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_rebuilds_cleanly(t
     assert runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2")).exit_code == 0
     first = (phase / "stats.json").read_bytes()
     again = runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2"))  # the same: resumes
-    assert again.exit_code == 0 and "stage process: all 2 tasks done before" in again.output
+    assert again.exit_code == 0 and "stage process: done before (2 tasks)" in again.output
     changed = ("--no-dedup", "--tasks", "1", "--languages", "fra,eng,fao", "--lid", "ft176")
     refused = runner.invoke(app, build_args(hub, out, *changed))
     assert refused.exit_code == 1
