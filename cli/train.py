@@ -19,6 +19,7 @@ from rich.markup import escape
 from cli.options import field_option, from_params
 from mixtures.hub import HubUnavailable
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
+from trainer.agent import exit_with_agent
 from trainer.overrides import Overrides
 
 app = typer.Typer(
@@ -87,6 +88,7 @@ def main(
     if manifest is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
+    exit_with_agent()  # before torch is imported, so that the parent it watches is torchrun's agent
     from mixtures.errors import MixtureError
     from mixtures.manifest import load_manifest
     from trainer.checkpoint import CheckpointError

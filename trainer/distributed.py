@@ -5,17 +5,13 @@ process the group uses NCCL on GPUs and gloo on the CPU. Only rank 0 writes
 checkpoints, metrics and the console. The model is wrapped in
 ``DistributedDataParallel`` here, never in ``model.py``.
 
-torchrun's agent starts each worker in a session of its own, so killing torchrun
-(or its process group) would leave the workers training; a worker therefore ends
-itself within a second of its agent's death (:func:`exit_with_parent`).
+A worker under torchrun ends itself within a second of its agent's death
+(``trainer/agent.py``, set up before torch is imported).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -27,7 +23,6 @@ from torch.nn.parallel import DistributedDataParallel
 from trainer.config import ConfigError
 
 T = TypeVar("T")
-PARENT_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,8 +48,6 @@ def init_distributed(device: str | None = None) -> Dist:
         raise ConfigError(f"--device {device!r}: choose cpu or cuda (left out: a GPU when there is one)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent
-        exit_with_parent(rank)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
@@ -67,24 +60,6 @@ def init_distributed(device: str | None = None) -> Dist:
     if world_size > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if use_cuda else "gloo", device_id=where if use_cuda else None)
     return Dist(rank, world_size, local_rank, where)
-
-
-def exit_with_parent(rank: int) -> None:
-    """End this process as soon as its parent (torchrun's agent) is gone, as SIGKILL would end it.
-
-    A thread polls the parent's pid: an orphaned worker would otherwise train on and
-    write beside a run started after it. Nothing is saved on the way out: the last
-    checkpoint stands, and ``--resume`` continues from it.
-    """
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        print(f"rank {rank}: its torchrun (pid {parent}) is gone; stopping", file=sys.stderr, flush=True)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def main_first(dist: Dist, work: Callable[[], T]) -> T:

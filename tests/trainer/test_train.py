@@ -496,14 +496,19 @@ def test_a_damaged_checkpoint_is_moved_aside_and_written_anew_and_none_intact_is
     assert checkpoint_dirs(out) == []
 
 
-def test_killing_the_torchrun_agent_alone_stops_its_workers(sample_manifests, tmp_path):
+@pytest.mark.parametrize("when", ["after a step", "as its workers start"])
+def test_killing_the_torchrun_agent_alone_stops_its_workers(sample_manifests, tmp_path, when):
     args = tiny(sample_manifests["pretrain"], tmp_path / "run", tokens="2M")
     agent = launch(args, processes=2)
     workers = []
     try:
-        wait_for_steps(agent, tmp_path / "run", 1)
-        workers = children(agent.pid)
-        assert len(workers) >= 2  # the two ranks
+        if when == "after a step":
+            wait_for_steps(agent, tmp_path / "run", 1)
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline:  # the two ranks
+            workers = children(agent.pid)
+            time.sleep(0.01)
+        assert len(workers) >= 2
         agent.kill()  # SIGKILL to the agent only: its workers are in sessions of their own
         agent.wait()
         deadline = time.monotonic() + 10
