@@ -29,6 +29,7 @@ its own before every write, so that a process that lost the run never writes int
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -201,6 +202,9 @@ def _move_aside(checkpoint: Path) -> Path:
     return aside
 
 
+_UNWRITABLE = {errno.EEXIST, errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC}
+
+
 class RunLock(FileLock):
     """``RUN/run.lock``: one process at a time trains a run (rank 0 under torchrun).
 
@@ -214,16 +218,22 @@ class RunLock(FileLock):
         self.created = False
 
     def __enter__(self) -> RunLock:
-        self.created = not self.path.parent.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        run = self.path.parent
+        self.created = not run.exists()
         try:
+            run.mkdir(parents=True, exist_ok=True)
             super().__enter__()
         except LockHeld as held:
             raise CheckpointError(
-                f"{self.path.parent} is being trained by another process ({held}); "
+                f"{run} is being trained by another process ({held}); "
                 "wait for it to finish or stop it, then run this again"
             ) from None
         except OSError as err:
+            if err.errno in _UNWRITABLE:  # a file in the way, read-only, no permission, no space
+                why = "a file is in the way" if err.errno in (errno.EEXIST, errno.ENOTDIR) else err.strerror
+                raise CheckpointError(
+                    f"--output {run}: cannot be written ({why}); pass a directory this process can write to"
+                ) from err
             raise CheckpointError(
                 f"cannot lock {self.path}: {err.strerror}; put --output on a filesystem that supports "
                 "flock (a local disk, or the cluster's flock-enabled scratch)"

@@ -639,6 +639,17 @@ def test_a_full_disk_while_writing_the_metrics_or_the_loss_plot_is_one_line_and_
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # each step once, to the end
 
 
+def test_an_output_that_cannot_be_a_run_directory_is_one_line(sample_manifests, tmp_path):
+    (tmp_path / "afile").write_text("a file, not a run")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        output = fails(*tiny(sample_manifests["pretrain"], out, tokens="40k"))
+        assert output.strip().splitlines()[-1] == (
+            f"error: --output {out}: cannot be written (a file is in the way); "
+            "pass a directory this process can write to"
+        )
+    assert (tmp_path / "afile").read_text() == "a file, not a run"
+
+
 def test_a_full_disk_during_a_save_and_a_linked_checkpoint_with_keep_are_one_line_errors(
     sample_manifests, tmp_path, monkeypatch
 ):
