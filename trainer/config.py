@@ -99,6 +99,21 @@ def parse_save_every(value: str | None) -> tuple[int | None, float | None]:
     return tokens, None
 
 
+def _too_short(total: int, training: TrainingSpec) -> str:
+    """Why ``total`` tokens make less than ``MIN_STEPS`` steps, and the flag that fixes it."""
+    steps = f"{total:,} tokens are {total / training.tokens_per_step:.2g} steps of the phase's batch of "
+    steps += f"{training.batch_size} x {training.seq_len} tokens"
+    if total >= MIN_STEPS * training.seq_len:  # a smaller batch is enough
+        suggested = max(1, total // (100 * training.seq_len))  # about 100 steps, if the run is that long
+        steps_then = total / (suggested * training.seq_len)
+        return f"{steps}; pass --batch-size (--batch-size {suggested} gives {steps_then:.0f} steps)"
+    least = MIN_STEPS * training.seq_len
+    return (
+        f"{steps}, too few for {MIN_STEPS} steps even at --batch-size 1; pass --tokens {least:,} or more, "
+        f"or shorter sequences (--set training.seq_len={max(1, total // MIN_STEPS)})"
+    )
+
+
 def resolve(
     manifest: Manifest, overrides: Overrides = Overrides(), out: str | Path | None = None
 ) -> TrainConfig:
@@ -139,12 +154,7 @@ def resolve(
         training = replace(training, lr=replace(training.lr, peak=overrides.lr))
     training = apply_settings(training, overrides.settings)
     if total < MIN_STEPS * training.tokens_per_step:
-        suggested = max(1, total // (100 * training.seq_len))  # about 100 steps, if the run is that long
-        raise ConfigError(
-            f"{total:,} tokens are {total / training.tokens_per_step:.2g} steps of the phase's batch of "
-            f"{training.batch_size} x {training.seq_len} tokens; pass --batch-size (--batch-size {suggested} "
-            f"gives {total / (suggested * training.seq_len):.0f} steps)"
-        )
+        raise ConfigError(_too_short(total, training))
     micro = overrides.micro_batch_tokens or max(DEFAULT_MICRO_BATCH_TOKENS, 2 * training.seq_len)
     if micro < training.seq_len:
         raise ConfigError(f"--micro-batch-tokens {micro} is below the phase's seq_len {training.seq_len}")

@@ -343,6 +343,12 @@ def test_settings_the_machine_or_the_run_length_cannot_serve_are_one_line_errors
         in output
     )
     assert "(--batch-size 1 gives 98 steps)" in output
+    too_short = fails(*tiny(manifest, tmp_path / "b", "--batch-size", "1", tokens="1k"))
+    assert too_short.strip().splitlines()[-1] == (
+        "error: 1,000 tokens are 0.98 steps of the phase's batch of 1 x 1024 tokens, too few for 2 steps "
+        "even at --batch-size 1; pass --tokens 2,048 or more, or shorter sequences "
+        "(--set training.seq_len=500)"
+    )
     for flags, message in (
         (("--attn", "flash"), "--attn flash needs a CUDA GPU; on the CPU use auto or sdpa"),
         (("--compile",), "--compile needs a CUDA GPU"),
