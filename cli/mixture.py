@@ -23,7 +23,14 @@ from rich.markup import escape
 
 from cli.options import choices, token_amount
 from mixtures.compiler import Mixture, compile_phase, multilingual_source, pool_shares
-from mixtures.counts import Counts, parse_bytes_per_token, read_counts_csv, read_stats
+from mixtures.counts import (
+    Counts,
+    changed_shards,
+    damaged_build,
+    parse_bytes_per_token,
+    read_counts_csv,
+    read_stats,
+)
 from mixtures.errors import MixtureError
 from mixtures.formats import BUILD_OUTPUT
 from mixtures.manifest import build_manifest, load_manifest, validate_manifest, write_manifest
@@ -159,7 +166,7 @@ def _counts(
     if bytes_per_token and counts is None:
         raise MixtureError("--bytes-per-token applies to --counts only")
     if stats is not None:
-        found = read_stats(stats)
+        found = _intact(read_stats(stats))
         if phase is not None and phase != found.phase:
             raise MixtureError(f"{stats} holds the statistics of phase {found.phase!r}, not {phase!r}")
         return found, recipe.phase(found.phase).name
@@ -175,7 +182,15 @@ def _counts(
             f"no --stats or --counts given, and {default} (the build's default output) is missing; "
             f"run `mmbert-data build --phase {name}` or pass --stats OUTPUT/{name}"
         )
-    return read_stats(default), name
+    return _intact(read_stats(default)), name
+
+
+def _intact(counts: Counts) -> Counts:
+    """A build's counts, once its shards are checked to be the files its stats.json describes."""
+    problems = changed_shards(counts)
+    if problems:
+        raise damaged_build(counts, problems)
+    return counts
 
 
 def _counts_origin(counts: Counts) -> str:

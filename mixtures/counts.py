@@ -97,6 +97,37 @@ class Counts:
     recipe_sha256: str | None = None
 
 
+def changed_shards(counts: Counts) -> list[str]:
+    """The shards of a build that are missing, or not the size its ``stats.json`` records.
+
+    One ``stat`` per shard. A build's rerun skips its finished tasks, so without this a
+    shard damaged after it was written would pass into a manifest silently (and be
+    refused only when a trainer opens it). Empty for counts that are not a build's.
+    """
+    if counts.data_root is None:
+        return []
+    problems: list[str] = []
+    for shard in (shard for stream in counts.streams for shard in stream.shards):
+        path, recorded = shard["path"], shard["bytes"]
+        try:
+            size = (counts.data_root / path).stat().st_size
+        except OSError as err:
+            problems.append(f"missing shard: {path} ({err.strerror or err})")
+            continue
+        if size != recorded:
+            problems.append(f"changed shard: {path} has {size:,} bytes, stats.json records {recorded:,}")
+    return problems
+
+
+def damaged_build(counts: Counts, problems: list[str]) -> MixtureError:
+    """The one-line error for a build whose shards are not those its stats.json describes."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return MixtureError(
+        f"{counts.data_root}: {problems[0]}{more}; the build's shards changed after it wrote them: "
+        "build the phase again with --overwrite"
+    )
+
+
 def load_stats(path: str | Path) -> dict[str, Any]:
     """A build's ``stats.json`` (or the one in a phase directory) as written; format and version checked."""
     return _read_stats_file(path)[2]

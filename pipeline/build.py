@@ -32,7 +32,7 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCl
 from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
-from mixtures.counts import load_stats
+from mixtures.counts import changed_shards, damaged_build, load_stats, read_stats
 from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
@@ -414,7 +414,13 @@ class Build:
                 for name, executor in chain.items():
                     with watched(executor, name, display):
                         executor.run()
-        return None if self.options.executor == "slurm" else load_stats(self.phase_dir)
+        if self.options.executor == "slurm":
+            return None
+        counts = read_stats(self.phase_dir)  # a rerun skips finished tasks: their shards must still be
+        problems = changed_shards(counts)  # the files they wrote
+        if problems:
+            raise damaged_build(counts, problems)
+        return load_stats(self.phase_dir)
 
     def _make_phase_dir(self) -> None:
         try:

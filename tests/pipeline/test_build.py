@@ -311,6 +311,29 @@ def test_cli_build_then_stats(tmp_path):
     assert f"{len(stats['streams']) - 1} more" in table.output
 
 
+def test_a_shard_damaged_after_the_build_stops_its_rerun_and_the_mixture(tmp_path):
+    """A rerun skips finished tasks; their shards are checked against stats.json all the same."""
+    hub, out = tmp_path / "hub", tmp_path / "out"
+    small_hub(hub)
+    assert runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2")).exit_code == 0
+    shard = next(iter(sorted((out / "pretrain").rglob("*.arrow"))))
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:100])
+    expected = (
+        f"error: {out / 'pretrain'}: changed shard: {shard.relative_to(out / 'pretrain')} has 100 bytes, "
+        f"stats.json records {size:,}; the build's shards changed after it wrote them: build the phase "
+        "again with --overwrite"
+    )
+    rerun = runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2"))
+    assert rerun.exit_code == 1 and rerun.output.strip().splitlines()[-1] == expected
+    mixture = ["mixture", "--stats", str(out / "pretrain"), "-o", str(tmp_path / "m.json")]
+    compiled = runner.invoke(app, mixture)
+    assert compiled.exit_code == 1 and compiled.output.strip().splitlines()[-1] == expected
+    assert not (tmp_path / "m.json").exists()
+    rebuilt = runner.invoke(app, build_args(hub, out, "--no-dedup", "--tasks", "2", "--overwrite"))
+    assert rebuilt.exit_code == 0 and shard.stat().st_size == size
+
+
 def test_a_rerun_with_other_settings_is_refused_and_overwrite_rebuilds_cleanly(tmp_path):
     hub = tmp_path / "hub"
     small_hub(hub)
