@@ -113,7 +113,8 @@ def main(
     ) as err:
         raise _fail(err) from err
     except KeyboardInterrupt as err:  # a second Ctrl-C: nothing saved beyond the last checkpoint
-        raise _fail(RuntimeError("interrupted; continue from the last checkpoint with --resume")) from err
+        _fail(RuntimeError("interrupted; continue from the last checkpoint with --resume"))
+        raise typer.Exit(130) from err  # 128 + SIGINT, as for the first Ctrl-C
 
 
 @app.command("plot")

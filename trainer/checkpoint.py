@@ -285,7 +285,8 @@ class InitSource:
 
 
 def model_directory(path: str | Path) -> Path:
-    """The directory holding a model: ``path`` itself, or the newest checkpoint of a run directory."""
+    """The directory holding a model: ``path`` itself, or the newest checkpoint of a run directory
+    (checked against its ``state.json``: a damaged one is named, not passed over)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (a run, checkpoint or model directory was expected)")
@@ -293,6 +294,11 @@ def model_directory(path: str | Path) -> Path:
         found = checkpoint_dirs(path)
         if not found:
             raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
+        try:
+            read_state(found[-1])
+        except CheckpointError as err:  # never another checkpoint than the newest without saying so
+            before = f", or pass the one before it ({found[-2]})" if len(found) > 1 else ""
+            raise CheckpointError(f"{err}; `mmbert-train --resume` moves it aside{before}") from err
         return found[-1]
     if not (path / CONFIG_NAME).is_file():
         raise CheckpointError(

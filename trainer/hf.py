@@ -216,9 +216,11 @@ def export_tokenizer(source: str, out_dir: Path, config: ModelConfig) -> None:
 
     if Path(source).is_file():
         tokenizer = tokenizer_from_file(source, config)
+    elif not Path(source).is_dir() and (source.endswith(".json") or source.startswith((".", "/", "~"))):
+        raise ModelFormatError(f"tokenizer {source}: no such file or directory")  # a path, not a hub name
     else:
-        # A hub name: the hub is asked once, and unreachable, only the local cache is read, since
-        # transformers would retry each file for ~50 s ("Retrying in Ns") before failing.
+        # A directory, or a hub name: the hub is asked once, and unreachable, only the local cache is
+        # read, since transformers would retry each file for ~50 s ("Retrying in Ns") before failing.
         reason = None if Path(source).is_dir() else unreachable_reason()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=reason is not None)

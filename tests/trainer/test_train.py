@@ -408,6 +408,15 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
     assert process.returncode == 128 + signal.SIGINT, output
     assert "stopping after this step" in output and "stopped by a signal" in output
     assert checkpoint_dirs(tmp_path / "run")
+    again = launch(tiny(sample_manifests["pretrain"], tmp_path / "run", "--resume", tokens="2M"))
+    wait_for_steps(again, tmp_path / "run", len(metrics(tmp_path / "run")) + 1)
+    again.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    again.send_signal(signal.SIGINT)  # a second Ctrl-C: stop now, without a checkpoint
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 128 + signal.SIGINT, output
+    last_line = output.strip().splitlines()[-1]
+    assert last_line == "error: interrupted; continue from the last checkpoint with --resume"
 
 
 def test_export_finds_the_data_tokenizer_from_anywhere_and_leaves_nothing_on_failure(
@@ -436,6 +445,14 @@ def test_export_finds_the_data_tokenizer_from_anywhere_and_leaves_nothing_on_fai
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad-*"))
     result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "nowhere: not a directory" in result.output
+    missing = tmp_path / "missing" / "tokenizer.json"
+    result = runner.invoke(app, ["export", str(run_dir), "-o", "y", "--tokenizer", str(missing)])
+    assert result.output.strip() == f"error: tokenizer {missing}: no such file or directory"
+    (newest,) = checkpoint_dirs(run_dir)[-1:]
+    (newest / "state.json").unlink()  # damaged: export names it rather than train another's weights
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "z")])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {newest}: state.json is missing")
+    assert "`mmbert-train --resume` moves it aside" in result.output and not (tmp_path / "z").exists()
     result = runner.invoke(app, ["plot", str(run_dir), "-o", str(tmp_path / "new" / "dir" / "loss.png")])
     assert result.exit_code == 0 and (tmp_path / "new" / "dir" / "loss.png").exists()
 
