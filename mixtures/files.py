@@ -11,6 +11,7 @@ training run) is guarded by a :class:`FileLock`.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,7 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +36,52 @@ def temporary_pattern(pattern: str) -> str:
     return f".{pattern}.*.tmp"
 
 
+class OutputError(OSError):
+    """An output that cannot be written (read-only, full, a file in the way): one line naming it."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Raise an OSError of the block as an OutputError naming ``path`` (the output, not a temporary)."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        in_the_way = err.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
+        why = "a file or directory is in the way" if in_the_way else err.strerror or str(err)
+        raise OutputError(err.errno, f"{path}: cannot be written ({why})") from err
+
+
+def make_parent(path: str | Path) -> None:
+    """Create the directory ``path`` goes in (an OutputError naming ``path`` if that fails)."""
+    with writing(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` through its temporary name, synced, then rename it."""
     path = Path(path)
     temporary = temporary_path(path)
     try:
-        with open(temporary, "wb") as handle:
+        with writing(path), open(temporary, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        with writing(path):
+            os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
     return path
+
+
+def _remove(temporary: Path) -> None:
+    """Remove a temporary left by a failed write, if there is one (none when its directory is a file)."""
+    with suppress(FileNotFoundError, NotADirectoryError):
+        temporary.unlink()
 
 
 @contextmanager
@@ -57,10 +91,11 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     temporary = temporary_path(path)
     try:
-        yield temporary
-        os.replace(temporary, path)
+        with writing(path):
+            yield temporary
+            os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
 
 
 class LockHeld(Exception):

@@ -60,7 +60,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from mixtures.errors import MixtureError
-from mixtures.files import file_sha256, write_atomic
+from mixtures.files import file_sha256, make_parent, write_atomic
 from mixtures.formats import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -195,7 +195,7 @@ def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
     check_manifest(doc, str(path))
     body = canonical_json(doc)
     fingerprint = hashlib.sha256(body).hexdigest()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     write_atomic(path, _prefix(fingerprint) + body[1:] + b"\n")
     return fingerprint
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mixtures.cache import matplotlib_in_cache
-from mixtures.files import atomic_output
+from mixtures.files import atomic_output, make_parent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,7 +37,7 @@ def plot_shares(
     """Draw ``series`` (label, language -> share) over the ``pool`` sizes and write a PNG atomically."""
     path = Path(path)
     fig = shares_figure(series, pool)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     with atomic_output(path) as temporary:
         fig.savefig(temporary, format="png", dpi=120)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mixtures.files import make_parent, writing
 from mixtures.hub import hub_unavailable, unreachable_reason
 from trainer.model import (
     CONFIG_NAME,
@@ -196,17 +197,20 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, tokenizer: str | None 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ModelFormatError(f"--output {out_dir} exists and is not a directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(out_dir)
     # Everything is written next to out_dir first and moved in once complete: a failure leaves nothing.
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as staging:
-        staged = Path(staging)
+    with writing(out_dir):
+        staging = tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-")
+    with staging as name:
+        staged = Path(name)
         if tokenizer is not None:
             export_tokenizer(tokenizer, staged, model.config)
         save_weights(model, staged / WEIGHTS_NAME)
         write_json_atomic(staged / CONFIG_NAME, hf_config(model.config))
-        out_dir.mkdir(exist_ok=True)
-        for path in staged.iterdir():
-            os.replace(path, out_dir / path.name)
+        with writing(out_dir):
+            out_dir.mkdir(exist_ok=True)
+            for path in staged.iterdir():
+                os.replace(path, out_dir / path.name)
     return out_dir
 
 

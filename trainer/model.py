@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mixtures.files import atomic_output, write_atomic
+from mixtures.files import atomic_output, write_atomic, writing
 from trainer.attention import PackedAttention, attend, document_ids, prepare
 
 CONFIG_NAME = "config.json"
@@ -334,7 +334,8 @@ class ModernBertMLM(nn.Module):
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors``, each through a temporary name."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        with writing(directory):
+            directory.mkdir(parents=True, exist_ok=True)
         save_weights(self, directory / WEIGHTS_NAME)
         write_json_atomic(directory / CONFIG_NAME, asdict(self.config))
         return directory

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mixtures.cache import matplotlib_in_cache
-from mixtures.files import write_atomic
+from mixtures.files import make_parent, write_atomic
 from trainer.metrics import METRICS_NAME, read_records
 
 SMOOTHING_WINDOW = (8, 101)  # the smoothed loss averages over an eighth of a run's steps, at most 101
@@ -71,7 +71,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("tokens")
     lr_axes.grid(alpha=0.3)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return write_atomic(path, buffer.getvalue())

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from mixtures.files import atomic_output, temporary_path, temporary_pattern, write_atomic
+from mixtures.files import (
+    OutputError,
+    atomic_output,
+    make_parent,
+    temporary_path,
+    temporary_pattern,
+    write_atomic,
+)
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -30,3 +39,24 @@ def test_the_temporary_name_is_hidden_and_found_by_its_pattern(tmp_path):
     temporary.write_bytes(b"")
     assert temporary.name.startswith(".") and temporary.parent == tmp_path
     assert list(tmp_path.glob(temporary_pattern("00003-*.arrow"))) == [temporary]
+
+
+def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    """Not `[Errno 20] Not a directory: '.../.out.json.123.tmp'`: the output's own path, and why."""
+    (tmp_path / "afile").write_text("in the way")
+    (tmp_path / "adir").mkdir()
+    under_a_file, a_directory = tmp_path / "afile" / "out.json", tmp_path / "adir"
+    in_the_way = "cannot be written (a file or directory is in the way)"
+    with pytest.raises(OutputError, match=f"^{re.escape(str(under_a_file))}: {re.escape(in_the_way)}$"):
+        make_parent(under_a_file)
+    with pytest.raises(OutputError, match=f"^{re.escape(str(under_a_file))}: "):
+        write_atomic(under_a_file, b"{}")
+    with pytest.raises(OutputError, match=f"^{re.escape(str(a_directory))}: {re.escape(in_the_way)}$"):
+        write_atomic(a_directory, b"{}")
+    with (
+        pytest.raises(OutputError, match=r"out.png: cannot be written"),
+        atomic_output(tmp_path / "afile" / "out.png") as temporary,
+    ):
+        temporary.write_bytes(b"png")
+    assert (tmp_path / "afile").read_text() == "in the way"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["adir", "afile"]
