@@ -442,8 +442,11 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         raise RecipeError(f"cannot read recipe {path}: {err}") from err
     try:
         raw = yaml.safe_load(raw_bytes)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: invalid YAML: {err}") from err
+    except yaml.YAMLError as err:  # one line: what is wrong, and where (PyYAML's mark counts from 0)
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path}: invalid YAML: {at}{problem}") from err
     where = str(path)
     raw = _mapping(raw, where)
     _known_keys(raw, _TOP_KEYS, where)

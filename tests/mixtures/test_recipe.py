@@ -134,3 +134,11 @@ def test_token_amounts_take_suffixes(tmp_path):
 
     training = load_variant(tmp_path, edit).phase("pretrain").training
     assert training.lr.warmup_tokens == 2_500_000 and training.batch_warmup_tokens == 512_000
+
+
+def test_a_recipe_that_is_not_yaml_is_one_line_with_its_line_and_column(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\nphases:\n  - a: [1, 2\n  b: 3\n")
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(path)
+    assert str(raised.value) == f"{path}: invalid YAML: line 4, column 4: expected ',' or ']', but got ':'"
