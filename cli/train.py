@@ -19,7 +19,7 @@ from rich.markup import escape
 from cli.options import field_option, from_params
 from mixtures.hub import HubUnavailable
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
-from trainer.agent import exit_with_agent
+from trainer.launch import exit_with_agent, ranks_from_slurm
 from trainer.overrides import Overrides
 
 app = typer.Typer(
@@ -89,6 +89,7 @@ def main(
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
     exit_with_agent()  # before torch is imported, so that the parent it watches is torchrun's agent
+    ranks_from_slurm()  # srun's tasks, seen as torchrun's workers from here on
     from mixtures.errors import MixtureError
     from mixtures.manifest import load_manifest
     from trainer.checkpoint import CheckpointError

@@ -5,8 +5,9 @@ process the group uses NCCL on GPUs and gloo on the CPU. Only rank 0 writes
 checkpoints, metrics and the console. The model is wrapped in
 ``DistributedDataParallel`` here, never in ``model.py``.
 
-A worker under torchrun ends itself within a second of its agent's death
-(``trainer/agent.py``, set up before torch is imported).
+A worker under torchrun ends itself within a second of its agent's death, and
+``srun``'s tasks get torchrun's variables from Slurm's (``trainer/launch.py``, both
+set up before torch is imported).
 """
 
 from __future__ import annotations

@@ -87,6 +87,25 @@ def launch(args: list[str], processes: int = 1, crash_at: str | None = None) -> 
     )
 
 
+def launch_as_srun_task(args: list[str], task: int, tasks: int) -> subprocess.Popen:
+    """One task of a job step, with the variables ``srun`` sets (and none of torchrun's)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "TORCHELASTIC"))}
+    env.update(
+        SLURM_JOB_ID=str(os.getpid()),  # the rendezvous port follows the job id
+        SLURM_STEP_NUM_TASKS=str(tasks),
+        SLURM_NTASKS=str(tasks),
+        SLURM_PROCID=str(task),
+        SLURM_LOCALID=str(task),
+        SLURM_STEP_NODELIST="localhost",
+        OMP_NUM_THREADS="1",  # as torchrun sets it for several workers: the same threads, the same sums
+        PYTHONUNBUFFERED="1",
+    )
+    command = [sys.executable, "-m", "cli.train", *args]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 def run(args: list[str], processes: int = 1, crash_at: str | None = None) -> subprocess.CompletedProcess:
     process = launch(args, processes, crash_at)
     output, _ = process.communicate(timeout=600)
@@ -178,6 +197,11 @@ def test_two_processes_follow_one_and_resume_exactly(reference, sample_manifests
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["accuracy"] == pytest.approx(
             b["accuracy"]
         )
+    srun = tiny(sample_manifests["pretrain"], tmp_path / "srun")  # as `srun --ntasks=2 mmbert-train`
+    tasks = [launch_as_srun_task(srun, task, tasks=2) for task in range(2)]
+    outputs = [task.communicate(timeout=600)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs
+    assert_bitwise_equal(tmp_path / "ddp", tmp_path / "srun")
     interrupted = tiny(sample_manifests["pretrain"], tmp_path / "ddp-killed")
     assert run(interrupted, processes=2, crash_at="2:0").returncode != 0
     resumed = run([*interrupted, "--resume"], processes=2)
