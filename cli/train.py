@@ -137,6 +137,70 @@ def plot(
     typer.echo(f"wrote {path}")
 
 
+def submit_option(name: str, *declarations: str, **settings: Any) -> Any:
+    """The typer option of the ``SubmitOptions`` field ``name``."""
+    from trainer.submit import SubmitOptions
+
+    return field_option(SubmitOptions, name, *declarations, **settings)
+
+
+@app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`."),
+    out: Path = typer.Option(None, "--output", "-o", help="Run directory. Default: runs/PHASE."),
+    nodes: int = submit_option("nodes"),
+    gpus_per_node: int = submit_option("gpus_per_node"),
+    procs_per_node: int = submit_option("procs_per_node"),
+    cpus_per_task: int = submit_option("cpus_per_task"),
+    mem: str = submit_option("mem"),
+    time: str = submit_option("time"),
+    partition: str = submit_option("partition"),
+    account: str = submit_option("account"),
+    qos: str = submit_option("qos"),
+    warning: int = submit_option("warning"),
+    max_requeues: int = submit_option("max_requeues"),
+    env: str = submit_option("env"),
+    sbatch_args: list[str] = submit_option("sbatch_args", "--sbatch-arg"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the batch script; write and submit nothing."
+    ),
+) -> None:
+    """Train on Slurm: write RUN/submit.sbatch (torchrun on every node; it checkpoints before its time
+    limit and requeues itself) and submit it. Other flags are mmbert-train's, checked here first."""
+    from typer._click.exceptions import UsageError
+
+    from mixtures.errors import MixtureError
+    from mixtures.files import write_atomic
+    from mixtures.manifest import load_manifest
+    from trainer.config import ConfigError, resolve
+    from trainer.submit import SCRIPT_NAME, SubmitError, SubmitOptions, sbatch_script
+    from trainer.submit import submit as sbatch
+
+    train_args = ["--manifest", str(manifest.resolve()), *(arg for arg in ctx.args if arg != "--resume")]
+    try:
+        options = from_params(SubmitOptions, ctx.params, sbatch_args=tuple(sbatch_args))
+        options.check()
+        # the training flags, parsed and resolved as the job will: a mistake is refused now, not in the queue
+        parsed = typer.main.get_command(app).make_context("mmbert-train", list(train_args))
+        overrides = from_params(Overrides, parsed.params, settings=tuple(parsed.params["settings"]))
+        phase = load_manifest(manifest)
+        config = resolve(phase, overrides, out)
+        run = Path(config.out).resolve()
+        script = sbatch_script(options, phase.phase, run, train_args)
+        if dry_run:
+            typer.echo(script, nl=False)
+            return
+        run.mkdir(parents=True, exist_ok=True)
+        path = write_atomic(run / SCRIPT_NAME, script)
+        job = sbatch(path)
+    except UsageError as err:  # typer's own click raises it
+        raise _fail(ValueError(f"a training flag: {err.format_message()}")) from err
+    except (ConfigError, MixtureError, RecipeError, SubmitError, OSError) as err:
+        raise _fail(err) from err
+    typer.echo(f"submitted job {job}: {path}; its log is {run}/slurm-{job.split()[0]}.out")
+
+
 @app.command("export")
 def export(
     model_dir: Path = typer.Argument(

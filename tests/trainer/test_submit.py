@@ -1,0 +1,139 @@
+"""`mmbert-train submit`: the batch script it writes, the checks before it, and sbatch's answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.train import app
+from trainer.submit import SCRIPT_NAME, SubmitError, SubmitOptions, job_id, sbatch_script
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake_sbatch(tmp_path, monkeypatch) -> Path:
+    """An `sbatch` on PATH (and nothing else there) that records its arguments and answers as a
+    multi-cluster Slurm does: a real cluster is never asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "sbatch"
+    script.write_text(
+        f'#!/bin/sh\necho "$@" > {tmp_path / "sbatch-args"}\necho "Submitted batch job 42 on cluster c1"\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return tmp_path / "sbatch-args"
+
+
+def submit(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "submit",
+        "--manifest",
+        str(manifest),
+        "-o",
+        str(out),
+        "--batch-size",
+        "8",
+        "--tokens",
+        "150k",
+        *extra,
+    ]
+
+
+def test_the_dry_run_prints_a_script_that_starts_torchrun_on_every_node_and_writes_nothing(
+    sample_manifests, tmp_path
+):
+    out = tmp_path / "run"
+    flags = ("--nodes", "2", "--gpus-per-node", "8", "--time", "4:00:00", "--sbatch-arg=--exclusive")
+    result = runner.invoke(
+        app, [*submit(sample_manifests["pretrain"], out, *flags, "--model", "tiny"), "--dry-run"]
+    )
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --time=4:00:00",
+        "#SBATCH --signal=B:USR1@300",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={out}/slurm-%j.out",
+        "#SBATCH --exclusive",
+        "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+        'scontrol requeue "$SLURM_JOB_ID"',
+    ):
+        assert line in script.splitlines() or line in script, line
+    (launch,) = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert '--nnodes="$SLURM_NNODES" --nproc-per-node=8 --rdzv-backend=c10d' in launch
+    assert launch.endswith(
+        f"mmbert-train --manifest {sample_manifests['pretrain'].resolve()} --batch-size 8 --tokens 150k "
+        f"--model tiny --output {out} --resume &"
+    )
+    (tmp_path / "job.sbatch").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")]).returncode == 0  # valid bash
+    assert not out.exists()
+
+
+def test_training_flags_are_checked_before_anything_is_written_or_submitted(
+    sample_manifests, tmp_path, fake_sbatch
+):
+    out = tmp_path / "run"
+    for extra, message in (
+        (("--bogus", "3"), "error: a training flag: No such option: --bogus"),
+        (("--model", "huge"), "error: --model 'huge': choose tiny, small, base"),
+        (("--nodes", "0"), "error: --nodes must be >= 1, got 0"),
+    ):
+        result = runner.invoke(app, submit(sample_manifests["pretrain"], out, *extra))
+        assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith(message), (
+            result.output
+        )
+    too_short = runner.invoke(
+        app, ["submit", "--manifest", str(sample_manifests["pretrain"]), "-o", str(out)]
+    )
+    assert too_short.exit_code == 1 and "pass --batch-size" in too_short.output
+    assert not out.exists() and not fake_sbatch.exists()
+
+
+def test_submitting_writes_the_script_into_the_run_and_names_the_job(sample_manifests, tmp_path, fake_sbatch):
+    out = tmp_path / "run"
+    result = runner.invoke(app, submit(sample_manifests["pretrain"], out, "--resume"))  # --resume: once
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (
+        f"submitted job 42 (cluster c1): {out / SCRIPT_NAME}; its log is {out}/slurm-42.out"
+    )
+    assert fake_sbatch.read_text().strip() == str(out / SCRIPT_NAME)
+    assert (out / SCRIPT_NAME).read_text().count("--resume") == 1
+
+
+def test_sbatch_missing_or_refusing_is_one_line(sample_manifests, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch there
+    result = runner.invoke(app, submit(sample_manifests["pretrain"], tmp_path / "run"))
+    assert result.output.strip() == (
+        f"error: sbatch is not on PATH: run this on a Slurm login node, or `sbatch "
+        f"{tmp_path / 'run' / SCRIPT_NAME}` there"
+    )
+    refusing = tmp_path / "sbatch"
+    refusing.write_text('#!/bin/sh\necho "sbatch: error: invalid partition specified: gpu" >&2\nexit 1\n')
+    refusing.chmod(0o755)
+    result = runner.invoke(app, submit(sample_manifests["pretrain"], tmp_path / "run", "--partition", "gpu"))
+    assert result.output.strip().endswith("failed: sbatch: error: invalid partition specified: gpu")
+
+
+def test_job_ids_in_both_of_sbatchs_answers():
+    assert job_id("Submitted batch job 123\n") == "123"
+    assert job_id("Submitted batch job 123 on cluster alps\n") == "123 (cluster alps)"  # datatrove#265
+    with pytest.raises(SubmitError, match="not 'Submitted batch job N'"):
+        job_id("sbatch: queued")
+
+
+def test_options_are_checked_and_cpu_jobs_run_one_rank_per_node(tmp_path):
+    with pytest.raises(SubmitError, match="--warning must be >= 0"):
+        SubmitOptions(warning=-1).check()
+    script = sbatch_script(SubmitOptions(nodes=3), "decay", tmp_path, ["--manifest", "/m.json"])
+    assert "--gpus-per-node" not in script and "--nproc-per-node=1 " in script
+    assert os.fspath(tmp_path) in script
