@@ -80,6 +80,36 @@ def test_two_ranks_split_the_global_batch_of_one(manifests):
         assert halves[0].tokens == halves[1].tokens == whole.tokens and halves[0].state == whole.state
 
 
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_the_ranks_of_any_world_size_split_one_global_batch_and_resume_on_another(manifests, world_size):
+    """The union of the ranks' micro-batches is one process's step (global micro-batch g is rank
+    g % W's; a rank left without one gets an all-ignored stand-in, for DDP's lockstep), and a state
+    saved by one world size continues on another (OLMo-core's loader tests check the same two)."""
+    manifest = manifests["pretrain"]
+
+    def loaders(size: int) -> list[MixtureLoader]:
+        return [make_loader(manifest, micro_batch_tokens=4096, rank=r, world_size=size) for r in range(size)]
+
+    def real(batch) -> list[tuple]:  # the rank's micro-batches without a stand-in
+        return [row for row in rows(batch) if any(label != IGNORE_INDEX for label in row[1])]
+
+    single, ranks = make_loader(manifest, micro_batch_tokens=4096), loaders(world_size)
+    for _ in range(6):
+        whole, parts = single.next_step(), [loader.next_step() for loader in ranks]
+        for rank, part in enumerate(parts):
+            assert real(part) == rows(whole)[rank::world_size] and part.state == whole.state
+    state, following = parts[0].state, rows(single.next_step())
+    for resumed_size in sorted({1, 2, world_size + 1} - {world_size}):
+        one, resumed = make_loader(manifest, micro_batch_tokens=4096), loaders(resumed_size)
+        for loader in (one, *resumed):
+            loader.load_state_dict(state)
+        for step in range(3):
+            whole = one.next_step()
+            assert step or rows(whole) == following  # the state round-trips: the step after it
+            for rank, loader in enumerate(resumed):
+                assert real(loader.next_step()) == rows(whole)[rank::resumed_size]
+
+
 def _documents(batch) -> list[tuple]:
     """Each packed sequence of a rank's step as (inputs, labels), to compare ranks by content."""
     found = []
