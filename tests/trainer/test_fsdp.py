@@ -12,7 +12,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from tests.trainer.test_train import assert_bitwise_equal, metrics, run, tiny, weights
+from tests.trainer.test_train import assert_bitwise_equal, fails, metrics, run, tiny, train, weights
 from trainer.checkpoint import checkpoint_dirs, read_state, snapshot
 from trainer.distributed import Dist
 from trainer.model import ModelConfig, ModernBertMLM
@@ -146,3 +146,15 @@ def test_fsdp_killed_and_resumed_ends_bit_for_bit_the_same_and_resumes_under_ddp
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     for name, tensor in weights(fsdp_run).items():
         torch.testing.assert_close(weights(tmp_path / "under-ddp")[name], tensor, rtol=1e-5, atol=1e-7)
+
+
+def test_fsdp_on_one_process_is_the_model_itself_and_a_wrong_choice_is_one_line(
+    fsdp_run, sample_manifests, tmp_path
+):
+    """Without torchrun there is nothing to shard: ``--parallel fsdp`` trains the whole model, as DDP does."""
+    output = train(*tiny_fsdp(sample_manifests["pretrain"], tmp_path / "one", *FSDP))
+    assert "1 process(es) on cpu" in output
+    for a, b in zip(metrics(tmp_path / "one"), metrics(fsdp_run), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    output = fails(*tiny_fsdp(sample_manifests["pretrain"], tmp_path / "wrong", "--parallel", "zero3"))
+    assert output.strip() == "error: --parallel 'zero3': choose ddp, fsdp"
