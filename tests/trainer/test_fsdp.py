@@ -158,3 +158,12 @@ def test_fsdp_on_one_process_is_the_model_itself_and_a_wrong_choice_is_one_line(
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     output = fails(*tiny_fsdp(sample_manifests["pretrain"], tmp_path / "wrong", "--parallel", "zero3"))
     assert output.strip() == "error: --parallel 'zero3': choose ddp, fsdp"
+
+
+def test_a_ddp_checkpoint_resumes_under_fsdp(fsdp_run, sample_manifests, tmp_path):
+    args = tiny_fsdp(sample_manifests["pretrain"], tmp_path / "run")
+    assert run(args, processes=2, crash_at="2:1").returncode != 0  # DDP, killed after a checkpoint
+    resumed = run([*args, "--resume", *FSDP], processes=2)  # --parallel may change: no --force
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stdout
+    for a, b in zip(metrics(tmp_path / "run"), metrics(fsdp_run), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
