@@ -4,6 +4,7 @@ mmbert-train --manifest manifests/pretrain.json --output runs/pretrain
 mmbert-train --manifest manifests/midtrain.json --output runs/midtrain --init runs/pretrain
 mmbert-train --manifest manifests/decay.json --output runs/decay --init runs/midtrain
 torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --output R   # DDP, same global batch
+torchrun --nproc-per-node 8 --no-python mmbert-train --manifest M --output R --parallel fsdp  # FSDP2
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main(
     attn_backend: str = option("attn_backend", "--attn"),
     compile: bool = option("compile", "--compile"),
     precision: str = option("precision"),
+    parallel: str = option("parallel"),
     seed: int = option("seed"),
     save_every: str = option("save_every"),
     keep: int = option("keep"),

@@ -17,6 +17,11 @@ Nothing is unpickled: tensors are safetensors, everything else JSON. There is no
 random state to save: masks and dropout draw from generators seeded by
 (seed, step, micro-batch), so a resumed run rebuilds them.
 
+Tensors are stored whole whatever the parallelism: under FSDP2 (``--parallel fsdp``)
+every rank takes part in gathering them (:func:`snapshot`) before rank 0 writes, and
+on loading each rank keeps its shard of them, so a checkpoint is the same for one
+process, DDP and FSDP2, and a run may resume under any of them.
+
 :class:`Checkpointer` holds the run's stateful parts (model, optimizer, loader,
 train state) and decides when to save them; :func:`find_start` decides where a
 run begins (its newest checkpoint, an ``--init`` model, or a new model) and
@@ -63,6 +68,7 @@ from trainer.distributed import Dist, all_reduce_sum, barrier
 from trainer.hf import config_from_hf, read_hf_weights
 from trainer.model import (
     CONFIG_NAME,
+    TIED_KEY,
     WEIGHTS_NAME,
     ModelConfig,
     ModelFormatError,
@@ -70,6 +76,7 @@ from trainer.model import (
     read_json_object,
 )
 from trainer.optim import StableAdamW, load_named_state, named_state
+from trainer.parallel import full_tensor, is_sharded, shard_like
 
 CHECKPOINT_FORMAT = "mmbert-train/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -92,13 +99,33 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+@dataclass
+class Snapshot:
+    """What a checkpoint stores of the model and its optimizer: whole tensors on the CPU."""
+
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    optimizer_steps: dict[str, int]
+
+
+def snapshot(model: ModernBertMLM, optimizer: StableAdamW) -> Snapshot:
+    """The model's weights and the optimizer's state, whole, as :func:`save_checkpoint` writes them.
+
+    Under FSDP2 each sharded tensor is all-gathered, so every rank calls this together
+    (the tied decoder weight is skipped: it is the embeddings').
+    """
+    weights = {
+        key: full_tensor(value.detach()).cpu() for key, value in model.state_dict().items() if key != TIED_KEY
+    }
+    return Snapshot(weights, *named_state(optimizer, parameter_names(model)))
+
+
 def save_checkpoint(
-    run_dir: str | Path,
-    model: ModernBertMLM,
-    optimizer: StableAdamW,
-    state: dict[str, Any],
+    run_dir: str | Path, model: ModernBertMLM, saved: Snapshot, state: dict[str, Any]
 ) -> Path:
     """Write ``RUN_DIR/checkpoints/step-{state['step']}`` (if not there already) and return it.
+
+    ``model`` gives the checkpoint's ``config.json``, ``saved`` its tensors.
 
     A write that fails (a full disk) is a CheckpointError naming the checkpoint; the
     checkpoints before it are untouched and the temporary directory removed.
@@ -111,15 +138,14 @@ def save_checkpoint(
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         temporary.mkdir(parents=True)
-        model.save(temporary)
-        tensors, steps = named_state(optimizer, parameter_names(model))
-        save_file(tensors, str(temporary / OPTIMIZER_NAME), metadata={"format": "pt"})
+        model.save(temporary, saved.weights)
+        save_file(saved.optimizer, str(temporary / OPTIMIZER_NAME), metadata={"format": "pt"})
         files = {name: file_sha256(temporary / name) for name in (CONFIG_NAME, WEIGHTS_NAME, OPTIMIZER_NAME)}
         document = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             **state,
-            "optimizer_steps": steps,
+            "optimizer_steps": saved.optimizer_steps,
             "files": files,
         }
         write_atomic(temporary / STATE_NAME, json.dumps(document, indent=1) + "\n")
@@ -261,11 +287,21 @@ def load_checkpoint(
 ) -> None:
     """Load a checkpoint's weights and optimizer state (``state`` from :func:`read_state`)."""
     try:
-        model.load_weights(load_file(str(checkpoint / WEIGHTS_NAME)), where=str(checkpoint / WEIGHTS_NAME))
+        load_weights(model, load_file(str(checkpoint / WEIGHTS_NAME)), where=str(checkpoint / WEIGHTS_NAME))
         tensors = load_file(str(checkpoint / OPTIMIZER_NAME))
         load_named_state(optimizer, parameter_names(model), tensors, state["optimizer_steps"])
     except (OSError, SafetensorError, ModelFormatError, KeyError) as err:
         raise CheckpointError(f"{checkpoint}: cannot be loaded into this model: {err}") from err
+
+
+def load_weights(model: ModernBertMLM, weights: dict[str, torch.Tensor], where: str) -> None:
+    """``model.load_weights`` of whole ``weights``; for a sharded model each is cut to this rank's shard."""
+    if is_sharded(model):
+        own = model.state_dict()
+        weights = {
+            key: shard_like(value, own[key]) if key in own else value for key, value in weights.items()
+        }
+    model.load_weights(weights, where=where)
 
 
 def parameter_names(model: ModernBertMLM) -> dict[torch.nn.Parameter, str]:
@@ -468,7 +504,7 @@ class Checkpointer:
             self.state.step, self.state.tokens = state["step"], state["tokens"]
             say(f"resuming {path} (step {state['step']}, {state['tokens']:,} tokens)")
         elif start.init is not None:
-            self.model.load_weights(start.init.weights, where=start.init.where)
+            load_weights(self.model, start.init.weights, where=start.init.where)
             if start.init.optimizer is not None:  # a training checkpoint: its moments carry into this phase
                 tensors, steps = start.init.optimizer
                 load_named_state(self.optimizer, parameter_names(self.model), tensors, steps)
@@ -488,12 +524,14 @@ class Checkpointer:
         return self.stopping or late or (self._next_save is not None and self.state.tokens >= self._next_save)
 
     def save(self) -> Path | None:
-        """Rank 0 writes the checkpoint of the state now; every rank returns once it is complete."""
+        """Rank 0 writes the checkpoint of the state now (every rank gathers it if the model is sharded);
+        every rank returns once it is complete."""
         saved = None
+        whole = snapshot(self.model, self.optimizer) if self.dist.main or is_sharded(self.model) else None
         if self.dist.main:
             self.lock.check()
             state = {"step": self.state.step, "tokens": self.state.tokens, "loader": self.state.loader}
-            saved = save_checkpoint(self.run, self.model, self.optimizer, {**state, **self.identity})
+            saved = save_checkpoint(self.run, self.model, whole, {**state, **self.identity})
             if self.keep:
                 prune_checkpoints(self.run, self.keep)
         barrier(self.dist)

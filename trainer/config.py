@@ -24,6 +24,7 @@ from trainer.model import PRESETS, ModelConfig
 from trainer.overrides import Overrides, RunOptions
 
 PRECISIONS = ("fp32", "bf16")
+PARALLELS = ("ddp", "fsdp")  # see trainer/parallel.py
 DEFAULT_MICRO_BATCH_TOKENS = 8192
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(s|min|h)\s*$")
 _MINUTES = {"s": 1 / 60, "min": 1.0, "h": 60.0}
@@ -134,6 +135,8 @@ def resolve(
         raise ConfigError(f"--attn {overrides.attn_backend!r}: choose {', '.join(BACKENDS)}")
     if overrides.precision not in (None, *PRECISIONS):
         raise ConfigError(f"--precision {overrides.precision!r}: choose {', '.join(PRECISIONS)}")
+    if overrides.parallel not in PARALLELS:
+        raise ConfigError(f"--parallel {overrides.parallel!r}: choose {', '.join(PARALLELS)}")
     if overrides.keep is not None and overrides.keep < 1:
         raise ConfigError(f"--keep must be >= 1, got {overrides.keep}")
     if overrides.seed is not None and overrides.seed < 0:

@@ -1,9 +1,9 @@
-"""Processes and devices: one CPU, one GPU, or many processes under ``torchrun`` (DDP).
+"""Processes and devices: one CPU, one GPU, or many processes under ``torchrun``.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; with more than one
 process the group uses NCCL on GPUs and gloo on the CPU. Only rank 0 writes
-checkpoints, metrics and the console. The model is wrapped in
-``DistributedDataParallel`` here, never in ``model.py``.
+checkpoints, metrics and the console. How the model is spread over the processes
+(DDP or FSDP2) is ``trainer/parallel.py``'s, never ``model.py``'s.
 
 A worker under torchrun ends itself within a second of its agent's death, and
 ``srun``'s tasks get torchrun's variables from Slurm's (``trainer/launch.py``, both
@@ -19,7 +19,6 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as torch_dist
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer.config import ConfigError
 
@@ -96,15 +95,6 @@ def barrier(dist: Dist) -> None:
     """Wait for every process (e.g. for rank 0 to finish a checkpoint before the others exit)."""
     if dist.world_size > 1:
         torch_dist.barrier()
-
-
-def wrap(model: torch.nn.Module, dist: Dist) -> torch.nn.Module:
-    """The module the training loop calls: DDP across processes, the model itself for one."""
-    if dist.world_size == 1:
-        return model
-    return DistributedDataParallel(
-        model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None
-    )
 
 
 def close(dist: Dist) -> None:

@@ -331,12 +331,16 @@ class ModernBertMLM(nn.Module):
         """Distinct parameters (the tied decoder weight counted once), as transformers counts."""
         return sum(p.numel() for p in self.parameters())
 
-    def save(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors``, each through a temporary name."""
+    def save(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors``, each through a temporary name.
+
+        ``weights``, if given, are written instead of ``state_dict()``: a checkpoint
+        gathers a sharded model's weights whole first (``trainer/parallel.py``).
+        """
         directory = Path(directory)
         with writing(directory):
             directory.mkdir(parents=True, exist_ok=True)
-        save_weights(self, directory / WEIGHTS_NAME)
+        save_weights(self, directory / WEIGHTS_NAME, weights)
         write_json_atomic(directory / CONFIG_NAME, asdict(self.config))
         return directory
 
@@ -375,9 +379,13 @@ class ModernBertMLM(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-def save_weights(model: ModernBertMLM, path: Path) -> None:
-    """Safetensors with transformers' key names; the tied decoder weight is left out as transformers does."""
-    state = {key: value.detach().contiguous() for key, value in model.state_dict().items() if key != TIED_KEY}
+def save_weights(model: ModernBertMLM, path: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Safetensors with transformers' key names; the tied decoder weight is left out as transformers does.
+
+    ``weights``: what to write in place of ``model.state_dict()`` (see :meth:`ModernBertMLM.save`).
+    """
+    weights = model.state_dict() if weights is None else weights
+    state = {key: value.detach().contiguous() for key, value in weights.items() if key != TIED_KEY}
     with atomic_output(path) as temporary:
         save_file(state, str(temporary), metadata={"format": "pt"})
 

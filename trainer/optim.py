@@ -2,7 +2,9 @@
 
 Written out here (about as long as importing it would be) so the trainer needs
 nothing beyond torch on a GPU node; the update follows optimi's ``StableAdamW``
-with ``decouple_lr=True``, which ModernBERT's trainer vendors.
+with ``decouple_lr=True``, which ModernBERT's trainer vendors. Parameters may be
+FSDP2's ``DTensor`` shards: the update is elementwise on each shard, and the one
+statistic over a whole tensor (the RMS that clips it) is reduced over all shards.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from mixtures.recipe import TrainingSpec
+from trainer.parallel import full_tensor, shard_like
 
 
 def debiased_beta(beta: float, step: int) -> float:
@@ -32,7 +35,10 @@ class StableAdamW(torch.optim.Optimizer):
 
     ``max_lr`` is the schedule's peak, so weight decay follows the schedule's
     shape but not the value of the peak. State per tensor: ``exp_avg``,
-    ``exp_avg_sq`` (fp32, like the parameters) and the integer ``step``.
+    ``exp_avg_sq`` (fp32, like the parameters; ``DTensor`` shards like them under
+    FSDP2) and the integer ``step``. The mean in ``lr_t`` is over the whole tensor:
+    on a ``DTensor`` the sum is a partial one per shard, all-reduced by
+    ``full_tensor``, so a sharded run clips exactly as one process does.
     """
 
     SLOTS = ("exp_avg", "exp_avg_sq")  # the tensors of each parameter's state, as checkpoints name them
@@ -80,7 +86,8 @@ class StableAdamW(torch.optim.Optimizer):
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.lerp_(grad, 1 - b1)
                 exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                rms = (grad.square() / exp_avg_sq.clamp(min=eps * eps)).mean().sqrt()
+                ratio = full_tensor((grad.square() / exp_avg_sq.clamp(min=eps * eps)).sum())
+                rms = (ratio / p.numel()).sqrt()  # numel: the whole tensor's, also for a DTensor
                 lr_t = group["lr"] / rms.clamp(min=1.0)  # a tensor: no host sync on the GPU
                 if decay:
                     p.mul_(1 - lr_t / max_lr * decay)
@@ -111,16 +118,20 @@ def named_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """The optimizer's per-parameter state flattened to names, as checkpoints store it.
 
-    Returns ``{"<parameter>.<slot>": tensor}`` (on the CPU, contiguous) and each
-    parameter's integer ``step``; parameters without state yet are left out.
+    Returns ``{"<parameter>.<slot>": tensor}`` (whole, on the CPU, contiguous) and
+    each parameter's integer ``step``; parameters without state yet are left out.
     Like torchtitan's flat optimizer state dict, keyed by parameter name rather
     than position, so a checkpoint does not depend on the order of param groups.
+    Sharded moments are gathered in the order of ``names``, the same on every rank,
+    so under FSDP2 every rank calls this together.
     """
     tensors, steps = {}, {}
-    for parameter, state in optimizer.state.items():
-        name = names[parameter]
+    for parameter, name in names.items():
+        state = optimizer.state.get(parameter)
+        if not state:
+            continue
         for slot in optimizer.SLOTS:
-            tensors[f"{name}.{slot}"] = state[slot].detach().contiguous().cpu()
+            tensors[f"{name}.{slot}"] = full_tensor(state[slot].detach()).contiguous().cpu()
         steps[name] = state["step"]
     return tensors, steps
 
@@ -131,11 +142,12 @@ def load_named_state(
     tensors: dict[str, torch.Tensor],
     steps: dict[str, int],
 ) -> None:
-    """Restore what :func:`named_state` gave, onto each parameter's device; KeyError names what is missing."""
+    """Restore what :func:`named_state` gave, laid out as each parameter (its device, its shard);
+    KeyError names what is missing."""
     for parameter, name in names.items():
         if name not in steps:
             raise KeyError(f"no optimizer state for {name}")
         optimizer.state[parameter] = {
             "step": int(steps[name]),
-            **{slot: tensors[f"{name}.{slot}"].to(parameter.device) for slot in optimizer.SLOTS},
+            **{slot: shard_like(tensors[f"{name}.{slot}"], parameter) for slot in optimizer.SLOTS},
         }

@@ -33,6 +33,11 @@ class RunOptions:
     attn_backend: str = flag("Attention backend: auto | flash | flex | sdpa | dense.", "auto", result=True)
     compile: bool = flag("torch.compile the model (fixed batch shapes).", False, result=True)
     precision: str | None = flag("fp32 | bf16 (default: bf16 on a GPU, fp32 on the CPU).", result=True)
+    parallel: str = flag(
+        "Under torchrun: ddp (a whole model per process) | fsdp (FSDP2: weights, gradients and "
+        "optimizer state sharded over the processes). Checkpoints are the same either way.",
+        "ddp",
+    )
     init: str | None = flag(
         "Start from a model: a run directory or checkpoint of the previous phase, a model directory, "
         "or a transformers ModernBERT directory."

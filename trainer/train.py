@@ -4,7 +4,7 @@ The loop composes the trainer's parts: ``config`` (what to run), ``data`` (steps
 of packed, masked micro-batches, prepared on a background thread), ``optim`` and
 ``schedule`` (StableAdamW at the schedule's learning rate), ``checkpoint`` (the
 run's lock, where the run starts, when and how it is saved: atomic, exact),
-``distributed`` (DDP) and ``metrics``.
+``distributed`` (the processes), ``parallel`` (DDP or FSDP2) and ``metrics``.
 
 Exact resume rests on three facts: the loader's state fixes every later batch,
 the learning rate is a function of tokens seen, and every random draw (masks,
@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,12 @@ from mixtures.manifest import Manifest
 from trainer.checkpoint import Checkpointer, RunLock, Start, TrainState, find_start
 from trainer.config import TrainConfig, for_device, tokenizer_record
 from trainer.data import MixtureData, MixtureLoader, Prefetcher, StepBatch
-from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, main_first, wrap
+from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, main_first
 from trainer.masking import Masking
 from trainer.metrics import Meter, cannot_write, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModernBertMLM
 from trainer.optim import make_optimizer
+from trainer.parallel import gradient_sync, parallelize
 from trainer.plot import plot_runs
 from trainer.schedule import batch_size_at, describe_step, lr_at, micro_batch_sizes
 
@@ -115,6 +116,10 @@ def _train(
     # ---- the parts: model, optimizer, data, and where they start ---------------------------------------
     torch.manual_seed(config.seed)
     model = ModernBertMLM(start.shape, attn_backend=config.attn_backend).to(dist.device)
+    if config.compile:  # layer by layer, as torchtitan does: small graphs, the same for every layer kind
+        for layer in model.model.layers:
+            layer.compile()
+    parallel = parallelize(model, dist, config.parallel)  # before the optimizer: FSDP2 swaps the parameters
     optimizer, state = make_optimizer(model, training), TrainState()
     loader = make_loader(config, manifest, tokenizer, dist)
     checkpointer = Checkpointer(
@@ -128,11 +133,8 @@ def _train(
     meter.resume_at(state.step)  # the steps up to the start, none for a new run
     for line in _banner(config, manifest, model, loader, dist):
         say(line)
-    if config.compile:  # layer by layer, as torchtitan does: small graphs, the same for every layer kind
-        for layer in model.model.layers:
-            layer.compile()
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    train_step = TrainStep(wrap(model, dist), optimizer, dist, autocast, config.seed, crash_hook())
+    train_step = TrainStep(parallel, optimizer, dist, autocast, config.seed, crash_hook())
 
     # ---- the loop ----------------------------------------------------------------------------------------
     model.train()
@@ -169,10 +171,10 @@ class TrainStep:
     mask rate of the global batch.
 
     Each micro-batch's loss is weighted by its share of the global batch's predictions
-    (times the number of ranks, since DDP averages), so the gradient is that of the
-    mean loss over every masked token of the step, however the batch is split.
-    ``model`` is the DDP-wrapped model under several processes: gradients are then
-    synchronised once, at the last micro-step. ``after_micro_step(step, micro)``,
+    (times the number of ranks, since DDP and FSDP2 average), so the gradient is that
+    of the mean loss over every masked token of the step, however the batch is split.
+    ``model`` is the DDP-wrapped or FSDP2-sharded model under several processes:
+    gradients are then reduced once, at the last micro-step. ``after_micro_step(step, micro)``,
     if set, is called after each micro-step (the crash tests' hook).
     """
 
@@ -197,7 +199,7 @@ class TrainStep:
             micro = micro.to(dist.device)
             where = index * dist.world_size + dist.rank  # the micro-batch's index in the global batch
             torch.manual_seed(_seed(self.seed, DROPOUT_STREAM, batch.step, where))
-            with model.no_sync() if index < len(mine) - 1 and dist.world_size > 1 else nullcontext():
+            with gradient_sync(model, sync=index == len(mine) - 1):
                 with self.autocast:
                     out = model(micro.input_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
                 (out.loss * (micro.predictions * dist.world_size / max(predictions, 1.0))).backward()
@@ -266,8 +268,8 @@ def _banner(
         f"{config.tokens:,} tokens to train; "
         f"{describe_step(*full)}; "
         f"model {config.model or 'from --init'} ({model.num_parameters() / 1e6:.2f}M parameters, "
-        f"vocab {model.config.vocab_size}); {dist.world_size} process(es) on {dist.device.type}, "
-        f"{config.precision}"
+        f"vocab {model.config.vocab_size}); {dist.world_size} process(es)"
+        f"{f' ({config.parallel})' if dist.world_size > 1 else ''} on {dist.device.type}, {config.precision}"
     ]
     planned = manifest.sampling.tokens
     if config.tokens > planned:
