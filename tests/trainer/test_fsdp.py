@@ -12,7 +12,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from tests.trainer.test_train import assert_bitwise_equal, fails, metrics, run, tiny, train, weights
+from tests.trainer.runs import assert_bitwise_equal, fails, metrics, run, tiny, train, weights
 from trainer.checkpoint import checkpoint_dirs, read_state, snapshot
 from trainer.distributed import Dist
 from trainer.model import ModelConfig, ModernBertMLM
