@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.train import app
+from tests.trainer.runs import ROOT, assert_bitwise_equal, metrics, run
 from trainer.submit import SCRIPT_NAME, SubmitError, SubmitOptions, job_id, sbatch_script
 
 runner = CliRunner()
@@ -137,3 +140,59 @@ def test_options_are_checked_and_cpu_jobs_run_one_rank_per_node(tmp_path):
     script = sbatch_script(SubmitOptions(nodes=3), "decay", tmp_path, ["--manifest", "/m.json"])
     assert "--gpus-per-node" not in script and "--nproc-per-node=1 " in script
     assert os.fspath(tmp_path) in script
+
+
+def _job_states(job: str) -> list[str]:
+    """The states squeue lists for a job (empty once it has left the queue)."""
+    done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return done.stdout.split() if done.returncode == 0 else []
+
+
+def _wait_until(condition, timeout_s: float = 300, what: str = "the job") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: still waiting after {timeout_s} s"
+        time.sleep(0.5)
+
+
+def _submit(args: list[str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.train", *args], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.split()[2].rstrip(":")  # "submitted job N: ..."
+
+
+@pytest.mark.slurm
+def test_a_submitted_two_rank_job_requeues_at_its_warning_and_resumes_after_scancel_exactly(
+    cluster, sample_manifests, tmp_path
+):
+    """On the local cluster: torchrun with 2 ranks in one job. The time-limit warning (sent by hand,
+    as Slurm would) checkpoints and requeues the job, which resumes; a job cancelled mid-run is
+    submitted again and resumes. Both end bit for bit where an uninterrupted 2-rank run ends."""
+    flags = ["--save-every", "20k", "--model", "tiny", "--lr", "3e-3", "--micro-batch-tokens", "4096"]
+    flags += ["--batch-size", "16", "--tokens", "300k"]
+    manifest = str(sample_manifests["pretrain"])
+    reference = tmp_path / "reference"
+    assert run(["--manifest", manifest, "-o", str(reference), *flags], processes=2).returncode == 0
+    job_flags = ["--procs-per-node", "2", "--cpus-per-task", "2", "--warning", "60"]
+
+    warned = tmp_path / "warned"
+    job = _submit(["submit", "--manifest", manifest, "-o", str(warned), *job_flags, *flags])
+    _wait_until(lambda: (warned / "metrics.jsonl").exists() and len(metrics(warned)) >= 2, what=f"job {job}")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the warning, early
+    _wait_until(lambda: not _job_states(job), timeout_s=600, what=f"job {job}")
+    log = (warned / f"slurm-{job}.out").read_text()
+    assert "requeueing job" in log and "resuming" in log and "done:" in log, log[-3000:]
+    assert_bitwise_equal(reference, warned)
+
+    cancelled = tmp_path / "cancelled"
+    job = _submit(["submit", "--manifest", manifest, "-o", str(cancelled), *job_flags, *flags])
+    _wait_until(lambda: (cancelled / "metrics.jsonl").exists() and len(metrics(cancelled)) >= 2)
+    subprocess.run(["scancel", job], check=True)
+    _wait_until(lambda: not _job_states(job), what=f"job {job}")
+    assert "done:" not in (cancelled / f"slurm-{job}.out").read_text()
+    again = _submit(["submit", "--manifest", manifest, "-o", str(cancelled), *job_flags, *flags])
+    _wait_until(lambda: not _job_states(again), timeout_s=600, what=f"job {again}")
+    assert "done:" in (cancelled / f"slurm-{again}.out").read_text()
+    assert_bitwise_equal(reference, cancelled)

@@ -356,9 +356,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits(sample_manifests, tmp_path):
     again = launch(tiny(sample_manifests["pretrain"], tmp_path / "run", "--resume", tokens="2M"))
     wait_for_steps(again, tmp_path / "run", len(metrics(tmp_path / "run")) + 1)
     again.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    seen = []  # until the first Ctrl-C is handled: two sent at once may arrive as one signal
+    while not seen or "stopping after this step" not in seen[-1]:
+        seen.append(again.stdout.readline())
+        assert seen[-1], "".join(seen)  # it must not exit first
     again.send_signal(signal.SIGINT)  # a second Ctrl-C: stop now, without a checkpoint
-    output, _ = again.communicate(timeout=120)
+    output = "".join(seen) + again.communicate(timeout=120)[0]
     assert again.returncode == 128 + signal.SIGINT, output
     last_line = output.strip().splitlines()[-1]
     assert last_line == "error: interrupted; continue from the last checkpoint with --resume"
