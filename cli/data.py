@@ -73,7 +73,7 @@ def _build_options(params: Mapping[str, Any]) -> BuildOptions:
         recipe=load_recipe(params["recipe"]),
         sources=_split(params["sources"]),
         languages=_split(params["languages"]),
-        slurm=from_params(SlurmOptions, params, venv_path=os.environ.get("VIRTUAL_ENV")),
+        slurm=from_params(SlurmOptions, params),
     )
 
 
@@ -101,6 +101,10 @@ def build(
     partition: str = field_option(SlurmOptions, "partition"),
     time: str = field_option(SlurmOptions, "time", "--slurm-time"),
     cpus_per_task: int = field_option(SlurmOptions, "cpus_per_task", min=1),
+    mem_per_cpu_gb: int = field_option(SlurmOptions, "mem_per_cpu_gb", min=1),
+    qos: str = field_option(SlurmOptions, "qos"),
+    account: str = field_option(SlurmOptions, "account"),
+    env: str = field_option(SlurmOptions, "env", "--slurm-env"),
     limit: int = _option("limit"),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
     verbose: bool = _option("verbose"),
