@@ -234,6 +234,47 @@ def stats(
         print_stats(loaded, Console(), top, path if path.is_dir() else path.parent)
 
 
+@app.command()
+def status(
+    run_dir: Path = typer.Argument(
+        ..., help="A build's --output (every phase in it) or one phase, OUTPUT/PHASE."
+    ),
+) -> None:
+    """Per stage, its tasks done, failed, running, pending and unfinished (from OUTPUT/PHASE/_logs, and
+    squeue where it answers), with the last log line of each failed task and how to resubmit."""
+    from pipeline.status import build_status
+
+    phases = build_status(run_dir)
+    if not phases:
+        typer.echo(
+            f"error: {run_dir}: no build here (no _logs); pass a build's --output or OUTPUT/PHASE", err=True
+        )
+        raise typer.Exit(1)
+    header = ("stage", "tasks", "done", "failed", "running", "pending", "unfinished")
+    left = 0
+    for phase_dir, stages in phases.items():
+        typer.echo(
+            f"{phase_dir.name}: {phase_dir}"
+            + ("" if (phase_dir / "stats.json").is_file() else " (no stats.json yet)")
+        )
+        typer.echo(f"  {header[0]:<10}" + "".join(f"{h:>12}" for h in header[1:]))
+        for stage in stages:
+            figures = (stage.tasks, stage.done, stage.failed, stage.running, stage.pending, stage.unfinished)
+            typer.echo(f"  {stage.name:<10}" + "".join(f"{n:>12}" for n in figures))
+            left += stage.failed + stage.unfinished
+        for stage in stages:
+            for rank, error in stage.errors.items():
+                typer.echo(
+                    f"  {stage.name} task {rank} failed: {error} "
+                    f"(log: _logs/{stage.name}/logs/task_{rank:05d}.log)"
+                )
+    if left:
+        typer.echo(
+            f"{left} task(s) failed or unfinished and not queued: rerun the same `mmbert-data build` command "
+            "to resubmit only those (finished tasks are skipped)"
+        )
+
+
 app.command()(mixture)
 app.command()(validate)
 app.command()(inspect)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 from datatrove.executor import SlurmPipelineExecutor
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+SUBMITTED_JOBS = "slurm_jobs.json"  # in a stage's logging dir: the arrays of its latest submission
 
 
 class SlurmError(ValueError):
@@ -125,6 +127,10 @@ class ChainedSlurmExecutor(SlurmPipelineExecutor):
             self.depends = None
         self.to_run = len(self.get_incomplete_ranks())
         super().launch_job()
+        if self.to_run:  # for `mmbert-data status`: which array element runs which task
+            jobs = {"arrays": self.arrays, "max_array_size": self.max_array_size}
+            with self.logging_dir.open(SUBMITTED_JOBS, "w") as handle:
+                json.dump(jobs, handle)
 
     @property
     def dependency(self) -> str:

@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs, submitted_job_id
 from tests.corpus import build_args, small_hub
+from tests.scenarios.test_bad_input import bad_hub
 
 VENV_BIN = str(Path(sys.executable).parent)
 WAIT_S = 300  # a dedup build of the small hub takes about 40 s on 2 cores
@@ -85,6 +86,13 @@ def _shards(phase_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(phase_dir)): p.read_bytes() for p in sorted(phase_dir.rglob("*.arrow"))}
 
 
+def _status(run_dir: Path, env: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """`mmbert-data status`'s figures per stage (tasks, done, failed, running, pending, unfinished)."""
+    run = _build(["status", str(run_dir)], env)
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("  ")]
+    return {row[0]: tuple(map(int, row[1:])) for row in rows if len(row) == 7 and row[1].isdigit()}
+
+
 def _local_build(hub: Path, out: Path, env: dict[str, str], *extra: str) -> Path:
     _build(build_args(hub, out, *extra), env)
     return out / "pretrain"
@@ -139,6 +147,7 @@ def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     completions = phase_dir / "_logs" / "process" / "completions"
     done = sorted(p.name for p in completions.iterdir())
     assert done == ["00000", "00001"] and not (phase_dir / "stats.json").exists()
+    assert _status(out, env) == {"process": (4, 2, 0, 0, 0, 2), "stats": (1, 0, 0, 0, 0, 1)}
     logs = {p: p.stat().st_mtime_ns for p in (phase_dir / "_logs" / "process" / "logs").iterdir()}
 
     again = _build(args, env)
@@ -147,6 +156,7 @@ def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     _wait(phase_dir)
     assert (phase_dir / "stats.json").is_file()
     assert sorted(p.name for p in completions.iterdir()) == ["00000", "00001", "00002", "00003"]
+    assert _status(phase_dir, env) == {"process": (4, 4, 0, 0, 0, 0), "stats": (1, 1, 0, 0, 0, 0)}
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in logs.items())
     assert _shards(phase_dir) == _shards(local)
 
@@ -160,6 +170,10 @@ def test_rerun_while_jobs_are_queued_is_refused(cluster, tmp_path):
     out = tmp_path / "slurm"
     args = build_args(hub, out, "--no-dedup", "--executor", "slurm", "--workers", "1")
     _build(args, env)
+    queued = _status(out, env)
+    tasks, done, failed, running, pending, unfinished = queued["process"]
+    assert (tasks, failed, unfinished) == (4, 0, 0) and done + running + pending == 4 and pending >= 2
+    assert queued["stats"] == (1, 0, 0, 0, 1, 0)
     again = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
     subprocess.run(["scancel", "--name", ",".join(_names(out / "pretrain"))], check=False)
     _wait(out / "pretrain")
@@ -171,3 +185,28 @@ def test_rerun_while_jobs_are_queued_is_refused(cluster, tmp_path):
 def _names(phase_dir: Path) -> list[str]:
     tag = job_tag(phase_dir)
     return [f"mmbert-pretrain-{stage}-{tag}" for stage in ("process", "stats")]
+
+
+def test_status_of_a_local_build_names_the_failed_task(tmp_path):
+    """Without a queue, `status` reads the logging dirs: the failed task, the last line of its log."""
+    hub = tmp_path / "hub"
+    bad_hub(hub)
+    out = tmp_path / "out"
+    env = _env(tmp_path)
+    args = build_args(hub, out, "--tasks", "2", "--on-error", "fail", "--sources", "fineweb2,dclm,dolmino")
+    failed = subprocess.run(
+        [sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 1
+    figures = _status(out, env)
+    tasks, done, failed_tasks, running, pending, unfinished = figures["process"]
+    assert tasks == 2 and failed_tasks >= 1 and (running, pending) == (0, 0)
+    assert done + failed_tasks + unfinished == 2
+    shown = _build(["status", str(out)], env).stdout
+    (line,) = [line for line in shown.splitlines() if "failed:" in line][:1]
+    assert "process task " in line and "unreadable parquet" in line and "task_0000" in line
+    assert "rerun the same `mmbert-data build` command" in shown
+    missing = subprocess.run(
+        [sys.executable, "-m", "cli.data", "status", str(hub)], env=env, capture_output=True
+    )
+    assert missing.returncode == 1 and b"no build here" in missing.stderr
