@@ -21,6 +21,8 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -413,6 +415,10 @@ class Build:
         """
         self.input_files()
         if self.options.executor == "slurm":
+            if shutil.which("sbatch") is None:
+                raise SlurmError(
+                    "--executor slurm: sbatch is not on PATH; run the build where Slurm is installed"
+                )
             ensure_user()
             queued = queued_jobs(self.job_tag)
             if queued:
@@ -437,7 +443,7 @@ class Build:
             check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
             chain = self.executors(loaded.record())
             if self.options.executor == "slurm":
-                list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
+                _submit(chain)
                 for name, executor in chain.items():
                     if say:
                         say(_submitted(name, executor))
@@ -462,6 +468,20 @@ class Build:
             raise ValueError(
                 f"--output {self.options.output}: cannot write {self.phase_dir} ({err.strerror or err})"
             ) from err
+
+
+def _submit(chain: dict[str, PipelineExecutor]) -> None:
+    """Submit every stage (the last one submits those it depends on first). An sbatch that fails (its
+    message is on stderr already) is one line naming the jobs it had submitted before, still queued."""
+    try:
+        list(chain.values())[-1].run()
+    except subprocess.CalledProcessError as err:
+        before = [job for executor in chain.values() for job in executor.submitted.ids]
+        queued = f"; jobs {', '.join(before)} were submitted before it: scancel them" if before else ""
+        raise SlurmError(
+            f"sbatch failed (exit {err.returncode}, its message is above): check --partition, --qos, "
+            f"--account, --slurm-time and --mem-per-cpu-gb{queued}"
+        ) from None
 
 
 def _submitted(name: str, executor: ChainedSlurmExecutor) -> str:

@@ -210,3 +210,16 @@ def test_status_of_a_local_build_names_the_failed_task(tmp_path):
         [sys.executable, "-m", "cli.data", "status", str(hub)], env=env, capture_output=True
     )
     assert missing.returncode == 1 and b"no build here" in missing.stderr
+
+
+@pytest.mark.slurm
+def test_a_refused_submission_is_one_line(cluster, tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub, docs_per_language=2)
+    env = _env(tmp_path)
+    args = build_args(hub, tmp_path / "out", "--no-dedup", "--executor", "slurm", "--partition", "nowhere")
+    run = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 1
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert "sbatch failed (exit 1" in line and "--partition" in line
+    assert not queued_jobs(job_tag(tmp_path / "out" / "pretrain"))
