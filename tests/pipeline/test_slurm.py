@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs, submitted_job_id
-from tests.corpus import build_args, small_hub
-from tests.scenarios.test_bad_input import bad_hub
+from tests.corpus import FINEWEB2, build_args, small_hub
 
 VENV_BIN = str(Path(sys.executable).parent)
 WAIT_S = 300  # a dedup build of the small hub takes about 40 s on 2 cores
@@ -190,10 +189,12 @@ def _names(phase_dir: Path) -> list[str]:
 def test_status_of_a_local_build_names_the_failed_task(tmp_path):
     """Without a queue, `status` reads the logging dirs: the failed task, the last line of its log."""
     hub = tmp_path / "hub"
-    bad_hub(hub)
+    small_hub(hub)
+    corrupt = hub / FINEWEB2 / "data" / "deu_Latn" / "train" / "000_00000.parquet"
+    corrupt.write_bytes(b"PAR1" + bytes(range(256)) * 2)
     out = tmp_path / "out"
     env = _env(tmp_path)
-    args = build_args(hub, out, "--tasks", "2", "--on-error", "fail", "--sources", "fineweb2,dclm,dolmino")
+    args = build_args(hub, out, "--tasks", "2", "--on-error", "fail", "--sources", "fineweb2")
     failed = subprocess.run(
         [sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True
     )
