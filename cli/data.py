@@ -73,7 +73,7 @@ def _build_options(params: Mapping[str, Any]) -> BuildOptions:
         recipe=load_recipe(params["recipe"]),
         sources=_split(params["sources"]),
         languages=_split(params["languages"]),
-        slurm=from_params(SlurmOptions, params, venv_path=os.environ.get("VIRTUAL_ENV")),
+        slurm=from_params(SlurmOptions, params),
     )
 
 
@@ -101,6 +101,10 @@ def build(
     partition: str = field_option(SlurmOptions, "partition"),
     time: str = field_option(SlurmOptions, "time", "--slurm-time"),
     cpus_per_task: int = field_option(SlurmOptions, "cpus_per_task", min=1),
+    mem_per_cpu_gb: int = field_option(SlurmOptions, "mem_per_cpu_gb", min=1),
+    qos: str = field_option(SlurmOptions, "qos"),
+    account: str = field_option(SlurmOptions, "account"),
+    env: str = field_option(SlurmOptions, "env", "--slurm-env"),
     limit: int = _option("limit"),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
     verbose: bool = _option("verbose"),
@@ -228,6 +232,47 @@ def stats(
         typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
     else:
         print_stats(loaded, Console(), top, path if path.is_dir() else path.parent)
+
+
+@app.command()
+def status(
+    run_dir: Path = typer.Argument(
+        ..., help="A build's --output (every phase in it) or one phase, OUTPUT/PHASE."
+    ),
+) -> None:
+    """Per stage, its tasks done, failed, running, pending and unfinished (from OUTPUT/PHASE/_logs, and
+    squeue where it answers), with the last log line of each failed task and how to resubmit."""
+    from pipeline.status import build_status
+
+    phases = build_status(run_dir)
+    if not phases:
+        typer.echo(
+            f"error: {run_dir}: no build here (no _logs); pass a build's --output or OUTPUT/PHASE", err=True
+        )
+        raise typer.Exit(1)
+    header = ("stage", "tasks", "done", "failed", "running", "pending", "unfinished")
+    left = 0
+    for phase_dir, stages in phases.items():
+        typer.echo(
+            f"{phase_dir.name}: {phase_dir}"
+            + ("" if (phase_dir / "stats.json").is_file() else " (no stats.json yet)")
+        )
+        typer.echo(f"  {header[0]:<10}" + "".join(f"{h:>12}" for h in header[1:]))
+        for stage in stages:
+            figures = (stage.tasks, stage.done, stage.failed, stage.running, stage.pending, stage.unfinished)
+            typer.echo(f"  {stage.name:<10}" + "".join(f"{n:>12}" for n in figures))
+            left += stage.failed + stage.unfinished
+        for stage in stages:
+            for rank, error in stage.errors.items():
+                typer.echo(
+                    f"  {stage.name} task {rank} failed: {error} "
+                    f"(log: _logs/{stage.name}/logs/task_{rank:05d}.log)"
+                )
+    if left:
+        typer.echo(
+            f"{left} task(s) failed or unfinished and not queued: rerun the same `mmbert-data build` command "
+            "to resubmit only those (finished tasks are skipped)"
+        )
 
 
 app.command()(mixture)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor
 from datatrove.executor.base import PipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCluster
@@ -52,6 +54,15 @@ from pipeline.quality import (
     LanguageQualityFilter,
 )
 from pipeline.shards import ArrowShardWriter
+from pipeline.slurm import (
+    ChainedSlurmExecutor,
+    SlurmError,
+    cluster_max_array_size,
+    ensure_user,
+    environment_line,
+    job_tag,
+    queued_jobs,
+)
 from pipeline.sources import SourceReader, resolve_uri
 from pipeline.stats import StatsCompiler
 from pipeline.streams import StreamCounter
@@ -314,6 +325,7 @@ class Build:
     def executors(self, tokenizer: dict) -> dict[str, PipelineExecutor]:
         """One executor per stage, in order, each depending on the one before (local or Slurm)."""
         chain: dict[str, PipelineExecutor] = {}
+        max_array_size = cluster_max_array_size() if self.options.executor == "slurm" else None
         for name, pipeline, tasks in self.stages(tokenizer):
             common = {
                 "tasks": tasks,
@@ -322,21 +334,30 @@ class Build:
             }
             if self.options.executor == "slurm":
                 slurm = self.options.slurm
-                executor = SlurmPipelineExecutor(
+                executor = ChainedSlurmExecutor(
                     pipeline,
                     time=slurm.time,
                     partition=slurm.partition,
                     cpus_per_task=slurm.cpus_per_task,
                     mem_per_cpu_gb=slurm.mem_per_cpu_gb,
-                    job_name=f"mmbert-{self.options.phase}-{name}",
-                    venv_path=slurm.venv_path,
+                    qos=slurm.qos,
+                    sbatch_args={"account": slurm.account} if slurm.account else None,
+                    workers=self.options.workers or -1,
+                    job_name=f"mmbert-{self.options.phase}-{name}-{self.job_tag}",
+                    env_command=environment_line(slurm.env),
+                    max_array_size=max_array_size,
                     **common,
                 )
             else:
                 local = LocalPipelineExecutor if self.options.verbose else QuietLocalExecutor
-                executor = local(pipeline, workers=min(self.options.workers, tasks), **common)
+                executor = local(pipeline, workers=min(self.options.workers or 1, tasks), **common)
             chain[name] = executor
         return chain
+
+    @property
+    def job_tag(self) -> str:
+        """What the Slurm job names of this phase directory end with, to find its jobs in ``squeue``."""
+        return job_tag(self.phase_dir)
 
     def settings(self, tokenizer: dict) -> tuple[dict, dict[str, str]]:
         """What the phase directory's content depends on, and the names of its hashed entries.
@@ -384,7 +405,8 @@ class Build:
         display: StageDisplay | None = None,
         say: Callable[[str], None] | None = None,
     ) -> dict | None:
-        """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit and return None.
+        """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit the stages
+        not done before (``say`` gets one line per stage: its job ids and tasks) and return None.
 
         ``display`` follows each local stage's finished tasks (``pipeline.progress``); ``say`` gets
         notes (a lock taken over).
@@ -392,6 +414,18 @@ class Build:
         or it was built with other settings (unless ``overwrite``).
         """
         self.input_files()
+        if self.options.executor == "slurm":
+            if shutil.which("sbatch") is None:
+                raise SlurmError(
+                    "--executor slurm: sbatch is not on PATH; run the build where Slurm is installed"
+                )
+            ensure_user()
+            queued = queued_jobs(self.job_tag)
+            if queued:
+                raise SlurmError(
+                    f"{self.phase_dir}: jobs {', '.join(queued)} of this build are still queued; "
+                    "wait for them (squeue) or scancel them, then rerun"
+                )
         hub_glotlid = self.lid == "glotlid" and self.options.lid_model is None and not glotlid_is_cached()
         if hub_glotlid and self.hub_unreachable:
             raise hub_unavailable(
@@ -409,7 +443,10 @@ class Build:
             check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
             chain = self.executors(loaded.record())
             if self.options.executor == "slurm":
-                list(chain.values())[-1].run()  # submits the whole chain of dependent jobs
+                _submit(chain)
+                for name, executor in chain.items():
+                    if say:
+                        say(_submitted(name, executor))
             else:
                 for name, executor in chain.items():
                     with watched(executor, name, display):
@@ -431,6 +468,31 @@ class Build:
             raise ValueError(
                 f"--output {self.options.output}: cannot write {self.phase_dir} ({err.strerror or err})"
             ) from err
+
+
+def _submit(chain: dict[str, PipelineExecutor]) -> None:
+    """Submit every stage (the last one submits those it depends on first). An sbatch that fails (its
+    message is on stderr already) is one line naming the jobs it had submitted before, still queued."""
+    try:
+        list(chain.values())[-1].run()
+    except subprocess.CalledProcessError as err:
+        before = [job for executor in chain.values() for job in executor.submitted.ids]
+        queued = f"; jobs {', '.join(before)} were submitted before it: scancel them" if before else ""
+        raise SlurmError(
+            f"sbatch failed (exit {err.returncode}, its message is above): check --partition, --qos, "
+            f"--account, --slurm-time and --mem-per-cpu-gb{queued}"
+        ) from None
+
+
+def _submitted(name: str, executor: ChainedSlurmExecutor) -> str:
+    """``stage write: 2 of 4 tasks submitted as job 17 (2 done before)``, or that it was done before."""
+    tasks, to_run = executor.tasks, executor.to_run or 0
+    if not to_run:
+        return f"stage {name}: done before ({tasks} task{'s' if tasks != 1 else ''})"
+    arrays = executor.arrays
+    jobs = f"job{'s' if len(arrays) != 1 else ''} {', '.join(arrays)}"
+    before = f" ({tasks - to_run} done before)" if to_run < tasks else ""
+    return f"stage {name}: {to_run} of {tasks} task{'s' if tasks != 1 else ''} submitted as {jobs}{before}"
 
 
 def _resolved(path: str | None) -> str | None:

@@ -38,8 +38,14 @@ class SlurmOptions:
     partition: str = flag("Slurm partition.", "cpu")
     time: str = flag("Slurm time limit per task.", "24:00:00")
     cpus_per_task: int = flag("Slurm CPUs per task.", 1)
-    mem_per_cpu_gb: int = 2
-    venv_path: str | None = None
+    mem_per_cpu_gb: int = flag("Slurm memory per CPU, in GB.", 2)
+    qos: str | None = flag("Slurm QoS of the jobs (default: the cluster's).", None)
+    account: str | None = flag("Slurm account the jobs are charged to (default: the cluster's).", None)
+    env: str | None = flag(
+        "Shell line each job runs first to enter the Python environment, e.g. 'source ENV/bin/activate' "
+        "or 'conda activate ENV' (default: activate the one running this command).",
+        None,
+    )
 
 
 @dataclass
@@ -73,7 +79,10 @@ class BuildOptions:
     on_error: str = flag("Bad input: stop naming the file/line, or skip and report it.", "fail")
     limit: int = flag("Read at most this many documents per source per task (-1: all).", -1)
     tasks: int = flag("Number of tasks the input is split into (the unit of resume).", 4)
-    workers: int = flag("Local tasks run at the same time.", 1)
+    workers: int | None = flag(
+        "At the same time: local processes (default 1), or the Slurm arrays' % limit (default: none).",
+        None,
+    )
     verbose: bool = flag(
         "Copy every task's log and tracebacks to the console (always in OUTPUT/PHASE/_logs).", False
     )

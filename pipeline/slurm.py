@@ -1,0 +1,146 @@
+"""Submitting a build's stages to Slurm: datatrove's executor with the fixes a real cluster needs.
+
+``ChainedSlurmExecutor`` is datatrove's ``SlurmPipelineExecutor`` with four changes:
+
+- the job id is read from ``Submitted batch job N`` wherever it is in sbatch's answer, so a
+  multi-cluster site's ``Submitted batch job N on cluster C`` works (datatrove#265 takes the last word);
+- a stage with more tasks than the cluster's ``MaxArraySize`` is split into several arrays
+  (datatrove does that), and the next stage depends on every one of them, not on the last only;
+  every job is submitted with ``--kill-on-invalid-dep=yes``, so a job whose dependency failed or
+  was cancelled ends instead of pending forever (datatrove#238);
+- it records what it submitted (job ids, tasks to run), so the command can say how many tasks a
+  rerun resubmits: datatrove skips the tasks whose completion file exists;
+- the jobs start with a line that enters the Python environment running the command (the
+  project's), unless told another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from datatrove.executor import SlurmPipelineExecutor
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+SUBMITTED_JOBS = "slurm_jobs.json"  # in a stage's logging dir: the arrays of its latest submission
+
+
+class SlurmError(ValueError):
+    """Slurm cannot be used as asked (no sbatch, an answer that is not understood)."""
+
+
+def submitted_job_id(output: str) -> str:
+    """The job id in sbatch's answer: ``Submitted batch job N``, with or without `` on cluster C``."""
+    found = re.search(r"Submitted batch job (\d+)", output)
+    if not found:
+        raise SlurmError(f"sbatch answered {output.strip()!r}: no 'Submitted batch job N' in it")
+    return found.group(1)
+
+
+class JobIds:
+    """The job id retriever datatrove calls after each sbatch: parses the id and keeps every one.
+
+    An instance, not a function, so it travels inside the pickled executor like datatrove's default.
+    """
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def __call__(self, output: str) -> str:
+        job_id = submitted_job_id(output)
+        self.ids.append(job_id)
+        return job_id
+
+
+def cluster_max_array_size() -> int:
+    """The cluster's ``MaxArraySize`` (``scontrol show config``); Slurm's default if it cannot be read."""
+    try:
+        config = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_MAX_ARRAY_SIZE
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", config, re.MULTILINE)
+    return int(found.group(1)) if found else DEFAULT_MAX_ARRAY_SIZE
+
+
+def environment_line(env: str | None) -> str:
+    """The shell line every job runs first: ``env`` as given, else one that puts the Python
+    environment running this command first on PATH (its ``activate`` for a venv), so the jobs
+    import the same packages whatever PATH the submitting shell had."""
+    if env:
+        return env
+    prefix = Path(sys.prefix)
+    activate = prefix / "bin" / "activate"
+    if activate.is_file():
+        return f"source {activate}"
+    return f'export PATH="{Path(sys.executable).parent}:$PATH"'
+
+
+def ensure_user() -> None:
+    """Set ``USER`` when it is empty (containers): datatrove's ``squeue -u $USER`` fails without it,
+    and the jobs, started with the submitter's environment, inherit it."""
+    if not os.environ.get("USER"):
+        os.environ["USER"] = pwd.getpwuid(os.getuid()).pw_name
+
+
+def job_tag(phase_dir: Path) -> str:
+    """What the job names of a phase directory's build end with: its jobs are found in ``squeue`` by it."""
+    return hashlib.sha256(str(Path(phase_dir).resolve()).encode()).hexdigest()[:8]
+
+
+def queued_jobs(name_suffix: str) -> list[str]:
+    """Ids of the queued or running jobs whose name ends with ``name_suffix`` (empty without squeue)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = (line.split(maxsplit=1) for line in listed.splitlines())
+    return [job for job, name in rows if name.endswith(name_suffix)]
+
+
+class ChainedSlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's Slurm executor, depending on every array of the stage before; records what it submitted."""
+
+    def __init__(self, *args, **kwargs):
+        self.submitted = JobIds()
+        kwargs.setdefault("job_id_retriever", self.submitted)
+        sbatch_args = {"kill-on-invalid-dep": "yes", **(kwargs.pop("sbatch_args", None) or {})}
+        super().__init__(*args, sbatch_args=sbatch_args, **kwargs)
+        self.to_run: int | None = None  # tasks submitted, once launched (0: all done before)
+        self.depends_on: list[str] = []
+
+    def launch_job(self) -> None:
+        depends = self.depends
+        if isinstance(depends, ChainedSlurmExecutor):
+            if depends.to_run is None:
+                depends.launch_job()
+            self.depends_on = list(depends.submitted.ids)  # every array and the merge_stats job
+            self.depends = None
+        self.to_run = len(self.get_incomplete_ranks())
+        super().launch_job()
+        if self.to_run:  # for `mmbert-data status`: which array element runs which task
+            jobs = {"arrays": self.arrays, "max_array_size": self.max_array_size}
+            with self.logging_dir.open(SUBMITTED_JOBS, "w") as handle:
+                json.dump(jobs, handle)
+
+    @property
+    def dependency(self) -> str:
+        """All arrays of the stage before must succeed; arrays of one stage run one after another."""
+        parts = [f"afterok:{':'.join(self.depends_on)}"] if self.depends_on else []
+        if self.job_id and self.job_id != -1 and not self.max_array_launch_parallel:
+            parts.append(f"afterany:{self.job_id}")
+        return ",".join(parts)
+
+    @property
+    def arrays(self) -> list[str]:
+        """The ids of this stage's array jobs (without its merge_stats job)."""
+        return self.submitted.ids[:-1]

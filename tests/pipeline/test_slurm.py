@@ -1,0 +1,226 @@
+"""`mmbert-data build --executor slurm` on a real cluster (`.ci/slurm.sh start`; CI starts one).
+
+The tests marked ``slurm`` skip where no cluster answers ``sinfo``, and fail instead under
+``MMBERT_REQUIRE_SLURM=1`` (``.ci/run`` sets it, so a skipped Slurm test cannot pass CI). The
+cluster has no accounting (no ``sacct``): the tests poll ``squeue`` for the build's jobs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs, submitted_job_id
+from tests.corpus import FINEWEB2, build_args, small_hub
+
+VENV_BIN = str(Path(sys.executable).parent)
+WAIT_S = 300  # a dedup build of the small hub takes about 40 s on 2 cores
+
+
+def _cluster_or_skip() -> None:
+    """Skip (fail under MMBERT_REQUIRE_SLURM=1) unless a Slurm cluster answers ``sinfo``."""
+    reason = None
+    if shutil.which("sinfo") is None:
+        reason = "no Slurm here (sinfo not found)"
+    else:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=60)
+        if answer.returncode != 0 or "up" not in answer.stdout:
+            reason = f"no Slurm cluster answers sinfo ({(answer.stderr or answer.stdout).strip()[:120]})"
+    if reason is None:
+        return
+    reason += "; start one with `.ci/slurm.sh start`"
+    if os.environ.get("MMBERT_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{reason} (MMBERT_REQUIRE_SLURM=1 makes this a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def cluster() -> None:
+    _cluster_or_skip()
+
+
+@pytest.fixture
+def multi_cluster_sbatch(tmp_path) -> str:
+    """A directory whose ``sbatch`` answers as a multi-cluster site does (datatrove#265)."""
+    real = shutil.which("sbatch")
+    wrapper = tmp_path / "bin" / "sbatch"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nout=$({real} "$@") || exit $?\necho "$out on cluster local"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper.parent)
+
+
+def _env(tmp_path: Path, *first_on_path: str) -> dict[str, str]:
+    """The build's environment: USER empty (as in a container) and PATH without this venv, so the jobs
+    find the project's python only through the line the build gives them."""
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p != VENV_BIN]
+    env = {**os.environ, "MMBERT_DATA_CACHE": str(tmp_path / "cache"), "USER": ""}
+    env["PATH"] = os.pathsep.join([*first_on_path, *path])
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def _build(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    run = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run
+
+
+def _wait(phase_dir: Path) -> None:
+    """Until none of the phase's jobs is queued or running."""
+    deadline = time.monotonic() + WAIT_S
+    while queued := queued_jobs(job_tag(phase_dir)):
+        assert time.monotonic() < deadline, f"jobs {', '.join(queued)} still queued after {WAIT_S} s"
+        time.sleep(1)
+
+
+def _shards(phase_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(phase_dir)): p.read_bytes() for p in sorted(phase_dir.rglob("*.arrow"))}
+
+
+def _status(run_dir: Path, env: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """`mmbert-data status`'s figures per stage (tasks, done, failed, running, pending, unfinished)."""
+    run = _build(["status", str(run_dir)], env)
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("  ")]
+    return {row[0]: tuple(map(int, row[1:])) for row in rows if len(row) == 7 and row[1].isdigit()}
+
+
+def _local_build(hub: Path, out: Path, env: dict[str, str], *extra: str) -> Path:
+    _build(build_args(hub, out, *extra), env)
+    return out / "pretrain"
+
+
+def test_job_id_of_a_multi_cluster_answer():
+    assert submitted_job_id("Submitted batch job 42\n") == "42"
+    assert submitted_job_id("Submitted batch job 42 on cluster c2\n") == "42"
+    with pytest.raises(ValueError, match="no 'Submitted batch job N'"):
+        submitted_job_id("sbatch: error: Batch job submission failed")
+
+
+@pytest.mark.slurm
+def test_slurm_build_with_dedup_equals_the_local_build(cluster, tmp_path, multi_cluster_sbatch):
+    """The chained stages (process, buckets, clusters, write, stats) submitted through an sbatch that
+    answers `... on cluster C`, run with the project's python though PATH lacks it, end in the shards
+    a local build writes. Where the cluster's MaxArraySize is below the 14 MinHash buckets (CI:
+    SLURM_MAX_ARRAY_SIZE=8), the buckets stage is split over several arrays and still finishes."""
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    env = _env(tmp_path, multi_cluster_sbatch)
+    local = _local_build(hub, tmp_path / "local", env, "--dedup")
+    out = tmp_path / "slurm"
+    run = _build(build_args(hub, out, "--dedup", "--executor", "slurm"), env)
+    phase_dir = out / "pretrain"
+    assert "stage process: 4 of 4 tasks submitted as job " in run.stderr
+    buckets = re.search(r"stage buckets: 14 of 14 tasks submitted as jobs? ([\d, ]+)\n", run.stderr)
+    assert buckets, run.stderr
+    if cluster_max_array_size() < 14:
+        assert len(buckets.group(1).split(", ")) == -(-14 // cluster_max_array_size())
+    _wait(phase_dir)
+    assert (phase_dir / "stats.json").is_file(), sorted(p.name for p in phase_dir.iterdir())
+    shards = _shards(phase_dir)
+    assert shards and shards == _shards(local)
+
+
+@pytest.mark.slurm
+def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
+    """Tasks cancelled before they ran are the only ones a rerun submits; the finished ones are not run
+    again (their logs are untouched) and the shards equal the local build's."""
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    env = _env(tmp_path)
+    local = _local_build(hub, tmp_path / "local", env, "--no-dedup")
+    out = tmp_path / "slurm"
+    args = build_args(hub, out, "--no-dedup", "--executor", "slurm", "--workers", "1")
+    first = _build(args, env)
+    (job,) = re.findall(r"stage process: 4 of 4 tasks submitted as job (\d+)", first.stderr)
+    subprocess.run(["scancel", f"{job}_[2-3]"], check=True)  # `--workers 1`: tasks 2, 3 wait their turn
+    phase_dir = out / "pretrain"
+    _wait(phase_dir)  # the stats job, left without its dependency, is cancelled too
+    completions = phase_dir / "_logs" / "process" / "completions"
+    done = sorted(p.name for p in completions.iterdir())
+    assert done == ["00000", "00001"] and not (phase_dir / "stats.json").exists()
+    assert _status(out, env) == {"process": (4, 2, 0, 0, 0, 2), "stats": (1, 0, 0, 0, 0, 1)}
+    logs = {p: p.stat().st_mtime_ns for p in (phase_dir / "_logs" / "process" / "logs").iterdir()}
+
+    again = _build(args, env)
+    assert "stage process: 2 of 4 tasks submitted as job " in again.stderr
+    assert "(2 done before)" in again.stderr
+    _wait(phase_dir)
+    assert (phase_dir / "stats.json").is_file()
+    assert sorted(p.name for p in completions.iterdir()) == ["00000", "00001", "00002", "00003"]
+    assert _status(phase_dir, env) == {"process": (4, 4, 0, 0, 0, 0), "stats": (1, 1, 0, 0, 0, 0)}
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in logs.items())
+    assert _shards(phase_dir) == _shards(local)
+
+
+@pytest.mark.slurm
+def test_rerun_while_jobs_are_queued_is_refused(cluster, tmp_path):
+    """Submitting a build again while its jobs still run would run its tasks twice: one line says so."""
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    env = _env(tmp_path)
+    out = tmp_path / "slurm"
+    args = build_args(hub, out, "--no-dedup", "--executor", "slurm", "--workers", "1")
+    _build(args, env)
+    queued = _status(out, env)
+    tasks, done, failed, running, pending, unfinished = queued["process"]
+    assert (tasks, failed, unfinished) == (4, 0, 0) and done + running + pending == 4 and pending >= 2
+    assert queued["stats"] == (1, 0, 0, 0, 1, 0)
+    again = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
+    subprocess.run(["scancel", "--name", ",".join(_names(out / "pretrain"))], check=False)
+    _wait(out / "pretrain")
+    assert again.returncode == 1
+    (line,) = again.stderr.strip().splitlines()
+    assert "of this build are still queued" in line and "scancel" in line
+
+
+def _names(phase_dir: Path) -> list[str]:
+    tag = job_tag(phase_dir)
+    return [f"mmbert-pretrain-{stage}-{tag}" for stage in ("process", "stats")]
+
+
+def test_status_of_a_local_build_names_the_failed_task(tmp_path):
+    """Without a queue, `status` reads the logging dirs: the failed task, the last line of its log."""
+    hub = tmp_path / "hub"
+    small_hub(hub)
+    corrupt = hub / FINEWEB2 / "data" / "deu_Latn" / "train" / "000_00000.parquet"
+    corrupt.write_bytes(b"PAR1" + bytes(range(256)) * 2)
+    out = tmp_path / "out"
+    env = _env(tmp_path)
+    args = build_args(hub, out, "--tasks", "2", "--on-error", "fail", "--sources", "fineweb2")
+    failed = subprocess.run(
+        [sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 1
+    figures = _status(out, env)
+    tasks, done, failed_tasks, running, pending, unfinished = figures["process"]
+    assert tasks == 2 and failed_tasks >= 1 and (running, pending) == (0, 0)
+    assert done + failed_tasks + unfinished == 2
+    shown = _build(["status", str(out)], env).stdout
+    (line,) = [line for line in shown.splitlines() if "failed:" in line][:1]
+    assert "process task " in line and "unreadable parquet" in line and "task_0000" in line
+    assert "rerun the same `mmbert-data build` command" in shown
+    missing = subprocess.run(
+        [sys.executable, "-m", "cli.data", "status", str(hub)], env=env, capture_output=True
+    )
+    assert missing.returncode == 1 and b"no build here" in missing.stderr
+
+
+@pytest.mark.slurm
+def test_a_refused_submission_is_one_line(cluster, tmp_path):
+    hub = tmp_path / "hub"
+    small_hub(hub, docs_per_language=2)
+    env = _env(tmp_path)
+    args = build_args(hub, tmp_path / "out", "--no-dedup", "--executor", "slurm", "--partition", "nowhere")
+    run = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 1
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert "sbatch failed (exit 1" in line and "--partition" in line
+    assert not queued_jobs(job_tag(tmp_path / "out" / "pretrain"))
