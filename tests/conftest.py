@@ -7,6 +7,9 @@ the trainer's dependencies) are collected on a machine without datatrove.
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -161,3 +164,25 @@ def write_synthetic_phase(
     path = root / "manifests" / f"{phase}.json"
     write_manifest(manifest, path)
     return path
+
+
+def _cluster_or_skip() -> None:
+    """Skip (fail under MMBERT_REQUIRE_SLURM=1) unless a Slurm cluster answers ``sinfo``."""
+    reason = None
+    if shutil.which("sinfo") is None:
+        reason = "no Slurm here (sinfo not found)"
+    else:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=60)
+        if answer.returncode != 0 or "up" not in answer.stdout:
+            reason = f"no Slurm cluster answers sinfo ({(answer.stderr or answer.stdout).strip()[:120]})"
+    if reason is None:
+        return
+    reason += "; start one with `.ci/slurm.sh start`"
+    if os.environ.get("MMBERT_REQUIRE_SLURM") == "1":
+        pytest.fail(f"{reason} (MMBERT_REQUIRE_SLURM=1 makes this a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def cluster() -> None:
+    _cluster_or_skip()

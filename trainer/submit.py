@@ -7,8 +7,9 @@ jobs on one node never share one), and trains with ``--resume``:
 
 - Slurm sends the batch shell ``SIGUSR1`` ``warning`` seconds before the time limit
   (``--signal=B:USR1@N``); the shell passes it to the job's steps (``scancel --signal``),
-  torchrun's agent passes it to its workers (``TORCHELASTIC_SIGNALS_TO_HANDLE``), and the
-  trainer finishes its step, checkpoints and exits. The shell then requeues the job
+  torchrun's agent passes it to its workers (``--signals-to-handle``; without it USR1 ends
+  the agent, and its workers with it, unsaved), and the trainer finishes its step,
+  checkpoints and exits. torchrun gives its workers 30 s before it kills them. The shell then requeues the job
   (``scontrol requeue``, at most ``max_requeues`` times: ``SLURM_RESTART_COUNT``), and the
   requeued job resumes from that checkpoint.
 - A job preempted by the scheduler gets SIGTERM everywhere, which the trainer treats the
@@ -40,7 +41,6 @@ _SUBMITTED = re.compile(r"^Submitted batch job (\d+)(?: on cluster (\S+))?\s*$",
 # After the #SBATCH lines; @NAMES@ are filled in by sbatch_script.
 _BODY = """set -u
 @ENV@
-export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
 warned=0
 # the time limit is near: every rank checkpoints after its step and exits; the job is requeued below
 trap 'warned=1; echo "time limit in sight: checkpointing"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
@@ -126,7 +126,8 @@ def sbatch_script(options: SubmitOptions, phase: str, run: Path, train_args: Seq
     train = shlex.join(["mmbert-train", *train_args, "--output", str(run), "--resume"])
     torchrun = (
         f'torchrun --nnodes="$SLURM_NNODES" --nproc-per-node={options.ranks_per_node} '
-        '--rdzv-backend=c10d --rdzv-endpoint="$head:$port" --rdzv-id="$SLURM_JOB_ID" --no-python'
+        '--rdzv-backend=c10d --rdzv-endpoint="$head:$port" --rdzv-id="$SLURM_JOB_ID" '
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --no-python"
     )
     header = [
         "#!/bin/bash",

@@ -24,28 +24,6 @@ VENV_BIN = str(Path(sys.executable).parent)
 WAIT_S = 300  # a dedup build of the small hub takes about 40 s on 2 cores
 
 
-def _cluster_or_skip() -> None:
-    """Skip (fail under MMBERT_REQUIRE_SLURM=1) unless a Slurm cluster answers ``sinfo``."""
-    reason = None
-    if shutil.which("sinfo") is None:
-        reason = "no Slurm here (sinfo not found)"
-    else:
-        answer = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=60)
-        if answer.returncode != 0 or "up" not in answer.stdout:
-            reason = f"no Slurm cluster answers sinfo ({(answer.stderr or answer.stdout).strip()[:120]})"
-    if reason is None:
-        return
-    reason += "; start one with `.ci/slurm.sh start`"
-    if os.environ.get("MMBERT_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{reason} (MMBERT_REQUIRE_SLURM=1 makes this a failure)")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def cluster() -> None:
-    _cluster_or_skip()
-
-
 @pytest.fixture
 def multi_cluster_sbatch(tmp_path) -> str:
     """A directory whose ``sbatch`` answers as a multi-cluster site does (datatrove#265)."""

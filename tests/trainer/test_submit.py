@@ -67,12 +67,12 @@ def test_the_dry_run_prints_a_script_that_starts_torchrun_on_every_node_and_writ
         "#SBATCH --requeue",
         f"#SBATCH --output={out}/slurm-%j.out",
         "#SBATCH --exclusive",
-        "export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
         'scontrol requeue "$SLURM_JOB_ID"',
     ):
         assert line in script.splitlines() or line in script, line
     (launch,) = [line for line in script.splitlines() if line.startswith("srun ")]
     assert '--nnodes="$SLURM_NNODES" --nproc-per-node=8 --rdzv-backend=c10d' in launch
+    assert "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --no-python" in launch
     assert launch.endswith(
         f"mmbert-train --manifest {sample_manifests['pretrain'].resolve()} --batch-size 8 --tokens 150k "
         f"--model tiny --output {out} --resume &"
