@@ -351,7 +351,8 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130(sample_manifests, tmp_pat
     import trainer.train
     from trainer.train import StopRequest
 
-    previous = signal.getsignal(signal.SIGINT)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # StopRequest takes all three
+    previous = {number: signal.getsignal(number) for number in handled}
     try:
         stop = StopRequest()
         signal.raise_signal(signal.SIGINT)
@@ -359,7 +360,8 @@ def test_a_second_ctrl_c_stops_at_once_with_status_130(sample_manifests, tmp_pat
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)  # the second: now
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
