@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.launch import PORT_BASE, PORT_SPAN  # the same rendezvous ports as srun's tasks
 from trainer.overrides import flag
 
 SCRIPT_NAME = "submit.sbatch"
-PORT_BASE, PORT_SPAN = 20_000, 20_000  # the same rendezvous ports as trainer/launch.py's srun tasks
 # `Submitted batch job 123`, or on a multi-cluster setup `Submitted batch job 123 on cluster c1`
 _SUBMITTED = re.compile(r"^Submitted batch job (\d+)(?: on cluster (\S+))?\s*$", re.MULTILINE)
 
