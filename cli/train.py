@@ -175,8 +175,9 @@ def submit(
     from mixtures.errors import MixtureError
     from mixtures.files import write_atomic
     from mixtures.manifest import load_manifest
+    from mixtures.slurm import SlurmError
     from trainer.config import ConfigError, resolve
-    from trainer.submit import SCRIPT_NAME, SubmitError, SubmitOptions, sbatch_script
+    from trainer.submit import SCRIPT_NAME, SubmitOptions, sbatch_script
     from trainer.submit import submit as sbatch
 
     train_args = ["--manifest", str(manifest.resolve()), *(arg for arg in ctx.args if arg != "--resume")]
@@ -198,9 +199,9 @@ def submit(
         job = sbatch(path)
     except UsageError as err:  # typer's own click raises it
         raise _fail(ValueError(f"a training flag: {err.format_message()}")) from err
-    except (ConfigError, MixtureError, RecipeError, SubmitError, OSError) as err:
+    except (ConfigError, MixtureError, RecipeError, SlurmError, OSError) as err:
         raise _fail(err) from err
-    typer.echo(f"submitted job {job}: {path}; its log is {run}/slurm-{job.split()[0]}.out")
+    typer.echo(f"submitted job {job}: {path}; its log is {run}/slurm-{job}.out")
 
 
 @app.command("export")

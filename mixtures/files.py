@@ -36,6 +36,18 @@ def temporary_pattern(pattern: str) -> str:
     return f".{pattern}.*.tmp"
 
 
+# What an OSError says when an output cannot be written at all (not a passing failure)
+UNWRITABLE = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC}
+
+
+def unwritable_reason(err: OSError) -> str:
+    """Why ``err`` stopped a write, in words: "a file or directory is in the way" for the errnos that
+    mean so (a file where a directory must go, or the reverse), else the system's message."""
+    if err.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return "a file or directory is in the way"
+    return err.strerror or str(err)
+
+
 class OutputError(OSError):
     """An output that cannot be written (read-only, full, a file in the way): one line naming it."""
 
@@ -51,9 +63,7 @@ def writing(path: str | Path) -> Iterator[None]:
     except OutputError:
         raise
     except OSError as err:
-        in_the_way = err.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
-        why = "a file or directory is in the way" if in_the_way else err.strerror or str(err)
-        raise OutputError(err.errno, f"{path}: cannot be written ({why})") from err
+        raise OutputError(err.errno, f"{path}: cannot be written ({unwritable_reason(err)})") from err
 
 
 def make_parent(path: str | Path) -> None:

@@ -38,6 +38,7 @@ from mixtures.counts import changed_shards, damaged_build, load_stats, read_stat
 from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
+from mixtures.slurm import SlurmError
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
@@ -56,7 +57,6 @@ from pipeline.quality import (
 from pipeline.shards import ArrowShardWriter
 from pipeline.slurm import (
     ChainedSlurmExecutor,
-    SlurmError,
     cluster_max_array_size,
     ensure_user,
     environment_line,

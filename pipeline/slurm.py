@@ -27,20 +27,10 @@ from pathlib import Path
 
 from datatrove.executor import SlurmPipelineExecutor
 
+from mixtures.slurm import submitted_job_id
+
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 SUBMITTED_JOBS = "slurm_jobs.json"  # in a stage's logging dir: the arrays of its latest submission
-
-
-class SlurmError(ValueError):
-    """Slurm cannot be used as asked (no sbatch, an answer that is not understood)."""
-
-
-def submitted_job_id(output: str) -> str:
-    """The job id in sbatch's answer: ``Submitted batch job N``, with or without `` on cluster C``."""
-    found = re.search(r"Submitted batch job (\d+)", output)
-    if not found:
-        raise SlurmError(f"sbatch answered {output.strip()!r}: no 'Submitted batch job N' in it")
-    return found.group(1)
 
 
 class JobIds:

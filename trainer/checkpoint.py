@@ -34,7 +34,6 @@ its own before every write, so that a process that lost the run never writes int
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -52,12 +51,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mixtures.files import (
+    UNWRITABLE,
     FileLock,
     LockHeld,
     describe_holder,
     file_sha256,
     temporary_path,
     temporary_pattern,
+    unwritable_reason,
     write_atomic,
 )
 from mixtures.formats import TokenizerRecord
@@ -228,7 +229,6 @@ def _move_aside(checkpoint: Path) -> Path:
     return aside
 
 
-_UNWRITABLE = {errno.EEXIST, errno.ENOTDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC}
 
 
 class RunLock(FileLock):
@@ -255,10 +255,10 @@ class RunLock(FileLock):
                 "wait for it to finish or stop it, then run this again"
             ) from None
         except OSError as err:
-            if err.errno in _UNWRITABLE:  # a file in the way, read-only, no permission, no space
-                why = "a file is in the way" if err.errno in (errno.EEXIST, errno.ENOTDIR) else err.strerror
+            if err.errno in UNWRITABLE:  # a file in the way, read-only, no permission, no space
                 raise CheckpointError(
-                    f"--output {run}: cannot be written ({why}); pass a directory this process can write to"
+                    f"--output {run}: cannot be written ({unwritable_reason(err)}); "
+                    "pass a directory this process can write to"
                 ) from err
             raise CheckpointError(
                 f"cannot lock {self.path}: {err.strerror}; put --output on a filesystem that supports "

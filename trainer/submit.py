@@ -21,7 +21,6 @@ No torch here: ``--dry-run`` prints the script at once.
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import subprocess
@@ -30,12 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixtures.slurm import SlurmError, submitted_job_id
 from trainer.launch import PORT_BASE, PORT_SPAN  # the same rendezvous ports as srun's tasks
 from trainer.overrides import flag
 
 SCRIPT_NAME = "submit.sbatch"
-# `Submitted batch job 123`, or on a multi-cluster setup `Submitted batch job 123 on cluster c1`
-_SUBMITTED = re.compile(r"^Submitted batch job (\d+)(?: on cluster (\S+))?\s*$", re.MULTILINE)
 
 
 # After the #SBATCH lines; @NAMES@ are filled in by sbatch_script.
@@ -58,7 +56,7 @@ exit "$status"
 """
 
 
-class SubmitError(ValueError):
+class SubmitError(SlurmError):
     """The job cannot be written or submitted; the message says why and what to do."""
 
 
@@ -143,14 +141,6 @@ def sbatch_script(options: SubmitOptions, phase: str, run: Path, train_args: Seq
     return "\n".join(header) + "\n" + body
 
 
-def job_id(sbatch_output: str) -> str:
-    """The job id in sbatch's answer, which names the cluster on multi-cluster setups (datatrove#265)."""
-    match = _SUBMITTED.search(sbatch_output)
-    if match is None:
-        raise SubmitError(f"sbatch answered {sbatch_output.strip()!r}, not 'Submitted batch job N'")
-    return match[1] if match[2] is None else f"{match[1]} (cluster {match[2]})"
-
-
 def submit(script: Path) -> str:
     """Submit ``script`` with sbatch; return its job id. Raises SubmitError naming sbatch's complaint."""
     if shutil.which("sbatch") is None:
@@ -163,4 +153,4 @@ def submit(script: Path) -> str:
         raise SubmitError(
             f"sbatch {script} failed: {complaint[-1] if complaint else f'exit {done.returncode}'}"
         )
-    return job_id(done.stdout)
+    return submitted_job_id(done.stdout)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs, submitted_job_id
+from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs
 from tests.corpus import FINEWEB2, build_args, small_hub
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -73,13 +73,6 @@ def _status(run_dir: Path, env: dict[str, str]) -> dict[str, tuple[int, ...]]:
 def _local_build(hub: Path, out: Path, env: dict[str, str], *extra: str) -> Path:
     _build(build_args(hub, out, *extra), env)
     return out / "pretrain"
-
-
-def test_job_id_of_a_multi_cluster_answer():
-    assert submitted_job_id("Submitted batch job 42\n") == "42"
-    assert submitted_job_id("Submitted batch job 42 on cluster c2\n") == "42"
-    with pytest.raises(ValueError, match="no 'Submitted batch job N'"):
-        submitted_job_id("sbatch: error: Batch job submission failed")
 
 
 @pytest.mark.slurm

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cli.train import app
 from tests.trainer.runs import ROOT, assert_bitwise_equal, metrics, run
-from trainer.submit import SCRIPT_NAME, SubmitError, SubmitOptions, job_id, sbatch_script
+from trainer.submit import SCRIPT_NAME, SubmitError, SubmitOptions, sbatch_script
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def test_submitting_writes_the_script_into_the_run_and_names_the_job(sample_mani
     result = runner.invoke(app, submit(sample_manifests["pretrain"], out, "--resume"))  # --resume: once
     assert result.exit_code == 0, result.output
     assert result.output.strip() == (
-        f"submitted job 42 (cluster c1): {out / SCRIPT_NAME}; its log is {out}/slurm-42.out"
+        f"submitted job 42: {out / SCRIPT_NAME}; its log is {out}/slurm-42.out"
     )
     assert fake_sbatch.read_text().strip() == str(out / SCRIPT_NAME)
     assert (out / SCRIPT_NAME).read_text().count("--resume") == 1
@@ -125,13 +125,6 @@ def test_sbatch_missing_or_refusing_is_one_line(sample_manifests, tmp_path, monk
     refusing.chmod(0o755)
     result = runner.invoke(app, submit(sample_manifests["pretrain"], tmp_path / "run", "--partition", "gpu"))
     assert result.output.strip().endswith("failed: sbatch: error: invalid partition specified: gpu")
-
-
-def test_job_ids_in_both_of_sbatchs_answers():
-    assert job_id("Submitted batch job 123\n") == "123"
-    assert job_id("Submitted batch job 123 on cluster alps\n") == "123 (cluster alps)"  # datatrove#265
-    with pytest.raises(SubmitError, match="not 'Submitted batch job N'"):
-        job_id("sbatch: queued")
 
 
 def test_options_are_checked_and_cpu_jobs_run_one_rank_per_node(tmp_path):

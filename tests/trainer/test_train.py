@@ -630,7 +630,7 @@ def test_an_output_that_cannot_be_a_run_directory_is_one_line(sample_manifests, 
     for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
         output = fails(*tiny(sample_manifests["pretrain"], out, tokens="40k"))
         assert output.strip().splitlines()[-1] == (
-            f"error: --output {out}: cannot be written (a file is in the way); "
+            f"error: --output {out}: cannot be written (a file or directory is in the way); "
             "pass a directory this process can write to"
         )
     assert (tmp_path / "afile").read_text() == "a file, not a run"
