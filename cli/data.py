@@ -73,7 +73,7 @@ def _build_options(params: Mapping[str, Any]) -> BuildOptions:
         recipe=load_recipe(params["recipe"]),
         sources=_split(params["sources"]),
         languages=_split(params["languages"]),
-        slurm=from_params(SlurmOptions, params),
+        slurm=from_params(SlurmOptions, params, sbatch_args=tuple(params.get("sbatch_args") or ())),
     )
 
 
@@ -105,6 +105,7 @@ def build(
     qos: str = field_option(SlurmOptions, "qos"),
     account: str = field_option(SlurmOptions, "account"),
     env: str = field_option(SlurmOptions, "env", "--slurm-env"),
+    sbatch_args: list[str] = field_option(SlurmOptions, "sbatch_args", "--sbatch-arg"),
     limit: int = _option("limit"),
     dry_run: bool = typer.Option(False, help="Print the stage graph and the files it would read, then stop."),
     verbose: bool = _option("verbose"),
@@ -193,17 +194,35 @@ def download(
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML."),
     sources: str = _option("sources"),
     languages: str = _option("languages"),
+    executor: Executor = typer.Option(
+        Executor.local, help="Copy here, one file after another, or as the tasks of a Slurm array job."
+    ),
+    tasks: int = typer.Option(16, min=1, help="Slurm tasks the files are shared out over."),
+    workers: int = typer.Option(None, min=1, help="Slurm tasks running at once (default: all)."),
+    partition: str = field_option(SlurmOptions, "partition"),
+    time: str = field_option(SlurmOptions, "time", "--slurm-time"),
+    cpus_per_task: int = field_option(SlurmOptions, "cpus_per_task", min=1),
+    mem_per_cpu_gb: int = field_option(SlurmOptions, "mem_per_cpu_gb", min=1),
+    qos: str = field_option(SlurmOptions, "qos"),
+    account: str = field_option(SlurmOptions, "account"),
+    env: str = field_option(SlurmOptions, "env", "--slurm-env"),
+    sbatch_args: list[str] = field_option(SlurmOptions, "sbatch_args", "--sbatch-arg"),
 ) -> None:
-    """Mirror just the files a phase needs (per language), resumable and size-checked."""
+    """Mirror just the files a phase needs (per language), resumable and size-checked: here, or on
+    Slurm (rerun the same command to resubmit only unfinished tasks; `mmbert-data status DIR`)."""
     from pipeline.build import Build
-    from pipeline.download import download_phase
+    from pipeline.download import download_phase, submit_download
+    from pipeline.slurm import submitted_line
 
     try:
-        build = Build(_build_options(ctx.params))
+        options = _build_options(ctx.params)
+        inputs = Build(options).input_files(downloading=True)
+        if executor == Executor.slurm:
+            submitted = submit_download(options, inputs, output)
+            typer.echo(submitted_line("download", submitted))
+            return
         result = download_phase(
-            build.input_files(downloading=True),
-            output,
-            progress=lambda path, size: console.print(f"{size:>12,d}  {path}"),
+            inputs, output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
         )
     except (*USER_ERRORS, OSError) as err:
         typer.echo(f"error: {err}", err=True)
@@ -237,41 +256,44 @@ def stats(
 @app.command()
 def status(
     run_dir: Path = typer.Argument(
-        ..., help="A build's --output (every phase in it) or one phase, OUTPUT/PHASE."
+        ...,
+        help="A build's --output (every phase in it), one phase (OUTPUT/PHASE), or a download's mirror.",
     ),
 ) -> None:
-    """Per stage, its tasks done, failed, running, pending and unfinished (from OUTPUT/PHASE/_logs, and
-    squeue where it answers), with the last log line of each failed task and how to resubmit."""
+    """Per stage, its tasks done, failed, running, pending and unfinished (from OUTPUT/PHASE/_logs or
+    MIRROR/_logs, and squeue where it answers), with the last log line of each failed task and how to
+    resubmit."""
     from pipeline.status import build_status
 
     phases = build_status(run_dir)
     if not phases:
         typer.echo(
-            f"error: {run_dir}: no build here (no _logs); pass a build's --output or OUTPUT/PHASE", err=True
+            f"error: {run_dir}: no build here (no _logs); pass a build's --output, OUTPUT/PHASE or a mirror",
+            err=True,
         )
         raise typer.Exit(1)
     header = ("stage", "tasks", "done", "failed", "running", "pending", "unfinished")
-    left = 0
+    rerun: dict[str, int] = {}  # the command to run again, and its tasks failed or unfinished
     for phase_dir, stages in phases.items():
-        typer.echo(
-            f"{phase_dir.name}: {phase_dir}"
-            + ("" if (phase_dir / "stats.json").is_file() else " (no stats.json yet)")
-        )
-        typer.echo(f"  {header[0]:<10}" + "".join(f"{h:>12}" for h in header[1:]))
+        command = "download" if all(s.name.startswith("download-") for s in stages) else "build"
+        missing = command == "build" and not (phase_dir / "stats.json").is_file()
+        typer.echo(f"{phase_dir.name}: {phase_dir}" + (" (no stats.json yet)" if missing else ""))
+        typer.echo(f"  {header[0]:<18}" + "".join(f"{h:>11}" for h in header[1:]))
         for stage in stages:
             figures = (stage.tasks, stage.done, stage.failed, stage.running, stage.pending, stage.unfinished)
-            typer.echo(f"  {stage.name:<10}" + "".join(f"{n:>12}" for n in figures))
-            left += stage.failed + stage.unfinished
+            typer.echo(f"  {stage.name:<18}" + "".join(f"{n:>11}" for n in figures))
+            if stage.failed + stage.unfinished:
+                rerun[command] = rerun.get(command, 0) + stage.failed + stage.unfinished
         for stage in stages:
             for rank, error in stage.errors.items():
                 typer.echo(
                     f"  {stage.name} task {rank} failed: {error} "
                     f"(log: _logs/{stage.name}/logs/task_{rank:05d}.log)"
                 )
-    if left:
+    for command, left in rerun.items():
         typer.echo(
-            f"{left} task(s) failed or unfinished and not queued: rerun the same `mmbert-data build` command "
-            "to resubmit only those (finished tasks are skipped)"
+            f"{left} task(s) failed or unfinished and not queued: rerun the same `mmbert-data {command}` "
+            "command to resubmit only those (finished tasks are skipped)"
         )
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +36,6 @@ from mixtures.counts import changed_shards, damaged_build, load_stats, read_stat
 from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
-from mixtures.slurm import SlurmError
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
@@ -56,12 +53,12 @@ from pipeline.quality import (
 )
 from pipeline.shards import ArrowShardWriter
 from pipeline.slurm import (
-    ChainedSlurmExecutor,
+    check_can_submit,
     cluster_max_array_size,
-    ensure_user,
-    environment_line,
     job_tag,
-    queued_jobs,
+    slurm_executor,
+    submit_chain,
+    submitted_line,
 )
 from pipeline.sources import SourceReader, resolve_uri
 from pipeline.stats import StatsCompiler
@@ -327,30 +324,28 @@ class Build:
         chain: dict[str, PipelineExecutor] = {}
         max_array_size = cluster_max_array_size() if self.options.executor == "slurm" else None
         for name, pipeline, tasks in self.stages(tokenizer):
-            common = {
-                "tasks": tasks,
-                "logging_dir": str(self.phase_dir / "_logs" / name),
-                "depends": list(chain.values())[-1] if chain else None,
-            }
+            logging_dir = self.phase_dir / "_logs" / name
+            depends = list(chain.values())[-1] if chain else None
             if self.options.executor == "slurm":
-                slurm = self.options.slurm
-                executor = ChainedSlurmExecutor(
+                executor = slurm_executor(
                     pipeline,
-                    time=slurm.time,
-                    partition=slurm.partition,
-                    cpus_per_task=slurm.cpus_per_task,
-                    mem_per_cpu_gb=slurm.mem_per_cpu_gb,
-                    qos=slurm.qos,
-                    sbatch_args={"account": slurm.account} if slurm.account else None,
-                    workers=self.options.workers or -1,
+                    self.options.slurm,
+                    tasks=tasks,
+                    workers=self.options.workers,
+                    logging_dir=logging_dir,
                     job_name=f"mmbert-{self.options.phase}-{name}-{self.job_tag}",
-                    env_command=environment_line(slurm.env),
                     max_array_size=max_array_size,
-                    **common,
+                    depends=depends,
                 )
             else:
                 local = LocalPipelineExecutor if self.options.verbose else QuietLocalExecutor
-                executor = local(pipeline, workers=min(self.options.workers or 1, tasks), **common)
+                executor = local(
+                    pipeline,
+                    tasks=tasks,
+                    workers=min(self.options.workers or 1, tasks),
+                    logging_dir=str(logging_dir),
+                    depends=depends,
+                )
             chain[name] = executor
         return chain
 
@@ -415,17 +410,7 @@ class Build:
         """
         self.input_files()
         if self.options.executor == "slurm":
-            if shutil.which("sbatch") is None:
-                raise SlurmError(
-                    "--executor slurm: sbatch is not on PATH; run the build where Slurm is installed"
-                )
-            ensure_user()
-            queued = queued_jobs(self.job_tag)
-            if queued:
-                raise SlurmError(
-                    f"{self.phase_dir}: jobs {', '.join(queued)} of this build are still queued; "
-                    "wait for them (squeue) or scancel them, then rerun"
-                )
+            check_can_submit(self.job_tag, self.phase_dir, "build")
         hub_glotlid = self.lid == "glotlid" and self.options.lid_model is None and not glotlid_is_cached()
         if hub_glotlid and self.hub_unreachable:
             raise hub_unavailable(
@@ -443,10 +428,10 @@ class Build:
             check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
             chain = self.executors(loaded.record())
             if self.options.executor == "slurm":
-                _submit(chain)
+                submit_chain(chain)
                 for name, executor in chain.items():
                     if say:
-                        say(_submitted(name, executor))
+                        say(submitted_line(name, executor))
             else:
                 for name, executor in chain.items():
                     with watched(executor, name, display):
@@ -468,31 +453,6 @@ class Build:
             raise ValueError(
                 f"--output {self.options.output}: cannot write {self.phase_dir} ({err.strerror or err})"
             ) from err
-
-
-def _submit(chain: dict[str, PipelineExecutor]) -> None:
-    """Submit every stage (the last one submits those it depends on first). An sbatch that fails (its
-    message is on stderr already) is one line naming the jobs it had submitted before, still queued."""
-    try:
-        list(chain.values())[-1].run()
-    except subprocess.CalledProcessError as err:
-        before = [job for executor in chain.values() for job in executor.submitted.ids]
-        queued = f"; jobs {', '.join(before)} were submitted before it: scancel them" if before else ""
-        raise SlurmError(
-            f"sbatch failed (exit {err.returncode}, its message is above): check --partition, --qos, "
-            f"--account, --slurm-time and --mem-per-cpu-gb{queued}"
-        ) from None
-
-
-def _submitted(name: str, executor: ChainedSlurmExecutor) -> str:
-    """``stage write: 2 of 4 tasks submitted as job 17 (2 done before)``, or that it was done before."""
-    tasks, to_run = executor.tasks, executor.to_run or 0
-    if not to_run:
-        return f"stage {name}: done before ({tasks} task{'s' if tasks != 1 else ''})"
-    arrays = executor.arrays
-    jobs = f"job{'s' if len(arrays) != 1 else ''} {', '.join(arrays)}"
-    before = f" ({tasks - to_run} done before)" if to_run < tasks else ""
-    return f"stage {name}: {to_run} of {tasks} task{'s' if tasks != 1 else ''} submitted as {jobs}{before}"
 
 
 def _resolved(path: str | None) -> str | None:

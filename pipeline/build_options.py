@@ -46,6 +46,11 @@ class SlurmOptions:
         "or 'conda activate ENV' (default: activate the one running this command).",
         None,
     )
+    sbatch_args: tuple[str, ...] = flag(
+        "Another sbatch argument of every job, in its long form, e.g. --exclusive or --constraint=cpu "
+        "(repeatable).",
+        (),
+    )
 
 
 @dataclass

@@ -21,13 +21,17 @@ import json
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from datatrove.executor import SlurmPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
 
-from mixtures.slurm import submitted_job_id
+from mixtures.slurm import SlurmError, submitted_job_id
+from pipeline.build_options import SlurmOptions
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 SUBMITTED_JOBS = "slurm_jobs.json"  # in a stage's logging dir: the arrays of its latest submission
@@ -134,3 +138,90 @@ class ChainedSlurmExecutor(SlurmPipelineExecutor):
     def arrays(self) -> list[str]:
         """The ids of this stage's array jobs (without its merge_stats job)."""
         return self.submitted.ids[:-1]
+
+
+def sbatch_directives(arguments: tuple[str, ...]) -> dict[str, str]:
+    """``--sbatch-arg`` values (``--exclusive``, ``--constraint=cpu``) as datatrove's ``sbatch_args``
+    (``{"exclusive": "", "constraint": "cpu"}``, written as ``#SBATCH --KEY[=VALUE]``)."""
+    directives = {}
+    for argument in arguments:
+        key, _, value = argument.removeprefix("--").partition("=")
+        if not argument.startswith("--") or not key:
+            raise SlurmError(
+                f"--sbatch-arg {argument!r}: give sbatch's long form, e.g. --exclusive or --constraint=cpu"
+            )
+        directives[key] = value
+    return directives
+
+
+def slurm_executor(
+    pipeline: list[PipelineStep],
+    slurm: SlurmOptions,
+    *,
+    tasks: int,
+    workers: int | None,
+    logging_dir: Path,
+    job_name: str,
+    max_array_size: int,
+    depends: ChainedSlurmExecutor | None = None,
+) -> ChainedSlurmExecutor:
+    """One stage as Slurm array jobs: ``tasks`` tasks, at most ``workers`` running at once (the array's
+    ``%`` limit; None: no limit), asking for what ``slurm`` says."""
+    return ChainedSlurmExecutor(
+        pipeline,
+        tasks=tasks,
+        logging_dir=str(logging_dir),
+        depends=depends,
+        time=slurm.time,
+        partition=slurm.partition,
+        cpus_per_task=slurm.cpus_per_task,
+        mem_per_cpu_gb=slurm.mem_per_cpu_gb,
+        qos=slurm.qos,
+        sbatch_args={
+            **({"account": slurm.account} if slurm.account else {}),
+            **sbatch_directives(slurm.sbatch_args),
+        },
+        workers=workers or -1,
+        job_name=job_name,
+        env_command=environment_line(slurm.env),
+        max_array_size=max_array_size,
+    )
+
+
+def check_can_submit(tag: str, where: Path, what: str) -> None:
+    """Raise SlurmError unless sbatch is here and no job of ``what`` (``"build"``) into ``where`` (its
+    jobs' names end with ``tag``) is still queued: a second submission would run the same tasks twice."""
+    if shutil.which("sbatch") is None:
+        raise SlurmError("--executor slurm: sbatch is not on PATH; run this where Slurm is installed")
+    ensure_user()
+    queued = queued_jobs(tag)
+    if queued:
+        raise SlurmError(
+            f"{where}: jobs {', '.join(queued)} of this {what} are still queued; "
+            "wait for them (squeue) or scancel them, then rerun"
+        )
+
+
+def submit_chain(chain: Mapping[str, ChainedSlurmExecutor]) -> None:
+    """Submit every stage (the last one submits those it depends on first). An sbatch that fails (its
+    message is on stderr already) is one line naming the jobs it had submitted before, still queued."""
+    try:
+        list(chain.values())[-1].run()
+    except subprocess.CalledProcessError as err:
+        before = [job for executor in chain.values() for job in executor.submitted.ids]
+        queued = f"; jobs {', '.join(before)} were submitted before it: scancel them" if before else ""
+        raise SlurmError(
+            f"sbatch failed (exit {err.returncode}, its message is above): check --partition, --qos, "
+            f"--account, --slurm-time, --mem-per-cpu-gb and --sbatch-arg{queued}"
+        ) from None
+
+
+def submitted_line(name: str, executor: ChainedSlurmExecutor) -> str:
+    """``stage write: 2 of 4 tasks submitted as job 17 (2 done before)``, or that it was done before."""
+    tasks, to_run = executor.tasks, executor.to_run or 0
+    if not to_run:
+        return f"stage {name}: done before ({tasks} task{'s' if tasks != 1 else ''})"
+    arrays = executor.arrays
+    jobs = f"job{'s' if len(arrays) != 1 else ''} {', '.join(arrays)}"
+    before = f" ({tasks - to_run} done before)" if to_run < tasks else ""
+    return f"stage {name}: {to_run} of {tasks} task{'s' if tasks != 1 else ''} submitted as {jobs}{before}"

@@ -1,6 +1,7 @@
-"""Where a build stands (`mmbert-data status`), read from datatrove's logging directories.
+"""Where a build or a Slurm download stands (`mmbert-data status`), read from datatrove's logging
+directories.
 
-Every stage logs under ``OUTPUT/PHASE/_logs/STAGE/``: ``executor.json`` (its task count),
+Every stage logs under ``OUTPUT/PHASE/_logs/STAGE/`` (a download under ``MIRROR/_logs/download-PHASE/``): ``executor.json`` (its task count),
 ``completions/NNNNN`` (a finished task), ``logs/task_NNNNN.log`` (a started task; a failed one
 ends with an ERROR record and its traceback). A Slurm build also leaves ``slurm_jobs.json``
 (``pipeline.slurm``), the arrays of its latest submission, so ``squeue`` tells which of the

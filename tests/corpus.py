@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 import zstandard
+
+from mixtures.recipe import DEFAULT_RECIPE
 
 FINEWEB2 = "datasets/HuggingFaceFW/fineweb-2"
 DCLM = "datasets/mlfoundations/dclm-baseline-1.0"
@@ -189,3 +192,13 @@ def build_args(hub: Path, out: Path, *extra: str, phase: str = "pretrain") -> li
         f"sample:{hub}",
         *extra,
     ]
+
+
+def file_recipe(path: Path, hub: Path) -> Path:
+    """Write to ``path`` the bundled recipe with its ``hf://`` URIs replaced by ``file://`` URIs of a
+    local copy of the hub (``hub/datasets/...``): a remote source, read without the network."""
+    raw = yaml.safe_load(Path(DEFAULT_RECIPE).read_text())
+    for spec in raw["sources"].values():
+        spec["uri"] = spec["uri"].replace("hf://", f"file://{hub}/")
+    path.write_text(yaml.safe_dump(raw))
+    return path

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs
-from tests.corpus import FINEWEB2, build_args, small_hub
+from tests.corpus import FINEWEB2, build_args, file_recipe, small_hub
 
 VENV_BIN = str(Path(sys.executable).parent)
 WAIT_S = 300  # a dedup build of the small hub takes about 40 s on 2 cores
@@ -195,3 +195,45 @@ def test_a_refused_submission_is_one_line(cluster, tmp_path):
     (line,) = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert "sbatch failed (exit 1" in line and "--partition" in line
     assert not queued_jobs(job_tag(tmp_path / "out" / "pretrain"))
+
+
+@pytest.mark.slurm
+def test_slurm_download_names_its_failed_task_and_a_rerun_finishes_only_that_one(cluster, tmp_path):
+    """`download --executor slurm` shares the files out over an array; a task that cannot write its
+    share fails, `status` shows it with its error, and the same command again resubmits just it."""
+    hub = tmp_path / "remote"
+    small_hub(hub, docs_per_language=2)
+    recipe = file_recipe(tmp_path / "recipe.yaml", hub)
+    mirror = tmp_path / "mirror"
+    fineweb2 = mirror / str(hub).lstrip("/") / FINEWEB2 / "data"
+    fineweb2.mkdir(parents=True)
+    (fineweb2 / "deu_Latn").write_text("a file where the language's directory must go")
+    env = _env(tmp_path)
+    args = ["download", "--phase", "pretrain", "--recipe", str(recipe), "-o", str(mirror)]
+    args += ["--languages", "fra,deu,eng", "--executor", "slurm", "--tasks", "3"]
+    first = _build(args, env)
+    assert re.search(r"stage download: 3 of 3 tasks submitted as job \d+$", first.stdout.strip())
+    logs = mirror / "_logs" / "download-pretrain"
+    _wait(logs)
+    assert _status(mirror, env) == {"download-pretrain": (3, 2, 1, 0, 0, 0)}
+    shown = _build(["status", str(mirror)], env).stdout
+    (failed,) = [line for line in shown.splitlines() if "failed:" in line]
+    assert (
+        "download-pretrain task " in failed
+        and "deu_Latn" in failed
+        and "log: _logs/download-pretrain" in failed
+    )
+    assert "rerun the same `mmbert-data download` command" in shown
+
+    (fineweb2 / "deu_Latn").unlink()
+    again = _build(args, env)
+    assert re.search(
+        r"stage download: 1 of 3 tasks submitted as job \d+ \(2 done before\)$", again.stdout.strip()
+    )
+    _wait(logs)
+    assert _status(mirror, env) == {"download-pretrain": (3, 3, 0, 0, 0, 0)}
+    copied = sorted(p for p in (mirror / str(hub).lstrip("/")).rglob("*") if p.is_file())
+    assert len(copied) == 6  # fra and deu parquet, wikipedia fr, dclm, dolmino, arxiv
+    assert all(p.read_bytes() == (Path("/") / p.relative_to(mirror)).read_bytes() for p in copied)
+    done = _build(args, env)
+    assert done.stdout.strip() == "stage download: done before (3 tasks)"

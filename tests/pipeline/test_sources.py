@@ -22,7 +22,7 @@ from pipeline.download import download_phase
 from pipeline.source_formats import FORMATS, Report, SourceFormat
 from pipeline.sources import SourceReader, resolve_uri
 from pipeline.tokenizer import SPECIAL_TOKENS, load_tokenizer, sample_tokenizer_path
-from tests.corpus import build_args, prose, small_hub
+from tests.corpus import build_args, file_recipe, prose, small_hub
 
 RECIPE = load_recipe()
 runner = CliRunner()
@@ -202,20 +202,10 @@ def test_source_facts_are_checked_when_the_recipe_loads(tmp_path, edit, message)
         load_recipe(_recipe_with(tmp_path, lambda raw: edit(raw["sources"]["dclm"])))
 
 
-def _file_recipe(tmp_path: Path, hub: Path) -> Path:
-    """The bundled recipe with its hub URIs replaced by file:// URIs of a local hub copy."""
-    raw = yaml.safe_load(RECIPE.path.read_text())
-    for spec in raw["sources"].values():
-        spec["uri"] = spec["uri"].replace("hf://", f"file://{hub}/")
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def test_download_mirrors_a_phase_resumably(tmp_path):
     hub = tmp_path / "remote"
     small_hub(hub)
-    recipe = load_recipe(_file_recipe(tmp_path, hub))
+    recipe = load_recipe(file_recipe(tmp_path / "recipe.yaml", hub))
     plan = Build(
         BuildOptions(recipe=recipe, phase="pretrain", output=tmp_path / "out", languages=("fra", "eng"))
     )
