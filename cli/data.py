@@ -7,6 +7,7 @@ import datetime
 import functools
 import json
 import os
+import time
 import traceback
 
 # datatrove logs with loguru: keep its console output to warnings and errors (each task's full
@@ -259,6 +260,10 @@ def status(
         ...,
         help="A build's --output (every phase in it), one phase (OUTPUT/PHASE), or a download's mirror.",
     ),
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait until no task is queued or running, then exit 1 if any failed or is left."
+    ),
+    every: float = typer.Option(30.0, min=0.1, help="With --wait: seconds between two looks at the queue."),
 ) -> None:
     """Per stage, its tasks done, failed, running, pending and unfinished (from OUTPUT/PHASE/_logs or
     MIRROR/_logs, and squeue where it answers), with the last log line of each failed task and how to
@@ -266,6 +271,10 @@ def status(
     from pipeline.status import build_status
 
     phases = build_status(run_dir)
+    while wait and (queued := sum(s.running + s.pending for stages in phases.values() for s in stages)):
+        console.print(f"waiting: {queued} task(s) queued or running", highlight=False)
+        time.sleep(every)
+        phases = build_status(run_dir)
     if not phases:
         typer.echo(
             f"error: {run_dir}: no build here (no _logs); pass a build's --output, OUTPUT/PHASE or a mirror",
@@ -295,6 +304,8 @@ def status(
             f"{left} task(s) failed or unfinished and not queued: rerun the same `mmbert-data {command}` "
             "command to resubmit only those (finished tasks are skipped)"
         )
+    if wait and rerun:
+        raise typer.Exit(1)
 
 
 app.command()(mixture)

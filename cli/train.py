@@ -177,7 +177,7 @@ def submit(
     from mixtures.manifest import load_manifest
     from mixtures.slurm import SlurmError
     from trainer.config import ConfigError, resolve
-    from trainer.submit import SCRIPT_NAME, SubmitOptions, sbatch_script
+    from trainer.submit import SCRIPT_NAME, SubmitOptions, check_not_queued, jobs_of, sbatch_script
     from trainer.submit import submit as sbatch
 
     train_args = ["--manifest", str(manifest.resolve()), *(arg for arg in ctx.args if arg != "--resume")]
@@ -190,10 +190,12 @@ def submit(
         phase = load_manifest(manifest)
         config = resolve(phase, overrides, out)
         run = Path(config.out).resolve()
-        script = sbatch_script(options, phase.phase, run, train_args)
+        after = jobs_of(Path(config.init)) if config.init else []  # the phase before, still training
+        script = sbatch_script(options, phase.phase, run, train_args, after)
         if dry_run:
             typer.echo(script, nl=False)
             return
+        check_not_queued(run)
         run.mkdir(parents=True, exist_ok=True)
         path = write_atomic(run / SCRIPT_NAME, script)
         job = sbatch(path)
@@ -201,7 +203,8 @@ def submit(
         raise _fail(ValueError(f"a training flag: {err.format_message()}")) from err
     except (ConfigError, MixtureError, RecipeError, SlurmError, OSError) as err:
         raise _fail(err) from err
-    typer.echo(f"submitted job {job}: {path}; its log is {run}/slurm-{job}.out")
+    waits = f"; it starts when job {', '.join(after)} of {config.init} has ended well" if after else ""
+    typer.echo(f"submitted job {job}: {path}; its log is {run}/slurm-{job}.out{waits}")
 
 
 @app.command("export")

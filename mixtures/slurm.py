@@ -1,8 +1,12 @@
-"""What the pipeline and the trainer both read from Slurm: the job id in ``sbatch``'s answer."""
+"""What the pipeline and the trainer both ask of Slurm: the job id in ``sbatch``'s answer, and the
+jobs still queued for an output directory (found by the tag their names end with)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import subprocess
+from pathlib import Path
 
 # `Submitted batch job 123`, or on a multi-cluster site `Submitted batch job 123 on cluster c1`
 _SUBMITTED = re.compile(r"Submitted batch job (\d+)")
@@ -19,3 +23,20 @@ def submitted_job_id(output: str) -> str:
     if not found:
         raise SlurmError(f"sbatch answered {output.strip()!r}: no 'Submitted batch job N' in it")
     return found.group(1)
+
+
+def job_tag(directory: str | Path) -> str:
+    """What the names of the jobs writing ``directory`` end with, to find them in ``squeue``."""
+    return hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:8]
+
+
+def queued_jobs(name_suffix: str) -> list[str]:
+    """Ids of the queued or running jobs whose name ends with ``name_suffix`` (empty without squeue)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = (line.split(maxsplit=1) for line in listed.splitlines())
+    return [job for job, name in rows if name.endswith(name_suffix)]

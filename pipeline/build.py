@@ -36,6 +36,7 @@ from mixtures.counts import changed_shards, damaged_build, load_stats, read_stat
 from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
+from mixtures.slurm import job_tag
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
@@ -55,7 +56,6 @@ from pipeline.shards import ArrowShardWriter
 from pipeline.slurm import (
     check_can_submit,
     cluster_max_array_size,
-    job_tag,
     slurm_executor,
     submit_chain,
     submitted_line,

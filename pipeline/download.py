@@ -24,12 +24,12 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from mixtures.files import atomic_output, write_atomic
+from mixtures.slurm import job_tag
 from pipeline.build_options import BuildOptions
 from pipeline.slurm import (
     ChainedSlurmExecutor,
     check_can_submit,
     cluster_max_array_size,
-    job_tag,
     slurm_executor,
     submit_chain,
 )

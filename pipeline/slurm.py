@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -30,7 +29,7 @@ from pathlib import Path
 from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
-from mixtures.slurm import SlurmError, submitted_job_id
+from mixtures.slurm import SlurmError, queued_jobs, submitted_job_id
 from pipeline.build_options import SlurmOptions
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
@@ -82,23 +81,6 @@ def ensure_user() -> None:
     and the jobs, started with the submitter's environment, inherit it."""
     if not os.environ.get("USER"):
         os.environ["USER"] = pwd.getpwuid(os.getuid()).pw_name
-
-
-def job_tag(phase_dir: Path) -> str:
-    """What the job names of a phase directory's build end with: its jobs are found in ``squeue`` by it."""
-    return hashlib.sha256(str(Path(phase_dir).resolve()).encode()).hexdigest()[:8]
-
-
-def queued_jobs(name_suffix: str) -> list[str]:
-    """Ids of the queued or running jobs whose name ends with ``name_suffix`` (empty without squeue)."""
-    try:
-        listed = subprocess.run(
-            ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    rows = (line.split(maxsplit=1) for line in listed.splitlines())
-    return [job for job, name in rows if name.endswith(name_suffix)]
 
 
 class ChainedSlurmExecutor(SlurmPipelineExecutor):

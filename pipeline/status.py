@@ -1,9 +1,10 @@
 """Where a build or a Slurm download stands (`mmbert-data status`), read from datatrove's logging
 directories.
 
-Every stage logs under ``OUTPUT/PHASE/_logs/STAGE/`` (a download under ``MIRROR/_logs/download-PHASE/``): ``executor.json`` (its task count),
-``completions/NNNNN`` (a finished task), ``logs/task_NNNNN.log`` (a started task; a failed one
-ends with an ERROR record and its traceback). A Slurm build also leaves ``slurm_jobs.json``
+Every stage logs under ``OUTPUT/PHASE/_logs/STAGE/`` (a download under
+``MIRROR/_logs/download-PHASE/``): ``executor.json`` (its task count), ``completions/NNNNN`` (a
+finished task), ``logs/task_NNNNN.log`` (a started task; a failed one ends with an ERROR record and
+its traceback). A Slurm build also leaves ``slurm_jobs.json``
 (``pipeline.slurm``), the arrays of its latest submission, so ``squeue`` tells which of the
 unfinished tasks are running or pending. A local build has no queue: its unfinished tasks are
 running or were interrupted, and the command cannot tell which.

@@ -16,6 +16,10 @@ jobs on one node never share one), and trains with ``--resume``:
   same way; the partition's preemption mode decides whether Slurm requeues it.
 - A job cancelled with ``scancel`` is not requeued: submitting again resumes it.
 
+A phase submitted with ``--init RUN`` while a job of RUN is still queued waits for it to end well
+(``--dependency=afterok``), so the three phases can be submitted one after another at once.
+Every job's name ends with a tag of its run directory, which is how they are found in ``squeue``.
+
 No torch here: ``--dry-run`` prints the script at once.
 """
 
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixtures.slurm import SlurmError, submitted_job_id
+from mixtures.slurm import SlurmError, job_tag, queued_jobs, submitted_job_id
 from trainer.launch import PORT_BASE, PORT_SPAN  # the same rendezvous ports as srun's tasks
 from trainer.overrides import flag
 
@@ -97,13 +101,16 @@ class SubmitOptions:
         return self.procs_per_node or self.gpus_per_node or 1
 
 
-def sbatch_script(options: SubmitOptions, phase: str, run: Path, train_args: Sequence[str]) -> str:
+def sbatch_script(
+    options: SubmitOptions, phase: str, run: Path, train_args: Sequence[str], after: Sequence[str] = ()
+) -> str:
     """The batch script of one phase's run in directory ``run``; ``train_args`` are mmbert-train's
-    flags (``--manifest`` and the rest, all paths absolute), to which ``--output RUN --resume`` is added."""
+    flags (``--manifest`` and the rest, all paths absolute), to which ``--output RUN --resume`` is added.
+    The job starts once the jobs ``after`` have ended well (``afterok``), if any are given."""
     options.check()
     run = run.resolve()
     directives = [
-        f"--job-name=mmbert-{phase}",
+        f"--job-name=mmbert-{phase}-{job_tag(run)}",
         f"--nodes={options.nodes}",
         "--ntasks-per-node=1",  # one torchrun per node; it starts the node's ranks
         *([f"--gpus-per-node={options.gpus_per_node}"] if options.gpus_per_node else []),
@@ -118,6 +125,7 @@ def sbatch_script(options: SubmitOptions, phase: str, run: Path, train_args: Seq
         "--open-mode=append",  # a requeued job adds to the same log
         f"--output={run}/slurm-%j.out",
         f"--chdir={Path.cwd()}",
+        *([f"--dependency=afterok:{':'.join(after)}"] if after else []),
         *options.sbatch_args,
     ]
     env = options.env or f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
@@ -139,6 +147,21 @@ def sbatch_script(options: SubmitOptions, phase: str, run: Path, train_args: Seq
         .replace("@MAX_REQUEUES@", str(options.max_requeues))
     )
     return "\n".join(header) + "\n" + body
+
+
+def jobs_of(run: Path) -> list[str]:
+    """The queued or running jobs training ``run`` (their names end with its tag)."""
+    return queued_jobs(job_tag(run))
+
+
+def check_not_queued(run: Path) -> None:
+    """Raise SubmitError while a job of ``run`` is queued: a second one would only wait for its lock."""
+    queued = jobs_of(run)
+    if queued:
+        raise SubmitError(
+            f"{run}: job {', '.join(queued)} of this run is still queued or running; it continues the run "
+            "(scancel it first to submit it anew)"
+        )
 
 
 def submit(script: Path) -> str:

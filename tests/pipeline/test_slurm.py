@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.slurm import cluster_max_array_size, job_tag, queued_jobs
+from mixtures.slurm import job_tag, queued_jobs
+from pipeline.slurm import cluster_max_array_size
 from tests.corpus import FINEWEB2, build_args, file_recipe, small_hub
 
 VENV_BIN = str(Path(sys.executable).parent)
