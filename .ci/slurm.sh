@@ -13,11 +13,12 @@
 # Environment:
 #   SLURM_MAX_ARRAY_SIZE  the cluster's MaxArraySize (default 1001, Slurm's); a small one makes
 #                         datatrove split a stage into several arrays
-#   SLURM_PARTITION       the partition's name (default: cpu, the build's --partition default)
+#   SLURM_PARTITIONS      the partitions, all on this node (default: "cpu gpu", the names README's
+#                         cluster commands use; the first is the default one)
 set -euo pipefail
 
 ACTION=${1:-}
-PARTITION=${SLURM_PARTITION:-cpu}
+PARTITIONS=${SLURM_PARTITIONS:-cpu gpu}
 MAX_ARRAY_SIZE=${SLURM_MAX_ARRAY_SIZE:-1001}
 CONF=/etc/slurm/slurm.conf
 STATE=/var/lib/slurm/slurmctld
@@ -111,8 +112,12 @@ MinJobAge=300
 KillWait=5
 InactiveLimit=0
 NodeName=$node NodeAddr=127.0.0.1 $hardware RealMemory=$memory State=UNKNOWN
-PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
+  local default=YES partition
+  for partition in $PARTITIONS; do
+    echo "PartitionName=$partition Nodes=ALL Default=$default MaxTime=INFINITE State=UP" >>"$CONF.new"
+    default=NO
+  done
   if cmp -s "$CONF.new" "$CONF"; then
     rm "$CONF.new"
     return 0

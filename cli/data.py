@@ -270,9 +270,11 @@ def status(
     resubmit."""
     from pipeline.status import build_status
 
-    phases = build_status(run_dir)
+    phases, said = build_status(run_dir), None
     while wait and (queued := sum(s.running + s.pending for stages in phases.values() for s in stages)):
-        console.print(f"waiting: {queued} task(s) queued or running", highlight=False)
+        if queued != said:
+            console.print(f"waiting: {queued} task(s) queued or running", highlight=False)
+            said = queued
         time.sleep(every)
         phases = build_status(run_dir)
     if not phases:

@@ -263,11 +263,12 @@ def _banner(
     training = config.training
     full = (training.batch_size, training.seq_len, config.micro_batch_tokens)
     micro = len(micro_batch_sizes(*full, training.batch_size))
+    shape = config.model or f"from --init {config.init}"
     lines = [
         f"{config.phase}: {len(loader.data.streams)} streams of {manifest.tokenizer.name}, "
         f"{config.tokens:,} tokens to train; "
         f"{describe_step(*full)}; "
-        f"model {config.model or 'from --init'} ({model.num_parameters() / 1e6:.2f}M parameters, "
+        f"model {shape} ({model.num_parameters() / 1e6:.2f}M parameters, "
         f"vocab {model.config.vocab_size}); {dist.world_size} process(es)"
         f"{f' ({config.parallel})' if dist.world_size > 1 else ''} on {dist.device.type}, {config.precision}"
     ]

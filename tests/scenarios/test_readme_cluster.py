@@ -1,0 +1,110 @@
+"""README's "Running at scale" block, run as written on the local Slurm (`.ci/slurm.sh start`).
+
+What is scaled down, and only that: the hub is a small local copy (``file://`` URIs of the
+recipe), the recipe's token budgets and batches are a few thousand tokens, and the flags that
+size the cluster (tasks, workers, nodes, GPUs, model size) take what one 2-CPU node can run.
+Every other word of every command is README's; each substitution must find its text, so a
+README that changes its commands changes what this test runs or fails it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixtures.recipe import parse_tokens
+from mixtures.slurm import job_tag, queued_jobs
+from tests.corpus import file_recipe, small_hub
+from trainer.checkpoint import checkpoint_dirs, read_state
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKENS = 16_000  # per phase, instead of the recipe's 2.3T / 600B / 100B
+WAIT_S = 900
+
+
+def readme_cluster_block() -> str:
+    """The bash block of README's "Running at scale" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Running at scale") :]
+    return re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def small_recipe(path: Path, hub: Path) -> Path:
+    """The bundled recipe reading ``hub`` (a local copy laid out as the hub is), with the sample
+    tokenizer trained from it, and each phase's tokens and batches scaled to a few steps."""
+    file_recipe(path, hub)
+    raw = yaml.safe_load(path.read_text())
+    raw["tokenizer"] = f"sample:{hub}"
+    raw["training"].update(batch_size=8, batch_warmup_min=8, batch_warmup_tokens=0)
+    for spec in raw["phases"].values():
+        factor = TOKENS / parse_tokens(spec["tokens"])
+        spec["tokens"] = TOKENS
+        spec["budgets"] = {name: round(parse_tokens(n) * factor) for name, n in spec["budgets"].items()}
+        spec.pop("max_epochs", None)  # the small hub's languages hold a few thousand tokens each
+        spec["training"].update(seq_len=128, batch_warmup_tokens=0)
+        lr = spec["training"]["lr"]
+        lr["warmup_tokens"] = min(parse_tokens(lr.get("warmup_tokens", 0)), 2000)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def scaled(block: str, work: Path, recipe: Path) -> str:
+    """README's block with paths in ``work``, the small recipe, and the cluster's sizes of one node."""
+    substitutions = [
+        ("/data/hub", str(work / "hub")),
+        ("/data/build", str(work / "build")),
+        ("mmbert-data download ", f"mmbert-data download --recipe {recipe} "),
+        ("mmbert-data build ", f"mmbert-data build --recipe {recipe} "),
+        ("mmbert-data mixture ", f"mmbert-data mixture --recipe {recipe} "),
+        ("--wait", "--wait --every 1"),
+        ("--tasks 64", "--tasks 2"),
+        ("--tasks 20000 --workers 2000", "--tasks 2 --workers 2"),
+        ("--nodes 8 --gpus-per-node 8", "--nodes 1 --gpus-per-node 0 --procs-per-node 2 --cpus-per-task 2"),
+        ("--model base", "--model tiny"),
+    ]
+    for old, new in substitutions:
+        assert old in block, f"README's cluster block no longer has {old!r}: update this test"
+        block = block.replace(old, new)
+    return block
+
+
+def _wait_for_jobs(runs: list[Path]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while queued := [job for run in runs for job in queued_jobs(job_tag(run))]:
+        assert time.monotonic() < deadline, f"jobs {', '.join(queued)} still queued after {WAIT_S} s"
+        time.sleep(2)
+
+
+@pytest.mark.slurm
+def test_the_readme_cluster_commands_run_as_written(cluster, tmp_path):
+    hub = tmp_path / "remote"
+    small_hub(hub, docs_per_language=4)
+    recipe = small_recipe(tmp_path / "recipe.yaml", hub)
+    block = scaled(readme_cluster_block(), tmp_path, recipe)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env["MMBERT_DATA_CACHE"] = str(tmp_path / "cache")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len(re.findall(r"stage download: \d+ of \d+ tasks submitted", done.stdout)) == 3
+
+    runs = [tmp_path / "runs" / phase for phase in ("pretrain", "midtrain", "decay")]
+    submitted = re.findall(r"submitted job (\d+)", done.stdout)
+    assert len(submitted) == 3, done.stdout
+    assert f"starts when job {submitted[0]} of runs/pretrain has ended well" in done.stdout
+    assert f"starts when job {submitted[1]} of runs/midtrain has ended well" in done.stdout
+    _wait_for_jobs(runs)
+    for phase, run, job in zip(("pretrain", "midtrain", "decay"), runs, submitted, strict=True):
+        log = (run / f"slurm-{job}.out").read_text()
+        assert "done:" in log, log[-3000:]
+        assert read_state(checkpoint_dirs(run)[-1])["tokens"] >= TOKENS, phase
+    for run, before in ((runs[1], "runs/pretrain"), (runs[2], "runs/midtrain")):
+        assert f"model from --init {before} (" in next(run.glob("slurm-*.out")).read_text()
