@@ -52,6 +52,13 @@ class SlurmOptions:
         (),
     )
 
+    def __post_init__(self) -> None:
+        for argument in self.sbatch_args:
+            if not argument.startswith("--") or len(argument.split("=")[0]) < 3:
+                raise ValueError(
+                    f"--sbatch-arg {argument!r}: use the long form, e.g. --exclusive or --constraint=cpu"
+                )
+
 
 @dataclass
 class BuildOptions:

@@ -1,9 +1,11 @@
-"""Submitting a build's stages to Slurm: datatrove's executor with the fixes a real cluster needs.
+"""Submitting a build's stages (or a download) to Slurm: datatrove's executor with the fixes a real
+cluster needs, and the checks and messages around a submission.
 
 ``ChainedSlurmExecutor`` is datatrove's ``SlurmPipelineExecutor`` with four changes:
 
 - the job id is read from ``Submitted batch job N`` wherever it is in sbatch's answer, so a
-  multi-cluster site's ``Submitted batch job N on cluster C`` works (datatrove#265 takes the last word);
+  multi-cluster site's ``Submitted batch job N on cluster C`` works (datatrove#265 takes the last
+  word; ``mixtures.slurm.submitted_job_id``);
 - a stage with more tasks than the cluster's ``MaxArraySize`` is split into several arrays
   (datatrove does that), and the next stage depends on every one of them, not on the last only;
   every job is submitted with ``--kill-on-invalid-dep=yes``, so a job whose dependency failed or
@@ -125,15 +127,7 @@ class ChainedSlurmExecutor(SlurmPipelineExecutor):
 def sbatch_directives(arguments: tuple[str, ...]) -> dict[str, str]:
     """``--sbatch-arg`` values (``--exclusive``, ``--constraint=cpu``) as datatrove's ``sbatch_args``
     (``{"exclusive": "", "constraint": "cpu"}``, written as ``#SBATCH --KEY[=VALUE]``)."""
-    directives = {}
-    for argument in arguments:
-        key, _, value = argument.removeprefix("--").partition("=")
-        if not argument.startswith("--") or not key:
-            raise SlurmError(
-                f"--sbatch-arg {argument!r}: give sbatch's long form, e.g. --exclusive or --constraint=cpu"
-            )
-        directives[key] = value
-    return directives
+    return dict(argument.removeprefix("--").partition("=")[::2] for argument in arguments)
 
 
 def slurm_executor(

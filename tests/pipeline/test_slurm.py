@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from mixtures.slurm import job_tag, queued_jobs
-from pipeline.slurm import cluster_max_array_size
+from pipeline.build_options import SlurmOptions
+from pipeline.slurm import cluster_max_array_size, slurm_executor
 from tests.corpus import FINEWEB2, build_args, file_recipe, small_hub
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -238,3 +239,21 @@ def test_slurm_download_names_its_failed_task_and_a_rerun_finishes_only_that_one
     assert all(p.read_bytes() == (Path("/") / p.relative_to(mirror)).read_bytes() for p in copied)
     done = _build(args, env)
     assert done.stdout.strip() == "stage download: done before (3 tasks)"
+
+
+def test_sbatch_args_reach_every_job_and_a_short_form_is_refused(tmp_path):
+    slurm = SlurmOptions(account="proj", sbatch_args=("--exclusive", "--constraint=cpu&big"))
+    executor = slurm_executor(
+        [], slurm, tasks=3, workers=2, logging_dir=tmp_path, job_name="job", max_array_size=8
+    )
+    script = executor.get_launch_file_contents(executor.get_sbatch_args(3), "srun true")
+    for line in ("#SBATCH --exclusive\n", "#SBATCH --constraint=cpu&big\n", "#SBATCH --account=proj\n"):
+        assert line in script
+    assert "#SBATCH --array=0-2%2\n" in script and "#SBATCH --kill-on-invalid-dep=yes\n" in script
+    env = _env(tmp_path)
+    args = build_args(tmp_path / "hub", tmp_path / "out", "--executor", "slurm", "--sbatch-arg", "exclusive")
+    run = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.strip() == (
+        "error: --sbatch-arg 'exclusive': use the long form, e.g. --exclusive or --constraint=cpu"
+    )
+    assert not (tmp_path / "out").exists()
