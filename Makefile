@@ -47,6 +47,9 @@ SAMPLE := pipeline/sample
 BUILD := $(BIN)/mmbert-data build --output $(DEMO)/data --input-root $(SAMPLE)/hub \
 	--tokenizer sample:$(SAMPLE)/hub --on-error skip
 MIXTURE := $(BIN)/mmbert-data mixture --tokens 150k
+# The decays at fewer tokens: the sample holds a few thousand tokens of each language, and
+# Decay-All takes each at most once (`max_epochs: 1`).
+DECAY_MIXTURE := $(BIN)/mmbert-data mixture --tokens 50k
 
 # Then the `tiny` encoder trains through the three phases on the CPU, each phase starting
 # from the one before (--resume makes a rerun pick up where it stopped, or do nothing), is
@@ -64,7 +67,7 @@ demo: setup
 	mkdir -p $(DEMO)/manifests
 	$(MIXTURE) --stats $(DEMO)/data/pretrain --output $(DEMO)/manifests/pretrain.json
 	$(MIXTURE) --stats $(DEMO)/data/midtrain --output $(DEMO)/manifests/midtrain.json
-	$(MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
+	$(DECAY_MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
 	$(TRAIN) --manifest $(DEMO)/manifests/pretrain.json --output $(RUNS)/pretrain --tokens 1M --batch-size 16
 	$(TRAIN) --manifest $(DEMO)/manifests/midtrain.json --output $(RUNS)/midtrain --tokens 400k --batch-size 2 \
 		--init $(RUNS)/pretrain

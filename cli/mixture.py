@@ -33,6 +33,7 @@ from mixtures.counts import (
 )
 from mixtures.errors import MixtureError
 from mixtures.formats import BUILD_OUTPUT
+from mixtures.languages import every_language
 from mixtures.manifest import build_manifest, load_manifest, validate_manifest, write_manifest
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
@@ -116,7 +117,7 @@ def mixture(
         if languages is None:
             wanted = None
         elif languages.strip() == "all":
-            wanted = [s.language for s in found.streams if s.source == pool_source]
+            wanted = every_language(s.language for s in found.streams if s.source == pool_source)
         else:
             wanted = [name.strip() for name in languages.split(",") if name.strip()]
         compiled = compile_phase(
@@ -167,22 +168,26 @@ def _counts(
         raise MixtureError("--bytes-per-token applies to --counts only")
     if stats is not None:
         found = _intact(read_stats(stats))
-        if phase is not None and phase != found.phase:
-            raise MixtureError(f"{stats} holds the statistics of phase {found.phase!r}, not {phase!r}")
-        return found, recipe.phase(found.phase).name
+        built_as = recipe.phase(phase).built_as if phase is not None else found.phase
+        if built_as != found.phase:
+            raise MixtureError(
+                f"{stats} holds the statistics of phase {found.phase!r}; phase {phase} is compiled from "
+                f"the build of {built_as!r}: pass --stats OUTPUT/{built_as}"
+            )
+        return found, phase or recipe.phase(found.phase).name
     if phase is None and temperature is None:
         raise MixtureError("name the phase: --phase NAME, --temperature T, or --stats DIR")
-    name = recipe.phase(phase).name if phase is not None else recipe.phase_for_temperature(temperature).name
+    spec = recipe.phase(phase) if phase is not None else recipe.phase_for_temperature(temperature)
     if counts is not None:
         table = parse_bytes_per_token(bytes_per_token)
-        return read_counts_csv(counts, multilingual_source(recipe), table), name
-    default = BUILD_OUTPUT / name / "stats.json"
+        return read_counts_csv(counts, multilingual_source(recipe), table), spec.name
+    default = BUILD_OUTPUT / spec.built_as / "stats.json"
     if not default.exists():
         raise MixtureError(
             f"no --stats or --counts given, and {default} (the build's default output) is missing; "
-            f"run `mmbert-data build --phase {name}` or pass --stats OUTPUT/{name}"
+            f"run `mmbert-data build --phase {spec.built_as}` or pass --stats OUTPUT/{spec.built_as}"
         )
-    return _intact(read_stats(default)), name
+    return _intact(read_stats(default)), spec.name
 
 
 def _intact(counts: Counts) -> Counts:

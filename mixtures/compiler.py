@@ -9,7 +9,9 @@ languages by the sampler (see ``mixtures.sampling``) under the epoch cap.
   ratio (new total / recipe total), so a 10k-token demo keeps the recipe's
   proportions. The multilingual share is the total minus the scaled budgets.
 - A fixed budget is split over the languages of its source (e.g. Wikipedia's
-  per-wiki streams) in proportion to their available tokens.
+  per-wiki streams) in proportion to their available tokens; a source in several
+  languages gives only the recipe phase's languages (a decay variant of 110 languages reads a
+  build of all of them); ``--languages`` changes the pool only.
 - The cap (available tokens x max epochs) holds for every stream: a fixed
   budget its source cannot supply within the cap is an error, as is a pool too
   small for its share; both messages say how much is missing.
@@ -29,7 +31,7 @@ from typing import Any
 
 from mixtures.counts import Counts, Stream
 from mixtures.errors import MixtureError
-from mixtures.languages import select_languages
+from mixtures.languages import select_languages, selecting_names
 from mixtures.recipe import PhaseSpec, Recipe
 from mixtures.sampling import SAMPLERS, capped_allocation, check_temperature
 
@@ -144,6 +146,13 @@ def compile_phase(
             source: [Stream(source, recipe.sources[source].language or MANY_LANGUAGES, 0)]
             for source in budgets
         }
+    if spec.languages is not None and not planning:  # a multilingual fixed source: the phase's languages
+        wanted = set(spec.languages)
+        for source in budgets:
+            if recipe.sources[source].language is None:
+                fixed_streams[source] = [
+                    s for s in fixed_streams[source] if wanted.intersection(selecting_names(s.language))
+                ]
     if languages is None:
         languages, languages_from = spec.languages, f"{recipe.path}: phases.{phase}.languages"
     selection = select_languages(

@@ -8,7 +8,7 @@ Three inputs give the same ``Counts``:
 - FineWeb2's language-distribution table as published (``subset, split, code,
   script, ..., utf8_bytes, ...``), for planning before any build: train split
   only, ``*_removed`` subsets ignored, tokens estimated from UTF-8 bytes with a
-  per-script bytes-per-token table;
+  per-script bytes-per-token table (one estimate for all subsets under 1 GB);
 - a plain ``language,tokens`` CSV (token amounts may carry k/M/B/T suffixes).
 
 CSV rows all belong to the multilingual pool (the recipe's FineWeb2 source).
@@ -34,12 +34,10 @@ from mixtures.recipe import parse_tokens
 FINEWEB2_COLUMNS = frozenset({"subset", "split", "code", "script", "utf8_bytes"})
 PLAIN_COLUMNS = frozenset({"language", "tokens"})
 
-# UTF-8 bytes per Gemma 2 token, by ISO 15924 script: coarse planning estimates
-# from each script's bytes per character and typical characters per token.
-# Reference points: mmBERT's token table against FineWeb2's byte sizes gives
-# ~2.1 for Faroese (a small Latin-script language; large ones such as French
-# are nearer 4) and ~3.9 for Tigrinya (Ethiopic). Calibrate on a tokenized
-# sample and override with --bytes-per-token SCRIPT=VALUE.
+# UTF-8 bytes per Gemma 2 token, by ISO 15924 script, for FineWeb2 subsets of at least
+# SMALL_SUBSET_BYTES: coarse planning estimates from each script's bytes per character and
+# typical characters per token (a large Latin-script language such as French is near 4).
+# Calibrate on a tokenized sample and override with --bytes-per-token SCRIPT=VALUE.
 BYTES_PER_TOKEN: dict[str, float] = {
     "Latn": 3.5,
     "Cyrl": 5.0,
@@ -65,6 +63,13 @@ BYTES_PER_TOKEN: dict[str, float] = {
     "Ethi": 3.9,
 }
 DEFAULT_BYTES_PER_TOKEN = 3.5  # scripts not listed: rare scripts split into short pieces
+# Smaller subsets tokenize into shorter pieces whatever their script: Gemma 2's vocabulary holds
+# few pieces of a rare language. mmBERT's per-language token table against FineWeb2's UTF-8 sizes
+# gives the languages it added in the decay ~0.40 tokens per byte, nearly flat from 10 KB to
+# 30 MB and so still at Faroese's 592 MB (285M tokens: 0.48 per byte, 2.1 bytes per token); 2.5
+# bytes per token is that rate. Tigrinya (Ethiopic, 377 MB, 97M tokens: 3.9) is the exception seen.
+SMALL_SUBSET_BYTES = 1_000_000_000
+SMALL_BYTES_PER_TOKEN = 2.5
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,11 @@ def read_counts_csv(
         table = {**BYTES_PER_TOKEN, **(bytes_per_token or {})}
         tokens = _fineweb2_rows(reader, path, table)
         origin.update(
-            kind="fineweb2-table", bytes_per_token=table, default_bytes_per_token=DEFAULT_BYTES_PER_TOKEN
+            kind="fineweb2-table",
+            bytes_per_token=table,
+            default_bytes_per_token=DEFAULT_BYTES_PER_TOKEN,
+            small_subset_bytes=SMALL_SUBSET_BYTES,
+            small_bytes_per_token=SMALL_BYTES_PER_TOKEN,
         )
     elif columns >= PLAIN_COLUMNS:
         tokens = _plain_rows(reader, path)
@@ -247,7 +256,13 @@ def _fineweb2_rows(reader: csv.DictReader, path: Path, table: Mapping[str, float
             raise MixtureError(f"{path}: line {line}: utf8_bytes: expected an integer, got {value!r}")
         if subset in tokens:
             raise MixtureError(f"{path}: line {line}: subset {subset!r} appears twice in the train split")
-        tokens[subset] = round(int(value) / table.get(row["script"], DEFAULT_BYTES_PER_TOKEN))
+        size = int(value)
+        per_token = (
+            SMALL_BYTES_PER_TOKEN
+            if size < SMALL_SUBSET_BYTES
+            else table.get(row["script"], DEFAULT_BYTES_PER_TOKEN)
+        )
+        tokens[subset] = round(size / per_token)
     return tokens
 
 

@@ -22,6 +22,9 @@ from importlib.resources import files
 
 from mixtures.errors import MixtureError
 
+# ISO 639-3 "undetermined": FineWeb2's und_{Script} subsets hold text GlotLID gave no language
+UNDETERMINED = "und"
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -41,6 +44,11 @@ def selecting_names(label: str) -> tuple[str, ...]:
     selects every script of the language (``srp`` selects srp_Cyrl and srp_Latn)."""
     code = language_code(label)
     return (label,) if code == label else (label, code)
+
+
+def every_language(labels: Iterable[str]) -> list[str]:
+    """``labels`` without FineWeb2's ``und_*`` subsets: what a phase's ``all`` selects."""
+    return [label for label in labels if language_code(label) != UNDETERMINED]
 
 
 def count_languages(names: Iterable[str]) -> str:
@@ -75,14 +83,15 @@ def select_languages(
 ) -> Selection:
     """Resolve requested names against the ``available`` pool languages.
 
-    ``requested=None`` selects every available language. ``covered`` are languages
+    ``requested=None`` selects every available language (not the ``und_*`` subsets, which are no
+    language; name them to take them). ``covered`` are languages
     that other (fixed-budget) sources supply, such as English from DCLM: a name
     matching only those is accepted and adds nothing to the pool. ``where`` says
     where the names came from, for the error message.
     """
     available = set(available)
     if requested is None:
-        return Selection(tuple(sorted(available)), ())
+        return Selection(tuple(sorted(every_language(available))), ())
     selected_by: dict[str, list[str]] = defaultdict(list)
     for label in available:
         for name in selecting_names(label):

@@ -175,6 +175,13 @@ class PhaseSpec:
     processing: ProcessingSpec
     max_epochs: float | None = None
     description: str = ""
+    build: str = ""  # the phase whose build this phase's mixture reads; "" (or its own name): its own
+
+    @property
+    def built_as(self) -> str:
+        """The phase `mmbert-data build --phase` makes this phase's data under (a decay variant's is
+        the decay build: one build serves every variant)."""
+        return self.build or self.name
 
 
 @dataclass(frozen=True)
@@ -389,6 +396,7 @@ _PHASE_KEYS = (
     "budgets",
     "training",
     "processing",
+    "build",
 )
 
 
@@ -426,7 +434,46 @@ def _phase(name: str, raw: Any, recipe: dict, where: str) -> PhaseSpec:
         processing=_processing(raw.get("processing"), recipe["processing"], f"{where}.processing"),
         max_epochs=_number(raw, "max_epochs", where) if raw.get("max_epochs") is not None else None,
         description=str(raw.get("description", "")),
+        build=str(raw.get("build") or ""),
     )
+
+
+def _covers(listed: tuple[str, ...], language: str) -> bool:
+    """Whether a phase's list of languages takes ``language``: as it is, by its code (``srp`` takes
+    ``srp_Latn``), or, for a bare code, by one of its scripts (``srp_Latn`` takes part of ``srp``)."""
+    code = language.split("_")[0]
+    if language in listed or code in listed:
+        return True
+    return "_" not in language and any(entry.split("_")[0] == code for entry in listed)
+
+
+def _check_builds(phases: dict[str, PhaseSpec], raw: dict[str, Any], where: str) -> None:
+    """A phase that reads another's build (``build: decay``) must find there everything it draws on:
+    that phase builds its own data, its languages and sources cover this one's, and this one sets no
+    ``processing`` of its own (the build's processing is what made the data)."""
+    for name, spec in phases.items():
+        if spec.built_as == name:
+            continue
+        at = f"{where}: phases.{name}.build"
+        built = phases.get(spec.build)
+        if built is None:
+            raise RecipeError(f"{at}: no phase {spec.build!r} (phases: {', '.join(phases)})")
+        if built.built_as != built.name:
+            raise RecipeError(f"{at}: {built.name} reads the build of {built.built_as} itself; name that")
+        if "processing" in raw[name]:
+            raise RecipeError(
+                f"{where}: phases.{name}.processing: the data of {name} is the build of {built.name}; "
+                f"set processing there"
+            )
+        if built.languages is not None:
+            missing = [lang for lang in spec.languages or ("all",) if not _covers(built.languages, lang)]
+            if missing:
+                raise RecipeError(
+                    f"{at}: the build of {built.name} lacks languages {', '.join(missing)} of {name}"
+                )
+        extra = sorted(set(spec.budgets) - set(built.budgets))
+        if extra:
+            raise RecipeError(f"{at}: the build of {built.name} has no source {', '.join(extra)} of {name}")
 
 
 def load_recipe(path: str | Path | None = None) -> Recipe:
@@ -459,10 +506,12 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         "processing": _processing(raw.get("processing"), ProcessingSpec(), f"{where}: processing"),
         "training": _shared_training(raw.get("training"), f"{where}: training"),
     }
+    raw_phases = _mapping(_require(raw, "phases", where), f"{where}: phases")
     phases = {
-        name: _phase(name, spec, shared, f"{where}: phases.{name}")
-        for name, spec in _mapping(_require(raw, "phases", where), f"{where}: phases").items()
+        name: _phase(name, raw_phase, shared, f"{where}: phases.{name}")
+        for name, raw_phase in raw_phases.items()
     }
+    _check_builds(phases, raw_phases, where)
     return Recipe(
         name=str(raw.get("name", path.stem)),
         path=path,

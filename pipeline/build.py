@@ -102,6 +102,11 @@ class Build:
     def __init__(self, options: BuildOptions):
         self.options = options
         self.spec: PhaseSpec = options.recipe.phase(options.phase)
+        if self.spec.built_as != options.phase:
+            raise ValueError(
+                f"phase {options.phase} trains on the build of phase {self.spec.built_as} (its `build:` in "
+                f"{options.recipe.path}); run `mmbert-data build --phase {self.spec.built_as}`"
+            )
         processing = self.spec.processing
         self.phase_dir = Path(options.output).resolve() / options.phase
         self.lid = options.lid or processing.lid

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
-DEMO_TOKENS = 150_000  # the mixture size `make demo` compiles
+DEMO_TOKENS = 150_000  # the mixture size `make demo` compiles for pretrain and midtrain
+DECAY_TOKENS = 50_000  # and for the decays, which the sample's data holds at Decay-All's one epoch
 
 
 def sample_documents() -> list[dict[str, str]]:
@@ -42,7 +43,7 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
     recipe = load_recipe()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MMBERT_DATA_CACHE", str(sample_root / "cache"))
-        for phase in recipe.phases:
+        for phase in (name for name, spec in recipe.phases.items() if spec.built_as == name):
             build = Build(
                 BuildOptions(
                     recipe=recipe,
@@ -59,7 +60,8 @@ def sample_builds(sample_root) -> dict[str, tuple[Path, dict]]:
 
 @pytest.fixture(scope="session")
 def sample_manifests(sample_builds, sample_root) -> dict[str, Path]:
-    """Each phase's manifest compiled from its sample build at ``DEMO_TOKENS`` tokens."""
+    """Each phase's manifest (the decay variants' too) compiled from its sample build at ``DEMO_TOKENS``
+    tokens, or ``DECAY_TOKENS`` for the decays."""
     from mixtures.compiler import compile_phase
     from mixtures.counts import read_stats
     from mixtures.manifest import build_manifest, write_manifest
@@ -67,10 +69,11 @@ def sample_manifests(sample_builds, sample_root) -> dict[str, Path]:
 
     recipe = load_recipe()
     manifests = {}
-    for phase, (phase_dir, _) in sample_builds.items():
-        counts = read_stats(phase_dir)
+    for phase, spec in recipe.phases.items():
+        counts = read_stats(sample_builds[spec.built_as][0])
         path = sample_root / "manifests" / f"{phase}.json"
-        mixture = compile_phase(recipe, phase, counts, tokens=DEMO_TOKENS)
+        tokens = DECAY_TOKENS if spec.built_as == "decay" else DEMO_TOKENS
+        mixture = compile_phase(recipe, phase, counts, tokens=tokens)
         write_manifest(build_manifest(mixture, recipe, counts, seed=0), path)
         manifests[phase] = path
     return manifests

@@ -84,21 +84,23 @@ def test_fineweb2_table_uses_train_split_and_bytes_per_token(tmp_path):
     table = tmp_path / "dist.csv"
     table.write_text(
         FINEWEB2_HEADER
-        + "\nfra_Latn,train,fra,Latn,French,Indo-European,10,2,7000,7KB,1,1,-,-"
+        + "\nfra_Latn,train,fra,Latn,French,Indo-European,10,2,7000000000,7GB,1,1,-,-"
         + "\nfra_Latn,test,fra,Latn,French,Indo-European,10,2,999999,1MB,1,1,-,-"
         + "\nfra_Latn_removed,train,fra,Latn,French,Indo-European,-,2,888888,1MB,1,1,-,-"
-        + "\nsrp_Cyrl,train,srp,Cyrl,Serbian,Indo-European,10,2,5000,5KB,1,1,-,-"
-        + "\nxyz_Zzzz,train,xyz,Zzzz,Test,-,10,2,350,1KB,1,1,-,-\n"
+        + "\nsrp_Cyrl,train,srp,Cyrl,Serbian,Indo-European,10,2,5000000000,5GB,1,1,-,-"
+        + "\nxyz_Zzzz,train,xyz,Zzzz,Test,-,10,2,3500000000,3.5GB,1,1,-,-"
+        + "\nfao_Latn,train,fao,Latn,Faroese,Indo-European,10,2,592000000,592MB,1,1,-,-\n"
     )
     counts = read_counts_csv(table, "fineweb2")
     assert {s.language: s.tokens for s in counts.streams} == {
-        "fra_Latn": 2000,
-        "srp_Cyrl": 1000,
-        "xyz_Zzzz": 100,
+        "fra_Latn": 2_000_000_000,  # 3.5 bytes per token (Latin script)
+        "srp_Cyrl": 1_000_000_000,  # 5.0 (Cyrillic)
+        "xyz_Zzzz": 1_000_000_000,  # 3.5 (a script without an estimate)
+        "fao_Latn": 236_800_000,  # 2.5: a subset under 1 GB, whatever its script
     }
     assert counts.data_root is None and counts.origin["kind"] == "fineweb2-table"
     override = read_counts_csv(table, "fineweb2", {"Latn": 7.0})
-    assert {s.language: s.tokens for s in override.streams}["fra_Latn"] == 1000
+    assert {s.language: s.tokens for s in override.streams}["fra_Latn"] == 1_000_000_000
     assert override.origin["bytes_per_token"]["Latn"] == 7.0
 
 
@@ -142,15 +144,15 @@ def test_decay_from_stats_splits_fixed_budgets_and_caps_the_pool(recipe, build):
     targets = {(t.source, t.language): t for t in mixture.targets}
     assert set(targets) == set(DECAY_STREAMS)
     assert sum(t.target_tokens for t in mixture.targets) == 10_000
-    # fixed budgets scale with the total: 9.5B/3.3B/3.5B of 100B
-    assert mixture.budgets == {"arxiv": 330, "dolmino": 350, "wikipedia": 950}
-    assert mixture.multilingual_tokens == 10_000 - 330 - 350 - 950
+    # fixed budgets scale with the total: 9.5B/3.3B/6.9B of 100B
+    assert mixture.budgets == {"arxiv": 330, "dolmino": 690, "wikipedia": 950}
+    assert mixture.multilingual_tokens == 10_000 - 330 - 690 - 950
     # wikipedia's budget is split over its languages in proportion to their tokens (1500 : 500),
     # the tie of 712.5 : 237.5 going to the first language in sorted order
     assert targets["wikipedia", "fra_Latn"].target_tokens == 712
     assert targets["wikipedia", "deu_Latn"].target_tokens == 238
     fao = targets["fineweb2", "fao_Latn"]
-    assert fao.capped and fao.target_tokens == 100 and fao.expected_epochs == 5.0
+    assert fao.capped and fao.target_tokens == 20 and fao.expected_epochs == 1.0  # Decay-All: once
     pool = [t for t in mixture.targets if t.source == "fineweb2"]
     assert sum(math.isclose(mixture.weight(t), t.target_tokens / 10_000) for t in pool) == len(pool)
     assert math.isclose(sum(mixture.weight(t) for t in mixture.targets), 1.0)
@@ -193,7 +195,7 @@ def test_a_new_sampler_is_one_entry_of_the_table(recipe, build, monkeypatch):
 
 def test_pool_that_cannot_fill_its_share_says_so(recipe, build):
     message = (
-        r"phase decay, fineweb2: cannot fill a budget of 50,220 tokens: at most 20,000 fit .* its 1 stream "
+        r"phase decay, fineweb2: cannot fill a budget of 48,180 tokens: at most 20,000 fit .* its 1 stream "
     )
     with pytest.raises(MixtureError, match=message + r".*lower --tokens or raise --max-epochs"):
         compile_phase(recipe, "decay", read_stats(build), tokens=60_000, max_epochs=1000, languages=["fao"])
@@ -204,7 +206,7 @@ def test_fixed_budget_beyond_the_epoch_cap_is_an_error(recipe, tmp_path):
     build = write_build(tmp_path / "data", streams=streams)
     message = r"phase decay, wikipedia: cannot fill a budget of 1,900 tokens: at most 1,000 fit within"
     with pytest.raises(MixtureError, match=message):
-        compile_phase(recipe, "decay", read_stats(build), tokens=20_000)
+        compile_phase(recipe, "decay", read_stats(build), tokens=20_000, max_epochs=5)
     assert compile_phase(recipe, "decay", read_stats(build), tokens=20_000, max_epochs=10).tokens == 20_000
 
 
@@ -247,10 +249,10 @@ def test_decay_over_fineweb2s_table_caps_the_tiniest_languages(recipe):
     pool = sorted((t for t in mixture.targets if t.source == "fineweb2"), key=lambda t: t.available_tokens)
     assert len(pool) >= 1800
     assert sum(t.target_tokens for t in mixture.targets) == 100_000_000_000
-    assert all(t.target_tokens <= 5 * t.available_tokens for t in pool)
+    assert all(t.target_tokens <= t.available_tokens for t in pool)  # Decay-All's one epoch
     uncapped_share = temperature_weights([t.available_tokens for t in pool], 0.3)
     for target, share in zip(pool[:100], uncapped_share[:100], strict=True):
-        assert target.capped and target.target_tokens == 5 * target.available_tokens
+        assert target.capped and target.target_tokens == target.available_tokens
         assert target.target_tokens < share * mixture.multilingual_tokens  # capped, not inflated
     largest = pool[-1]
     assert not largest.capped and largest.expected_epochs < 0.01

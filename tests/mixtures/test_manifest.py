@@ -64,14 +64,14 @@ def test_manifest_is_self_describing(manifest, build):
     assert doc.tokenizer.to_dict() == TOKENIZER  # with the vocabulary size and special ids the trainer checks
     assert doc.training.mask_rate == 0.05 and doc.training.seq_len == 8192
     assert doc.training.lr.schedule == "one_minus_sqrt"
-    assert doc.sampling.temperature == 0.3 and doc.sampling.max_epochs == 5.0
+    assert doc.sampling.temperature == 0.3 and doc.sampling.max_epochs == 1.0
     assert doc.data_root == build.resolve()  # the file holds it relative to its own directory
     assert raw["data_root"] == "../data/decay"
     assert doc.counts["kind"] == "stats"
     assert doc.counts["sha256"] == hashlib.sha256((build / "stats.json").read_bytes()).hexdigest()
     stream = next(s for s in doc.streams if s.language == "fao_Latn")
     assert stream.source == "fineweb2" and stream.capped is True
-    assert stream.target_tokens == 100 and stream.expected_epochs == 5.0 and stream.weight == 0.01
+    assert stream.target_tokens == 20 and stream.expected_epochs == 1.0 and stream.weight == 0.002
     fao = next(s for s in raw["streams"] if s["language"] == "fao_Latn")
     assert set(fao["shards"][0]) == {"path", "documents", "tokens", "bytes", "sha256"}
     assert stream.shards[0] == ShardEntry(**fao["shards"][0])
@@ -114,7 +114,7 @@ def test_structure_and_caps_are_checked_on_read(manifest):
     fao = next(s for s in doc["streams"] if s["language"] == "fao_Latn")
     fao["target_tokens"] += 1
     with pytest.raises(
-        MixtureError, match=r"streams\[\d+\] \(fineweb2/fao_Latn\): target_tokens 101 exceeds 5 epochs"
+        MixtureError, match=r"streams\[\d+\] \(fineweb2/fao_Latn\): target_tokens 21 exceeds 1 epoch of"
     ):
         check_manifest(doc, "m.json")
     doc = json.loads(manifest.read_text())
