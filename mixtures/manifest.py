@@ -520,7 +520,7 @@ def check_manifest(doc: Any, where: str) -> None:
         targets += target
         if max_epochs is not None and available is not None and target > math.floor(available * max_epochs):
             raise MixtureError(
-                f"{here}: target_tokens {target:,} exceeds {max_epochs:g} epoch{'' if max_epochs == 1 else 's'} of its {available:,} tokens"
+                f"{here}: target_tokens {target:,} exceeds the epoch cap, {max_epochs:g} x its {available:,} tokens"
             )
         check_shards(stream["shards"], here)
     if targets != total:

@@ -32,7 +32,7 @@ def languages_table(mixture: Mixture, top: int) -> Table:
         key=lambda t: (-t.target_tokens, t.language),
     )
     capped = sum(t.capped for t in pool)
-    epochs = "no epoch cap" if mixture.max_epochs is None else f"at most {mixture.max_epochs:g} epoch{'' if mixture.max_epochs == 1 else 's'}"
+    epochs = "no epoch cap" if mixture.max_epochs is None else f"epoch cap {mixture.max_epochs:g}"
     sampling = SAMPLERS[mixture.sampler].title.format(temperature=mixture.temperature)
     table = Table(
         title=(

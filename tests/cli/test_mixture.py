@@ -181,7 +181,7 @@ def test_validate_checks_every_manifest_given(tmp_path):
             ["--languages", "fra,srp_Latm"],
             "--languages: unknown language names: 'srp_Latm' (near misses: srp_Latn",
         ),
-        (["--phase", "pretrain"], "holds the statistics of phase 'decay'; phase pretrain is compiled from the build of 'pretrain'"),
+        (["--phase", "pretrain"], "phase pretrain is compiled from the build of 'pretrain'"),
         (["--max-epochs", "0"], "max epochs must be > 0"),
         (["--bytes-per-token", "Latn=3"], "--bytes-per-token applies to --counts only"),
     ],
