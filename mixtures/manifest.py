@@ -520,7 +520,8 @@ def check_manifest(doc: Any, where: str) -> None:
         targets += target
         if max_epochs is not None and available is not None and target > math.floor(available * max_epochs):
             raise MixtureError(
-                f"{here}: target_tokens {target:,} exceeds the epoch cap, {max_epochs:g} x its {available:,} tokens"
+                f"{here}: target_tokens {target:,} exceeds the epoch cap, "
+                f"{max_epochs:g} x its {available:,} tokens"
             )
         check_shards(stream["shards"], here)
     if targets != total:
