@@ -132,7 +132,7 @@ def mixture(
         )
         console.print(f"counts: {escape(_counts_origin(found))}")
         _warn(console, loaded, found, compiled)
-        print_mixture(console, compiled, top)
+        print_mixture(console, compiled, loaded, top)
         output = output or (found.data_root / "manifest.json" if found.data_root else None)
         if output is not None:
             fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)

@@ -200,6 +200,15 @@ class Recipe:
             raise RecipeError(f"{self.path}: no phase {name!r} (phases: {', '.join(self.phases)})")
         return self.phases[name]
 
+    def phase_that_added(self, language: str) -> str | None:
+        """The first phase, in the recipe's order, whose languages take ``language`` (``fra_Latn`` or
+        ``fra``); None if none does. mmBERT's annealed language learning groups languages so: those
+        of pretraining are its high-resource ones, those added in midtraining mid, in the decay low."""
+        for spec in self.phases.values():
+            if spec.languages is None or _covers(spec.languages, language):
+                return spec.name
+        return None
+
     def phase_for_temperature(self, temperature: float) -> PhaseSpec:
         """The phase whose sampling temperature is ``temperature`` (as users name phases)."""
         for spec in self.phases.values():

@@ -9,20 +9,22 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from mixtures.compiler import Mixture, Target
+from mixtures.compiler import MANY_LANGUAGES, Mixture, Target
 from mixtures.languages import count_languages, language_code, language_table
-from mixtures.recipe import format_tokens
+from mixtures.recipe import Recipe, format_tokens
 from mixtures.sampling import SAMPLERS
 
 SMALLEST_SHOWN = 5
 
 
-def print_mixture(console: Console, mixture: Mixture, top: int = 20) -> None:
-    """Print the languages table (largest first) and the per-source totals."""
+def print_mixture(console: Console, mixture: Mixture, recipe: Recipe, top: int = 20) -> None:
+    """Print the languages table (largest first), the per-source totals, and the tokens of the
+    languages each phase of ``recipe`` added."""
     if not console.is_terminal:  # logs and pipes: a width that fits the columns instead of rich's 80
         console.width = max(console.width, 120)
     console.print(languages_table(mixture, top))
     console.print(sources_table(mixture))
+    console.print(added_in_table(mixture, recipe))
 
 
 def languages_table(mixture: Mixture, top: int) -> Table:
@@ -77,6 +79,23 @@ def sources_table(mixture: Mixture) -> Table:
         _add_total(table, source, targets, mixture.tokens)
     table.add_section()
     _add_total(table, "total", list(mixture.targets), mixture.tokens)
+    return table
+
+
+def added_in_table(mixture: Mixture, recipe: Recipe) -> Table:
+    """Tokens per phase that added the languages (pretrain: high-resource, midtrain: mid, decay: low),
+    every source counted: how much of the phase goes to the languages each annealing step brought."""
+    table = Table(title=f"phase {mixture.phase}: tokens by the phase that added each language")
+    for column in ("added in", "streams", "available", "target", "phase share", "epochs"):
+        table.add_column(column, justify="left" if column == "added in" else "right")
+    groups: dict[str, list[Target]] = {}
+    for target in mixture.targets:
+        several = target.language == MANY_LANGUAGES  # a planning stream of a source in many languages
+        added = "several" if several else recipe.phase_that_added(target.language) or "no phase"
+        groups.setdefault(added, []).append(target)
+    for phase in [*recipe.phases, "several", "no phase"]:
+        if phase in groups:
+            _add_total(table, phase, groups[phase], mixture.tokens)
     return table
 
 

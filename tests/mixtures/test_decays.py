@@ -105,3 +105,30 @@ def test_planned_over_fineweb2s_table_the_decays_have_mmberts_shares():
             assert all(t.expected_epochs <= 1 for t in mixture.targets if t.source == "fineweb2")
         else:
             assert added == 0
+
+
+def test_each_language_belongs_to_the_phase_that_added_it():
+    recipe = load_recipe()
+    added = {
+        name: recipe.phase_that_added(name) for name in ("fra_Latn", "eng", "cat_Latn", "srp", "fao_Latn")
+    }
+    assert added == {
+        "fra_Latn": "pretrain",
+        "eng": "pretrain",
+        "cat_Latn": "midtrain",
+        "srp": "midtrain",
+        "fao_Latn": "decay",
+    }
+
+
+@pytest.mark.skipif(not FINEWEB2_TABLE.exists(), reason=f"FineWeb2's table is not at {FINEWEB2_TABLE}")
+def test_the_mixture_table_shows_the_tokens_of_the_languages_each_phase_added():
+    result = runner.invoke(app, ["--counts", str(FINEWEB2_TABLE), "--phase", "decay", "--top", "3"])
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[0]: cells
+        for line in result.output.splitlines()
+        if len(cells := [cell.strip() for cell in line.strip("│ ").split("│")]) == 6
+    }
+    assert rows["decay"][1] == "1739" and 8 <= float(rows["decay"][4].rstrip("%")) <= 12
+    assert set(rows) >= {"pretrain", "midtrain", "decay", "several"}
