@@ -156,6 +156,7 @@ def read_stats(path: str | Path) -> Counts:
             "kind": "stats",
             "path": str(path.resolve()),
             "sha256": hashlib.sha256(raw_bytes).hexdigest(),
+            "phase": phase,  # the build's: a decay variant's manifest reads the decay build
         },
         data_root=path.parent.resolve(),
         phase=phase,

@@ -258,6 +258,13 @@ class Manifest:
     recipe: dict[str, Any]  # name, path and sha256 of the recipe file
     counts: dict[str, Any]  # what the targets were compiled from
 
+    @property
+    def built_as(self) -> str:
+        """The phase of the build the shards come from, which their metadata names: a decay variant's
+        manifest reads the decay build (``counts.phase``; the manifest's own phase before that)."""
+        phase = self.counts.get("phase")
+        return phase if isinstance(phase, str) and phase else self.phase
+
 
 def load_manifest(path: str | Path, check_hashes: bool = False) -> Manifest:
     """Read a manifest (parsed once) and check it and its data; raises MixtureError naming the problems.
@@ -332,7 +339,9 @@ def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
 def stream_metadata(manifest: Manifest, stream: StreamEntry) -> dict[str, str | None]:
     """The schema metadata each shard of ``stream`` must carry."""
     tokenizer = manifest.tokenizer
-    return expected_metadata(tokenizer.name, tokenizer.sha256, stream.source, stream.language, manifest.phase)
+    return expected_metadata(
+        tokenizer.name, tokenizer.sha256, stream.source, stream.language, manifest.built_as
+    )
 
 
 def _parse(path: Path) -> tuple[Manifest, str | None]:

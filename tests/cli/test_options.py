@@ -83,7 +83,8 @@ def test_an_unknown_phase_is_one_line_naming_the_recipes_phases(args, tmp_path, 
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert lines[0].endswith(f"{DEFAULT_RECIPE}: no phase 'anneal' (phases: pretrain, midtrain, decay)")
+    phases = "pretrain, midtrain, decay, decay-cont, decay-eng"
+    assert lines[0].endswith(f"{DEFAULT_RECIPE}: no phase 'anneal' (phases: {phases})")
 
 
 def test_a_recipe_with_other_phase_names_works(tmp_path):
