@@ -72,9 +72,9 @@ def naive_ties(base: str, models: list[str], density: float, lam: float = 1.0) -
     merged = {}
     for key, base_tensor in theta_base.items():
         taus = torch.stack([theta[key].float() - base_tensor for theta in thetas])
-        magnitudes = taus.abs().flatten(1)
-        size = magnitudes.shape[1]
-        kth = magnitudes.kthvalue(size - max(1, round(density * size)) + 1, dim=1).values  # k-th largest
+        size = base_tensor.numel()
+        rank = size - max(1, round(density * size)) + 1  # the k-th largest is the rank-th smallest
+        kth = torch.stack([tau.abs().flatten().kthvalue(rank).values for tau in taus])
         trimmed = taus * (taus.abs() >= kth.view(-1, *[1] * base_tensor.dim()))
         elected = trimmed.sum(0).sign()
         agree = (trimmed.sign() == elected) & (trimmed != 0)

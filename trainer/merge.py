@@ -88,8 +88,9 @@ def ties(
 def ties_block(
     base: torch.Tensor, tensors: Sequence[torch.Tensor], thresholds: Sequence[float], lam: float
 ) -> torch.Tensor:
-    """Steps 2-5 of :func:`ties` on matching blocks of the base and the models, each model's task vector
-    trimmed at its whole tensor's threshold: every step is per entry, so a tensor merges block by block."""
+    """The steps of :func:`ties` on matching blocks of the base and the models, each model's task vector
+    trimmed at the threshold of its whole tensor: every step is then per entry, so a tensor merges
+    block by block."""
     taus = [tensor - base for tensor in tensors]
     kept = [
         torch.where(tau.abs() >= threshold, tau, 0.0) for tau, threshold in zip(taus, thresholds, strict=True)
@@ -239,7 +240,7 @@ def run_checkpoints(run: str | Path) -> list[Model]:
     if len(found) < 2:
         raise MergeError(
             f"{run}: {len(found)} complete checkpoint(s); an EMA needs two or more "
-            "(a run keeps its newest 3, all of them with --keep 0)"
+            "(a run keeps its newest 3, or --keep N of them)"
         )
     return [open_model(checkpoint) for checkpoint in found]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoTokenizer, ModernBertConfig, ModernBertForMaskedLM
 from typer.testing import CliRunner
 
 from bench.peers import naive_ties
@@ -21,7 +21,7 @@ from cli.train import app
 from tests.fixtures import train_tokenizer
 from trainer import merge
 from trainer.checkpoint import Snapshot, read_init, save_checkpoint
-from trainer.hf import export_hf
+from trainer.hf import export_hf, import_hf
 from trainer.merge import ema, linear, merge_models, ties, trim_threshold
 from trainer.model import TIED_KEY, WEIGHTS_NAME, ModelConfig, ModernBertMLM
 
@@ -169,20 +169,8 @@ def test_the_streamed_merge_reads_small_blocks_and_equals_the_in_memory_ties(zoo
 
 
 def test_merging_copies_of_one_model_directory_gives_that_model(zoo, tmp_path):
-    a = zoo["paths"]["a"]
-    merge_command(
-        "--method",
-        "ties",
-        a,
-        a,
-        a,
-        "--base",
-        zoo["paths"]["base"],
-        "--density",
-        "1",
-        "-o",
-        str(tmp_path / "ties"),
-    )
+    a, base = zoo["paths"]["a"], zoo["paths"]["base"]
+    merge_command("--method", "ties", a, a, a, "--base", base, "--density", "1", "-o", str(tmp_path / "ties"))
     merge_command("--method", "linear", a, a, a, "-o", str(tmp_path / "linear"))
     original = weights(Path(a))
     for name in ("ties", "linear"):
@@ -218,18 +206,8 @@ def test_ties_end_to_end_the_output_is_read_as_init_and_exported_with_the_datas_
 
 
 def test_a_transformers_directory_merges_as_the_model_it_was_exported_from(zoo, tmp_path):
-    paths = zoo["paths"]
-    export_hf(paths["a"], tmp_path / "hf-a")
-    merge_command(
-        "--method",
-        "linear",
-        str(tmp_path / "hf-a"),
-        paths["b"],
-        "--weights",
-        "3,1",
-        "-o",
-        str(tmp_path / "from-hf"),
-    )
+    paths, hf = zoo["paths"], str(export_hf(zoo["paths"]["a"], tmp_path / "hf-a"))
+    merge_command("--method", "linear", hf, paths["b"], "--weights", "3,1", "-o", str(tmp_path / "from-hf"))
     merge_command(
         "--method", "linear", paths["a"], paths["b"], "--weights", "3,1", "-o", str(tmp_path / "from-ours")
     )
@@ -240,6 +218,25 @@ def test_a_transformers_directory_merges_as_the_model_it_was_exported_from(zoo, 
     assert torch.allclose(
         from_ours["head.dense.weight"], 0.75 * a["head.dense.weight"] + 0.25 * b["head.dense.weight"]
     )
+
+
+def test_sharded_transformers_checkpoints_merge(tmp_path):
+    """Checkpoints as transformers saves them (an index of shards) merge as their imports would."""
+    config = ModernBertConfig(
+        vocab_size=512, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+        local_attention=16, pad_token_id=0, eos_token_id=1, bos_token_id=2, cls_token_id=2, sep_token_id=1,
+    )  # fmt: skip
+    hubs = [tmp_path / "hub-0", tmp_path / "hub-1"]
+    for seed, hub in enumerate(hubs):
+        torch.manual_seed(seed)
+        ModernBertForMaskedLM(config).save_pretrained(hub, max_shard_size="100KB")
+        assert len(json.loads((hub / "model.safetensors.index.json").read_text())["weight_map"]) > 1
+    merge_command("--method", "linear", *map(str, hubs), "-o", str(tmp_path / "merged"))
+    first, second = (import_hf(hub) for hub in hubs)
+    merged = ModernBertMLM.load(tmp_path / "merged")
+    assert merged.config == first.config
+    for key, value in merged.state_dict().items():
+        assert torch.allclose(value, (first.state_dict()[key] + second.state_dict()[key]) / 2), key
 
 
 def test_ema_of_a_runs_checkpoints_in_step_order_equals_its_closed_form(zoo, tmp_path):
