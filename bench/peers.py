@@ -57,3 +57,26 @@ def fineweb2_quality_filters(words: str, config: Any) -> list:
             min_stop_words=2,
         ),
     ]
+
+
+def naive_ties(base: str, models: list[str], density: float, lam: float = 1.0) -> dict:
+    """TIES-Merging (Yadav et al. 2023) as it is usually written, on ``model.safetensors`` files: every
+    state dict loaded whole (``safetensors.torch.load_file``), each tensor's task vectors stacked,
+    trimmed at ``torch.kthvalue``, elected and averaged. ``trainer.merge`` streams the same maths
+    block by block; the tests compare the two on tiny models, ``bench/merge.py`` measures them."""
+    import torch
+    from safetensors.torch import load_file
+
+    theta_base = load_file(base)
+    thetas = [load_file(path) for path in models]
+    merged = {}
+    for key, base_tensor in theta_base.items():
+        taus = torch.stack([theta[key].float() - base_tensor for theta in thetas])
+        size = base_tensor.numel()
+        rank = size - max(1, round(density * size)) + 1  # the k-th largest is the rank-th smallest
+        kth = torch.stack([tau.abs().flatten().kthvalue(rank).values for tau in taus])
+        trimmed = taus * (taus.abs() >= kth.view(-1, *[1] * base_tensor.dim()))
+        elected = trimmed.sum(0).sign()
+        agree = (trimmed.sign() == elected) & (trimmed != 0)
+        merged[key] = base_tensor + lam * ((trimmed * agree).sum(0) / agree.sum(0).clamp(min=1))
+    return merged

@@ -1,4 +1,4 @@
-"""`mmbert-train`: train one phase from its manifest; export, import and plot encoders.
+"""`mmbert-train`: train one phase from its manifest; export, import, merge and plot encoders.
 
 mmbert-train --manifest manifests/pretrain.json --output runs/pretrain
 mmbert-train --manifest manifests/midtrain.json --output runs/midtrain --init runs/pretrain
@@ -25,7 +25,7 @@ from trainer.overrides import Overrides
 
 app = typer.Typer(
     help="Train mmBERT encoders phase by phase from compiled manifests; export them to transformers, "
-    "import released checkpoints, plot loss curves.",
+    "import released checkpoints, merge models, plot loss curves.",
     epilog="Example: mmbert-train -m manifests/pretrain.json -o runs/pretrain; then "
     "mmbert-train -m manifests/midtrain.json -o runs/midtrain --init runs/pretrain; "
     "add --resume to continue after a crash.",
@@ -210,7 +210,7 @@ def submit(
 @app.command("export")
 def export(
     model_dir: Path = typer.Argument(
-        ..., help="A run directory (its newest checkpoint), checkpoint or model directory."
+        ..., help="A run directory (its newest checkpoint), checkpoint, merged or other model directory."
     ),
     out: Path = typer.Option(
         ...,
@@ -222,18 +222,18 @@ def export(
     tokenizer: str = typer.Option(
         None,
         help="tokenizer.json, a tokenizer directory, a hub name or sample:DIR. "
-        "Default: the tokenizer of the checkpoint's data, else the recipe's.",
+        "Default: the tokenizer of the checkpoint's (or merged models') data, else the recipe's.",
     ),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML naming the default tokenizer."),
 ) -> None:
     """Write config.json, model.safetensors and the tokenizer files for transformers."""
     from pipeline.tokenizer import find_tokenizer
-    from trainer.checkpoint import STATE_NAME, model_directory, read_state
+    from trainer.checkpoint import model_directory, recorded_tokenizer
     from trainer.hf import export_hf
 
     try:
         model_dir = model_directory(model_dir)
-        recorded = read_state(model_dir)["tokenizer"] if (model_dir / STATE_NAME).exists() else None
+        recorded = recorded_tokenizer(model_dir)
         if tokenizer is None:
             tokenizer = recorded["name"] if recorded else load_recipe(recipe).tokenizer
         same = recorded is not None and tokenizer == recorded["name"]
@@ -262,6 +262,51 @@ def import_(
     except (ValueError, OSError) as err:  # bad or unsupported checkpoint files
         raise _fail(err) from err
     typer.echo(f"wrote {out} ({model.num_parameters() / 1e6:.2f}M parameters)")
+
+
+@app.command("merge")
+def merge(
+    models: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL...",
+        help="Run directories (their newest checkpoint), checkpoints, model directories or transformers "
+        "ModernBERT directories; for --method ema, one run directory.",
+    ),
+    method: str = typer.Option(..., help="ties | linear | ema (of a run's checkpoints, in step order)."),
+    out: Path = typer.Option(
+        ..., "--output", "-o", help="Model directory to write (config.json, model.safetensors, merge.json)."
+    ),
+    base: str = typer.Option(
+        None, help="ties: the model the others were trained from; task vectors are taken against it."
+    ),
+    density: float = typer.Option(
+        None, help="ties: fraction of each task vector kept per tensor, by magnitude, in (0, 1]. Default 0.2."
+    ),
+    lam: float = typer.Option(
+        None, "--lambda", help="ties: scale of the merged task vector added to the base. Default 1.0."
+    ),
+    weights: str = typer.Option(
+        None, help="linear: one weight >= 0 per model, comma-separated, normalised to sum 1. Default: equal."
+    ),
+    decay: float = typer.Option(
+        None, help="ema: m_k = decay * m_(k-1) + (1 - decay) * checkpoint_k, in (0, 1). Default 0.9."
+    ),
+) -> None:
+    """Merge models into one model directory: TIES, a weighted average, or an EMA of a run's checkpoints.
+    It carries the tokenizer record of the inputs' data, for export and --init."""
+    from trainer.merge import merge_models
+
+    try:
+        numbers = None if weights is None else [float(weight) for weight in weights.split(",")]
+    except ValueError as err:
+        raise _fail(ValueError(f"--weights {weights}: expected numbers separated by commas")) from err
+    try:
+        record = merge_models(
+            models, out, method, base=base, density=density, lam=lam, weights=numbers, decay=decay
+        )
+    except (ValueError, OSError) as err:  # models that cannot be merged, an output that cannot be written
+        raise _fail(err) from err
+    typer.echo(f"wrote {out} ({method} of {len(record['models'])} models)")
 
 
 if __name__ == "__main__":

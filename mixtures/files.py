@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -106,6 +107,24 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             os.replace(temporary, path)
     finally:
         _remove(temporary)
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """For outputs that are directories: the block fills the directory this yields, which becomes
+    ``path`` (replacing an empty directory there) when the block ends without an error; otherwise it
+    is removed with all it holds, so a writer that fails midway leaves nothing."""
+    path = Path(path)
+    temporary = temporary_path(path)
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a killed process that had this pid
+    try:
+        with writing(path):
+            temporary.mkdir(parents=True)
+        yield temporary
+        with writing(path):
+            os.rename(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 class LockHeld(Exception):

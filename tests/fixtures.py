@@ -1,5 +1,6 @@
 """Build outputs for the tests: fake builds (real Arrow shards and a stats.json of the build's format)
-for the mixture tests, a manifest compiled from one, and a real build's shards read back."""
+for the mixture tests, a manifest compiled from one, a real build's shards read back, and a small
+tokenizer.json for the trainer's exports."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 from mixtures.compiler import compile_phase
 from mixtures.counts import read_stats
@@ -26,6 +28,9 @@ TOKENIZER = {
     "vocab_size": 256_000,
     "special_ids": {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4},
 }
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]  # Gemma 2's ids 0..4
+CORPUS = ["the cat sat on the mat", "a dog ran in the park", "my bird sang in a tree"]
 
 # (source, language) -> token count of each shard; the decay phase of the bundled recipe.
 DECAY_STREAMS = {
@@ -169,3 +174,16 @@ def forge_manifest(doc: dict, path: Path) -> None:
     body = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     fingerprint = hashlib.sha256(body).hexdigest()
     path.write_bytes(b'{"fingerprint":"' + fingerprint.encode() + b'",' + body[1:] + b"\n")
+
+
+def train_tokenizer(path: Path) -> Path:
+    """A word-level ``tokenizer.json`` of CORPUS with Gemma 2's special ids, putting ``<bos> ... <eos>``
+    around a text."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 1)]
+    )
+    tokenizer.save(str(path))
+    return path

@@ -66,7 +66,7 @@ from mixtures.manifest import Manifest
 from trainer.config import ConfigError, TrainConfig, model_config
 from trainer.data import MixtureLoader, StepBatch
 from trainer.distributed import Dist, all_reduce_sum, barrier
-from trainer.hf import config_from_hf, read_hf_weights
+from trainer.hf import read_config, read_hf_weights
 from trainer.model import (
     CONFIG_NAME,
     TIED_KEY,
@@ -82,6 +82,7 @@ from trainer.parallel import full_tensor, is_sharded, shard_like
 CHECKPOINT_FORMAT = "mmbert-train/checkpoint"
 CHECKPOINT_VERSION = 1
 STATE_NAME = "state.json"
+MERGE_NAME = "merge.json"  # what a merged model directory was made of (trainer/merge.py)
 OPTIMIZER_NAME = "optimizer.safetensors"
 LOCK_NAME = "run.lock"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -309,6 +310,17 @@ def parameter_names(model: ModernBertMLM) -> dict[torch.nn.Parameter, str]:
     return {parameter: name for name, parameter in model.named_parameters()}
 
 
+def recorded_tokenizer(directory: Path) -> dict[str, Any] | None:
+    """The tokenizer record of the data a model directory's weights were trained on: a checkpoint's
+    (``state.json``, checked against its hashes) or a merge's (``merge.json``, see ``trainer/merge.py``);
+    None for a model saved without one (``mmbert-train import``, a transformers directory)."""
+    if (directory / STATE_NAME).exists():
+        return read_state(directory).get("tokenizer")
+    if (directory / MERGE_NAME).exists():
+        return read_json_object(directory / MERGE_NAME).get("tokenizer")
+    return None
+
+
 @dataclass
 class InitSource:
     """Where a phase starts from (``--init``): a model, and for a training checkpoint its optimizer state."""
@@ -350,20 +362,16 @@ def read_init(path: str | Path) -> InitSource:
         path = model_directory(path)
     except CheckpointError as err:
         raise CheckpointError(f"--init {err}") from err
-    config_path = path / CONFIG_NAME
     try:
-        raw = read_json_object(config_path)
-        if raw.get("model_type") == "modernbert":  # a transformers checkpoint, e.g. a released mmBERT
+        config, transformers = read_config(path)
+        if transformers:  # a transformers checkpoint, e.g. a released mmBERT
             weights, where = read_hf_weights(path)
-            return InitSource(
-                config_from_hf(raw, str(config_path)), {k: v.float() for k, v in weights.items()}, where
-            )
-        config = ModelConfig.from_dict(raw, where=str(config_path))
+            return InitSource(config, {k: v.float() for k, v in weights.items()}, where)
         weights = load_file(str(path / WEIGHTS_NAME))
     except (ModelFormatError, OSError, SafetensorError) as err:
         raise CheckpointError(f"--init {path}: not a model or checkpoint directory: {err}") from err
     if not (path / STATE_NAME).exists():
-        return InitSource(config, weights, str(path))
+        return InitSource(config, weights, str(path), tokenizer=recorded_tokenizer(path))
     state = read_state(path)
     optimizer = (load_file(str(path / OPTIMIZER_NAME)), state["optimizer_steps"])
     return InitSource(config, weights, str(path), optimizer=optimizer, tokenizer=state.get("tokenizer"))

@@ -149,29 +149,48 @@ def config_from_hf(raw: dict, where: str) -> ModelConfig:
     return config
 
 
-def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """All tensors of a checkpoint: single or sharded safetensors, else ``torch.load(weights_only=True)``."""
+def read_config(directory: Path) -> tuple[ModelConfig, bool]:
+    """The shape of the model in ``directory`` from its ``config.json``, in our spelling or transformers'
+    (a ModernBERT checkpoint: then the flag is True)."""
+    path = directory / CONFIG_NAME
+    raw = read_json_object(path)
+    if raw.get("model_type") == "modernbert":
+        return config_from_hf(raw, str(path)), True
+    return ModelConfig.from_dict(raw, where=str(path)), False
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The files holding a checkpoint's weights: ``model.safetensors``, else the shards its index
+    names, else ``pytorch_model.bin``; a ModelFormatError when it has none."""
     single, index, pickled = (
         directory / WEIGHTS_NAME,
         directory / SHARD_INDEX_NAME,
         directory / PICKLE_WEIGHTS_NAME,
     )
     if single.exists():
-        return read_safetensors(single), str(single)
+        return [single]
     if index.exists():
         weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ModelFormatError(f"{index}: missing the 'weight_map' object")
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            state.update(read_safetensors(directory / shard))
-        return state, str(index)
+        return [directory / shard for shard in sorted(set(weight_map.values()))]
     if pickled.exists():
-        try:
-            return torch.load(pickled, map_location="cpu", weights_only=True), str(pickled)
-        except Exception as err:  # torch raises many types for a file it refuses to read safely
-            raise ModelFormatError(f"{pickled}: cannot read weights safely: {err}") from err
+        return [pickled]
     raise ModelFormatError(f"{directory}: no {WEIGHTS_NAME}, {SHARD_INDEX_NAME} or {PICKLE_WEIGHTS_NAME}")
+
+
+def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """All tensors of a checkpoint: single or sharded safetensors, else ``torch.load(weights_only=True)``."""
+    files = weight_files(directory)
+    if files[0].name == PICKLE_WEIGHTS_NAME:
+        try:
+            return torch.load(files[0], map_location="cpu", weights_only=True), str(files[0])
+        except Exception as err:  # torch raises many types for a file it refuses to read safely
+            raise ModelFormatError(f"{files[0]}: cannot read weights safely: {err}") from err
+    state: dict[str, torch.Tensor] = {}
+    for shard in files:
+        state.update(read_safetensors(shard))
+    return state, str(files[0] if files[0].name == WEIGHTS_NAME else directory / SHARD_INDEX_NAME)
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path | None = None) -> ModernBertMLM:

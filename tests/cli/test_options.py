@@ -27,6 +27,7 @@ WRITERS = {
     ("mmbert-train", None): "--out",
     ("mmbert-train", "export"): "--out",
     ("mmbert-train", "import"): "--out",
+    ("mmbert-train", "merge"): None,
     ("mmbert-train", "plot"): None,
 }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
@@ -23,23 +23,11 @@ from transformers import (
 from typer.testing import CliRunner
 
 from cli.train import app
+from tests.fixtures import CORPUS, train_tokenizer
 from trainer.hf import export_hf, import_hf
 from trainer.model import ModelConfig, ModelFormatError, ModernBertMLM
 
-SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]  # Gemma 2's ids 0..4
-CORPUS = ["the cat sat on the mat", "a dog ran in the park", "my bird sang in a tree"]
 runner = CliRunner()
-
-
-def train_tokenizer(path: Path) -> Path:
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<bos> $A <eos>", special_tokens=[("<bos>", 2), ("<eos>", 1)]
-    )
-    tokenizer.save(str(path))
-    return path
 
 
 def randomize(model: ModernBertMLM, seed: int = 0) -> ModernBertMLM:
