@@ -58,7 +58,11 @@ def mixture(
         "--temperature",
         help="Sampling temperature; without --phase or --stats it also picks the phase.",
     ),
-    stats: Path | None = typer.Option(None, "--stats", help="A build's phase directory (or its stats.json)."),
+    stats: Path | None = typer.Option(
+        None,
+        "--stats",
+        help="A build's phase directory (or its stats.json), or with --phase the build's --output.",
+    ),
     counts: Path | None = typer.Option(
         None,
         "--counts",
@@ -167,6 +171,8 @@ def _counts(
     if bytes_per_token and counts is None:
         raise MixtureError("--bytes-per-token applies to --counts only")
     if stats is not None:
+        if phase is not None and stats.is_dir() and not (stats / "stats.json").exists():
+            stats = stats / recipe.phase(phase).built_as  # the build's --output: its phase's directory
         found = _intact(read_stats(stats))
         built_as = recipe.phase(phase).built_as if phase is not None else found.phase
         if built_as != found.phase:

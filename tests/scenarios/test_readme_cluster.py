@@ -29,11 +29,13 @@ TOKENS = 16_000  # per phase, instead of the recipe's 2.3T / 600B / 100B
 WAIT_S = 900
 
 
-def readme_cluster_block() -> str:
-    """The bash block of README's "Running at scale" section."""
+def readme_cluster_blocks() -> list[str]:
+    """The bash blocks of README's "Running at scale" section: the steps, then the merge."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Running at scale") :]
-    return re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    section = text[
+        text.index("## Running at scale") : text.index("\n## ", text.index("## Running at scale") + 1)
+    ]
+    return re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
 
 
 def small_recipe(path: Path, hub: Path) -> Path:
@@ -55,24 +57,29 @@ def small_recipe(path: Path, hub: Path) -> Path:
     return path
 
 
-def scaled(block: str, work: Path, recipe: Path) -> str:
-    """README's block with paths in ``work``, the small recipe, and the cluster's sizes of one node."""
-    substitutions = [
-        ("/data/hub", str(work / "hub")),
-        ("/data/build", str(work / "build")),
-        ("mmbert-data download ", f"mmbert-data download --recipe {recipe} "),
-        ("mmbert-data build ", f"mmbert-data build --recipe {recipe} "),
-        ("mmbert-data mixture ", f"mmbert-data mixture --recipe {recipe} "),
-        ("--wait", "--wait --every 1"),
-        ("--tasks 64", "--tasks 2"),
-        ("--tasks 20000 --workers 2000", "--tasks 2 --workers 2"),
-        ("--nodes 8 --gpus-per-node 8", "--nodes 1 --gpus-per-node 0 --procs-per-node 2 --cpus-per-task 2"),
-        ("--model base", "--model tiny"),
-    ]
-    for old, new in substitutions:
-        assert old in block, f"README's cluster block no longer has {old!r}: update this test"
-        block = block.replace(old, new)
-    return block
+SUBSTITUTIONS = [  # (README's text, what one 2-CPU node runs), in both blocks
+    ("/data/hub", "{work}/hub"),
+    ("/data/build", "{work}/build"),
+    ("mmbert-data download ", "mmbert-data download --recipe {recipe} "),
+    ("mmbert-data build ", "mmbert-data build --recipe {recipe} "),
+    ("mmbert-data mixture ", "mmbert-data mixture --recipe {recipe} "),
+    ("--wait", "--wait --every 1"),
+    ("--tasks 64", "--tasks 2"),
+    ("--tasks 20000 --workers 2000", "--tasks 2 --workers 2"),
+    ("--nodes 8 --gpus-per-node 8", "--nodes 1 --gpus-per-node 0 --procs-per-node 2 --cpus-per-task 2"),
+    ("--model base", "--model tiny"),
+]
+PHASES = ("pretrain", "midtrain", "decay", "decay-cont", "decay-eng")
+
+
+def scaled(blocks: list[str], work: Path, recipe: Path) -> list[str]:
+    """README's blocks with paths in ``work``, the small recipe, and the cluster's sizes of one node."""
+    for old, new in SUBSTITUTIONS:
+        assert any(old in block for block in blocks), (
+            f"README's cluster section lost {old!r}: update this test"
+        )
+        blocks = [block.replace(old, new.format(work=work, recipe=recipe)) for block in blocks]
+    return blocks
 
 
 def _wait_for_jobs(runs: list[Path]) -> None:
@@ -82,29 +89,38 @@ def _wait_for_jobs(runs: list[Path]) -> None:
         time.sleep(2)
 
 
+def _bash(block: str, cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 @pytest.mark.slurm
 def test_the_readme_cluster_commands_run_as_written(cluster, tmp_path):
     hub = tmp_path / "remote"
     small_hub(hub, docs_per_language=4)
     recipe = small_recipe(tmp_path / "recipe.yaml", hub)
-    block = scaled(readme_cluster_block(), tmp_path, recipe)
+    steps, merge = scaled(readme_cluster_blocks(), tmp_path, recipe)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env["MMBERT_DATA_CACHE"] = str(tmp_path / "cache")
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert len(re.findall(r"stage download: \d+ of \d+ tasks submitted", done.stdout)) == 3
+    out = _bash(steps, tmp_path, env)
+    assert len(re.findall(r"stage download: \d+ of \d+ tasks submitted", out)) == 3
+    assert sorted(p.name for p in (tmp_path / "manifests").iterdir()) == sorted(f"{p}.json" for p in PHASES)
 
-    runs = [tmp_path / "runs" / phase for phase in ("pretrain", "midtrain", "decay")]
-    submitted = re.findall(r"submitted job (\d+)", done.stdout)
-    assert len(submitted) == 3, done.stdout
-    assert f"starts when job {submitted[0]} of runs/pretrain has ended well" in done.stdout
-    assert f"starts when job {submitted[1]} of runs/midtrain has ended well" in done.stdout
-    _wait_for_jobs(runs)
-    for phase, run, job in zip(("pretrain", "midtrain", "decay"), runs, submitted, strict=True):
-        log = (run / f"slurm-{job}.out").read_text()
+    runs = {phase: tmp_path / "runs" / phase for phase in PHASES}
+    submitted = dict(zip(PHASES, re.findall(r"submitted job (\d+)", out), strict=True))
+    assert f"starts when job {submitted['pretrain']} of runs/pretrain has ended well" in out
+    assert out.count(f"starts when job {submitted['midtrain']} of runs/midtrain has ended well") == 3
+    _wait_for_jobs(list(runs.values()))
+    for phase, run in runs.items():
+        log = (run / f"slurm-{submitted[phase]}.out").read_text()
         assert "done:" in log, log[-3000:]
         assert read_state(checkpoint_dirs(run)[-1])["tokens"] >= TOKENS, phase
-    for run, before in ((runs[1], "runs/pretrain"), (runs[2], "runs/midtrain")):
-        assert f"model from --init {before} (" in next(run.glob("slurm-*.out")).read_text()
+        if phase != "pretrain":
+            before = "runs/pretrain" if phase == "midtrain" else "runs/midtrain"
+            assert f"model from --init {before} (" in log
+
+    merged = _bash(merge, tmp_path, env)
+    assert (tmp_path / "hf-model" / "model.safetensors").is_file() and "wrote" in merged
