@@ -1,8 +1,10 @@
 """README's "Running at scale" block, run as written on the local Slurm (`.ci/slurm.sh start`).
 
 What is scaled down, and only that: the hub is a small local copy (``file://`` URIs of the
-recipe), the recipe's token budgets and batches are a few thousand tokens, and the flags that
-size the cluster (tasks, workers, nodes, GPUs, model size) take what one 2-CPU node can run.
+recipe), the recipe's token budgets and batches are a few thousand tokens (and its builds skip
+MinHash, whose Slurm build `tests/pipeline/test_slurm.py` runs), and the flags that size the
+cluster (tasks, workers, nodes, GPUs, model size) take what one 2-CPU node can run (one rank per
+job: two-rank jobs are `tests/trainer/test_submit.py`'s).
 Every other word of every command is README's; each substitution must find its text, so a
 README that changes its commands changes what this test runs or fails it.
 """
@@ -44,6 +46,7 @@ def small_recipe(path: Path, hub: Path) -> Path:
     file_recipe(path, hub)
     raw = yaml.safe_load(path.read_text())
     raw["tokenizer"] = f"sample:{hub}"
+    raw["processing"]["dedup"] = False  # a dedup build on Slurm: tests/pipeline/test_slurm.py
     raw["training"].update(batch_size=8, batch_warmup_min=8, batch_warmup_tokens=0)
     for spec in raw["phases"].values():
         factor = TOKENS / parse_tokens(spec["tokens"])
@@ -66,7 +69,7 @@ SUBSTITUTIONS = [  # (README's text, what one 2-CPU node runs), in both blocks
     ("--wait", "--wait --every 1"),
     ("--tasks 64", "--tasks 2"),
     ("--tasks 20000 --workers 2000", "--tasks 2 --workers 2"),
-    ("--nodes 8 --gpus-per-node 8", "--nodes 1 --gpus-per-node 0 --procs-per-node 2 --cpus-per-task 2"),
+    ("--nodes 8 --gpus-per-node 8", "--nodes 1 --gpus-per-node 0 --procs-per-node 1 --cpus-per-task 1"),
     ("--model base", "--model tiny"),
 ]
 PHASES = ("pretrain", "midtrain", "decay", "decay-cont", "decay-eng")
