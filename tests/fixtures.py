@@ -91,10 +91,13 @@ def write_build(
                 "language": language,
                 "documents_read": sum(s["documents"] for s in shards) + 3,
                 "documents_kept": sum(s["documents"] for s in shards),
+                "documents_heldout": 0,
                 "drops": {"language_score": 2, "gopher_repetition": 1},
                 "tokens": sum(s["tokens"] for s in shards),
                 "bytes": sum(s["tokens"] for s in shards) * 4,
                 "shards": shards,
+                "heldout_tokens": 0,
+                "heldout": [],
             }
         )
     stats = {
