@@ -8,9 +8,10 @@ by key, its held-out set is:
 
 - the documents whose key falls under ``HELDOUT_RATE`` of the key space, lowest key first, for as
   long as their tokens add up to at most ``HELDOUT_TOKENS``;
-- where none is under the rate (a small stream) and the stream has two documents or more, its
-  document with the lowest key: every stream that can spare one has one to evaluate on;
-- never a document of more than ``HELDOUT_TOKENS`` tokens, so the cap always holds.
+- where none is under the rate (a small stream), its document with the lowest key: every stream
+  that can spare one has one to evaluate on;
+- never all of a stream's documents (a stream of one document holds none out), and never a
+  document of more than ``HELDOUT_TOKENS`` tokens, so the cap always holds.
 
 The set depends on the stream's documents alone, not on how the input is split into tasks or
 how many run at once, nor on their order. It needs the whole stream's keys and token counts,
@@ -69,21 +70,25 @@ def heldout_key(doc: Document) -> int:
 
 
 def highest_heldout_key(
-    candidates: Iterable[tuple[int, int]], rate: float, cap: int
+    candidates: Iterable[tuple[int, int]], rate: float, cap: int, documents: int | None = None
 ) -> tuple[int | None, int | None]:
     """Walk ``(key, tokens)`` candidates by key as the module docstring says: returns the highest key
     held out (None: none) and the key the walk stopped at (None: it did not stop before the end).
 
-    Documents sharing a key (the same id twice in a stream) are taken or left together.
+    ``documents``: the stream's, one of which at least stays for training (None: not known, as in
+    one task's view). Documents sharing a key (the same id twice in a stream) are taken or left
+    together.
     """
-    tokens_by_key: dict[int, int] = defaultdict(int)
+    by_key: dict[int, list[int]] = defaultdict(list)
     for key, tokens in candidates:
-        tokens_by_key[key] += tokens
+        by_key[key].append(tokens)
     rate_key = int(rate * KEY_SPACE)
-    total, highest = 0, None
-    for key in sorted(tokens_by_key):
-        total += tokens_by_key[key]
-        if total > cap or (highest is not None and key >= rate_key):
+    most = len(by_key) if documents is None else documents - 1
+    total = taken = 0
+    highest = None
+    for key in sorted(by_key):
+        total, taken = total + sum(by_key[key]), taken + len(by_key[key])
+        if total > cap or taken > most or (highest is not None and key >= rate_key):
             return highest, key
         highest = key
         if key >= rate_key:  # none under the rate: the lowest key alone
@@ -173,8 +178,8 @@ class HeldOutSelection(PipelineStep):
                 candidates[stream].extend(map(tuple, listed["candidates"]))
         selection = {}
         for stream in sorted(documents):
-            highest, _ = highest_heldout_key(candidates[stream], self.rate, self.tokens)
-            if documents[stream] >= 2 and highest is not None:
+            highest, _ = highest_heldout_key(candidates[stream], self.rate, self.tokens, documents[stream])
+            if highest is not None:
                 selection[stream] = highest
         write_atomic(Path(self.work_dir) / "selection.json", json.dumps(selection, indent=1))
         yield from data or ()
