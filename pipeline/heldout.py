@@ -14,7 +14,9 @@ by key, its held-out set is:
   document of more than ``HELDOUT_TOKENS`` tokens, so the cap always holds.
 
 The set depends on the stream's documents alone, not on how the input is split into tasks or
-how many run at once, nor on their order. It needs the whole stream's keys and token counts,
+how many run at once, nor on their order. (Which member of a near-duplicate cluster survives
+deduplication is datatrove's MinHash choice, which follows task order; the held-out set is chosen
+among the survivors.) It needs the whole stream's keys and token counts,
 which no task has, so it is made in three steps:
 
 1. :class:`HeldOutCandidates`, in the last data stage, right after tokenizing: every document
