@@ -113,10 +113,13 @@ def generate(phase_dir: Path, languages: int, shards: int) -> int:
                 "language": language,
                 "documents_read": shards,
                 "documents_kept": shards,
+                "documents_heldout": 0,
                 "drops": {},
                 "tokens": per_shard * shards,
                 "bytes": per_shard * shards * 4,
                 "shards": entry_shards,
+                "heldout_tokens": 0,
+                "heldout": [],
             }
         )
     stats = {

@@ -23,7 +23,13 @@ import typer
 
 from mixtures.errors import MixtureError
 from mixtures.files import file_sha256
-from mixtures.formats import SHARD_METADATA, count_problems, input_ids_problem, schema_problems
+from mixtures.formats import (
+    HELDOUT_DIR,
+    SHARD_METADATA,
+    count_problems,
+    input_ids_problem,
+    schema_problems,
+)
 
 
 def inspect(
@@ -119,10 +125,13 @@ def _verify(path: Path, manifest: Path | None, counts: tuple[int, int]) -> str:
     file = path.resolve()
     try:
         if manifest is None:
-            record = file.parents[2] / "stats.json"  # OUTPUT/PHASE/SOURCE/LANGUAGE/NAME.arrow
-            relative = file.relative_to(file.parents[2]).as_posix()
+            # OUTPUT/PHASE/SOURCE/LANGUAGE/NAME.arrow, or OUTPUT/PHASE/heldout/SOURCE/LANGUAGE/NAME.arrow
+            phase_dir = file.parents[3] if file.parents[2].name == HELDOUT_DIR else file.parents[2]
+            record = phase_dir / "stats.json"
+            relative = file.relative_to(phase_dir).as_posix()
             streams = load_stats(record)["streams"]
-            entries = [e for stream in streams for e in stream["shards"] if e["path"] == relative]
+            listed = (e for stream in streams for e in (*stream["shards"], *stream["heldout"]))
+            entries = [entry for entry in listed if entry["path"] == relative]
         else:
             record, loaded = manifest, load_manifest(manifest)
             entries = [

@@ -4,7 +4,8 @@ Three inputs give the same ``Counts``:
 
 - a build's ``stats.json`` (``mmbert-data build`` writes one per phase): exact
   token counts per (source, language) stream, with the shard list the manifest
-  points the trainer at;
+  points the trainer at (and the stream's held-out shards, which no manifest lists:
+  :func:`heldout_shards` finds them for evaluation);
 - FineWeb2's language-distribution table as published (``subset, split, code,
   script, ..., utf8_bytes, ...``), for planning before any build: train split
   only, ``*_removed`` subsets ignored, tokens estimated from UTF-8 bytes with a
@@ -74,12 +75,14 @@ SMALL_BYTES_PER_TOKEN = 2.5
 
 @dataclass(frozen=True)
 class Stream:
-    """Available tokens of one (source, language), and the shards that hold them (stats only)."""
+    """Available tokens of one (source, language), the shards that hold them and its held-out shards
+    (stats only)."""
 
     source: str
     language: str
     tokens: int
     shards: tuple[dict[str, Any], ...] = ()
+    heldout: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class Counts:
 
 
 def changed_shards(counts: Counts) -> list[str]:
-    """The shards of a build that are missing, or not the size its ``stats.json`` records.
+    """The shards of a build, held-out ones too, that are missing or not the size its ``stats.json`` records.
 
     One ``stat`` per shard. A build's rerun skips its finished tasks, so without this a
     shard damaged after it was written would pass into a manifest silently (and be
@@ -112,7 +115,7 @@ def changed_shards(counts: Counts) -> list[str]:
     if counts.data_root is None:
         return []
     problems: list[str] = []
-    for shard in (shard for stream in counts.streams for shard in stream.shards):
+    for shard in (shard for stream in counts.streams for shard in (*stream.shards, *stream.heldout)):
         path, recorded = shard["path"], shard["bytes"]
         try:
             size = (counts.data_root / path).stat().st_size
@@ -122,6 +125,18 @@ def changed_shards(counts: Counts) -> list[str]:
         if size != recorded:
             problems.append(f"changed shard: {path} has {size:,} bytes, stats.json records {recorded:,}")
     return problems
+
+
+def heldout_shards(counts: Counts) -> dict[tuple[str, str], list[Path]]:
+    """Each (source, language) stream's held-out shards, as paths under the build's phase directory
+    (streams that hold none out are left out): the documents to evaluate a model on, never trained on."""
+    if counts.data_root is None:
+        return {}
+    return {
+        (stream.source, stream.language): [counts.data_root / shard["path"] for shard in stream.heldout]
+        for stream in counts.streams
+        if stream.heldout
+    }
 
 
 def damaged_build(counts: Counts, problems: list[str]) -> MixtureError:
@@ -291,10 +306,12 @@ def _stream(raw: Any, where: str) -> Stream:
     where = f"{where} ({source}/{language})"
     tokens = _count(raw, "tokens", where)
     shards = shard_entries(raw.get("shards"), where)
-    shard_tokens = sum(shard["tokens"] for shard in shards)
-    if shard_tokens != tokens:
-        raise MixtureError(f"{where}: tokens is {tokens} but its shards hold {shard_tokens}")
-    return Stream(source, language, tokens, shards)
+    heldout = shard_entries(raw.get("heldout"), where, "heldout")
+    for key, listed in (("tokens", shards), ("heldout_tokens", heldout)):
+        recorded, held = _count(raw, key, where), sum(shard["tokens"] for shard in listed)
+        if held != recorded:
+            raise MixtureError(f"{where}: {key} is {recorded} but its shards hold {held}")
+    return Stream(source, language, tokens, shards, heldout)
 
 
 def _check_unique(streams: tuple[Stream, ...], where: str) -> None:

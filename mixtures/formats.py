@@ -6,6 +6,8 @@ lives here, in one light module (standard library, numpy and pyarrow only), so t
 node reading a manifest imports none of the data pipeline:
 
 - format names and versions of ``stats.json`` and the manifest;
+- where held-out shards live: ``{phase_dir}/heldout/{source}/{language}/`` (``HELDOUT_DIR``), listed
+  per stream in ``stats.json`` under ``heldout`` beside the training ``shards``; never in a manifest;
 - the shard schema: an Arrow IPC *stream* file, one row per document, ``id: string``
   and ``input_ids: list<uint32>`` (bos + tokens + eos), with schema metadata naming
   the tokenizer (name and SHA-256), source, language and phase;
@@ -35,9 +37,10 @@ from mixtures.errors import MixtureError
 BUILD_OUTPUT = Path("runs/build")
 
 STATS_FORMAT = "mmbert-data/stats"
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: held-out documents, counted apart from those kept (read == kept + heldout + drops)
 MANIFEST_FORMAT = "mmbert-data/manifest"
 MANIFEST_VERSION = 1
+HELDOUT_DIR = "heldout"
 
 SHARD_SCHEMA = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.uint32()))])
 # Schema metadata every shard carries, and the kind of problem a different value is.
@@ -169,14 +172,15 @@ def input_ids_problem(
     )
 
 
-def shard_entries(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
-    """A stream's shards as build statistics and manifests list them (see the module docstring)."""
-    check_shards(raw, where)
+def shard_entries(raw: Any, where: str, key: str = "shards") -> tuple[dict[str, Any], ...]:
+    """A stream's shards as build statistics and manifests list them (see the module docstring);
+    ``key`` names the list in messages (``heldout`` for a stream's held-out shards)."""
+    check_shards(raw, where, key)
     keys = ("path", "documents", "tokens", "bytes", "sha256")
     return tuple({key: entry[key] for key in keys if key in entry} for entry in raw)
 
 
-def check_shards(raw: Any, where: str) -> None:
+def check_shards(raw: Any, where: str, key: str = "shards") -> None:
     """Raise MixtureError naming the first malformed entry of a stream's shard list.
 
     A phase has 100k+ shards, so the list is checked in bulk (one pass of type
@@ -184,10 +188,10 @@ def check_shards(raw: Any, where: str) -> None:
     examined field by field, for the message.
     """
     if not isinstance(raw, list):
-        raise MixtureError(f"{where}: shards: expected a list")
+        raise MixtureError(f"{where}: {key}: expected a list")
     index = _first_malformed(raw)
     if index is not None:
-        _check_shard(raw[index], f"{where}: shards[{index}]")
+        _check_shard(raw[index], f"{where}: {key}[{index}]")
 
 
 def check_tokenizer(raw: Any, where: str, planned: bool = False) -> dict[str, Any]:

@@ -8,7 +8,10 @@ writes the surviving documents and their MinHash signatures, and three more
 stages follow: ``buckets`` (one task per MinHash bucket), ``clusters`` (one task)
 and ``write`` (N tasks: drop near-duplicates, tokenize, write shards).
 
-A last one-task stage, ``stats``, writes ``stats.json``. Executors are separate
+Two stages set the held-out documents apart (``pipeline.heldout``): the last data stage puts
+the candidates aside, ``select`` (one task) chooses each stream's held-out set from their keys and
+token counts, and ``heldout`` (N tasks) writes it as held-out shards, returning the other
+candidates to training. A last one-task stage, ``stats``, writes ``stats.json``. Executors are separate
 from steps, as in datatrove: :meth:`Build.executors` chains one executor per
 stage, local processes or Slurm array jobs; every task's completion is recorded
 under ``_logs/{stage}``, so running the same build again skips finished tasks.
@@ -41,6 +44,13 @@ from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
 from pipeline.guard import BuildLock, check_settings
+from pipeline.heldout import (
+    HELDOUT_RATE,
+    HELDOUT_TOKENS,
+    HeldOutCandidates,
+    HeldOutSelection,
+    HeldOutSplit,
+)
 from pipeline.labels import LanguageSelection
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, glotlid_is_cached
 from pipeline.progress import StageDisplay, watched
@@ -243,17 +253,26 @@ class Build:
             ),
         ]
 
-    def writers(self, tokenizer: dict) -> list[PipelineStep]:
+    @property
+    def heldout_dir(self) -> Path:
+        """Where the held-out candidates, their lists and the selection are kept between stages."""
+        return self.phase_dir / "_work" / "heldout"
+
+    def writers(self, tokenizer: dict, split: PipelineStep, prefix: str = "") -> list[PipelineStep]:
+        """Tokenize, ``split`` (put held-out candidates aside, or mark them held out), rehydrate, write
+        (shards named ``{prefix}{task}-{seq}.arrow``)."""
         processing = self.spec.processing
         return [
-            *([Rehydrate()] if self.rehydrate else []),
             BatchTokenizer(self.tokenizer_spec, batch_size=processing.tokenize_batch),
+            split,
+            *([Rehydrate()] if self.rehydrate else []),
             ArrowShardWriter(
                 str(self.phase_dir),
                 self.options.phase,
                 tokenizer["name"],
                 tokenizer["sha256"],
                 processing.shard_bytes,
+                prefix,
             ),
         ]
 
@@ -268,13 +287,27 @@ class Build:
             recipe={"path": str(self.options.recipe.path), "sha256": self.options.recipe.sha256},
             tokenizer=tokenizer,
         )
-        return [*self._data_stages(tokenizer), ("stats", [compile_stats], 1)]
+        heldout = str(self.heldout_dir)
+        return [
+            *self._data_stages(tokenizer),
+            ("select", [HeldOutSelection(heldout, HELDOUT_RATE, HELDOUT_TOKENS)], 1),
+            (
+                "heldout",
+                [
+                    RankFileReader(f"{heldout}/candidates"),
+                    *self.writers(tokenizer, HeldOutSplit(heldout), prefix="c"),
+                ],
+                self.options.tasks,
+            ),
+            ("stats", [compile_stats], 1),
+        ]
 
     def _data_stages(self, tokenizer: dict) -> list[tuple[str, list, int]]:
         tasks = self.options.tasks
         process = [*self.readers(), *self.filters()]
+        candidates = HeldOutCandidates(str(self.heldout_dir), HELDOUT_RATE, HELDOUT_TOKENS)
         if not self.dedup:
-            return [("process", [*process, *self.writers(tokenizer)], tasks)]
+            return [("process", [*process, *self.writers(tokenizer, candidates)], tasks)]
         work = self.phase_dir / "_work"
         minhash = self.options.minhash
         return [
@@ -302,7 +335,7 @@ class Build:
                 [
                     RankFileReader(str(work / "filtered")),
                     StreamMinhashFilter(str(work / "remove"), exclusion_writer=self._removed_writer("dedup")),
-                    *self.writers(tokenizer),
+                    *self.writers(tokenizer, candidates),
                 ],
                 tasks,
             ),
@@ -392,6 +425,7 @@ class Build:
             "keep_removed": options.keep_removed,
             "limit": options.limit,
             "tasks": options.tasks,
+            "heldout": {"rate": HELDOUT_RATE, "tokens": HELDOUT_TOKENS},
         }
         labels = {
             "recipe": str(options.recipe.path),

@@ -35,6 +35,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupFilter, MinhashDedupSignature
 from datatrove.pipeline.readers import JsonlReader
 
+from pipeline.heldout import HELDOUT
 from pipeline.streams import DROPPED, stream_label
 from pipeline.words import SHINGLE_WORDS
 
@@ -125,7 +126,10 @@ class Rehydrate(PipelineStep):
     """Repeats documents by FineWeb2's cluster size; copies get ids ``{id}#rN``.
 
     A copy carries ``metadata["repetition"] = N``, so that the writer counts it as a repetition,
-    not as a document kept: ``read == kept + sum(drops)`` holds with or without rehydration.
+    not as a document kept: ``read == kept + heldout + sum(drops)`` holds with or without
+    rehydration. It runs after the tokenizer (a copy shares its original's token ids, made before
+    the writer takes them) and after the held-out split, so a held-out document, which is never
+    trained on, is not repeated.
     """
 
     name = "💧 rehydrate"
@@ -133,8 +137,11 @@ class Rehydrate(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
-            yield doc
-            for copy in range(1, rehydration_copies(int(doc.metadata.get("minhash_cluster_size") or 1))):
+            cluster_size = int(doc.metadata.get("minhash_cluster_size") or 1)
+            repeated = []
+            for copy in range(1, 1 if doc.metadata.get(HELDOUT) else rehydration_copies(cluster_size)):
                 self.stat_update("copies")
                 metadata = {**doc.metadata, REPETITION: copy}
-                yield Document(text=doc.text, id=f"{doc.id}#r{copy}", metadata=metadata)
+                repeated.append(Document(text=doc.text, id=f"{doc.id}#r{copy}", metadata=metadata))
+            yield doc
+            yield from repeated

@@ -2,10 +2,11 @@
 
 Steps count what happens to each document of a (source, language) stream with datatrove's
 ``stat_update``, under the labels :mod:`pipeline.streams` defines (``read``, ``kept``,
-``repeated``, ``tokens``, ``bytes``, ``dropped/{reason}``, ``skipped/{rule}``); the executor
-saves them per task. ``read == kept + sum(dropped)``; rehydration's extra copies are counted
-apart, as ``repeated`` (the shards hold ``kept + repeated`` documents). :func:`compile_stats`
-adds them up over tasks and stages, joins the shard lists the writer left, and writes
+``heldout``, ``repeated``, ``tokens``, ``bytes``, ``heldout_tokens``, ``dropped/{reason}``,
+``skipped/{rule}``); the executor saves them per task. ``read == kept + heldout + sum(dropped)``;
+rehydration's extra copies are counted apart, as ``repeated`` (the training shards hold
+``kept + repeated`` documents, the held-out shards ``heldout``). :func:`compile_stats` adds them up
+over tasks and stages, joins the shard lists the writers left, and writes
 ``{phase_dir}/stats.json`` — the file the mixture compiler reads.
 """
 
@@ -22,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mixtures.files import write_atomic
-from mixtures.formats import STATS_FORMAT, STATS_VERSION
+from mixtures.formats import HELDOUT_DIR, STATS_FORMAT, STATS_VERSION
 from mixtures.languages import count_languages, language_code
 from mixtures.recipe import format_tokens
 from pipeline.streams import DROPPED, SKIPPED, parse_label
@@ -76,10 +77,10 @@ def stream_counters(logs_dir: Path) -> dict[tuple[str, str], dict]:
 
 def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) -> dict:
     """Write ``stats.json`` for a finished build and return it."""
-    shards: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    shards: dict[tuple[str, str, bool], list[dict]] = defaultdict(list)
     for index in sorted((phase_dir / "_shards").glob("*.json")):
         for shard in json.loads(index.read_text()):
-            shards[(shard["source"], shard["language"])].append(
+            shards[(shard["source"], shard["language"], shard["heldout"])].append(
                 {k: shard[k] for k in ("path", "documents", "tokens", "bytes", "sha256")}
             )
     lines = [
@@ -98,18 +99,24 @@ def compile_stats(phase_dir: Path, phase: str, recipe: dict, tokenizer: dict) ->
     streams = []
     for (source, language), entry in sorted(stream_counters(phase_dir / "_logs").items()):
         counts, drops = entry["counts"], entry[DROPPED]
-        stream_shards = sorted(shards.get((source, language), []), key=lambda s: s["path"])
+        listed = {
+            heldout: sorted(shards.get((source, language, heldout), []), key=lambda s: s["path"])
+            for heldout in (False, True)
+        }
         streams.append(
             {
                 "source": source,
                 "language": language,
                 "documents_read": counts["read"],
                 "documents_kept": counts["kept"],
+                "documents_heldout": counts["heldout"],
                 "documents_repeated": counts["repeated"],
                 "drops": dict(sorted(drops.items())),
                 "tokens": counts["tokens"],
                 "bytes": counts["bytes"],
-                "shards": stream_shards,
+                "shards": listed[False],
+                "heldout_tokens": counts["heldout_tokens"],
+                "heldout": listed[True],
                 **_skipped_rules(language, entry[SKIPPED]),
             }
         )
@@ -149,21 +156,29 @@ def stats_summary(stats: dict, top: int | None = None) -> dict:
     streams = stats["streams"]
     shown = streams if top is None else sorted(streams, key=lambda s: -s["tokens"])[:top]
     subsets = {s["language"] for s in streams}
-    totals = {
-        key: sum(s[key] for s in streams)
-        for key in ("documents_read", "documents_kept", "documents_repeated", "tokens", "bytes")
-    }
+    counted = (
+        "documents_read",
+        "documents_kept",
+        "documents_heldout",
+        "documents_repeated",
+        "tokens",
+        "bytes",
+        "heldout_tokens",
+    )
+    totals = {key: sum(s[key] for s in streams) for key in counted}
+    shard_counts = {key: sum(len(s[key]) for s in streams) for key in ("shards", "heldout")}
     return {
         "phase": stats["phase"],
         "streams": len(streams),
         "languages": len({language_code(name) for name in subsets}),
         "language_script_subsets": len(subsets),
-        "totals": {**totals, "shards": sum(len(s["shards"]) for s in streams)},
+        "totals": {**totals, "shards": shard_counts["shards"], "heldout_shards": shard_counts["heldout"]},
         "errors": stats["errors"],
         "rows": [
             {
-                **{key: stream[key] for key in ("source", "language", *totals, "drops")},
+                **{key: stream[key] for key in ("source", "language", *counted, "drops")},
                 "shards": len(stream["shards"]),
+                "heldout_shards": len(stream["heldout"]),
                 "skipped_rules": stream.get("skipped_rules", {}),
             }
             for stream in shown
@@ -193,6 +208,7 @@ def print_stats(
     table.add_column("language")
     table.add_column("read", justify="right", footer=str(totals["documents_read"]))
     table.add_column("kept", justify="right", footer=str(totals["documents_kept"]))
+    table.add_column("held out", justify="right", footer=str(totals["documents_heldout"]))
     if repeated:
         table.add_column("repeated", justify="right", footer=str(totals["documents_repeated"]))
     table.add_column("tokens", justify="right", footer=format_tokens(totals["tokens"]))
@@ -205,6 +221,7 @@ def print_stats(
             row["language"],
             str(row["documents_read"]),
             str(row["documents_kept"]),
+            str(row["documents_heldout"]),
             *([str(row["documents_repeated"])] if repeated else []),
             format_tokens(row["tokens"]),
             format_tokens(row["bytes"]),
@@ -214,6 +231,14 @@ def print_stats(
     if len(rows) < summary["streams"]:
         table.add_row("...", f"{summary['streams'] - len(rows)} more")
     console.print(table)
+    if totals["documents_heldout"]:
+        heldout_dir = phase_dir / HELDOUT_DIR if phase_dir else Path(HELDOUT_DIR)
+        console.print(
+            f"held out for evaluation, never trained on: {totals['documents_heldout']} documents, "
+            f"{format_tokens(totals['heldout_tokens'])} tokens in {totals['heldout_shards']} shards "
+            f"under {escape(str(heldout_dir))}",
+            soft_wrap=True,
+        )
     for stream in stats["streams"]:
         rules_by_reason = defaultdict(list)
         for rule, skipped in stream.get("skipped_rules", {}).items():

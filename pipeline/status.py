@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.slurm import SUBMITTED_JOBS
 
-STAGE_ORDER = ("process", "buckets", "clusters", "write", "stats")
+STAGE_ORDER = ("process", "buckets", "clusters", "write", "select", "heldout", "stats")
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT"}
 
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 from mixtures.compiler import compile_phase
 from mixtures.counts import read_stats
-from mixtures.formats import SHARD_SCHEMA, STATS_FORMAT, STATS_VERSION, shard_metadata
+from mixtures.formats import HELDOUT_DIR, SHARD_SCHEMA, STATS_FORMAT, STATS_VERSION, shard_metadata
 from mixtures.manifest import build_manifest, write_manifest
 from mixtures.recipe import load_recipe
 
@@ -96,10 +96,13 @@ def write_build(
                 "language": language,
                 "documents_read": sum(s["documents"] for s in shards) + 3,
                 "documents_kept": sum(s["documents"] for s in shards),
+                "documents_heldout": 0,
                 "drops": {"language_score": 2, "gopher_repetition": 1},
                 "tokens": sum(s["tokens"] for s in shards),
                 "bytes": sum(s["tokens"] for s in shards) * 4,
                 "shards": shards,
+                "heldout_tokens": 0,
+                "heldout": [],
             }
         )
     stats = {
@@ -132,12 +135,13 @@ def compile_to(build: Path, path: Path, seed: int = 0) -> dict:
     return doc
 
 
-def shard_rows(phase_dir: Path) -> dict[str, list[tuple[str, list[int]]]]:
-    """language -> sorted (id, input_ids) over every shard of the phase."""
+def shard_rows(phase_dir: Path, heldout: bool = False) -> dict[str, list[tuple[str, list[int]]]]:
+    """language -> sorted (id, input_ids) over every training shard of the phase (``heldout``: every
+    held-out shard)."""
     import datasets  # only the build tests read shards back this way
 
     rows: dict[str, list] = {}
-    for path in sorted(phase_dir.glob("*/*/*.arrow")):
+    for path in sorted(phase_dir.glob(f"{HELDOUT_DIR}/*/*/*.arrow" if heldout else "*/*/*.arrow")):
         table = datasets.Dataset.from_file(str(path))
         language = path.parent.name
         rows.setdefault(language, []).extend(zip(table["id"], table["input_ids"], strict=True))

@@ -52,11 +52,16 @@ def test_read_stats_keeps_streams_shards_and_identity(build):
     ("edit", "message"),
     [
         (lambda s: s.update(format="something"), "format"),
-        (lambda s: s.update(version=2), "version"),
+        (lambda s: s.update(version=1), "version"),  # before held-out data was counted apart
         (lambda s: s["streams"][1].update(tokens="many"), r"streams\[1\] \(fineweb2/deu_Latn\): tokens"),
         (lambda s: s["streams"][0]["shards"][1].update(sha256="xyz"), r"streams\[0\].*shards\[1\]: sha256"),
         (lambda s: s["streams"][0]["shards"][0].pop("bytes"), r"shards\[0\]: bytes"),
         (lambda s: s["streams"][0].update(tokens=1), "tokens is 1 but its shards hold 5000"),
+        (
+            lambda s: s["streams"][0].pop("heldout"),
+            r"streams\[0\] \(fineweb2/fra_Latn\): heldout: expected a list",
+        ),
+        (lambda s: s["streams"][0].update(heldout_tokens=3), "heldout_tokens is 3 but its shards hold 0"),
         (lambda s: s["streams"].append(s["streams"][0]), "fineweb2/fra_Latn appears twice"),
     ],
 )
@@ -70,7 +75,7 @@ def test_malformed_stats_name_the_field(build, edit, message):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize(("field", "value"), [("format", "something"), ("version", 2)])
+@pytest.mark.parametrize(("field", "value"), [("format", "something"), ("version", 1)])
 def test_load_stats_checks_format_and_version_as_read_stats_does(build, field, value):
     path = build / "stats.json"
     assert load_stats(build)["phase"] == "decay"

@@ -23,6 +23,7 @@ from cli.data import app
 from mixtures.recipe import load_recipe
 from pipeline.build import Build
 from pipeline.build_options import BuildOptions
+from pipeline.dedup import rehydration_copies
 from pipeline.lid import lid176_model_path
 from pipeline.stats import print_stats
 from pipeline.tokenizer import load_tokenizer
@@ -60,10 +61,13 @@ def test_round_trip_stats_and_shards(tmp_path):
 
     kept_texts = {}
     for stream in stats["streams"]:
-        assert stream["documents_read"] == stream["documents_kept"] + sum(stream["drops"].values())
-        assert stream["documents_kept"] == sum(s["documents"] for s in stream["shards"])
+        read, kept, heldout = (stream[f"documents_{n}"] for n in ("read", "kept", "heldout"))
+        assert read == kept + heldout + sum(stream["drops"].values())
+        assert kept == sum(s["documents"] for s in stream["shards"])
+        assert heldout == sum(s["documents"] for s in stream["heldout"]) == 1  # small streams: one each
         assert stream["tokens"] == sum(s["tokens"] for s in stream["shards"])
-        for shard in stream["shards"]:
+        assert stream["heldout_tokens"] == sum(s["tokens"] for s in stream["heldout"])
+        for shard in (*stream["shards"], *stream["heldout"]):
             path = plan.phase_dir / shard["path"]
             table = datasets.Dataset.from_file(str(path))  # memory-mapped, as users load it
             assert len(table) == shard["documents"]
@@ -74,7 +78,7 @@ def test_round_trip_stats_and_shards(tmp_path):
             for ids in table["input_ids"]:
                 assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
                 kept_texts.setdefault(stream["language"], set()).add(tokenizer.tokenizer.decode(ids[1:-1]))
-    # a lossless tokenizer gives back exactly the documents that went in
+    # a lossless tokenizer gives back exactly the documents that went in, held out or trained on
     assert set(written["fra_Latn"]) == kept_texts["fra_Latn"]
     assert set(written["rus_Cyrl"]) == kept_texts["rus_Cyrl"]
     assert set(written["eng_Latn"]) == kept_texts["eng_Latn"]
@@ -116,7 +120,7 @@ def test_filter_configs_drive_thresholds_and_stop_words(tmp_path):
     assert by_language["fra_Latn"]["documents_kept"] == 0
     assert by_language["fra_Latn"]["drops"] == {"gopher_enough_stop_words": 6}
     assert by_language["deu_Latn"]["drops"] == {"language_score": 6}
-    assert by_language["rus_Cyrl"]["documents_kept"] == 6
+    assert (by_language["rus_Cyrl"]["documents_kept"], by_language["rus_Cyrl"]["documents_heldout"]) == (5, 1)
 
 
 def test_bad_filter_config_is_named(tmp_path):
@@ -151,8 +155,8 @@ def test_dedup_removes_injected_near_duplicates_per_language(tmp_path):
     _, stats = build(hub, tmp_path / "out", dedup=True, sources=("fineweb2",), filter_configs=str(no_configs))
     by_language = {s["language"]: s for s in stats["streams"]}
     assert by_language["fra_Latn"]["drops"] == {"near_duplicate": 3}
-    assert by_language["fra_Latn"]["documents_kept"] == 8
-    assert by_language["deu_Latn"]["documents_kept"] == 2
+    assert (by_language["fra_Latn"]["documents_kept"], by_language["fra_Latn"]["documents_heldout"]) == (7, 1)
+    assert (by_language["deu_Latn"]["documents_kept"], by_language["deu_Latn"]["documents_heldout"]) == (1, 1)
 
 
 def test_blank_line_style_never_decides_a_documents_fate(tmp_path):
@@ -163,9 +167,14 @@ def test_blank_line_style_never_decides_a_documents_fate(tmp_path):
     write_fineweb2(hub, "fra_Latn", [style.join(paragraphs) for style in styles])
     plan, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
     (stream,) = stats["streams"]
-    assert (stream["documents_kept"], stream["drops"]) == (len(styles), {})
+    assert (stream["documents_kept"], stream["documents_heldout"], stream["drops"]) == (
+        len(styles) - 1,
+        1,
+        {},
+    )
     tokenizer = load_tokenizer(f"sample:{hub}").tokenizer
-    stored = {tokenizer.decode(ids[1:-1]) for _, ids in shard_rows(plan.phase_dir)["fra_Latn"]}
+    rows = shard_rows(plan.phase_dir)["fra_Latn"] + shard_rows(plan.phase_dir, heldout=True)["fra_Latn"]
+    stored = {tokenizer.decode(ids[1:-1]) for _, ids in rows}
     assert stored == {"\n\n".join(paragraphs), "\n\n\n".join(paragraphs)}
 
 
@@ -191,9 +200,11 @@ def test_long_chinese_and_japanese_documents_are_not_dropped_for_their_word_coun
     write_fineweb2(hub, "cmn_Hani", [_han_text(rng, n, han) for n in (2_000, 120_000)])
     write_fineweb2(hub, "jpn_Jpan", [_han_text(rng, n, han + kana) for n in (2_000, 120_000)])
     _, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
-    assert {s["language"]: (s["documents_kept"], s["drops"]) for s in stats["streams"]} == {
-        "cmn_Hani": (2, {}),
-        "jpn_Jpan": (2, {}),
+    assert {
+        s["language"]: (s["documents_kept"], s["documents_heldout"], s["drops"]) for s in stats["streams"]
+    } == {
+        "cmn_Hani": (1, 1, {}),
+        "jpn_Jpan": (1, 1, {}),
     }
 
 
@@ -241,7 +252,8 @@ def test_the_console_shows_one_bar_per_stage_and_no_task_bars(tmp_path):
     assert "it/s" not in done.stderr and "File progress" not in done.stderr
     assert "Reading dup files" not in done.stderr
     bars = [line for line in done.stderr.splitlines() if line.startswith("stage ")]
-    assert [line.split()[1] for line in bars] == ["process", "buckets", "clusters", "write", "stats"]
+    stages = ["process", "buckets", "clusters", "write", "select", "heldout", "stats"]
+    assert [line.split()[1] for line in bars] == stages
     finished = re.compile(r" (\d+)/\1 tasks, [\d.]+/(s|min), \d+:\d\d:\d\d, ETA 0:00:00$")
     assert all(finished.search(bar) for bar in bars), bars
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -306,7 +318,7 @@ def test_cli_build_then_stats(tmp_path):
     )
     assert (summary["languages"], summary["language_script_subsets"]) == (3, 4)
     table = runner.invoke(app, ["stats", str(phase), "--top", "1"])
-    rows = [line for line in table.output.splitlines() if "_" in line]
+    rows = [line for line in table.output.splitlines() if "│" in line and "_" in line]
     assert len(rows) == 1 and largest[0]["source"] in rows[0] and largest[0]["language"] in rows[0]
     assert f"{len(stats['streams']) - 1} more" in table.output
 
@@ -400,14 +412,17 @@ def test_a_second_build_is_refused_naming_the_first_and_a_dead_ones_lock_is_take
 def test_inspect_prints_a_shards_metadata_and_decoded_documents(tmp_path):
     hub = tmp_path / "hub"
     written = small_hub(hub)
-    plan, _ = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
-    (shard,) = plan.phase_dir.glob("fineweb2/fra_Latn/*.arrow")
+    plan, stats = build(hub, tmp_path / "out", dedup=False, sources=("fineweb2",), tasks=1)
+    shard = plan.phase_dir / "fineweb2" / "fra_Latn" / "00000-0000.arrow"  # the write stage's shard
     result = runner.invoke(app, ["inspect", str(shard), "-n", "2", "--chars", "100000"])
     assert result.exit_code == 0, result.output
     sha256 = load_tokenizer(f"sample:{hub}").sha256
     for line in (f"tokenizer.sha256: {sha256}", "source: fineweb2", "language: fra_Latn", "phase: pretrain"):
         assert f"  {line}\n" in result.output
-    assert "documents: 6, tokens: " in result.output
+    (entry,) = (
+        e for s in stats["streams"] for e in s["shards"] if e["path"] == "fineweb2/fra_Latn/00000-0000.arrow"
+    )
+    assert f"documents: {entry['documents']}, tokens: " in result.output
     table = datasets.Dataset.from_file(str(shard))
     for doc_id in table["id"][:2]:
         assert f"id {doc_id} (" in result.output
@@ -433,10 +448,10 @@ def test_slurm_executor_chains_the_same_stages(tmp_path):
         slurm=SlurmOptions(partition="cpu-long", time="12:00:00"),
     )
     stages = Build(options).executors({"name": "tok", "sha256": "0" * 64})
-    assert list(stages) == ["process", "buckets", "clusters", "write", "stats"]
+    assert list(stages) == ["process", "buckets", "clusters", "write", "select", "heldout", "stats"]
     chain = list(stages.values())
     assert all(isinstance(e, SlurmPipelineExecutor) for e in chain)
-    assert [e.tasks for e in chain] == [8, 14, 1, 8, 1]
+    assert [e.tasks for e in chain] == [8, 14, 1, 8, 1, 8, 1]
     assert all(later.depends is earlier for earlier, later in zip(chain, chain[1:], strict=False))
     assert {e.partition for e in chain} == {"cpu-long"}
     assert chain[-1].logging_dir.path.endswith("decay/_logs/stats")
@@ -451,14 +466,22 @@ def test_rehydrated_counts_add_up(tmp_path, dedup):
     sizes = pa.array([1, 2, 3, 100, 5], pa.int64())  # FineWeb2 repeats these 1, 2, 3, 8 times
     column = table.schema.get_field_index("minhash_cluster_size")
     pq.write_table(table.set_column(column, "minhash_cluster_size", sizes), path)
-    _, stats = build(hub, tmp_path / "out", dedup=dedup, rehydrate=True, sources=("fineweb2",), tasks=1)
+    plan, stats = build(hub, tmp_path / "out", dedup=dedup, rehydrate=True, sources=("fineweb2",), tasks=1)
     (stream,) = stats["streams"]
     assert stream["documents_read"] == 5
-    assert stream["documents_kept"] == 4 and sum(stream["drops"].values()) == 1  # the short one
-    assert stream["documents_repeated"] == 1 + 2 + 7
-    assert sum(shard["documents"] for shard in stream["shards"]) == 4 + 10
+    assert sum(stream["drops"].values()) == 1  # the short one
+    assert (stream["documents_kept"], stream["documents_heldout"]) == (3, 1)
+    # the held-out document is not repeated: its copies would be trained on
+    (heldout,) = (doc_id for doc_id, _ in shard_rows(plan.phase_dir, heldout=True)["fra_Latn"])
+    ids = [f"fineweb2/{doc_id}" for doc_id in table["id"].to_pylist()[:4]]  # the fifth is dropped
+    copies = {doc_id: rehydration_copies(size) - 1 for doc_id, size in zip(ids, [1, 2, 3, 100], strict=True)}
+    repeated = sum(n for doc_id, n in copies.items() if doc_id != heldout)
+    assert stream["documents_repeated"] == repeated
+    training = [doc_id for doc_id, _ in shard_rows(plan.phase_dir)["fra_Latn"]]
+    assert len(training) == sum(shard["documents"] for shard in stream["shards"]) == 3 + repeated
+    assert not any(doc_id.startswith(heldout) for doc_id in training)
     shown = io.StringIO()
     print_stats(stats, Console(file=shown, width=200))
     header, row = (line for line in shown.getvalue().splitlines() if "fra_Latn" in line or "read" in line)
-    assert [cell.strip() for cell in header.split("┃")[3:6]] == ["read", "kept", "repeated"]
-    assert [cell.strip() for cell in row.split("│")[3:6]] == ["5", "4", "10"]
+    assert [cell.strip() for cell in header.split("┃")[3:7]] == ["read", "kept", "held out", "repeated"]
+    assert [cell.strip() for cell in row.split("│")[3:7]] == ["5", "3", "1", str(repeated)]

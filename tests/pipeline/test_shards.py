@@ -23,9 +23,11 @@ def tokenizer(tmp_path, monkeypatch) -> str:
     return f"sample:{tmp_path / 'hub'}"
 
 
-def _write(phase_dir: Path, tokenizer: str, docs: list[Document], shard_bytes: int, rank: int = 0) -> None:
+def _write(
+    phase_dir: Path, tokenizer: str, docs: list[Document], shard_bytes: int, rank: int = 0, prefix: str = ""
+) -> None:
     loaded = load_tokenizer(tokenizer)
-    writer = ArrowShardWriter(str(phase_dir), "decay", loaded.name, loaded.sha256, shard_bytes)
+    writer = ArrowShardWriter(str(phase_dir), "decay", loaded.name, loaded.sha256, shard_bytes, prefix)
     for _ in writer.run(BatchTokenizer(tokenizer, batch_size=7).run(iter(docs)), rank=rank):
         pass
 
@@ -59,6 +61,43 @@ def test_a_rerun_task_replaces_what_its_earlier_attempt_left(tmp_path, tokenizer
     assert (out / "fineweb2" / "fra_Latn" / "00003-0000.arrow").exists()
 
 
+def test_heldout_documents_get_shards_of_their_own_and_a_stages_rerun_removes_only_its_own(
+    tmp_path, tokenizer
+):
+    out = tmp_path / "out"
+    rng = random.Random(1)
+
+    def docs(ids: range) -> list[Document]:
+        meta = {"source": "fineweb2", "language": "fra_Latn"}
+        return [
+            Document(prose(rng, "fra_Latn"), f"doc-{i}", metadata={**meta, "heldout": i % 2 == 0})
+            for i in ids
+        ]
+
+    _write(
+        out,
+        tokenizer,
+        [Document("Un texte.", "w", metadata={"source": "fineweb2", "language": "fra_Latn"})],
+        1 << 20,
+    )
+    stale = out / "heldout" / "fineweb2" / "deu_Latn"  # what a killed attempt of the same stage's task left
+    stale.mkdir(parents=True)
+    (stale / "c00000-0000.arrow").write_bytes(b"from an earlier attempt")
+    (stale / "c00000-0001.arrow.tmp").write_bytes(b"half written")
+    _write(out, tokenizer, docs(range(4)), 1 << 20, prefix="c")
+    training, heldout = out / "fineweb2" / "fra_Latn", out / "heldout" / "fineweb2" / "fra_Latn"
+    assert sorted(p.name for p in training.iterdir()) == ["00000-0000.arrow", "c00000-0000.arrow"]
+    assert datasets.Dataset.from_file(str(training / "c00000-0000.arrow"))["id"] == ["doc-1", "doc-3"]
+    assert datasets.Dataset.from_file(str(heldout / "c00000-0000.arrow"))["id"] == ["doc-0", "doc-2"]
+    assert list(stale.iterdir()) == []
+    index = json.loads((out / "_shards" / "c00000.json").read_text())
+    assert [(s["path"], s["heldout"]) for s in index] == [
+        ("heldout/fineweb2/fra_Latn/c00000-0000.arrow", True),
+        ("fineweb2/fra_Latn/c00000-0000.arrow", False),
+    ]
+    assert (out / "_shards" / "00000.json").exists()  # the other stage's index stays
+
+
 @pytest.mark.parametrize(
     ("size", "copies"), [(1, 1), (2, 2), (3, 3), (4, 3), (5, 5), (99, 5), (100, 8), (999, 8), (1000, 1)]
 )
@@ -72,3 +111,5 @@ def test_rehydrate_repeats_documents_with_distinct_ids():
         Document("b", "b", metadata={}),
     ]
     assert [d.id for d in Rehydrate().run(iter(docs))] == ["a", "a#r1", "a#r2", "b"]
+    heldout = Document("c", "c", metadata={"minhash_cluster_size": 3, "heldout": True})
+    assert [d.id for d in Rehydrate().run(iter([heldout]))] == ["c"]  # never trained on, so never repeated

@@ -77,6 +77,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_build(tmp_path):
     assert rerun.returncode == 0, stderr.decode()[-2000:]
     assert problems == []
     assert shard_rows(killed / "pretrain") == shard_rows(clean / "pretrain")
-    assert set(shard_rows(clean / "pretrain")) == set(LANGUAGES)
+    assert shard_rows(killed / "pretrain", heldout=True) == shard_rows(clean / "pretrain", heldout=True)
+    assert (
+        set(shard_rows(clean / "pretrain"))
+        == set(shard_rows(clean / "pretrain", heldout=True))
+        == set(LANGUAGES)
+    )
     leftovers = [p for p in killed.rglob("*") if p.name.endswith((".tmp", ".part"))]
     assert leftovers == []

@@ -8,7 +8,9 @@ import datasets
 import pytest
 
 from bench.peers import fineweb2_quality_filters
+from mixtures.manifest import load_manifest
 from mixtures.recipe import load_recipe
+from pipeline.heldout import HELDOUT_TOKENS
 from tests.conftest import SAMPLE, sample_documents
 
 
@@ -23,16 +25,54 @@ def test_decay_covers_many_languages_and_every_shard_loads(decay):
     scripts = {language.split("_")[1] for language in languages}
     assert len(languages) >= 20 and len(scripts) >= 6
     for stream in stats["streams"]:
-        rows = 0
-        for shard in stream["shards"]:
-            rows += len(datasets.Dataset.from_file(str(phase_dir / shard["path"])))
-        assert rows == stream["documents_kept"]
+        for listed, documents in (("shards", "documents_kept"), ("heldout", "documents_heldout")):
+            rows = sum(len(datasets.Dataset.from_file(str(phase_dir / s["path"]))) for s in stream[listed])
+            assert rows == stream[documents]
+
+
+def _ids(phase_dir: Path, shards: list[dict]) -> dict[str, int]:
+    """id -> tokens over the given shard entries."""
+    found = {}
+    for shard in shards:
+        table = datasets.Dataset.from_file(str(phase_dir / shard["path"]))
+        found.update(zip(table["id"], map(len, table["input_ids"]), strict=True))
+    return found
+
+
+def test_every_stream_that_can_spare_a_document_holds_some_out_and_never_trains_on_them(sample_builds):
+    for phase, (phase_dir, stats) in sample_builds.items():
+        for stream in stats["streams"]:
+            where = f"{phase} {stream['source']}/{stream['language']}"
+            training, heldout = _ids(phase_dir, stream["shards"]), _ids(phase_dir, stream["heldout"])
+            assert not set(training) & set(heldout), where
+            assert (
+                len(training) == stream["documents_kept"] and len(heldout) == stream["documents_heldout"]
+            ), where
+            # one at least where the stream has two documents or more, and never its only one
+            assert (len(heldout) >= 1) == (len(training) + len(heldout) >= 2), where
+            assert stream["heldout_tokens"] == sum(heldout.values()) <= HELDOUT_TOKENS, where
+            assert stream["documents_read"] == (
+                stream["documents_kept"] + stream["documents_heldout"] + sum(stream["drops"].values())
+            ), where
+            assert all(
+                s["path"].startswith(f"heldout/{stream['source']}/{stream['language']}/")
+                for s in stream["heldout"]
+            )
+
+
+def test_no_manifest_trains_on_a_heldout_shard(sample_builds, sample_manifests):
+    for phase, path in sample_manifests.items():
+        listed = {shard.path for stream in load_manifest(path).streams for shard in stream.shards}
+        heldout = {
+            shard["path"] for stream in sample_builds[phase][1]["streams"] for shard in stream["heldout"]
+        }
+        assert listed and len(heldout) >= 20 and not listed & heldout, phase
 
 
 def test_every_deliberately_bad_document_is_dropped_with_a_reason(decay):
     phase_dir, stats = decay
-    kept_ids = set()
-    for path in phase_dir.glob("*/*/*.arrow"):
+    kept_ids = set()  # trained on or held out: what passed every filter
+    for path in (*phase_dir.glob("*/*/*.arrow"), *phase_dir.glob("heldout/*/*/*.arrow")):
         kept_ids.update(datasets.Dataset.from_file(str(path))["id"])
     documents = sample_documents()
     bad = [d for d in documents if d["kind"] not in ("clean", "near_duplicate") and d["source"] == "fineweb2"]
@@ -86,8 +126,8 @@ def test_fineweb2s_configs_keep_the_clean_documents_of_every_language(decay):
     import pyarrow.parquet as pq
 
     phase_dir, stats = decay
-    kept_ids = set()
-    for path in phase_dir.glob("fineweb2/*/*.arrow"):
+    kept_ids = set()  # trained on or held out: what passed every filter
+    for path in (*phase_dir.glob("fineweb2/*/*.arrow"), *phase_dir.glob("heldout/fineweb2/*/*.arrow")):
         kept_ids.update(datasets.Dataset.from_file(str(path))["id"])
     clean: dict[str, list[str]] = {}
     for d in sample_documents():
