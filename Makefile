@@ -49,7 +49,7 @@ BUILD := $(BIN)/mmbert-data build --output $(DEMO)/data --input-root $(SAMPLE)/h
 MIXTURE := $(BIN)/mmbert-data mixture --tokens 150k
 # The decays at fewer tokens: the sample holds a few thousand tokens of each language, and
 # Decay-All takes each at most once (`max_epochs: 1`).
-DECAY_MIXTURE := $(BIN)/mmbert-data mixture --tokens 50k
+DECAY_MIXTURE := $(BIN)/mmbert-data mixture --tokens 30k
 
 # Then the `tiny` encoder trains through the three phases on the CPU, each phase starting
 # from the one before (--resume makes a rerun pick up where it stopped, or do nothing), is

@@ -16,7 +16,7 @@ import pytest
 
 SAMPLE = Path(__file__).resolve().parents[1] / "pipeline" / "sample"
 DEMO_TOKENS = 150_000  # the mixture size `make demo` compiles for pretrain and midtrain
-DECAY_TOKENS = 50_000  # and for the decays, which the sample's data holds at Decay-All's one epoch
+DECAY_TOKENS = 30_000  # and for the decays, which the sample's data holds at Decay-All's one epoch
 
 
 def sample_documents() -> list[dict[str, str]]:
