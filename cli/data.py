@@ -123,11 +123,21 @@ def build(
             return
         stats = build.run(display=_stage_bar, say=lambda note: console.print(escape(note), soft_wrap=True))
     except KeyboardInterrupt:  # Ctrl-C: completed tasks survive it, so say so rather than exit silently
-        typer.echo(
-            f"interrupted: the finished tasks are kept in {build.phase_dir}; "
-            "run the same command again to resume (a task cut off midway is redone)",
-            err=True,
-        )
+        from mixtures.slurm import queued_jobs
+
+        queued = queued_jobs(build.job_tag) if build.options.executor == "slurm" else []
+        if queued:  # interrupted while submitting: what went in is in the queue
+            typer.echo(
+                f"interrupted: jobs {', '.join(queued)} of this build were submitted and are queued; wait "
+                "for them (`mmbert-data status --wait`) or scancel them, then run the same command again",
+                err=True,
+            )
+        else:
+            typer.echo(
+                f"interrupted: the finished tasks are kept in {build.phase_dir}; "
+                "run the same command again to resume (a task cut off midway is redone)",
+                err=True,
+            )
         raise typer.Exit(130) from None
     except USER_ERRORS as err:
         if verbose:

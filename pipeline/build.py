@@ -440,7 +440,8 @@ class Build:
         say: Callable[[str], None] | None = None,
     ) -> dict | None:
         """Run (or resume) every stage. Locally, return ``stats.json``; on Slurm, submit the stages
-        not done before (``say`` gets one line per stage: its job ids and tasks) and return None.
+        not done before (``say`` gets one line per stage: its job ids and tasks) and return None, or
+        ``stats.json`` where every stage was done before.
 
         ``display`` follows each local stage's finished tasks (``pipeline.progress``); ``say`` gets
         notes (a lock taken over).
@@ -475,7 +476,7 @@ class Build:
                 for name, executor in chain.items():
                     with watched(executor, name, display):
                         executor.run()
-        if self.options.executor == "slurm":
+        if self.options.executor == "slurm" and any(executor.to_run for executor in chain.values()):
             return None
         counts = read_stats(self.phase_dir)  # a rerun skips finished tasks: their shards must still be
         problems = changed_shards(counts)  # the files they wrote

@@ -200,4 +200,6 @@ def submitted_line(name: str, executor: ChainedSlurmExecutor) -> str:
     arrays = executor.arrays
     jobs = f"job{'s' if len(arrays) != 1 else ''} {', '.join(arrays)}"
     before = f" ({tasks - to_run} done before)" if to_run < tasks else ""
-    return f"stage {name}: {to_run} of {tasks} task{'s' if tasks != 1 else ''} submitted as {jobs}{before}"
+    merge = f", then job {executor.submitted.ids[-1]} merges their stats"
+    counted = f"{to_run} of {tasks} task{'s' if tasks != 1 else ''}"
+    return f"stage {name}: {counted} submitted as {jobs}{before}{merge}"

@@ -125,7 +125,8 @@ def sbatch_script(
         "--open-mode=append",  # a requeued job adds to the same log
         f"--output={run}/slurm-%j.out",
         f"--chdir={Path.cwd()}",
-        *([f"--dependency=afterok:{':'.join(after)}"] if after else []),
+        # a job whose phase before failed or was cancelled ends (DependencyNeverSatisfied), never pending
+        *([f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []),
         *options.sbatch_args,
     ]
     env = options.env or f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"

@@ -279,8 +279,13 @@ def _banner(
             f"every stream {config.tokens / planned:.2g}x as often as its expected_epochs say"
         )
     if micro % dist.world_size:
+        smaller = (
+            f" or lower --micro-batch-tokens (not below seq_len {training.seq_len})"
+            if config.micro_batch_tokens > training.seq_len
+            else ""
+        )
         lines.append(
             f"note: {micro} micro-batch(es) per step do not divide among {dist.world_size} processes, "
-            "so some wait for the others; raise --batch-size or lower --micro-batch-tokens"
+            f"so some wait for the others; raise --batch-size{smaller}"
         )
     return lines

@@ -91,7 +91,7 @@ def test_slurm_build_with_dedup_equals_the_local_build(cluster, tmp_path, multi_
     run = _build(build_args(hub, out, "--dedup", "--executor", "slurm"), env)
     phase_dir = out / "pretrain"
     assert "stage process: 4 of 4 tasks submitted as job " in run.stderr
-    buckets = re.search(r"stage buckets: 14 of 14 tasks submitted as jobs? ([\d, ]+)\n", run.stderr)
+    buckets = re.search(r"stage buckets: 14 of 14 tasks submitted as jobs? ([\d, ]+), then job", run.stderr)
     assert buckets, run.stderr
     if cluster_max_array_size() < 14:
         assert len(buckets.group(1).split(", ")) == -(-14 // cluster_max_array_size())
@@ -119,7 +119,12 @@ def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     completions = phase_dir / "_logs" / "process" / "completions"
     done = sorted(p.name for p in completions.iterdir())
     assert done == ["00000", "00001"] and not (phase_dir / "stats.json").exists()
-    assert _status(out, env) == {"process": (4, 2, 0, 0, 0, 2), "stats": (1, 0, 0, 0, 0, 1)}
+    assert _status(out, env) == {
+        "process": (4, 2, 0, 0, 0, 2),
+        "select": (1, 0, 0, 0, 0, 1),
+        "heldout": (4, 0, 0, 0, 0, 4),
+        "stats": (1, 0, 0, 0, 0, 1),
+    }
     logs = {p: p.stat().st_mtime_ns for p in (phase_dir / "_logs" / "process" / "logs").iterdir()}
 
     again = _build(args, env)
@@ -128,9 +133,16 @@ def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     _wait(phase_dir)
     assert (phase_dir / "stats.json").is_file()
     assert sorted(p.name for p in completions.iterdir()) == ["00000", "00001", "00002", "00003"]
-    assert _status(phase_dir, env) == {"process": (4, 4, 0, 0, 0, 0), "stats": (1, 1, 0, 0, 0, 0)}
+    assert _status(phase_dir, env) == {
+        "process": (4, 4, 0, 0, 0, 0),
+        "select": (1, 1, 0, 0, 0, 0),
+        "heldout": (4, 4, 0, 0, 0, 0),
+        "stats": (1, 1, 0, 0, 0, 0),
+    }
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in logs.items())
     assert _shards(phase_dir) == _shards(local)
+    finished = _build(args, env)  # nothing left to submit: the build's statistics, as a local rerun
+    assert "submitted" not in finished.stdout + finished.stderr and "stats.json" in finished.stdout
 
 
 @pytest.mark.slurm
@@ -145,7 +157,14 @@ def test_rerun_while_jobs_are_queued_is_refused(cluster, tmp_path):
     queued = _status(out, env)
     tasks, done, failed, running, pending, unfinished = queued["process"]
     assert (tasks, failed, unfinished) == (4, 0, 0) and done + running + pending == 4 and pending >= 2
-    assert queued["stats"] == (1, 0, 0, 0, 1, 0)
+    assert queued["select"] == queued["stats"] == (1, 0, 0, 0, 1, 0) and queued["heldout"] == (
+        4,
+        0,
+        0,
+        0,
+        4,
+        0,
+    )
     again = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
     subprocess.run(["scancel", "--name", ",".join(_names(out / "pretrain"))], check=False)
     _wait(out / "pretrain")
@@ -156,7 +175,7 @@ def test_rerun_while_jobs_are_queued_is_refused(cluster, tmp_path):
 
 def _names(phase_dir: Path) -> list[str]:
     tag = job_tag(phase_dir)
-    return [f"mmbert-pretrain-{stage}-{tag}" for stage in ("process", "stats")]
+    return [f"mmbert-pretrain-{stage}-{tag}" for stage in ("process", "select", "heldout", "stats")]
 
 
 def test_status_of_a_local_build_names_the_failed_task(tmp_path):
@@ -214,7 +233,10 @@ def test_slurm_download_names_its_failed_task_and_a_rerun_finishes_only_that_one
     args = ["download", "--phase", "pretrain", "--recipe", str(recipe), "-o", str(mirror)]
     args += ["--languages", "fra,deu,eng", "--executor", "slurm", "--tasks", "3"]
     first = _build(args, env)
-    assert re.search(r"stage download: 3 of 3 tasks submitted as job \d+$", first.stdout.strip())
+    assert re.search(
+        r"stage download: 3 of 3 tasks submitted as job \d+, then job \d+ merges their stats$",
+        first.stdout.strip(),
+    )
     logs = mirror / "_logs" / "download-pretrain"
     _wait(logs)
     assert _status(mirror, env) == {"download-pretrain": (3, 2, 1, 0, 0, 0)}
@@ -230,7 +252,8 @@ def test_slurm_download_names_its_failed_task_and_a_rerun_finishes_only_that_one
     (fineweb2 / "deu_Latn").unlink()
     again = _build(args, env)
     assert re.search(
-        r"stage download: 1 of 3 tasks submitted as job \d+ \(2 done before\)$", again.stdout.strip()
+        r"stage download: 1 of 3 tasks submitted as job \d+ \(2 done before\), then job \d+ merges",
+        again.stdout.strip(),
     )
     _wait(logs)
     assert _status(mirror, env) == {"download-pretrain": (3, 3, 0, 0, 0, 0)}

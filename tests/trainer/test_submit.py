@@ -133,6 +133,10 @@ def test_options_are_checked_and_cpu_jobs_run_one_rank_per_node(tmp_path):
     script = sbatch_script(SubmitOptions(nodes=3), "decay", tmp_path, ["--manifest", "/m.json"])
     assert "--gpus-per-node" not in script and "--nproc-per-node=1 " in script
     assert os.fspath(tmp_path) in script
+    assert "--dependency" not in script and "--kill-on-invalid-dep" not in script
+    # after the phase before's job: it waits for it to end well, and ends if that job cannot
+    after = sbatch_script(SubmitOptions(), "decay", tmp_path, ["--manifest", "/m.json"], after=["7", "9"])
+    assert "#SBATCH --dependency=afterok:7:9\n#SBATCH --kill-on-invalid-dep=yes\n" in after
 
 
 def _job_states(job: str) -> list[str]:
