@@ -193,6 +193,15 @@ class Recipe:
             raise RecipeError(f"{self.path}: no phase {name!r} (phases: {', '.join(self.phases)})")
         return self.phases[name]
 
+    def phase_that_added(self, language: str) -> str | None:
+        """The first phase, in the recipe's order, whose languages take ``language`` (``fra_Latn`` or
+        ``fra``); None if none does. mmBERT's annealed language learning groups languages so: those
+        of pretraining are its high-resource ones, those added in midtraining mid, in the decay low."""
+        for spec in self.phases.values():
+            if spec.languages is None or _covers(spec.languages, language):
+                return spec.name
+        return None
+
     def phase_for_temperature(self, temperature: float) -> PhaseSpec:
         """The phase whose sampling temperature is ``temperature`` (as users name phases)."""
         for spec in self.phases.values():
@@ -471,3 +480,12 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         sources=sources,
         phases=phases,
     )
+
+
+def _covers(listed: tuple[str, ...], language: str) -> bool:
+    """Whether a phase's list of languages takes ``language``: as it is, by its code (``srp`` takes
+    ``srp_Latn``), or, for a bare code, by one of its scripts (``srp_Latn`` takes part of ``srp``)."""
+    code = language.split("_")[0]
+    if language in listed or code in listed:
+        return True
+    return "_" not in language and any(entry.split("_")[0] == code for entry in listed)

@@ -82,6 +82,7 @@ from trainer.parallel import full_tensor, is_sharded, shard_like
 CHECKPOINT_FORMAT = "mmbert-train/checkpoint"
 CHECKPOINT_VERSION = 1
 STATE_NAME = "state.json"
+MERGE_NAME = "merge.json"  # what a merged model directory was made of (trainer/merge.py)
 OPTIMIZER_NAME = "optimizer.safetensors"
 LOCK_NAME = "run.lock"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -229,8 +230,6 @@ def _move_aside(checkpoint: Path) -> Path:
     return aside
 
 
-
-
 class RunLock(FileLock):
     """``RUN/run.lock``: one process at a time trains a run (rank 0 under torchrun).
 
@@ -309,6 +308,17 @@ def parameter_names(model: ModernBertMLM) -> dict[torch.nn.Parameter, str]:
     return {parameter: name for name, parameter in model.named_parameters()}
 
 
+def recorded_tokenizer(directory: Path) -> dict[str, Any] | None:
+    """The tokenizer record of the data a model directory's weights were trained on: a checkpoint's
+    (``state.json``, checked against its hashes) or a merge's (``merge.json``, see ``trainer/merge.py``);
+    None for a model saved without one (``mmbert-train import``, a transformers directory)."""
+    if (directory / STATE_NAME).exists():
+        return read_state(directory).get("tokenizer")
+    if (directory / MERGE_NAME).exists():
+        return read_json_object(directory / MERGE_NAME).get("tokenizer")
+    return None
+
+
 @dataclass
 class InitSource:
     """Where a phase starts from (``--init``): a model, and for a training checkpoint its optimizer state."""
@@ -343,13 +353,17 @@ def model_directory(path: str | Path) -> Path:
     return path
 
 
-def read_init(path: str | Path) -> InitSource:
+def read_init(path: str | Path, flag: str = "--init", optimizer: bool = True) -> InitSource:
     """Read ``--init``: a run directory (its newest checkpoint), a checkpoint, a model directory, or a
-    transformers ModernBERT directory; raises CheckpointError naming what was found instead."""
+    transformers ModernBERT directory; raises CheckpointError naming what was found instead.
+
+    ``flag`` names the argument in messages (``mmbert-train eval`` reads its models here too);
+    ``optimizer=False`` leaves a checkpoint's optimizer state unread (twice the model's size).
+    """
     try:
         path = model_directory(path)
     except CheckpointError as err:
-        raise CheckpointError(f"--init {err}") from err
+        raise CheckpointError(f"{flag} {err}") from err
     config_path = path / CONFIG_NAME
     try:
         raw = read_json_object(config_path)
@@ -361,12 +375,12 @@ def read_init(path: str | Path) -> InitSource:
         config = ModelConfig.from_dict(raw, where=str(config_path))
         weights = load_file(str(path / WEIGHTS_NAME))
     except (ModelFormatError, OSError, SafetensorError) as err:
-        raise CheckpointError(f"--init {path}: not a model or checkpoint directory: {err}") from err
-    if not (path / STATE_NAME).exists():
-        return InitSource(config, weights, str(path))
+        raise CheckpointError(f"{flag} {path}: not a model or checkpoint directory: {err}") from err
+    if not (path / STATE_NAME).exists() or not optimizer:
+        return InitSource(config, weights, str(path), tokenizer=recorded_tokenizer(path))
     state = read_state(path)
-    optimizer = (load_file(str(path / OPTIMIZER_NAME)), state["optimizer_steps"])
-    return InitSource(config, weights, str(path), optimizer=optimizer, tokenizer=state.get("tokenizer"))
+    moments = (load_file(str(path / OPTIMIZER_NAME)), state["optimizer_steps"])
+    return InitSource(config, weights, str(path), optimizer=moments, tokenizer=state.get("tokenizer"))
 
 
 @dataclass
