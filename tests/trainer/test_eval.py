@@ -20,8 +20,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from bench.heldout import write_heldout_build
 from cli.train import app
-from mixtures.formats import SHARD_SCHEMA, STATS_FORMAT, STATS_VERSION, shard_metadata
 from mixtures.recipe import load_recipe
 from tests.conftest import write_synthetic_phase
 from tests.fixtures import write_build
@@ -59,53 +59,18 @@ STREAMS = {
 OPTIONS = EvalOptions(mask_rate=0.3, seed=5, seq_len=64, batch_tokens=128, max_tokens_per_language=0)
 
 
-def heldout_build(root: Path, streams: dict[tuple[str, str], list[int]] = STREAMS) -> Path:
-    """A phase directory whose stats.json lists only held-out shards: bos, random ids, eos, and an unk
-    second in documents of more than 10 tokens."""
+def heldout_build(root: Path) -> Path:
+    """A phase directory of ``STREAMS``' held-out documents: bos, random ids, eos, and an unk second in
+    documents of more than 10 tokens."""
     rng = np.random.default_rng(0)
-    entries = []
-    for (source, language), lengths in streams.items():
-        rows = [np.concatenate([[2], rng.integers(5, VOCAB, n - 2), [1]]).astype(np.uint32) for n in lengths]
+    documents = {}
+    for stream, lengths in STREAMS.items():
+        rows = [np.concatenate([[2], rng.integers(5, VOCAB, n - 2), [1]]) for n in lengths]
         for row in rows:
             if len(row) > 10:
                 row[1] = SPECIAL["unk"]
-        relative = f"heldout/{source}/{language}/00000.arrow"
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        schema = SHARD_SCHEMA.with_metadata(shard_metadata("test", "7" * 64, source, language, "decay"))
-        table = pa.table(
-            {"id": [f"{language}/{i}" for i in range(len(rows))], "input_ids": rows}, schema=schema
-        )
-        with pa.OSFile(str(path), "wb") as sink, pyarrow.ipc.new_stream(sink, schema) as writer:
-            writer.write_table(table)
-        data = path.read_bytes()
-        shard = {
-            "path": relative,
-            "documents": len(rows),
-            "tokens": sum(lengths),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-        entries.append(
-            {
-                "source": source,
-                "language": language,
-                "tokens": 0,
-                "shards": [],
-                "heldout_tokens": sum(lengths),
-                "heldout": [shard],
-            }
-        )
-    stats = {
-        "format": STATS_FORMAT,
-        "version": STATS_VERSION,
-        "phase": "decay",
-        "recipe": {"path": "mmbert.yaml", "sha256": "0" * 64},
-        "tokenizer": TOKENIZER,
-        "streams": entries,
-    }
-    (root / "stats.json").write_text(json.dumps(stats))
-    return root
+        documents[stream] = rows
+    return write_heldout_build(root, documents, TOKENIZER)
 
 
 def known_model(seed: int = 0, attn_backend: str = "auto") -> ModernBertMLM:
