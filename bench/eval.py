@@ -15,11 +15,12 @@ Both contenders score the same masked documents with the same weights, the ``sma
 - ``transformers-sparse``: the same with ``sparse_prediction=True`` (decoder at labels only), to
   separate the gain of unpadding from that of sparse prediction.
 
-Each reports real (non-padding) tokens per second, the best of ``--rounds`` after a warm-up
-batch, and its loss over every masked token, which must agree (same tokens, same weights). Goal:
-ours >= 2x transformers.
+Each reports real (non-padding) tokens per second, the best of ``--rounds`` (each contender runs
+once a round, after a warm-up pass, so a busy spell on a shared machine slows them all), and its
+loss over every masked token, which must agree (same tokens, same weights). Goal: ours >= 2x
+transformers.
 
-    .venv/bin/python bench/eval.py [--layers 22] [--docs 12] [--batch-docs 2] [--rounds 1]
+    .venv/bin/python bench/eval.py [--layers 22] [--docs 12] [--batch-docs 2] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -41,13 +44,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.heldout import write_heldout_build  # noqa: E402
-from trainer.eval import EvalOptions, evaluate, pieces, read_heldout  # noqa: E402
+from trainer.eval import EvalOptions, Score, evaluate, pieces, read_heldout  # noqa: E402
 from trainer.hf import export_hf  # noqa: E402
 from trainer.model import IGNORE_INDEX, ModelConfig, ModernBertMLM  # noqa: E402
 
 THREADS = 2
 SPECIAL = {"pad": 0, "eos": 1, "bos": 2, "unk": 3, "mask": 4}
 LANGUAGES = ("fra_Latn", "cat_Latn", "fao_Latn")
+T = TypeVar("T")
 
 
 def documents(count: int, vocab_size: int, seed: int = 0) -> dict[tuple[str, str], list[np.ndarray]]:
@@ -97,14 +101,17 @@ def transformers_pass(model, batches: list[dict[str, torch.Tensor]]) -> tuple[fl
     return total, made
 
 
-def best_of(rounds: int, work) -> tuple[float, object]:
-    """The fastest of ``rounds`` timed calls (others on a shared machine only slow a call down)."""
-    times, result = [], None
-    for _ in range(rounds):
-        start = time.perf_counter()
-        result = work()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+def summed(scores: list[Score]) -> tuple[float, int]:
+    """Our scores as transformers_pass counts: summed cross-entropy and predictions."""
+    made = sum(score.predictions for score in scores)
+    return sum(score.loss * score.predictions for score in scores if score.predictions), made
+
+
+def timed(work: Callable[[], T]) -> tuple[float, T]:
+    """Seconds ``work()`` took, and what it returned."""
+    start = time.perf_counter()
+    result = work()
+    return time.perf_counter() - start, result
 
 
 def main() -> None:
@@ -115,7 +122,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=12, help="documents, lengths log-uniform in 32..1024")
     parser.add_argument("--batch-docs", type=int, default=2, help="pieces per transformers batch (padded)")
     parser.add_argument("--batch-tokens", type=int, default=8192, help="tokens per packed batch of ours")
-    parser.add_argument("--rounds", type=int, default=1, help="timed passes; the best counts")
+    parser.add_argument("--rounds", type=int, default=2, help="timed passes; the best counts")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     from transformers import ModernBertForMaskedLM
@@ -152,22 +159,27 @@ def main() -> None:
         print(f"mask rate {options.mask_rate}; {THREADS} threads; best of {args.rounds} round(s)")
         print(f"load average before: {os.getloadavg()[0]:.2f}")
 
-        evaluate(ours, read_heldout(build, replace(options, max_tokens_per_language=1)))  # warm-up
-        seconds, scores = best_of(args.rounds, lambda: evaluate(ours, read_heldout(build, options)))
-        made = sum(score.predictions for score in scores)
-        loss = sum(score.loss * score.predictions for score in scores if score.predictions) / made
-        rates = {"ours": tokens / seconds}
-        print(f"{'ours':>20}: {rates['ours']:8.1f} tokens/s  ({seconds:.2f} s)  loss {loss:.6f} over {made}")
-        for name, model in peers.items():
-            transformers_pass(model, padded[:1])  # warm-up
-            seconds, (nats, positions) = best_of(
-                args.rounds, lambda model=model: transformers_pass(model, padded)
-            )
-            rates[name] = tokens / seconds
-            assert positions == made, (positions, made)
+        contenders: dict[str, Callable[[], tuple[float, int]]] = {
+            "ours": lambda: summed(evaluate(ours, read_heldout(build, options))),
+            **{name: lambda model=model: transformers_pass(model, padded) for name, model in peers.items()},
+        }
+        evaluate(ours, read_heldout(build, replace(options, max_tokens_per_language=1)))  # warm-ups
+        for model in peers.values():
+            transformers_pass(model, padded[:1])
+        seconds: dict[str, list[float]] = {name: [] for name in contenders}
+        losses: dict[str, tuple[float, int]] = {}
+        for _ in range(args.rounds):  # each contender once a round, so a busy spell slows them all
+            for name, work in contenders.items():
+                took, losses[name] = timed(work)
+                seconds[name].append(took)
+        rates = {name: tokens / min(times) for name, times in seconds.items()}  # the fastest round counts
+        ours_loss = losses["ours"][0] / losses["ours"][1]
+        for name, (nats, made) in losses.items():
+            assert made == losses["ours"][1], (name, made)  # the same masked positions
+            rounds = ", ".join(f"{t:.1f}" for t in seconds[name])
+            agree = "" if name == "ours" else f" (ours - this: {ours_loss - nats / made:+.1e})"
             print(
-                f"{name:>20}: {rates[name]:8.1f} tokens/s  ({seconds:.2f} s)  loss {nats / positions:.6f} "
-                f"(ours - theirs: {loss - nats / positions:+.1e})"
+                f"{name:>20}: {rates[name]:8.1f} tokens/s  (rounds {rounds} s)  loss {nats / made:.6f}{agree}"
             )
         for name in peers:
             goal = " (goal >= 2.0)" if name == "transformers" else ""
