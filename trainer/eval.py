@@ -428,10 +428,11 @@ def read_model(
 
 
 def model_entry(
-    name: str, model: str, where: str, heldout: HeldOut, groups: Sequence[Group], scores: Sequence[Score]
+    name: str, path: str, where: str, heldout: HeldOut, groups: Sequence[Group], scores: Sequence[Score]
 ) -> dict[str, Any]:
-    """One model's part of the report: per language, per group (the mean over its languages), overall
-    (the mean over every predicted token), and its best and worst language by loss."""
+    """One model's part of the report: its column ``name``, the MODEL ``path`` as given and the
+    directory ``where`` it was read; its figures per language, per group (the mean over its
+    languages), overall (the mean over every predicted token), and its best and worst language."""
     rows = [
         (stream.name, group.key, score)
         for stream, group, score in zip(heldout.streams, groups, scores, strict=True)
@@ -456,7 +457,7 @@ def model_entry(
     ranked = sorted(rows, key=lambda row: (row[2].loss, row[0]))
     return {
         "name": name,
-        "model": model,
+        "model": path,
         "where": where,
         "overall": overall,
         "groups": by_group,

@@ -4,7 +4,8 @@ The loop composes the trainer's parts: ``config`` (what to run), ``data`` (steps
 of packed, masked micro-batches, prepared on a background thread), ``optim`` and
 ``schedule`` (StableAdamW at the schedule's learning rate), ``checkpoint`` (the
 run's lock, where the run starts, when and how it is saved: atomic, exact),
-``distributed`` (the processes), ``parallel`` (DDP or FSDP2) and ``metrics``.
+``distributed`` (the processes), ``parallel`` (DDP or FSDP2), ``metrics``, and ``eval``
+(held-out evaluation at ``--eval-every`` marks and at the end of the phase).
 
 Exact resume rests on three facts: the loader's state fixes every later batch,
 the learning rate is a function of tokens seen, and every random draw (masks,

@@ -383,6 +383,12 @@ def test_the_command_refuses_in_one_line(trained, sample_builds, sample_manifest
     state["tokenizer"]["sha256"] = "0" * 64
     (other / "state.json").write_text(json.dumps(state))
     assert "was trained on data tokenized with" in refused(str(other), "--data", decay)
+    merged = tmp_path / "merged"  # a merge records the tokenizer of its inputs' data
+    merged.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(other / name, merged / name)
+    (merged / "merge.json").write_text(json.dumps({"tokenizer": state["tokenizer"]}))
+    assert "was trained on data tokenized with" in refused(str(merged), "--data", decay)
     ModernBertMLM(ModelConfig.preset("tiny", vocab_size=1024)).save(tmp_path / "small")
     assert "its vocabulary of 1024 does not hold the build's 8192 tokens" in refused(
         str(tmp_path / "small"), "--data", decay
