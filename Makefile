@@ -83,7 +83,7 @@ test: setup
 	$(BIN)/pytest -q
 
 # The CPU benchmarks (bench/gpu_check.sh is for a CUDA machine).
-CPU_BENCHMARKS := pipeline mixture model loader train_step
+CPU_BENCHMARKS := pipeline mixture model loader train_step eval
 bench: setup
 	for b in $(CPU_BENCHMARKS); do $(PY) bench/$$b.py || exit 1; done
 

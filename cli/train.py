@@ -1,4 +1,4 @@
-"""`mmbert-train`: train one phase from its manifest; export, import, merge and plot encoders.
+"""`mmbert-train`: train one phase from its manifest; evaluate, export, import, merge and plot encoders.
 
 mmbert-train --manifest manifests/pretrain.json --output runs/pretrain
 mmbert-train --manifest manifests/midtrain.json --output runs/midtrain --init runs/pretrain
@@ -81,6 +81,7 @@ def main(
     parallel: str = option("parallel"),
     seed: int = option("seed"),
     save_every: str = option("save_every"),
+    eval_every: str = option("eval_every"),
     keep: int = option("keep"),
     verify: bool = option("verify", "--verify"),
 ) -> None:
@@ -137,6 +138,101 @@ def plot(
     except (ValueError, OSError) as err:
         raise _fail(err) from err
     typer.echo(f"wrote {path}")
+
+
+def eval_option(name: str, *declarations: str, **settings: Any) -> Any:
+    """The typer option of the ``EvalOptions`` field ``name``."""
+    from trainer.eval import EvalOptions
+
+    return field_option(EvalOptions, name, *declarations, **settings)
+
+
+@app.command("eval")
+def evaluate(
+    models: list[str] = typer.Argument(
+        ...,
+        metavar="MODEL...",
+        help="Runs (their newest checkpoint), checkpoints, model directories or transformers ModernBERT "
+        "directories, side by side.",
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="The build to evaluate on: a phase directory (OUTPUT/PHASE, with stats.json and its held-out "
+        "shards), or OUTPUT holding one phase.",
+    ),
+    mask_rate: float = eval_option("mask_rate"),
+    seed: int = eval_option("seed"),
+    seq_len: int = eval_option("seq_len"),
+    batch_tokens: int = eval_option("batch_tokens"),
+    max_tokens_per_language: str = eval_option("max_tokens_per_language"),
+    top: int = typer.Option(
+        0, "--top", min=0, help="Under each group, its N languages with the most tokens."
+    ),
+    json_out: str = typer.Option(
+        None, "--json", metavar="PATH", help="Write every figure as JSON to PATH (- : standard output)."
+    ),
+    plot_out: Path = typer.Option(
+        None, "--plot", metavar="PNG", help="Draw each language's loss and accuracy per model, by group."
+    ),
+    recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe whose phases group the languages."),
+    device: str = typer.Option(None, help="cpu | cuda (default: a GPU when there is one)."),
+) -> None:
+    """Masked-LM loss and accuracy per language on a build's held-out documents, the same masked
+    tokens for every model; languages grouped by the phase that added them (high / mid / low resource)."""
+    import json
+
+    from cli.options import token_amount
+    from mixtures.errors import MixtureError
+    from mixtures.files import write_atomic
+    from trainer.checkpoint import CheckpointError
+    from trainer.config import ConfigError
+    from trainer.data import DataError
+    from trainer.distributed import close, init_distributed
+    from trainer.eval import EvalError, EvalOptions, eval_table, evaluate_models
+    from trainer.model import ModelFormatError
+    from trainer.plot import plot_eval
+
+    dist = None
+    try:
+        limit = token_amount(max_tokens_per_language, "--max-tokens-per-language")
+        options = EvalOptions(
+            mask_rate=mask_rate,
+            seed=seed,
+            seq_len=seq_len,
+            batch_tokens=batch_tokens,
+            max_tokens_per_language=limit,
+        )
+        dist = init_distributed(device)
+        say = (lambda line: console.print(escape(line))) if dist.main else (lambda line: None)
+        document = evaluate_models(models, data, options, load_recipe(recipe), dist, say)
+        if not dist.main:
+            return
+        out = Console(stderr=json_out == "-")
+        if not out.is_terminal:  # logs and pipes: a width that fits the columns instead of rich's 80
+            out.width = max(out.width, 120)
+        out.print(eval_table(document, top))
+        text = json.dumps(document, indent=1) + "\n"
+        if json_out == "-":
+            typer.echo(text, nl=False)
+        elif json_out is not None:
+            say(f"wrote {write_atomic(json_out, text)}")
+        if plot_out is not None:
+            say(f"wrote {plot_eval(document, plot_out)}")
+    except (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        EvalError,
+        MixtureError,
+        ModelFormatError,
+        RecipeError,
+        OSError,
+    ) as err:
+        raise _fail(err) from err
+    finally:
+        if dist is not None:
+            close(dist)
 
 
 def submit_option(name: str, *declarations: str, **settings: Any) -> Any:

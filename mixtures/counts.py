@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from mixtures.errors import MixtureError
 from mixtures.formats import STATS_FORMAT, STATS_VERSION, check_tokenizer, shard_entries
 from mixtures.recipe import parse_tokens
+
+try:  # orjson reads a build's stats.json (100k+ shard entries) several times faster
+    from orjson import JSONDecodeError, loads
+except ImportError:  # a GPU node with only the trainer's dependencies: its evaluation reads stats.json
+    from json import JSONDecodeError, loads
 
 FINEWEB2_COLUMNS = frozenset({"subset", "split", "code", "script", "utf8_bytes"})
 PLAIN_COLUMNS = frozenset({"language", "tokens"})
@@ -196,8 +199,8 @@ def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
     except OSError as err:
         raise MixtureError(f"cannot read build statistics {path}: {err.strerror or err}") from err
     try:
-        raw = orjson.loads(raw_bytes)
-    except orjson.JSONDecodeError as err:
+        raw = loads(raw_bytes)
+    except JSONDecodeError as err:
         raise MixtureError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
     if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT:
         raise MixtureError(f"{path}: format: expected {STATS_FORMAT!r}; is this a build's stats.json?")

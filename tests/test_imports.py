@@ -107,6 +107,8 @@ import cli.train, trainer.train
 from mixtures.manifest import load_manifest, validate_manifest
 doc = load_manifest({str(sample_manifests["decay"])!r})
 assert validate_manifest({str(sample_manifests["decay"])!r}, check_hashes=False) == []
+from trainer.eval import EvalOptions, read_heldout  # a phase's evaluation reads its build's stats.json
+assert read_heldout(doc.data_root, EvalOptions(max_tokens_per_language=1000)).streams
 print(len(doc.streams))
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)

@@ -230,8 +230,6 @@ def _move_aside(checkpoint: Path) -> Path:
     return aside
 
 
-
-
 class RunLock(FileLock):
     """``RUN/run.lock``: one process at a time trains a run (rank 0 under torchrun).
 
@@ -355,13 +353,17 @@ def model_directory(path: str | Path) -> Path:
     return path
 
 
-def read_init(path: str | Path) -> InitSource:
+def read_init(path: str | Path, flag: str = "--init", optimizer: bool = True) -> InitSource:
     """Read ``--init``: a run directory (its newest checkpoint), a checkpoint, a model directory, or a
-    transformers ModernBERT directory; raises CheckpointError naming what was found instead."""
+    transformers ModernBERT directory; raises CheckpointError naming what was found instead.
+
+    ``flag`` names the argument in messages (``mmbert-train eval`` reads its models here too);
+    ``optimizer=False`` leaves a checkpoint's optimizer state unread (twice the model's size).
+    """
     try:
         path = model_directory(path)
     except CheckpointError as err:
-        raise CheckpointError(f"--init {err}") from err
+        raise CheckpointError(f"{flag} {err}") from err
     try:
         config, transformers = read_config(path)
         if transformers:  # a transformers checkpoint, e.g. a released mmBERT
@@ -369,12 +371,12 @@ def read_init(path: str | Path) -> InitSource:
             return InitSource(config, {k: v.float() for k, v in weights.items()}, where)
         weights = load_file(str(path / WEIGHTS_NAME))
     except (ModelFormatError, OSError, SafetensorError) as err:
-        raise CheckpointError(f"--init {path}: not a model or checkpoint directory: {err}") from err
-    if not (path / STATE_NAME).exists():
+        raise CheckpointError(f"{flag} {path}: not a model or checkpoint directory: {err}") from err
+    if not (path / STATE_NAME).exists() or not optimizer:
         return InitSource(config, weights, str(path), tokenizer=recorded_tokenizer(path))
     state = read_state(path)
-    optimizer = (load_file(str(path / OPTIMIZER_NAME)), state["optimizer_steps"])
-    return InitSource(config, weights, str(path), optimizer=optimizer, tokenizer=state.get("tokenizer"))
+    moments = (load_file(str(path / OPTIMIZER_NAME)), state["optimizer_steps"])
+    return InitSource(config, weights, str(path), optimizer=moments, tokenizer=state.get("tokenizer"))
 
 
 @dataclass

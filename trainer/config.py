@@ -53,6 +53,7 @@ class TrainConfig(RunOptions):
     micro_batch_tokens: int = field(default=DEFAULT_MICRO_BATCH_TOKENS, metadata=CHANGES_RESULT)
     save_every_tokens: int | None = None
     save_every_minutes: float | None = 30.0
+    eval_every_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -162,6 +163,7 @@ def resolve(
     if micro < training.seq_len:
         raise ConfigError(f"--micro-batch-tokens {micro} is below the phase's seq_len {training.seq_len}")
     every_tokens, every_minutes = parse_save_every(overrides.save_every)
+    eval_every = None if overrides.eval_every is None else _tokens(overrides.eval_every, "--eval-every")
     config = TrainConfig(
         manifest=str(manifest.path.resolve()),
         out=str(out or Path("runs") / manifest.phase),
@@ -172,18 +174,19 @@ def resolve(
         micro_batch_tokens=micro,
         save_every_tokens=every_tokens,
         save_every_minutes=every_minutes,
+        eval_every_tokens=eval_every,
         **{option.name: getattr(overrides, option.name) for option in fields(RunOptions)},
     )
     return config
 
 
-def _tokens(value: str | int) -> int:
+def _tokens(value: str | int, flag: str = "--tokens") -> int:
     try:
         tokens = parse_tokens(value)
     except ValueError as err:
-        raise ConfigError(f"--tokens: {err}") from err
+        raise ConfigError(f"{flag}: {err}") from err
     if tokens <= 0:
-        raise ConfigError(f"--tokens must be positive, got {tokens}")
+        raise ConfigError(f"{flag} must be positive, got {tokens}")
     return tokens
 
 

@@ -78,7 +78,7 @@ class Chunk(NamedTuple):
 
 
 class ShardFile:
-    """A memory-mapped shard: each document's length, and its token ids as a zero-copy view.
+    """A memory-mapped shard: each document's length, id, and token ids as a zero-copy view.
 
     Its structure is checked on open (schema, counts against the manifest, offsets,
     id range: ``mixtures.formats``), so a damaged shard stops training with its name
@@ -94,9 +94,11 @@ class ShardFile:
             problems = schema_problems(reader.schema, entry.path, expected)
             if problems:
                 raise DataError(problems[0])
-            batches = [batch.column("input_ids") for batch in reader]
+            record_batches = list(reader)
         except (OSError, pa.ArrowInvalid) as err:
             raise DataError(f"{path}: not a readable shard: {err}") from err
+        batches = [batch.column("input_ids") for batch in record_batches]
+        self.ids = [batch.column("id") for batch in record_batches]  # mapped, read only when asked
         self.offsets = [column.offsets.to_numpy() for column in batches]
         self.values = [column.values.to_numpy() for column in batches]
         self.starts = np.cumsum([0] + [len(column) for column in batches])
@@ -114,9 +116,23 @@ class ShardFile:
 
     def tokens(self, row: int, start: int, stop: int) -> np.ndarray:
         """Token ids ``[start, stop)`` of document ``row`` (a view into the mapped file)."""
-        batch = int(np.searchsorted(self.starts, row, side="right")) - 1
+        batch = self._batch(row)
         base = int(self.offsets[batch][row - self.starts[batch]])
         return self.values[batch][base + start : base + stop]
+
+    def document_id(self, row: int) -> str:
+        """The ``id`` of document ``row`` (the build's stable id of the document)."""
+        batch = self._batch(row)
+        return self.ids[batch][row - int(self.starts[batch])].as_py()
+
+    def _batch(self, row: int) -> int:
+        return int(np.searchsorted(self.starts, row, side="right")) - 1
+
+
+def piece_lengths(length: int, seq_len: int) -> list[int]:
+    """The lengths of the pieces a document of ``length`` tokens is cut into: ``seq_len`` each, the
+    last one the rest (see Chunking in the module docstring)."""
+    return [min(seq_len, length - start) for start in range(0, length, seq_len)]
 
 
 @dataclass
@@ -249,18 +265,18 @@ class Blend:
         return (doc + 0.5) * self.periods[stream]
 
     def next_chunk(self) -> Chunk:
-        while self._chunk >= self._chunks:  # the current document is done: take the next one due
+        while self._chunk >= len(self._pieces):  # the current document is done: take the next one due
             _, stream = heapq.heappop(self._heap)
             doc = self._next_doc[stream]
             self._next_doc[stream] += 1
             heapq.heappush(self._heap, (self.due(stream, doc + 1), stream))
             self._current = (stream, doc)
-            self._length = self.data.length(stream, doc)
-            self._chunk, self._chunks = 0, -(-self._length // self.seq_len)
+            self._pieces = piece_lengths(self.data.length(stream, doc), self.seq_len)
+            self._chunk = 0
         stream, doc = self._current
         index = self._chunk
         self._chunk += 1
-        return Chunk(stream, doc, index, min(self.seq_len, self._length - index * self.seq_len))
+        return Chunk(stream, doc, index, self._pieces[index])
 
     def state_dict(self) -> dict[str, int | None]:
         """The last document taken and how many of its chunks: the whole position of the blend."""
@@ -272,15 +288,15 @@ class Blend:
         stream, doc = state["stream"], state["doc"]
         if stream is None:
             self._next_doc = [0] * len(self.periods)
-            self._current, self._chunk, self._chunks, self._length = None, 0, 0, 0
+            self._current, self._chunk, self._pieces = None, 0, []
         else:
             if not 0 <= stream < len(self.periods):
                 raise DataError(f"loader state names stream {stream}, the manifest has {len(self.periods)}")
             last = (self.due(stream, doc), stream)
             self._next_doc = [self._taken(s, last) for s in range(len(self.periods))]
             self._current = (stream, doc)
-            self._length = self.data.length(stream, doc)
-            self._chunk, self._chunks = state["chunk"], -(-self._length // self.seq_len)
+            self._pieces = piece_lengths(self.data.length(stream, doc), self.seq_len)
+            self._chunk = state["chunk"]
         self._heap = [(self.due(s, k), s) for s, k in enumerate(self._next_doc)]
         heapq.heapify(self._heap)
 
@@ -374,8 +390,7 @@ class MixtureLoader:
         self.step, self.tokens_seen = step, tokens
 
     def _chunk(self, stream: int, doc: int, index: int) -> Chunk:
-        length = self.data.length(stream, doc)
-        return Chunk(stream, doc, index, min(self.seq_len, length - index * self.seq_len))
+        return Chunk(stream, doc, index, piece_lengths(self.data.length(stream, doc), self.seq_len)[index])
 
     def next_step(self) -> StepBatch:
         """Plan the next step (every rank alike), then read and mask this rank's micro-batches."""

@@ -42,20 +42,33 @@ def maskable(input_ids: np.ndarray, masking: Masking) -> np.ndarray:
     return ~np.isin(input_ids, np.array(masking.special_ids, dtype=input_ids.dtype))
 
 
+def choose_positions(input_ids: np.ndarray, masking: Masking, rng: np.random.Generator) -> np.ndarray:
+    """The positions of ``input_ids`` ``[T]`` to predict, in a random order: ``round(rate * maskable)``
+    of the maskable ones, uniformly. Draws nothing from ``rng`` when that count is zero.
+
+    Training masks a packed row with it (:func:`mask_tokens`), evaluation one document at a
+    time (``trainer/eval.py``).
+    """
+    allowed = maskable(input_ids, masking)
+    count = round(masking.rate * int(allowed.sum()))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = rng.random(input_ids.shape[0])
+    keys[~allowed] = 2.0  # above every draw in [0, 1): never among the smallest `count`
+    chosen = np.argpartition(keys, count - 1)[:count]
+    return chosen[np.argsort(keys[chosen], kind="stable")]
+
+
 def mask_tokens(
     input_ids: np.ndarray, masking: Masking, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(inputs, labels)`` for one row ``[T]``: labels hold the original id where a prediction is made."""
-    allowed = maskable(input_ids, masking)
-    count = round(masking.rate * int(allowed.sum()))
+    chosen = choose_positions(input_ids, masking, rng)  # in a random order, to split 80/10/10
+    count = len(chosen)
     inputs = input_ids.astype(np.int64)
     labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)
     if count == 0:
         return inputs, labels
-    keys = rng.random(input_ids.shape[0])
-    keys[~allowed] = 2.0  # above every draw in [0, 1): never among the smallest `count`
-    chosen = np.argpartition(keys, count - 1)[:count]
-    chosen = chosen[np.argsort(keys[chosen], kind="stable")]  # a random order to split 80/10/10
     labels[chosen] = inputs[chosen]
     to_mask, to_random = round(0.8 * count), round(0.1 * count)
     inputs[chosen[:to_mask]] = masking.mask_id

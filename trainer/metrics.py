@@ -3,7 +3,9 @@
 Each record holds the phase, step, tokens seen, loss and masked-token accuracy
 (over the whole global batch), learning rate, batch size, packing efficiency
 (real tokens / micro-batch capacity), tokens per second, the share of the step
-spent waiting for data, and MFU where the device's peak is known.
+spent waiting for data, and MFU where the device's peak is known. A step after which the run
+evaluated on held-out data (``--eval-every``, ``trainer/eval.py``) also holds the evaluation's
+figures and ``eval_seconds``, which its ``step_time`` leaves out.
 """
 
 from __future__ import annotations
@@ -134,8 +136,9 @@ class Meter:
             raise cannot_write(self.path, err, RESUME) from err
 
     def log(self, batch: StepBatch, result: dict[str, float], lr: float) -> dict[str, Any]:
-        """The record of a finished step (its batch, ``train_step``'s result, its lr); written and printed."""
-        step_time = time.perf_counter() - batch.received
+        """The record of a finished step (its batch, ``train_step``'s result with any evaluation's figures,
+        its lr); written and printed."""
+        step_time = time.perf_counter() - batch.received - result.get("eval_seconds", 0.0)
         record = {
             "phase": self.phase,
             "step": batch.step + 1,

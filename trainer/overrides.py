@@ -43,9 +43,7 @@ class RunOptions:
         "or a transformers ModernBERT directory."
     )
     keep: int | None = flag("Keep only the newest N checkpoints.", 3)
-    verify: bool = flag(
-        "Before training, hash every shard against the manifest (reads all the data).", False
-    )
+    verify: bool = flag("Before training, hash every shard against the manifest (reads all the data).", False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,8 +65,10 @@ class Overrides(RunOptions):
     seed: int | None = flag(
         "Seed of data order, masks, dropout and init (default: the manifest's).", result=True
     )
-    save_every: str | None = flag(
-        "Checkpoint every N tokens (50M) or every T (30min, 2h). Default: 30min."
+    save_every: str | None = flag("Checkpoint every N tokens (50M) or every T (30min, 2h). Default: 30min.")
+    eval_every: str | None = flag(
+        "Evaluate on the build's held-out documents every N tokens (k/M/B/T): the group means go into "
+        "metrics.jsonl and the loss plot. Every phase ends with an evaluation anyway (RUN/eval.json)."
     )
     settings: tuple[str, ...] = flag(
         "Set any key of the phase's training section, e.g. training.lr.peak=1e-3 or "

@@ -1,10 +1,19 @@
-"""The loss curve: loss and learning rate against tokens, one colour per phase.
+"""The loss curve, and the held-out evaluation's per-language picture.
 
-Several runs given in order (pre-training, context extension, decay) are laid
-end to end on one token axis, so the recipe's trapezoid and the loss across
-phases read as one training. Drawn with matplotlib's object API (Agg canvas,
-no display needed; imported once its font cache is pointed into the project's
-cache) and written through a temporary name.
+Loss curve: loss and learning rate against tokens, one colour per phase. Several
+runs given in order (pre-training, context extension, decay) are laid end to end on
+one token axis, so the recipe's trapezoid and the loss across phases read as one
+training. Where a run evaluated on held-out data (``--eval-every``), each group's
+mean held-out loss is drawn at those marks, one marker shape per group.
+
+Evaluation (``mmbert-train eval --plot``): each language's held-out loss and
+accuracy, one colour of dots per model; languages grouped by the phase that added
+them, sorted within a group by the first model's loss, groups separated by
+vertical lines and named.
+
+Drawn with matplotlib's object API (Agg canvas, no display needed; imported once
+its font cache is pointed into the project's cache) and written through a
+temporary name.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +30,8 @@ from mixtures.files import make_parent, write_atomic
 from trainer.metrics import METRICS_NAME, read_records
 
 SMOOTHING_WINDOW = (8, 101)  # the smoothed loss averages over an eighth of a run's steps, at most 101
+EVAL_MARKERS = "os^Dvp*"  # one per held-out group in the loss curve, one per model in the evaluation
+LABELLED_LANGUAGES = 60  # up to this many languages, the evaluation plot names them
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -54,6 +66,7 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     loss_axes, lr_axes = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     offset = 0
+    markers: dict[str, str] = {}
     for index, run_dir in enumerate(run_dirs):
         records = read_metrics(run_dir)
         colour = f"C{index}"
@@ -64,6 +77,22 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
         loss_axes.plot(tokens, losses, color=colour, alpha=0.25, linewidth=0.8)
         loss_axes.plot(tokens, smoothed(losses), color=colour, linewidth=1.8, label=label)
         lr_axes.plot(tokens, [r["lr"] for r in records], color=colour, linewidth=1.5)
+        for key in dict.fromkeys(k for r in records for k in r if k.startswith("eval_loss_")):
+            marks = [(t, r[key]) for t, r in zip(tokens, records, strict=True) if r.get(key) is not None]
+            if not marks:
+                continue
+            group = key.removeprefix("eval_loss_")
+            new = group not in markers
+            marker = markers.setdefault(group, EVAL_MARKERS[len(markers) % len(EVAL_MARKERS)])
+            loss_axes.plot(
+                *zip(*marks, strict=True),
+                color=colour,
+                marker=marker,
+                linestyle=":",
+                linewidth=0.8,
+                markersize=5,
+                label=f"held-out, {group} (mean over languages)" if new else None,
+            )
         offset = tokens[-1]
     loss_axes.set_ylabel("MLM loss (masked tokens)")
     loss_axes.legend(loc="upper right")
@@ -71,6 +100,59 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     lr_axes.set_ylabel("learning rate")
     lr_axes.set_xlabel("tokens")
     lr_axes.grid(alpha=0.3)
+    make_parent(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return write_atomic(path, buffer.getvalue())
+
+
+def plot_eval(document: dict[str, Any], path: str | Path) -> Path:
+    """Draw an evaluation report (``trainer.eval.report``) into a PNG at ``path``: per language, its
+    loss (top) and accuracy (bottom), a dot per model; see the module docstring."""
+    matplotlib_in_cache()  # before matplotlib is first imported
+    from matplotlib.figure import Figure
+
+    models, languages = document["models"], document["languages"]
+    first = models[0]["languages"]
+    order: list[str] = []
+    bounds = []  # (first x, last x, label) of each group
+    for group in document["groups"]:
+        members = [name for name, language in languages.items() if language["group"] == group["key"]]
+        members.sort(key=lambda name: (first[name]["loss"] is None, first[name]["loss"] or 0.0, name))
+        bounds.append((len(order), len(order) + len(members) - 1, group["label"]))
+        order += members
+    fig = Figure(figsize=(max(8.0, min(24.0, 0.18 * len(order) + 4)), 7), layout="constrained")
+    loss_axes, accuracy_axes = fig.subplots(2, 1, sharex=True)
+    for index, model in enumerate(models):
+        figures = model["languages"]
+        shown = [x for x, name in enumerate(order) if figures[name]["loss"] is not None]
+        marker = EVAL_MARKERS[index % len(EVAL_MARKERS)]  # a shape per model: equal figures stay visible
+        style = {"color": f"C{index}", "linestyle": "none", "marker": marker, "markersize": 4, "alpha": 0.8}
+        loss_axes.plot(shown, [figures[order[x]]["loss"] for x in shown], label=model["name"], **style)
+        accuracy_axes.plot(shown, [100 * figures[order[x]]["accuracy"] for x in shown], **style)
+    for start, stop, label in bounds:
+        for axes in (loss_axes, accuracy_axes):
+            if start:
+                axes.axvline(start - 0.5, color="0.5", linewidth=1)
+        loss_axes.text(
+            (start + stop) / 2,
+            1.01,
+            label,
+            transform=loss_axes.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+        )
+    loss_axes.set_ylabel("held-out MLM loss (nats)")
+    loss_axes.legend(loc="upper left", fontsize=8)
+    accuracy_axes.set_ylabel("masked-token accuracy (%)")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(axis="y", alpha=0.3)
+    if len(order) <= LABELLED_LANGUAGES:
+        accuracy_axes.set_xticks(range(len(order)), order, rotation=90, fontsize=7)
+    else:
+        accuracy_axes.set_xticks([])
+        accuracy_axes.set_xlabel(f"{len(order):,} languages, by group, lowest loss first (too many to name)")
+    fig.suptitle(f"held-out evaluation: {document['build']}, mask rate {document['mask_rate']}", fontsize=10)
     make_parent(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

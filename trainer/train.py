@@ -4,7 +4,8 @@ The loop composes the trainer's parts: ``config`` (what to run), ``data`` (steps
 of packed, masked micro-batches, prepared on a background thread), ``optim`` and
 ``schedule`` (StableAdamW at the schedule's learning rate), ``checkpoint`` (the
 run's lock, where the run starts, when and how it is saved: atomic, exact),
-``distributed`` (the processes), ``parallel`` (DDP or FSDP2) and ``metrics``.
+``distributed`` (the processes), ``parallel`` (DDP or FSDP2), ``metrics``, and ``eval``
+(held-out evaluation at ``--eval-every`` marks and at the end of the phase).
 
 Exact resume rests on three facts: the loader's state fixes every later batch,
 the learning rate is a function of tokens seen, and every random draw (masks,
@@ -35,6 +36,7 @@ from trainer.checkpoint import Checkpointer, RunLock, Start, TrainState, find_st
 from trainer.config import TrainConfig, for_device, tokenizer_record
 from trainer.data import MixtureData, MixtureLoader, Prefetcher, StepBatch
 from trainer.distributed import Dist, all_reduce_sum, close, init_distributed, main_first
+from trainer.eval import PhaseEval
 from trainer.masking import Masking
 from trainer.metrics import Meter, cannot_write, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModernBertMLM
@@ -135,6 +137,7 @@ def _train(
         say(line)
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     train_step = TrainStep(parallel, optimizer, dist, autocast, config.seed, crash_hook())
+    evaluation = PhaseEval.for_run(config, manifest, dist, say)  # None: the build holds nothing out
 
     # ---- the loop ----------------------------------------------------------------------------------------
     model.train()
@@ -144,6 +147,8 @@ def _train(
             lr = lr_at(batch.tokens_before + batch.tokens, training.lr, config.tokens)
             result = train_step(batch, lr)
             state.advance(batch)
+            if evaluation is not None and evaluation.due(batch.tokens_before, state.tokens):
+                result |= evaluation.means(model)
             meter.log(batch, result, lr)
             if checkpointer.due(stop.requested):
                 saved = checkpointer.save()
@@ -156,6 +161,8 @@ def _train(
         prefetch.close()
         meter.close()
     saved = checkpointer.save()
+    if evaluation is not None:
+        evaluation.finish(model, run, saved, guard, say)
     if dist.main:
         try:
             plot = plot_runs([run], run / "loss.png")
