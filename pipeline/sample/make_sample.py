@@ -173,8 +173,14 @@ LANGUAGES = (
 )
 
 # The deliberately bad documents, by FineWeb2 subset.
-BOILERPLATE = {"fra_Latn": "fr", "deu_Latn": "de", "rus_Cyrl": "ru", "jpn_Jpan": "ja", "cat_Latn": "ca",
-               "hsb_Latn": "hsb"}  # subset -> Django locale of its admin strings
+BOILERPLATE = {
+    "fra_Latn": "fr",
+    "deu_Latn": "de",
+    "rus_Cyrl": "ru",
+    "jpn_Jpan": "ja",
+    "cat_Latn": "ca",
+    "hsb_Latn": "hsb",
+}  # subset -> Django locale of its admin strings
 REPETITION = ("spa_Latn", "arb_Arab", "hin_Deva", "eus_Latn", "tir_Ethi", "kat_Geor")
 TOO_SHORT = ("kor_Hang", "heb_Hebr", "hye_Armn", "fao_Latn", "bre_Latn")
 NEAR_DUPLICATES = {"fra_Latn": 3, "deu_Latn": 2, "rus_Cyrl": 2, "cmn_Hani": 2, "cat_Latn": 2, "isl_Latn": 2}
@@ -192,22 +198,73 @@ EMPTY = ("ell_Grek",)
 # Django admin strings in the order an admin page shows them: skip link, header, sidebar,
 # date filters, actions and footer. Untranslated ones are skipped.
 BOILERPLATE_MSGIDS = (
-    "Skip to main content", "Toggle navigation", "Site administration", "View site", "Documentation",
-    "Change password", "Log out", "Home", "Breadcrumbs", "Sidebar", "Filter navigation items",
-    "Authentication and Authorization", "Users", "Groups", "Recent actions", "My actions", "None available",
-    "Filter", "Show counts", "Hide counts", "Clear all filters", "All dates", "Any date", "Today",
-    "Past 7 days", "This month", "This year", "No date", "Has date", "Search", "Show all",
-    "Run the selected action", "Clear selection", "Delete multiple objects", "Add", "Change", "Delete",
-    "History", "View on site", "Save", "Save as new", "Save and add another", "Save and continue editing",
-    "Save and view", "Close", "Change my password", "Reset my password", "Log in again",
+    "Skip to main content",
+    "Toggle navigation",
+    "Site administration",
+    "View site",
+    "Documentation",
+    "Change password",
+    "Log out",
+    "Home",
+    "Breadcrumbs",
+    "Sidebar",
+    "Filter navigation items",
+    "Authentication and Authorization",
+    "Users",
+    "Groups",
+    "Recent actions",
+    "My actions",
+    "None available",
+    "Filter",
+    "Show counts",
+    "Hide counts",
+    "Clear all filters",
+    "All dates",
+    "Any date",
+    "Today",
+    "Past 7 days",
+    "This month",
+    "This year",
+    "No date",
+    "Has date",
+    "Search",
+    "Show all",
+    "Run the selected action",
+    "Clear selection",
+    "Delete multiple objects",
+    "Add",
+    "Change",
+    "Delete",
+    "History",
+    "View on site",
+    "Save",
+    "Save as new",
+    "Save and add another",
+    "Save and continue editing",
+    "Save and view",
+    "Close",
+    "Change my password",
+    "Reset my password",
+    "Log in again",
     "Django administration",
 )
 
 # Real Common Crawl snapshots; FineWeb2 and DCLM documents are spread over them.
 CC_DUMPS = (
-    "CC-MAIN-2013-20", "CC-MAIN-2014-15", "CC-MAIN-2015-22", "CC-MAIN-2016-30", "CC-MAIN-2017-47",
-    "CC-MAIN-2018-30", "CC-MAIN-2019-35", "CC-MAIN-2020-29", "CC-MAIN-2021-31", "CC-MAIN-2022-33",
-    "CC-MAIN-2023-23", "CC-MAIN-2023-50", "CC-MAIN-2024-10", "CC-MAIN-2024-18",
+    "CC-MAIN-2013-20",
+    "CC-MAIN-2014-15",
+    "CC-MAIN-2015-22",
+    "CC-MAIN-2016-30",
+    "CC-MAIN-2017-47",
+    "CC-MAIN-2018-30",
+    "CC-MAIN-2019-35",
+    "CC-MAIN-2020-29",
+    "CC-MAIN-2021-31",
+    "CC-MAIN-2022-33",
+    "CC-MAIN-2023-23",
+    "CC-MAIN-2023-50",
+    "CC-MAIN-2024-10",
+    "CC-MAIN-2024-18",
 )
 SITE_KINDS = ("news", "blog", "forum", "library", "archive", "community", "journal", "portal")
 
@@ -570,19 +627,37 @@ class Sample:
 
     manifest: list[dict] = field(default_factory=list)
 
-    def record(self, source: str, path: str, row: int, doc_id: str, language: str, doc: Doc | None = None,
-               ids: list[str] | None = None) -> None:
+    def record(
+        self,
+        source: str,
+        path: str,
+        row: int,
+        doc_id: str,
+        language: str,
+        doc: Doc | None = None,
+        ids: list[str] | None = None,
+    ) -> None:
         """One manifest row; `ids` (the source's ids by position) name a near-duplicate's original."""
         doc = doc or Doc("")
         detail = doc.detail
         if doc.copy_of is not None and ids is not None:
             detail = f"copy of {ids[doc.copy_of]}, {detail}"
-        self.manifest.append({"source": source, "path": path, "row": row, "id": doc_id, "language": language,
-                              "kind": doc.kind, "detail": detail})
+        self.manifest.append(
+            {
+                "source": source,
+                "path": path,
+                "row": row,
+                "id": doc_id,
+                "language": language,
+                "kind": doc.kind,
+                "detail": detail,
+            }
+        )
 
 
-def build_fineweb2(out: Path, sample: Sample, declarations: dict[str, Declaration],
-                   admin: dict[str, list[str]]) -> dict[str, list[Section]]:
+def build_fineweb2(
+    out: Path, sample: Sample, declarations: dict[str, Declaration], admin: dict[str, list[str]]
+) -> dict[str, list[Section]]:
     """Write one parquet per subset; return what each Wikipedia language keeps back."""
     wiki_parts: dict[str, list[Section]] = {}
     for language in LANGUAGES:
@@ -599,8 +674,15 @@ def build_fineweb2(out: Path, sample: Sample, declarations: dict[str, Declaratio
         path = f"{FINEWEB2}/{language.label}/train/000_00000.parquet"
         write_parquet(out / path, [rows[i] for i in order], FINEWEB2_SCHEMA)
         for position, i in enumerate(order):
-            sample.record("fineweb2", path, position, rows[i]["id"], language.label, docs[i],
-                          [row["id"] for row in rows])
+            sample.record(
+                "fineweb2",
+                path,
+                position,
+                rows[i]["id"],
+                language.label,
+                docs[i],
+                [row["id"] for row in rows],
+            )
     return wiki_parts
 
 
@@ -652,8 +734,11 @@ def build_dolmino(out: Path, sample: Sample, texts: dict) -> None:
         path = f"{DOLMINO}/{relative}"
         rows = [
             dolma_row(
-                doc_uuid(f"dolmino/{subset}/{n}"), entry["text"].strip(), f"dolmino-{subset}",
-                "2024-10-01T00:00:00.000Z", {"subset": subset},
+                doc_uuid(f"dolmino/{subset}/{n}"),
+                entry["text"].strip(),
+                f"dolmino-{subset}",
+                "2024-10-01T00:00:00.000Z",
+                {"subset": subset},
             )
             for n, entry in enumerate(texts["dolmino"][subset])
         ]
@@ -668,8 +753,13 @@ def build_arxiv(out: Path, sample: Sample, texts: dict) -> None:
     for n, paper in enumerate(texts["arxiv"]):
         arxiv_id = f"0000.{n + 1:05d}"  # not a real arXiv identifier: the papers are written for the sample
         created = f"2024-{n + 1:02d}-15T09:00:00"
-        metadata = {"arxiv_id": arxiv_id, "language": "en", "timestamp": created, "yymm": f"24{n + 1:02d}",
-                    "title": paper["title"]}
+        metadata = {
+            "arxiv_id": arxiv_id,
+            "language": "en",
+            "timestamp": created,
+            "yymm": f"24{n + 1:02d}",
+            "title": paper["title"],
+        }
         text = paper["text"].strip()
         rows.append(dolma_row(doc_uuid(f"arxiv/{n}"), text, "arxiv", f"{created}.000Z", metadata))
     write_gzip(out / ARXIV_FILE, rows)
