@@ -3,8 +3,8 @@
 Generates a build the shape of FineWeb2's decay phase in a temporary directory:
 1,833 language-script streams (datatrove's language table, sizes falling
 log-linearly from 1T to 300 tokens like FineWeb2's), 100 Arrow shards each, plus
-the fixed-budget sources (Wikipedia in 20 languages, arXiv, Dolmino; 100 shards
-each), and a stats.json of the build's format. Shards are small real Arrow IPC
+the fixed-budget sources (Wikipedia in 20 languages, arXiv, Dolmino, code; 100
+shards each), and a stats.json of the build's format. Shards are small real Arrow IPC
 streams (one body per stream, so 100 files share a hash); their token counts
 are declared in stats.json, for the compiler, and validate reads a copy of the
 manifest whose shard entries hold the files' own counts (validate checks them
@@ -55,7 +55,7 @@ from mixtures.formats import (  # noqa: E402
     shard_counts,
     shard_metadata,
 )
-from mixtures.languages import language_table  # noqa: E402
+from mixtures.languages import CODE, language_table  # noqa: E402
 from mixtures.manifest import build_manifest, validate_manifest, write_manifest  # noqa: E402
 from mixtures.recipe import load_recipe  # noqa: E402
 from mixtures.sampling import capped_allocation, temperature_weights  # noqa: E402
@@ -86,7 +86,7 @@ def generate(phase_dir: Path, languages: int, shards: int) -> int:
         ("fineweb2", name, 10 ** (12 - 9.5 * i / max(1, len(pool) - 1))) for i, name in enumerate(pool)
     ]
     streams += [("wikipedia", name, 2e9) for name in pool[:20]]
-    streams += [("arxiv", "eng_Latn", 1e10), ("dolmino", "eng_Latn", 1e10)]
+    streams += [("arxiv", "eng_Latn", 1e10), ("dolmino", "eng_Latn", 1e10), ("code", CODE, 1e10)]
     entries, files = [], 0
     for source, language, tokens in streams:
         body = shard_body(source, language)

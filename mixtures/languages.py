@@ -24,6 +24,10 @@ from mixtures.errors import MixtureError
 
 # ISO 639-3 "undetermined": FineWeb2's und_{Script} subsets hold text GlotLID gave no language
 UNDETERMINED = "und"
+# The label of source code: ISO 639-2 "no linguistic content" (zxx) in ISO 15924 "common" (Zyyy), the
+# characters every script shares. Code is no language of any phase's pool: like English, it is the one
+# language of a fixed-budget source, and no language ID model knows it.
+CODE = "zxx_Zyyy"
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,15 @@ def count_languages(names: Iterable[str]) -> str:
 
 @cache
 def language_table() -> dict[str, str]:
-    """English names of the known languages, keyed by both ``xxx`` and ``xxx_Script``."""
+    """English names of the known languages, keyed by both ``xxx`` and ``xxx_Script``; code (``CODE``)
+    is known too, so that a phase may name it without a build of it."""
     path = files("datatrove") / "assets" / "tokenizer_assignment.csv"
     names: dict[str, str] = {}
     with path.open(encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             names[f"{row['code_3']}_{row['script']}"] = row["name"]
             names.setdefault(row["code_3"], row["name"])
+    names[CODE] = "Code (no linguistic content)"
     return names
 
 

@@ -4,7 +4,8 @@ FineWeb2 and GlotLID already speak ``fra_Latn``; Wikipedia names wikis ``fr``,
 ``simple`` or ``zh-yue``; fastText LID-176 predicts ``__label__fr``. The mixture
 compiler counts tokens per label and the writer uses labels as directory names,
 so every label is mapped to the FineWeb2 spelling here and anything that is not
-strictly ``[a-z]{3}_[A-Z][a-z]{3}`` is rejected before it can reach a path.
+strictly ``[a-z]{3}_[A-Z][a-z]{3}`` is rejected before it can reach a path. Source code is
+``zxx_Zyyy`` (``mixtures.languages.CODE``), the one label in a script of no writing system.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from iso639 import Lang
 from iso639.exceptions import DeprecatedLanguageValue, InvalidLanguageValue
 
-from mixtures.languages import language_code, selecting_names
+from mixtures.languages import CODE, language_code, selecting_names
 
 _LABEL_RE = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}")
 _CODE_SCRIPT_RE = re.compile(r"([a-z]{2,3})_([A-Z][a-z]{3})")
@@ -39,7 +40,7 @@ _FINEWEB2_INDIVIDUAL = {
     "oji": "ojb", "ori": "ory", "orm": "gaz", "pus": "pbt", "sqi": "als", "swa": "swh",
     "uzb": "uzn", "yid": "ydd", "zha": "zyb", "zho": "cmn",
     "tgl": "fil",  # an individual language, but FineWeb2 files Tagalog text as Filipino
-}
+}  # fmt: skip
 
 # Withdrawn two-letter ISO 639-1 codes whose registry entry names no single replacement.
 _WITHDRAWN = {"sh": "hbs", "mo": "ron"}
@@ -53,7 +54,7 @@ _WIKI_CODES = {
     "zh-yue": "yue", "zh-classical": "lzh", "zh-min-nan": "nan",
     "be-tarask": "bel", "be-x-old": "bel", "bat-smg": "sgs", "fiu-vro": "vro",
     "roa-rup": "rup", "roa-tara": "nap", "map-bms": "jav", "nds-nl": "nds", "cbk-zam": "cbk",
-}
+}  # fmt: skip
 
 # ISO 15924 codes that name no writing system: inherited (Zinh: combining marks), unwritten
 # (Zxxx), common (Zyyy: digits, punctuation) and uncoded (Zzzz). A text "in" one of them has no
@@ -74,8 +75,9 @@ class NoScriptError(ValueError):
 
 
 def is_language_label(value: object) -> bool:
-    """Whether ``value`` is a ``xxx_Script`` label of a writing system (and so safe as a path component)."""
-    return (
+    """Whether ``value`` is a ``xxx_Script`` label of a writing system, or code's ``zxx_Zyyy`` (and so
+    safe as a path component)."""
+    return value == CODE or (
         isinstance(value, str)
         and _LABEL_RE.fullmatch(value) is not None
         and value[4:] not in NO_WRITING_SYSTEM
@@ -189,8 +191,11 @@ def normalize_label(raw: str, text: str | None = None) -> str:
 
     Labels `parse_label` accepts; when the label names no script, it is detected from ``text``
     (Han-only text of a Japanese or Korean label keeps that language's usual script). Raises
-    NoScriptError when the script names no writing system (a text without letters: ``Zyyy``).
+    NoScriptError when the script names no writing system (a text without letters: ``Zyyy``), except
+    for code's own label, which stays as it is.
     """
+    if raw == CODE:
+        return CODE
     code, script = parse_label(raw)
     if script is None:
         if text is None:
@@ -228,7 +233,9 @@ class LanguageSelection:
         codes, labels = set(), set()
         for entry in languages:
             try:
-                if is_language_label(entry):
+                if entry == CODE:
+                    labels.add(CODE)
+                elif is_language_label(entry):
                     _check_script(entry[4:])
                     labels.add(normalize_label(entry))
                 else:

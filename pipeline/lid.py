@@ -18,6 +18,7 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from datatrove.utils.batching import batched
 
 from mixtures.cache import cache_dir
+from mixtures.languages import CODE
 from mixtures.recipe import LID_BACKENDS
 from pipeline.labels import (
     NO_WRITING_SYSTEM,
@@ -91,8 +92,10 @@ class LanguageIdentifier(PipelineStep):
     - ``ft176``: fastText LID-176 from ``model_path`` (default: the mmbert-data cache); its
       ISO 639-1 labels get ISO 639-3 codes and the script detected from the text.
 
-    A predicted label that differs from the reader's is kept in ``source_language``. The model
-    is loaded in `run`, so the step stays cheap to pickle and ship to workers.
+    A predicted label that differs from the reader's is kept in ``source_language``. Code (its
+    reader's label ``zxx_Zyyy``) is never predicted: the models know natural languages only and
+    would file a program under one of them, or drop it. The model is loaded in `run`, so the step
+    stays cheap to pickle and ship to workers.
     """
 
     name = "🌍 Language ID"
@@ -150,10 +153,18 @@ class LanguageIdentifier(PipelineStep):
             return None
 
     def _predict(self, model, batch: list[Document]) -> None:
+        identified = []
+        for doc in batch:
+            if doc.metadata.get("language") == CODE:
+                self._set_label(doc, CODE, doc.metadata.get("language_score"))
+            else:
+                identified.append(doc)
+        if not identified:
+            return
         # fastText reads one line per input, so newlines inside a document become spaces.
-        texts = [doc.text[:LID_MAX_CHARS].replace("\n", " ") for doc in batch]
+        texts = [doc.text[:LID_MAX_CHARS].replace("\n", " ") for doc in identified]
         labels, scores = model.predict(texts, k=1)
-        for doc, doc_labels, doc_scores in zip(batch, labels, scores, strict=True):
+        for doc, doc_labels, doc_scores in zip(identified, labels, scores, strict=True):
             try:
                 label = normalize_label(doc_labels[0], doc.text)
             except NoScriptError:

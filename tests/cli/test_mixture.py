@@ -30,6 +30,7 @@ PRETRAIN = {
     ("arxiv", "eng_Latn"): [500],
     ("dolmino", "eng_Latn"): [800],
     ("wikipedia", "fra_Latn"): [300],
+    ("code", "zxx_Zyyy"): [700],
 }
 MIDTRAIN = {**PRETRAIN, ("fineweb2", "srp_Cyrl"): [600], ("fineweb2", "srp_Latn"): [150]}
 
@@ -104,7 +105,7 @@ def test_streams_repeated_far_beyond_their_data_are_named(tmp_path):
     build = write_build(tmp_path / "data", phase="pretrain", streams=PRETRAIN)
     output = run("--stats", build, "-o", tmp_path / "m.json")  # the recipe's 2.3T over 15k tokens
     warning = next(line for line in output.splitlines() if line.startswith("warning:"))
-    assert warning.startswith("warning: 7 streams repeat their data more than 100 times: fineweb2/deu_Latn (")
+    assert warning.startswith("warning: 8 streams repeat their data more than 100 times: fineweb2/deu_Latn (")
     assert warning.endswith("...; cap them with --max-epochs or train fewer --tokens")
     assert "warning:" not in run("--stats", build, "--tokens", "10k", "-o", tmp_path / "m.json")
 
@@ -147,8 +148,10 @@ def test_a_missing_build_names_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_build(tmp_path / "runs/build", phase="pretrain")
     output = run("--temperature", "0.3", code=1)
-    assert "no --stats or --counts given, and runs/build/decay/stats.json (the build's default output) " \
+    assert (
+        "no --stats or --counts given, and runs/build/decay/stats.json (the build's default output) "
         "is missing" in output
+    )
     assert "run `mmbert-data build --phase decay` or pass --stats OUTPUT/decay" in output
     assert "no phase has temperature 0.4" in run("--temperature", "0.4", code=1)
 

@@ -149,9 +149,9 @@ def test_decay_from_stats_splits_fixed_budgets_and_caps_the_pool(recipe, build):
     targets = {(t.source, t.language): t for t in mixture.targets}
     assert set(targets) == set(DECAY_STREAMS)
     assert sum(t.target_tokens for t in mixture.targets) == 10_000
-    # fixed budgets scale with the total: 9.5B/3.3B/6.9B of 100B
-    assert mixture.budgets == {"arxiv": 330, "dolmino": 690, "wikipedia": 950}
-    assert mixture.multilingual_tokens == 10_000 - 330 - 690 - 950
+    # fixed budgets scale with the total: 3.3B/5.5B/6.9B/9.5B of 100B
+    assert mixture.budgets == {"arxiv": 330, "code": 550, "dolmino": 690, "wikipedia": 950}
+    assert mixture.multilingual_tokens == 10_000 - 330 - 550 - 690 - 950
     # wikipedia's budget is split over its languages in proportion to their tokens (1500 : 500),
     # the tie of 712.5 : 237.5 going to the first language in sorted order
     assert targets["wikipedia", "fra_Latn"].target_tokens == 712
@@ -200,7 +200,7 @@ def test_a_new_sampler_is_one_entry_of_the_table(recipe, build, monkeypatch):
 
 def test_pool_that_cannot_fill_its_share_says_so(recipe, build):
     message = (
-        r"phase decay, fineweb2: cannot fill a budget of 48,180 tokens: at most 20,000 fit .* its 1 stream "
+        r"phase decay, fineweb2: cannot fill a budget of 44,880 tokens: at most 20,000 fit .* its 1 stream "
     )
     with pytest.raises(MixtureError, match=message + r".*lower --tokens or raise --max-epochs"):
         compile_phase(recipe, "decay", read_stats(build), tokens=60_000, max_epochs=1000, languages=["fao"])
@@ -231,9 +231,10 @@ def test_recipe_languages_without_counts_are_reported_not_fatal(recipe, tmp_path
         ("dclm", "eng_Latn"): [9000],
     }
     streams |= {(source, "eng_Latn"): [9000] for source in ("arxiv", "dolmino", "wikipedia")}
+    streams[("code", "zxx_Zyyy")] = [9000]
     build = write_build(tmp_path / "data", phase="pretrain", streams=streams)
     mixture = compile_phase(recipe, "pretrain", read_stats(build), tokens=20_000)
-    assert "eng" not in mixture.languages_without_data  # English comes from DCLM
+    assert not {"eng", "zxx_Zyyy"} & set(mixture.languages_without_data)  # from DCLM and code
     assert "rus" in mixture.languages_without_data and len(mixture.languages_without_data) == 57
     assert {t.language for t in mixture.targets if t.source == "fineweb2"} == {"fra_Latn", "deu_Latn"}
 
@@ -243,7 +244,12 @@ def test_planning_gives_fixed_sources_one_stream_without_shards(recipe, tmp_path
     plain.write_text("language,tokens\nfra_Latn,1B\ndeu_Latn,500M\nfao_Latn,1M\n")
     mixture = compile_phase(recipe, "decay", read_counts_csv(plain, "fineweb2"), tokens=1_000_000_000)
     fixed = {(t.source, t.language): t for t in mixture.targets if t.source != "fineweb2"}
-    assert set(fixed) == {("arxiv", "eng_Latn"), ("dolmino", "eng_Latn"), ("wikipedia", "mul")}
+    assert set(fixed) == {
+        ("arxiv", "eng_Latn"),
+        ("code", "zxx_Zyyy"),
+        ("dolmino", "eng_Latn"),
+        ("wikipedia", "mul"),
+    }
     assert all(t.available_tokens is None and not t.shards for t in fixed.values())
 
 

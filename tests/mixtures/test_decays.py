@@ -15,13 +15,16 @@ from cli.data import app as data_app
 from cli.mixture import mixture
 from mixtures.compiler import compile_phase
 from mixtures.counts import read_counts_csv
-from mixtures.languages import language_code
+from mixtures.languages import CODE, language_code
 from mixtures.recipe import RecipeError, load_recipe
 
 FINEWEB2_TABLE = Path(__file__).resolve().parents[2] / "../shared/data/fineweb2-language-distribution.csv"
 DECAYS = ("decay", "decay-cont", "decay-eng")
 # mmBERT's English share of each decay (its release's per-language token table)
 ENGLISH = {"decay": 0.102, "decay-cont": 0.132, "decay-eng": 0.179}
+# mmBERT's code share of each phase: StarCoder's of phases 1 and 2, the release's 5.5% of Decay-All,
+# Decay-Cont's Code + StarCoder (3.3B), which Decay-Eng is given too
+CODE_SHARES = {"pretrain": 0.051, "midtrain": 0.029, "decay": 0.055, "decay-cont": 0.033, "decay-eng": 0.033}
 
 app = typer.Typer()
 app.command()(mixture)
@@ -107,14 +110,29 @@ def test_planned_over_fineweb2s_table_the_decays_have_mmberts_shares():
             assert added == 0
 
 
+@pytest.mark.skipif(not FINEWEB2_TABLE.exists(), reason=f"FineWeb2's table is not at {FINEWEB2_TABLE}")
+def test_every_phase_holds_mmberts_share_of_code():
+    """Code is a fixed budget in every phase, at mmBERT's share (within 0.1 point), taken from the pool."""
+    recipe = load_recipe()
+    counts = read_counts_csv(FINEWEB2_TABLE, "fineweb2")
+    for phase, share in CODE_SHARES.items():
+        mixture = compile_phase(recipe, phase, counts)
+        (code,) = (t for t in mixture.targets if t.source == "code")
+        assert code.language == CODE and abs(code.target_tokens / mixture.tokens - share) <= 0.001, phase
+        fixed = sum(t.target_tokens for t in mixture.targets if t.source != "fineweb2")
+        assert mixture.multilingual_tokens == mixture.tokens - fixed
+
+
 def test_each_language_belongs_to_the_phase_that_added_it():
     recipe = load_recipe()
     added = {
-        name: recipe.phase_that_added(name) for name in ("fra_Latn", "eng", "cat_Latn", "srp", "fao_Latn")
+        name: recipe.phase_that_added(name)
+        for name in ("fra_Latn", "eng", CODE, "cat_Latn", "srp", "fao_Latn")
     }
     assert added == {
         "fra_Latn": "pretrain",
         "eng": "pretrain",
+        CODE: "pretrain",  # like English: the language of a fixed budget from the first phase on
         "cat_Latn": "midtrain",
         "srp": "midtrain",
         "fao_Latn": "decay",

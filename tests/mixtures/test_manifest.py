@@ -250,14 +250,14 @@ def test_validate_catches_shards_of_another_tokenizer(tmp_path):
     manifest = tmp_path / "decay.json"
     compile_to(build, manifest)
     quick = validate_manifest(manifest, check_hashes=False)
-    assert len(quick) == 9  # the first shard of each of the nine streams
+    assert len(quick) == 10  # the first shard of each of the ten streams
     assert quick[0] == (
         "tokenizer mismatch: shard arxiv/eng_Latn/00000.arrow has mmbert.tokenizer.sha256='"
         + "f" * 64
         + "', "
         f"the manifest expects '{TOKENIZER_SHA256}'"
     )
-    assert len(validate_manifest(manifest, check_hashes=True)) == 10  # every shard
+    assert len(validate_manifest(manifest, check_hashes=True)) == 11  # every shard
 
 
 def test_validate_against_a_given_tokenizer(manifest, tmp_path):

@@ -27,7 +27,7 @@ from pipeline.dedup import rehydration_copies
 from pipeline.lid import lid176_model_path
 from pipeline.stats import print_stats
 from pipeline.tokenizer import load_tokenizer
-from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2
+from tests.corpus import STOPWORDS, build_args, prose, small_hub, write_fineweb2, write_starcoder
 from tests.fixtures import shard_rows
 
 runner = CliRunner()
@@ -82,6 +82,7 @@ def test_round_trip_stats_and_shards(tmp_path):
     assert set(written["fra_Latn"]) == kept_texts["fra_Latn"]
     assert set(written["rus_Cyrl"]) == kept_texts["rus_Cyrl"]
     assert set(written["eng_Latn"]) == kept_texts["eng_Latn"]
+    assert set(written["zxx_Zyyy"]) == kept_texts["zxx_Zyyy"]
     sources = {(s["source"], s["language"]) for s in stats["streams"]}
     assert {
         ("fineweb2", "fra_Latn"),
@@ -89,6 +90,7 @@ def test_round_trip_stats_and_shards(tmp_path):
         ("dclm", "eng_Latn"),
         ("dolmino", "eng_Latn"),
         ("arxiv", "eng_Latn"),
+        ("code", "zxx_Zyyy"),
     } <= sources
     assert json.loads((plan.phase_dir / "stats.json").read_text()) == stats
     assert not list(plan.phase_dir.rglob("*.tmp"))
@@ -157,6 +159,25 @@ def test_dedup_removes_injected_near_duplicates_per_language(tmp_path):
     assert by_language["fra_Latn"]["drops"] == {"near_duplicate": 3}
     assert (by_language["fra_Latn"]["documents_kept"], by_language["fra_Latn"]["documents_heldout"]) == (7, 1)
     assert (by_language["deu_Latn"]["documents_kept"], by_language["deu_Latn"]["documents_heldout"]) == (1, 1)
+
+
+def test_code_is_built_as_written_and_only_its_exact_copy_is_dropped(tmp_path):
+    """LID-176 would call a program English or drop it: code keeps its label; no quality filter judges
+    it (its lines end without punctuation, its words are no words); MinHash drops the copy."""
+    hub = tmp_path / "hub"
+    code = small_hub(hub)["zxx_Zyyy"]
+    write_starcoder(hub, "python", [*code, code[0]])
+    lid = {"lid": "ft176", "lid_model": str(LID176)}
+    plan, stats = build(hub, tmp_path / "out", sources=("code",), dedup=True, **lid)
+    (stream,) = stats["streams"]
+    assert (stream["source"], stream["language"], stream["drops"]) == (
+        "code",
+        "zxx_Zyyy",
+        {"near_duplicate": 1},
+    )
+    tokenizer = load_tokenizer(f"sample:{hub}").tokenizer
+    rows = shard_rows(plan.phase_dir)["zxx_Zyyy"] + shard_rows(plan.phase_dir, heldout=True)["zxx_Zyyy"]
+    assert sorted(tokenizer.decode(ids[1:-1]) for _, ids in rows) == sorted(code)
 
 
 def test_blank_line_style_never_decides_a_documents_fate(tmp_path):
@@ -361,7 +382,7 @@ def test_a_rerun_with_other_settings_is_refused_and_overwrite_rebuilds_cleanly(t
     message = " ".join(refused.output.split())
     assert f"error: {phase} was built with other settings (" in message
     # a list as what was added to and removed from the one the phase was built with
-    changes = "languages: 1 added (fao), 58 removed (afr, arb, azj, ben, bul, ces, cmn, dan, ...)"
+    changes = "languages: 1 added (fao), 59 removed (afr, arb, azj, ben, bul, ces, cmn, dan, ...)"
     assert f"({changes}; lid: trust -> ft176; tasks: 2 -> 1);" in message
     assert "pass --overwrite to rebuild it from scratch" in message
     assert (phase / "stats.json").read_bytes() == first  # nothing was touched

@@ -9,9 +9,10 @@ import pytest
 from fasttext.FastText import _FastText
 from iso639.exceptions import DeprecatedLanguageValue
 
-from mixtures.languages import language_code
+from mixtures.languages import CODE, language_code
 from pipeline.labels import (
     SCRIPT_SAMPLE_CHARS,
+    LanguageSelection,
     NoScriptError,
     detect_script,
     is_language_label,
@@ -25,8 +26,25 @@ FINEWEB2_TABLE = Path(__file__).resolve().parents[2] / "../shared/data/fineweb2-
 LANGUAGE_CODES = Path(__file__).parent / "data" / "language_codes.tsv"
 # FineWeb2's languages as datatrove assigns them word tokenizers (datatrove ships the table).
 TOKENIZER_ASSIGNMENT = importlib.resources.files("datatrove") / "assets" / "tokenizer_assignment.csv"
-HOSTILE = ["../../x", "", "   ", "fr/../../etc", "fra_Latn/..", "fra_Latn\n", "__label__", "x", "zzz",
-           "fra_latn", "FRA_Latn", "fr_Latn_x", "ab cd", "fra\x00", "C:\\fr", "fr;rm -rf", "qaa"]
+HOSTILE = [
+    "../../x",
+    "",
+    "   ",
+    "fr/../../etc",
+    "fra_Latn/..",
+    "fra_Latn\n",
+    "__label__",
+    "x",
+    "zzz",
+    "fra_latn",
+    "FRA_Latn",
+    "fr_Latn_x",
+    "ab cd",
+    "fra\x00",
+    "C:\\fr",
+    "fr;rm -rf",
+    "qaa",
+]
 
 
 @pytest.mark.parametrize("label", ["fra_Latn", "cmn_Hani", "jpn_Jpan", "srp_Cyrl", "und_Kana"])
@@ -41,20 +59,55 @@ def test_is_language_label_rejects_everything_else(value):
 
 @pytest.mark.parametrize(
     ("code", "expected"),
-    [("fr", "fra"), ("de", "deu"), ("en", "eng"), ("ru", "rus"), ("ja", "jpn"), ("ko", "kor"),
-     ("fre", "fra"), ("ger", "deu"), ("fra", "fra"), ("yue", "yue"), ("als", "als"), ("nah", "nah"),
-     ("FR", "fra"), ("iw", "heb"), ("in", "ind"), ("sh", "hbs"), ("mo", "ron"),
-     ("eml", "eml"), ("kzj", "kzj")],  # retired three-letter codes FineWeb2 still uses stay
+    [
+        ("fr", "fra"),
+        ("de", "deu"),
+        ("en", "eng"),
+        ("ru", "rus"),
+        ("ja", "jpn"),
+        ("ko", "kor"),
+        ("fre", "fra"),
+        ("ger", "deu"),
+        ("fra", "fra"),
+        ("yue", "yue"),
+        ("als", "als"),
+        ("nah", "nah"),
+        ("FR", "fra"),
+        ("iw", "heb"),
+        ("in", "ind"),
+        ("sh", "hbs"),
+        ("mo", "ron"),
+        ("eml", "eml"),
+        ("kzj", "kzj"),
+    ],  # retired three-letter codes FineWeb2 still uses stay
 )
 def test_to_iso639_3_maps_iso_codes(code, expected):
     assert to_iso639_3(code) == expected
 
 
 MACROLANGUAGES = [
-    ("ar", "arb"), ("zh", "cmn"), ("ms", "zsm"), ("sw", "swh"), ("et", "ekk"), ("lv", "lvs"),
-    ("mn", "khk"), ("ne", "npi"), ("ps", "pbt"), ("az", "azj"), ("uz", "uzn"), ("mg", "plt"),
-    ("sq", "als"), ("no", "nob"), ("fa", "fas"), ("yi", "ydd"), ("ku", "kmr"), ("or", "ory"),
-    ("zho", "cmn"), ("ara", "arb"), ("chi", "cmn"), ("tl", "fil"),
+    ("ar", "arb"),
+    ("zh", "cmn"),
+    ("ms", "zsm"),
+    ("sw", "swh"),
+    ("et", "ekk"),
+    ("lv", "lvs"),
+    ("mn", "khk"),
+    ("ne", "npi"),
+    ("ps", "pbt"),
+    ("az", "azj"),
+    ("uz", "uzn"),
+    ("mg", "plt"),
+    ("sq", "als"),
+    ("no", "nob"),
+    ("fa", "fas"),
+    ("yi", "ydd"),
+    ("ku", "kmr"),
+    ("or", "ory"),
+    ("zho", "cmn"),
+    ("ara", "arb"),
+    ("chi", "cmn"),
+    ("tl", "fil"),
 ]
 
 
@@ -173,8 +226,14 @@ def test_normalize_label_rejects_non_strings(raw):
 
 @pytest.mark.parametrize(
     ("raw", "parsed"),
-    [("fra_Latn", ("fra", "Latn")), ("__label__fr", ("fra", None)), ("zh-yue", ("yue", None)),
-     ("simple", ("eng", None)), ("als", ("gsw", None)), ("als_Latn", ("als", "Latn"))],
+    [
+        ("fra_Latn", ("fra", "Latn")),
+        ("__label__fr", ("fra", None)),
+        ("zh-yue", ("yue", None)),
+        ("simple", ("eng", None)),
+        ("als", ("gsw", None)),
+        ("als_Latn", ("als", "Latn")),
+    ],
 )
 def test_parse_label_needs_no_text(raw, parsed):
     assert parse_label(raw) == parsed
@@ -185,6 +244,15 @@ def test_labels_of_no_writing_system_are_not_language_labels(label):
     assert not is_language_label(label)
     with pytest.raises(NoScriptError, match=label):
         normalize_label(label)
+
+
+def test_code_is_the_one_label_of_a_script_of_no_writing_system():
+    """``zxx_Zyyy`` (no linguistic content, common script) labels code, in any selection that names it."""
+    assert is_language_label(CODE)
+    assert normalize_label(CODE) == normalize_label(CODE, "x = 1\n") == CODE
+    assert LanguageSelection.parse([CODE, "fra"]).matches(CODE)
+    assert LanguageSelection.parse([CODE]).selects(CODE)
+    assert not LanguageSelection.parse(["fra", "eng"]).matches(CODE)
 
 
 @pytest.mark.parametrize("text", ["1234 5678 !!! ... ---", "", "\u0301\u0301", "🙂🙂 2024"])

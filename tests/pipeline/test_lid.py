@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from datatrove.data import Document
 
-from mixtures.languages import language_code
+from mixtures.languages import CODE, language_code
 from pipeline import lid
 from pipeline.lid import LanguageIdentifier, LanguageScoreFilter, lid176_model_path
 
@@ -59,8 +59,11 @@ def test_ft176_labels_heldout_set():
 def test_ft176_keeps_source_label_when_prediction_differs():
     rows = dict(read_heldout())
     docs = [
-        Document(text=rows["fra_Latn"] + "\n" + rows["fra_Latn"], id="a",
-                 metadata={"language": "eng_Latn", "language_score": 0.99}),
+        Document(
+            text=rows["fra_Latn"] + "\n" + rows["fra_Latn"],
+            id="a",
+            metadata={"language": "eng_Latn", "language_score": 0.99},
+        ),
         Document(text=rows["deu_Latn"], id="b", metadata={"language": "deu_Latn", "language_score": 0.5}),
         Document(text=rows["rus_Cyrl"], id="c"),
     ]
@@ -243,3 +246,31 @@ def test_a_text_without_letters_is_dropped_as_no_script_whatever_the_backend():
         assert [doc.metadata["language"] for doc in out] == [None, "fra_Latn"], backend
         assert [keep.filter(doc) for doc in out] == [(False, "no_script"), True]
         assert step.stats["no_script"].total == 1
+
+
+CODE_TEXT = 'def greet(name):\n    """Say hello."""\n    return f"Bonjour {name}, comment ça va ?"\n'
+
+
+@pytest.mark.parametrize("backend", ["trust", "ft176", "glotlid"])
+def test_code_keeps_its_label_whatever_the_backend(backend, tiny_glotlid):
+    """A model would file a program under a natural language (this one's string is French): code keeps
+    its reader's label, and is counted under it; the other documents are identified as ever."""
+    prose = dict(read_heldout())["fra_Latn"]
+    docs = [
+        Document(text=CODE_TEXT, id="code", metadata={"language": CODE, "language_score": None}),
+        Document(text=prose, id="prose", metadata={"language": "eng_Latn", "language_score": 0.9}),
+    ]
+    model = tiny_glotlid if backend == "glotlid" else None
+    step = LanguageIdentifier(backend, model_path=model, batch_size=2)
+    out = {doc.id: doc.metadata for doc in step.run(docs)}
+    assert out["code"] == {"language": CODE, "language_score": None}
+    assert step.stats[CODE].total == 1
+    assert out["prose"]["language"] == ("eng_Latn" if backend == "trust" else "fra_Latn")
+
+
+def test_the_score_filter_takes_code_where_the_languages_name_it():
+    assert LanguageScoreFilter(("fra", CODE), lambda label: 0.5).filter(labelled(CODE, score=None)) is True
+    assert LanguageScoreFilter(("fra",), lambda label: 0.5).filter(labelled(CODE)) == (
+        False,
+        "language_not_selected",
+    )

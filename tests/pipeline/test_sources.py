@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from datatrove.io import DataFolder
@@ -22,7 +25,7 @@ from pipeline.download import download_phase
 from pipeline.source_formats import FORMATS, Report, SourceFormat
 from pipeline.sources import SourceReader, resolve_uri
 from pipeline.tokenizer import SPECIAL_TOKENS, load_tokenizer, sample_tokenizer_path
-from tests.corpus import build_args, file_recipe, prose, small_hub
+from tests.corpus import STARCODER, build_args, file_recipe, prose, small_hub, write_starcoder
 
 RECIPE = load_recipe()
 runner = CliRunner()
@@ -52,6 +55,7 @@ def test_hub_uris_map_onto_a_mirror():
         ("dolmino", {"eng_Latn"}, 6),
         ("wikipedia", {"fra_Latn"}, 2),
         ("arxiv", {"eng_Latn"}, 6),
+        ("code", {"zxx_Zyyy"}, 6),
     ],
 )
 def test_each_source_reads_its_hub_layout(tmp_path, source, languages, count):
@@ -74,8 +78,36 @@ def test_each_source_reads_its_hub_layout(tmp_path, source, languages, count):
     if source == "fineweb2":
         assert texts == set(written["fra_Latn"]) | set(written["deu_Latn"]) | set(written["rus_Cyrl"])
         assert all(0 < d.metadata["language_score"] <= 1 for d in docs)
+    elif source == "code":
+        assert texts == set(written["zxx_Zyyy"])
     else:
         assert texts <= set(written["eng_Latn"]) | set(written["fra_Latn"])
+
+
+def test_starcoder_reads_a_directory_per_programming_language(tmp_path):
+    """A file's text is its `content`, its id `{directory}/{id}` (ids restart in each directory); the
+    directories of other kinds of data, in other columns, are read only where `subsets` names them."""
+    hub = tmp_path / "hub"
+    write_starcoder(hub, "python", ["print(1)\n", "print(2)\n"])
+    write_starcoder(hub, "go", ["package main\n"])
+    commits = hub / STARCODER / "git-commits-cleaned" / "train-00000-of-00001.parquet"
+    commits.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"commit": ["0f3a"], "message": ["Fix the build"]}), commits)
+    spec = RECIPE.sources["code"]
+    docs = list(SourceReader(spec, input_root=str(hub)).run())
+    assert [(d.id, d.text) for d in docs] == [
+        ("code/go/0", "package main\n"),
+        ("code/python/0", "print(1)\n"),
+        ("code/python/1", "print(2)\n"),
+    ]
+    assert {(d.metadata["language"], d.metadata["language_score"]) for d in docs} == {("zxx_Zyyy", None)}
+    python = SourceReader(replace(spec, subsets=("python",)), input_root=str(hub))
+    assert python.list_files() == ["python/train-00000-of-00001.parquet"]
+    named = SourceReader(
+        replace(spec, subsets=("git-commits-cleaned",)), input_root=str(hub), on_error="skip"
+    )
+    assert list(named.run()) == []
+    assert [problem.error for problem in named.errors.problems] == ["missing column(s) ['id', 'content']"]
 
 
 def test_language_selection_limits_the_files_read(tmp_path):
@@ -95,7 +127,7 @@ def test_tasks_split_files_without_overlap(tmp_path):
 
 
 class PlainTextFiles(SourceFormat):
-    """A toy sixth format: one document per ``.txt`` file under ``notes/``, named by its path."""
+    """A toy new format: one document per ``.txt`` file under ``notes/``, named by its path."""
 
     name = "plain-text"
 
@@ -116,12 +148,12 @@ def _recipe_with(tmp_path: Path, edit) -> Path:
 
 
 def _add_notes(raw: dict, fmt: str = "plain-text") -> None:
-    """A sixth source in the recipe: where it lives, its format and language, and a budget."""
+    """A new source in the recipe: where it lives, its format and language, and a budget."""
     raw["sources"]["notes"] = {"format": fmt, "uri": "hf://datasets/example/notes", "language": "eng_Latn"}
     raw["phases"]["pretrain"]["budgets"]["notes"] = "10B"
 
 
-def test_a_sixth_source_format_builds_end_to_end(tmp_path, monkeypatch):
+def test_a_new_source_format_builds_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setitem(FORMATS, PlainTextFiles.name, PlainTextFiles())
     hub = tmp_path / "hub"
     small_hub(hub)
@@ -134,17 +166,17 @@ def test_a_sixth_source_format_builds_end_to_end(tmp_path, monkeypatch):
     recipe = _recipe_with(tmp_path, _add_notes)
 
     out = tmp_path / "out"
-    args = ["--recipe", str(recipe), "--tasks", "1", "--no-dedup", "--languages", "fra,eng"]
+    args = ["--recipe", str(recipe), "--tasks", "1", "--no-dedup", "--languages", "fra,eng,zxx_Zyyy"]
     result = runner.invoke(app, build_args(hub, out, *args))
     assert result.exit_code == 0, result.output
     stats = json.loads((out / "pretrain" / "stats.json").read_text())
     streams = {(s["source"], s["language"]): s for s in stats["streams"]}
-    assert {"fineweb2", "dclm", "dolmino", "arxiv", "wikipedia", "notes"} == {source for source, _ in streams}
+    assert {"fineweb2", "dclm", "dolmino", "arxiv", "wikipedia", "code", "notes"} == {s for s, _ in streams}
     stream = streams["notes", "eng_Latn"]
     assert stream["documents_read"] == len(notes) and stream["documents_kept"] >= 1
     assert stream["documents_kept"] == sum(shard["documents"] for shard in stream["shards"]) > 0
     assert all((out / "pretrain" / shard["path"]).is_file() for shard in stream["shards"])
-    # the mixture compiler takes the sixth source's budget from the recipe as for any fixed source
+    # the mixture compiler takes the new source's budget from the recipe as for any fixed source
     mixture = compile_phase(load_recipe(recipe), "pretrain", read_stats(out / "pretrain"), tokens=100_000)
     target = next(t for t in mixture.targets if t.source == "notes")
     assert (target.language, target.available_tokens) == ("eng_Latn", stream["tokens"])
@@ -154,13 +186,13 @@ def test_a_sixth_source_format_builds_end_to_end(tmp_path, monkeypatch):
 def test_an_unknown_format_is_one_line_naming_the_key_and_the_formats(tmp_path):
     hub = tmp_path / "hub"
     small_hub(hub)
-    recipe = _recipe_with(tmp_path, lambda raw: _add_notes(raw, fmt="starcoder"))
+    recipe = _recipe_with(tmp_path, lambda raw: _add_notes(raw, fmt="the-stack"))
     result = runner.invoke(app, build_args(hub, tmp_path / "out", "--recipe", str(recipe), "--dry-run"))
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert lines == [
-        "error: recipe sources.notes.format: unknown format 'starcoder' "
-        "(known formats: arxiv, dclm, dolma, fineweb2, wikipedia)"
+        "error: recipe sources.notes.format: unknown format 'the-stack' "
+        "(known formats: arxiv, dclm, dolma, fineweb2, starcoder, wikipedia)"
     ]
 
 

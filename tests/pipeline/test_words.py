@@ -21,6 +21,7 @@ from pipeline.words import (
 from tests.conftest import SAMPLE, sample_documents
 
 FINEWEB2 = SAMPLE / "hub" / "datasets" / "HuggingFaceFW" / "fineweb-2" / "data"
+STARCODER = SAMPLE / "hub" / "datasets" / "bigcode" / "starcoderdata"
 
 
 def split(language: str, text: str) -> list[str]:
@@ -35,6 +36,16 @@ def test_normalisation_gives_nfc_text_with_plain_blank_lines():
     assert normalize_text("a \t\n \n\u3000\n  indented\nb  ") == "a\n\n\n  indented\nb"
     text = "Un paragraphe.\r\n \r\n\tDeux.\n"
     assert normalize_text(normalize_text(text)) == normalize_text(text) == "Un paragraphe.\n\n\tDeux.\n"
+
+
+def test_normalisation_keeps_code_as_its_files_hold_it():
+    """Indentation (spaces, tabs), blank lines, escapes and non-ASCII strings are untouched; only what no
+    program means by itself goes: CRLF line ends and spaces at the end of a line."""
+    for path in sorted(STARCODER.glob("*/*.parquet")):
+        for text in pq.read_table(path).column("content").to_pylist():
+            assert normalize_text(text) == text, path.parent.name
+    program = 'func f() {\r\n\tif x {  \r\n\r\n\t\treturn "\\n, naïve"\r\n\t}\r\n}\r\n'
+    assert normalize_text(program) == 'func f() {\n\tif x {\n\n\t\treturn "\\n, naïve"\n\t}\n}\n'
 
 
 def test_blank_line_style_never_decides_a_documents_fate():

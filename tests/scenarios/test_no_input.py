@@ -13,7 +13,7 @@ import zstandard
 from typer.testing import CliRunner
 
 from cli.data import app
-from tests.corpus import DCLM, build_args, small_hub, write_dolmino
+from tests.corpus import DCLM, STARCODER, build_args, small_hub, write_dolmino
 
 runner = CliRunner()
 
@@ -46,19 +46,20 @@ def test_a_mistyped_source_is_one_line_with_the_near_miss(hub, tmp_path):
     assert result.exit_code == 1
     assert error_lines(result.output) == [
         "error: unknown source(s) ['wikipeda'] (did you mean wikipedia?); "
-        "the recipe has fineweb2, dclm, dolmino, wikipedia, arxiv"
+        "the recipe has fineweb2, dclm, dolmino, wikipedia, arxiv, code"
     ]
 
 
-def test_a_source_without_files_stops_naming_the_path_and_the_mapping(hub, tmp_path):
-    shutil.rmtree(hub / DCLM)
+@pytest.mark.parametrize(("source", "where"), [("dclm", DCLM), ("code", STARCODER)])
+def test_a_source_without_files_stops_naming_the_path_and_the_mapping(hub, tmp_path, source, where):
+    shutil.rmtree(hub / where)
     result = runner.invoke(app, build_args(hub, tmp_path / "out"))
     assert result.exit_code == 1
     (line,) = error_lines(result.output)
-    assert line.startswith(f"error: source dclm: no input files under {hub}/{DCLM} ")
-    assert f"--input-root {hub} maps hf://{DCLM} there" in line
+    assert line.startswith(f"error: source {source}: no input files under {hub}/{where} ")
+    assert f"--input-root {hub} maps hf://{where} there" in line
     assert "mmbert-data download" in line and "--sources" in line
-    # a source the selection does not ask for may be missing: no English is asked for here
+    # a source the selection does not ask for may be missing: neither English nor code is asked for here
     result = runner.invoke(app, build_args(hub, tmp_path / "out", "--languages", "fra", "--no-dedup"))
     assert result.exit_code == 0, result.output
 

@@ -23,7 +23,17 @@ from tests.conftest import sample_documents
 SAMPLE = Path(make_sample.__file__).parent
 HUB = SAMPLE / "hub"
 FINEWEB2 = HUB / make_sample.FINEWEB2
-KINDS = {"clean", "boilerplate", "repetition", "wrong_language", "too_short", "near_duplicate", "empty"}
+STARCODER = HUB / make_sample.STARCODER
+KINDS = {
+    "clean",
+    "boilerplate",
+    "repetition",
+    "wrong_language",
+    "too_short",
+    "near_duplicate",
+    "duplicate",
+    "empty",
+}
 DOLMA_FIELDS = {"id", "text", "added", "created", "source", "metadata"}
 DCLM_FIELDS = {
     "bff_contained_ngram_count_before_dedupe",
@@ -73,10 +83,15 @@ def fineweb2() -> dict[str, list[dict]]:
 
 @pytest.fixture(scope="module")
 def documents() -> dict[str, list[tuple[str, str]]]:
-    """(id, text) of every document of every file, keyed by the file's path under the hub."""
+    """(id, text) of every document of every file, keyed by the file's path under the hub; a code file's
+    id is the reader's, ``{programming language}/{id}``."""
     found: dict[str, list[tuple[str, str]]] = {}
     for path in sorted(p for p in HUB.rglob("*") if p.is_file()):
         key = path.relative_to(HUB).as_posix()
+        if path.is_relative_to(STARCODER):
+            rows = pq.read_table(path).to_pylist()
+            found[key] = [(f"{path.parent.name}/{row['id']}", row["content"]) for row in rows]
+            continue
         if path.name.endswith(".parquet"):
             rows = pq.read_table(path).to_pylist()
         elif path.name.endswith(".zst") or path.name.endswith(".zstd"):
@@ -140,6 +155,16 @@ def test_other_sources_open_in_their_layouts():
     assert arxiv and all(set(row) == DOLMA_FIELDS and row["source"] == "arxiv" for row in arxiv)
     assert all("\\section{" in row["text"] for row in arxiv)
 
+    code = sorted(STARCODER.glob("*/train-00000-of-00001.parquet"))
+    assert len(code) >= 2  # programming languages
+    for path in code:
+        assert pq.read_schema(path).remove_metadata() == make_sample.STARCODER_SCHEMA
+        rows = pq.read_table(path).to_pylist()
+        assert rows and [row["id"] for row in rows] == [str(n) for n in range(len(rows))]  # per directory
+        if path.parent.name == "python":
+            for row in rows:
+                compile(row["content"], row["max_stars_repo_path"], "exec")  # Python indeed
+
     wikis = sorted((HUB / make_sample.WIKIPEDIA).glob("20231101.*/train-00000-of-00001.parquet"))
     assert len(wikis) >= 6
     for path in wikis:
@@ -187,6 +212,8 @@ def test_every_kind_of_bad_document_is_present(manifest, documents):
         elif row["kind"] == "near_duplicate":
             original = text[row["detail"].split(",")[0].removeprefix("copy of ")]
             assert body != original and len(body) >= 0.95 * len(original)
+        elif row["kind"] == "duplicate":
+            assert body == text[row["detail"].split(",")[0].removeprefix("copy of ")]
 
 
 def test_wrong_language_documents_have_low_scores(manifest, fineweb2):
