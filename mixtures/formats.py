@@ -37,7 +37,7 @@ from mixtures.errors import MixtureError
 BUILD_OUTPUT = Path("runs/build")
 
 STATS_FORMAT = "mmbert-data/stats"
-STATS_VERSION = 2  # 2: held-out documents, counted apart from those kept (read == kept + heldout + drops)
+STATS_VERSION = 3  # 2: held-out documents; 3: counted among those kept (read == kept + drops)
 MANIFEST_FORMAT = "mmbert-data/manifest"
 MANIFEST_VERSION = 1
 HELDOUT_DIR = "heldout"

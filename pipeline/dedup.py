@@ -126,7 +126,7 @@ class Rehydrate(PipelineStep):
     """Repeats documents by FineWeb2's cluster size; copies get ids ``{id}#rN``.
 
     A copy carries ``metadata["repetition"] = N``, so that the writer counts it as a repetition,
-    not as a document kept: ``read == kept + heldout + sum(drops)`` holds with or without
+    not as a document kept: ``read == kept + sum(drops)`` holds with or without
     rehydration. It runs after the tokenizer (a copy shares its original's token ids, made before
     the writer takes them) and after the held-out split, so a held-out document, which is never
     trained on, is not repeated.

@@ -164,8 +164,8 @@ class ArrowShardWriter(PipelineStep):
                     next_seq[key] = next_seq.get(key, 0) + 1
                 input_ids = doc.metadata.pop("input_ids")
                 open_shards[key].add(doc.id, input_ids)
-                if heldout:
-                    self.stat_update(stream_label(doc, "heldout"))
+                if heldout:  # kept by every filter, set aside for evaluation
+                    self.stat_update(stream_label(doc, "kept"), stream_label(doc, "heldout"))
                     self.stat_update(stream_label(doc, "heldout_tokens"), value=len(input_ids))
                 else:
                     counter = "repeated" if doc.metadata.get(REPETITION) else "kept"

@@ -3,9 +3,10 @@
 Steps count what happens to each document of a (source, language) stream with datatrove's
 ``stat_update``, under the labels :mod:`pipeline.streams` defines (``read``, ``kept``,
 ``heldout``, ``repeated``, ``tokens``, ``bytes``, ``heldout_tokens``, ``dropped/{reason}``,
-``skipped/{rule}``); the executor saves them per task. ``read == kept + heldout + sum(dropped)``;
-rehydration's extra copies are counted apart, as ``repeated`` (the training shards hold
-``kept + repeated`` documents, the held-out shards ``heldout``). :func:`compile_stats` adds them up
+``skipped/{rule}``); the executor saves them per task. ``read == kept + sum(dropped)``; of the
+kept, ``heldout`` are set aside for evaluation; rehydration's extra copies are counted apart, as
+``repeated`` (the training shards hold ``kept - heldout + repeated`` documents, the held-out
+shards ``heldout``). :func:`compile_stats` adds them up
 over tasks and stages, joins the shard lists the writers left, and writes
 ``{phase_dir}/stats.json`` — the file the mixture compiler reads.
 """

@@ -5,11 +5,12 @@ executor saves per task and :mod:`pipeline.stats` adds up into ``stats.json``::
 
     stream/{source}/{language}/{counter}[/{detail}]
 
-``counter`` is ``read`` (documents entering the build), ``kept`` (written once for training),
-``heldout`` (written to the held-out shards, :mod:`pipeline.heldout`), ``repeated``
-(rehydration's extra copies), ``tokens`` and ``bytes`` (of what was written for training),
-``heldout_tokens``, ``dropped`` with the reason as detail, or ``skipped`` with the quality rule
-not applied as detail. ``read == kept + heldout + sum(dropped)``. Labels are made by
+``counter`` is ``read`` (documents entering the build), ``kept`` (passed every filter and
+deduplication, written once), ``heldout`` (those of the kept written to the held-out shards,
+:mod:`pipeline.heldout`, not for training), ``repeated`` (rehydration's extra copies), ``tokens``
+and ``bytes`` (of what was written for training), ``heldout_tokens``, ``dropped`` with the reason
+as detail, or ``skipped`` with the quality rule not applied as detail. ``read == kept +
+sum(dropped)``. Labels are made by
 :func:`stream_label` and read back by :func:`parse_label`, so the two cannot drift apart.
 """
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from cli.data import app
 from mixtures.compiler import compile_phase
 from mixtures.counts import changed_shards, heldout_shards, read_stats
+from mixtures.formats import STATS_VERSION
 from mixtures.manifest import build_manifest
 from mixtures.recipe import format_tokens, load_recipe
 from pipeline.build import Build
@@ -125,8 +126,8 @@ def test_the_heldout_set_is_the_streams_own_whatever_the_tasks_and_workers(tmp_p
         assert set(heldout) == expected_heldout(name, {**training, **heldout})
         assert stream["heldout_tokens"] == sum(heldout.values()) <= CAP
         assert stream["documents_heldout"] == len(heldout)
-        assert stream["documents_kept"] == len(training)
-        assert stream["documents_read"] == len(training) + len(heldout) + sum(stream["drops"].values())
+        assert stream["documents_kept"] == len(training) + len(heldout)
+        assert stream["documents_read"] == stream["documents_kept"] + sum(stream["drops"].values())
         assert stream["tokens"] == sum(training.values())
     by_stream = {s["language"]: s for s in three["streams"]}
     assert len(rows(three_dir, by_stream["fra_Latn"]["heldout"])) == 4  # the cap binds before the rate
@@ -183,4 +184,4 @@ def test_heldout_shards_are_found_read_and_checked_but_never_trained_on(tmp_path
     assert changed_shards(read_stats(phase_dir)) == [
         f"changed shard: {path.relative_to(phase_dir)} has {size:,} bytes, stats.json records {recorded:,}"
     ]
-    assert json.loads((phase_dir / "stats.json").read_text())["version"] == 2
+    assert json.loads((phase_dir / "stats.json").read_text())["version"] == STATS_VERSION

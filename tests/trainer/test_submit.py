@@ -106,9 +106,7 @@ def test_submitting_writes_the_script_into_the_run_and_names_the_job(sample_mani
     out = tmp_path / "run"
     result = runner.invoke(app, submit(sample_manifests["pretrain"], out, "--resume"))  # --resume: once
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == (
-        f"submitted job 42: {out / SCRIPT_NAME}; its log is {out}/slurm-42.out"
-    )
+    assert result.output.strip() == (f"submitted job 42: {out / SCRIPT_NAME}; its log is {out}/slurm-42.out")
     assert fake_sbatch.read_text().strip() == str(out / SCRIPT_NAME)
     assert (out / SCRIPT_NAME).read_text().count("--resume") == 1
 
