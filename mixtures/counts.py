@@ -205,7 +205,10 @@ def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
     if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT:
         raise MixtureError(f"{path}: format: expected {STATS_FORMAT!r}; is this a build's stats.json?")
     if raw.get("version") != STATS_VERSION:
-        raise MixtureError(f"{path}: version: expected {STATS_VERSION}, got {raw.get('version')!r}")
+        raise MixtureError(
+            f"{path}: version: expected {STATS_VERSION}, got {raw.get('version')!r}; "
+            "build the phase again with this version (`mmbert-data build ... --overwrite`)"
+        )
     return path, raw_bytes, raw
 
 
