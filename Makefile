@@ -51,11 +51,18 @@ MIXTURE := $(BIN)/mmbert-data mixture --tokens 150k
 # Decay-All takes each at most once (`max_epochs: 1`).
 DECAY_MIXTURE := $(BIN)/mmbert-data mixture --tokens 30k
 
-# Then the `tiny` encoder trains through the three phases on the CPU, each phase starting
-# from the one before (--resume makes a rerun pick up where it stopped, or do nothing), is
-# exported for transformers and asked to fill a mask.
+# Then the `tiny` encoder trains through pre-training and context extension on the CPU, each
+# phase starting from the one before (--resume makes a rerun pick up where it stopped, or do
+# nothing). mmBERT's last step follows: three decays from the midtrain model (Decay-All, -Cont,
+# -Eng, each checkpointing every 50k tokens), a TIES merge of the three against midtrain and an
+# EMA of Decay-All's checkpoints, all six evaluated side by side on the decay build's held-out
+# documents. The TIES merge is exported for transformers and asked to fill a mask.
 TRAIN := $(BIN)/mmbert-train --model tiny --lr 1e-2 --resume
+DECAY := $(BIN)/mmbert-train --lr 1e-2 --resume --tokens 200k --batch-size 2 --save-every 50k --keep 4 \
+	--init $(DEMO)/train/midtrain
 RUNS := $(DEMO)/train
+MERGES := $(DEMO)/merges
+VARIANTS := decay decay-cont decay-eng
 FILL_MASK := from transformers import pipeline; fill = pipeline('fill-mask', '$(DEMO)/hf'); \
 	text = 'All human beings are born free and equal in ' + fill.tokenizer.mask_token + ' and rights.'; \
 	print(text); [print(f\"  {p['score']:.3f}  {p['sequence']}\") for p in fill(text, top_k=5)]
@@ -68,15 +75,22 @@ demo: setup
 	$(MIXTURE) --stats $(DEMO)/data/pretrain --output $(DEMO)/manifests/pretrain.json
 	$(MIXTURE) --stats $(DEMO)/data/midtrain --output $(DEMO)/manifests/midtrain.json
 	$(DECAY_MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
+	for v in decay-cont decay-eng; do \
+		$(DECAY_MIXTURE) --phase $$v --stats $(DEMO)/data --output $(DEMO)/manifests/$$v.json || exit 1; done
 	$(TRAIN) --manifest $(DEMO)/manifests/pretrain.json --output $(RUNS)/pretrain --tokens 1M --batch-size 16
 	$(TRAIN) --manifest $(DEMO)/manifests/midtrain.json --output $(RUNS)/midtrain --tokens 400k --batch-size 2 \
 		--init $(RUNS)/pretrain
-	$(TRAIN) --manifest $(DEMO)/manifests/decay.json --output $(RUNS)/decay --tokens 400k --batch-size 2 \
-		--init $(RUNS)/midtrain
-	$(BIN)/mmbert-train plot $(RUNS)/pretrain $(RUNS)/midtrain $(RUNS)/decay --output $(RUNS)/loss.png
-	$(BIN)/mmbert-train export $(RUNS)/decay --output $(DEMO)/hf
+	for v in $(VARIANTS); do $(DECAY) --manifest $(DEMO)/manifests/$$v.json --output $(RUNS)/$$v || exit 1; done
+	rm -rf $(MERGES)
+	$(BIN)/mmbert-train merge --method ties --base $(RUNS)/midtrain $(addprefix $(RUNS)/,$(VARIANTS)) \
+		--output $(MERGES)/ties
+	$(BIN)/mmbert-train merge --method ema $(RUNS)/decay --output $(MERGES)/ema
+	$(BIN)/mmbert-train eval $(RUNS)/midtrain $(addprefix $(RUNS)/,$(VARIANTS)) $(MERGES)/ties $(MERGES)/ema \
+		--data $(DEMO)/data/decay --plot $(DEMO)/eval.png
+	$(BIN)/mmbert-train plot $(RUNS)/pretrain $(RUNS)/midtrain $(addprefix $(RUNS)/,$(VARIANTS)) --output $(RUNS)/loss.png
+	$(BIN)/mmbert-train export $(MERGES)/ties --output $(DEMO)/hf
 	$(PY) -c "$(FILL_MASK)"
-	@echo "loss curve: $(RUNS)/loss.png"
+	@echo "loss curves: $(RUNS)/loss.png; the six models per language: $(DEMO)/eval.png"
 
 test: setup
 	$(BIN)/ruff check .

@@ -210,7 +210,7 @@ def evaluate(
             return
         out = Console(stderr=json_out == "-")
         if not out.is_terminal:  # logs and pipes: a width that fits the columns instead of rich's 80
-            out.width = max(out.width, 120)
+            out.width = max(out.width, 34 + 20 * len(models))
         out.print(eval_table(document, top))
         text = json.dumps(document, indent=1) + "\n"
         if json_out == "-":

@@ -62,11 +62,12 @@ from mixtures.files import (
     write_atomic,
 )
 from mixtures.formats import TokenizerRecord
+from mixtures.hub import HubUnavailable
 from mixtures.manifest import Manifest
 from trainer.config import ConfigError, TrainConfig, model_config
 from trainer.data import MixtureLoader, StepBatch
 from trainer.distributed import Dist, all_reduce_sum, barrier
-from trainer.hf import read_config, read_hf_weights
+from trainer.hf import hub_model_dir, is_hub_name, read_config, read_hf_weights
 from trainer.model import (
     CONFIG_NAME,
     TIED_KEY,
@@ -331,8 +332,15 @@ class InitSource:
 
 
 def model_directory(path: str | Path) -> Path:
-    """The directory holding a model: ``path`` itself, or the newest checkpoint of a run directory
-    (checked against its ``state.json``: a damaged one is named, not passed over)."""
+    """The directory holding a model: ``path`` itself, the newest checkpoint of a run directory
+    (checked against its ``state.json``: a damaged one is named, not passed over), or, for a name
+    that is no local path but a hub repository's (``jhu-clsp/mmBERT-base``), its snapshot
+    (:func:`trainer.hf.hub_model_dir`)."""
+    if not Path(path).exists() and is_hub_name(str(path)):
+        try:
+            return hub_model_dir(str(path))
+        except (HubUnavailable, ModelFormatError) as err:
+            raise CheckpointError(str(err)) from err
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory (a run, checkpoint or model directory was expected)")

@@ -543,9 +543,9 @@ def evaluate_models(
 
 
 def eval_table(document: dict[str, Any], top: int = 0) -> Table:
-    """The report as a table, two columns (loss, accuracy) per model: each group's mean, with its
-    ``top`` languages by held-out tokens under it, the overall mean per token, the best and worst
-    language."""
+    """The report as a table, a column per model holding loss and accuracy: each group's mean, with
+    its ``top`` languages by held-out tokens under it, the overall mean per token, the best and worst
+    language (named under its figures)."""
     models, languages = document["models"], document["languages"]
     tokens = sum(language["tokens"] for language in languages.values())
     table = Table(
@@ -557,17 +557,16 @@ def eval_table(document: dict[str, Any], top: int = 0) -> Table:
     )
     table.add_column("", no_wrap=True)
     for model in models:
-        table.add_column(f"{model['name']}\nloss", justify="right")
-        table.add_column("acc", justify="right")
+        table.add_column(model["name"], justify="right", overflow="fold", min_width=17)
 
     def cells(figures: list[dict[str, Any] | None], named: bool = False) -> list[str]:
         out = []
         for entry in figures:
             if entry is None or entry["loss"] is None:
-                out += ["-", "-"]
+                out.append("-")
                 continue
-            where = f" {entry['language']}" if named else ""
-            out += [f"{entry['loss']:.3f}{where}", f"{100 * entry['accuracy']:.1f}%"]
+            where = f"\n{entry['language']}" if named else ""
+            out.append(f"{entry['loss']:.3f} {100 * entry['accuracy']:4.1f}%{where}")
         return out
 
     for group in document["groups"]:

@@ -10,6 +10,7 @@ accepts both spellings too, which is what released checkpoints (e.g. mmBERT's) u
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -191,6 +192,44 @@ def read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
     for shard in files:
         state.update(read_safetensors(shard))
     return state, str(files[0] if files[0].name == WEIGHTS_NAME else directory / SHARD_INDEX_NAME)
+
+
+# A model repository's files that a model needs: its config and its safetensors (single or sharded);
+# never a pickled pytorch_model.bin from the hub.
+HUB_MODEL_FILES = [CONFIG_NAME, WEIGHTS_NAME, SHARD_INDEX_NAME, "model-*-of-*.safetensors"]
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether ``name`` reads as a hub repository (``org/name``, e.g. ``jhu-clsp/mmBERT-base``)."""
+    return HUB_NAME.fullmatch(name) is not None and not name.endswith((".json", ".safetensors"))
+
+
+def hub_model_dir(name: str) -> Path:
+    """The local snapshot of the transformers model repository ``name`` on the hub (``HUB_MODEL_FILES``).
+
+    The hub is asked once first; unreachable (or ``HF_HUB_OFFLINE``), the Hugging Face cache alone is
+    read, where a snapshot made before (``huggingface-cli download NAME``) serves. Errors:
+    HubUnavailable when the hub cannot be reached and the cache lacks it; ModelFormatError for a
+    repository or revision the hub does not hold.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = unreachable_reason()
+    try:
+        snapshot = snapshot_download(name, allow_patterns=HUB_MODEL_FILES, local_files_only=bool(offline))
+    except LocalEntryNotFoundError:
+        raise hub_unavailable(
+            f"{name} (not in the local Hugging Face cache)",
+            offline or "the hub did not answer",
+            "pass a local directory holding its config.json and model.safetensors",
+        ) from None
+    except HfHubHTTPError as err:  # no such repository or revision, gated, or refused
+        raise ModelFormatError(f"{name}: the hub refused it ({str(err).splitlines()[0]})") from err
+    if not (Path(snapshot) / CONFIG_NAME).is_file():
+        raise ModelFormatError(f"{name}: the hub's repository has no {CONFIG_NAME}")
+    return Path(snapshot)
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path | None = None) -> ModernBertMLM:
