@@ -1,24 +1,30 @@
-"""Starting from the released model: a transformers directory laid out as ``jhu-clsp/mmBERT-base``
-(its config.json's keys and special ids, depth and width reduced, random weights) starts a decay
-variant with ``--init``, is evaluated beside the run, and is found by its hub name in the Hugging
-Face cache when the hub cannot be reached."""
+"""Starting from the released model: README's decay on your own languages, run as written from a
+transformers directory laid out as ``jhu-clsp/mmBERT-base`` (its config.json's keys and special
+ids, depth and width reduced, random weights), found by its hub name in a local Hugging Face cache
+with the hub unreachable; and the one-line error when neither has it."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import ModernBertConfig, ModernBertForMaskedLM
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM, AutoTokenizer, ModernBertConfig, ModernBertForMaskedLM
 from typer.testing import CliRunner
 
 from cli.train import app
 from trainer.checkpoint import checkpoint_dirs
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+HUB = ROOT / "pipeline" / "sample" / "hub"
 HUB_NAME = "jhu-clsp/mmBERT-base"
 VOCAB = 256_000  # Gemma 2's tokenizer; the sample tokenizer's ids fit inside it
 # mmBERT-base's config.json (transformers 4.x spelling), with 3 layers of width 64 instead of 22 of 768
@@ -55,29 +61,51 @@ def released(tmp_path_factory) -> Path:
     return directory
 
 
-def test_a_decay_variant_starts_from_the_released_model_and_is_evaluated_beside_it(
-    released, sample_manifests, sample_builds, tmp_path
-):
-    out = tmp_path / "decay-eng"
-    trained = runner.invoke(
-        app,
-        [
-            "--manifest",
-            str(sample_manifests["decay-eng"]),
-            "--init",
-            str(released),
-            "-o",
-            str(out),
-            "--tokens",
-            "32768",
-            "--batch-size",
-            "2",
-            "--lr",
-            "1e-3",
-        ],
+def hub_cache(cache: Path, name: str, model_dir: Path) -> Path:
+    """A Hugging Face cache holding ``model_dir`` as repository ``name``, laid out as huggingface_hub
+    writes it (``models--org--name/snapshots/REVISION``, ``refs/main``)."""
+    repo = cache / f"models--{name.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for file in ("config.json", "model.safetensors"):
+        (snapshot / file).write_bytes((model_dir / file).read_bytes())
+    return cache
+
+
+def readme_block() -> str:
+    """README's bash block of "a decay on your own languages" (the one naming --init jhu-clsp/...)."""
+    text = (ROOT / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", text, re.DOTALL) if f"--init {HUB_NAME}" in b]
+    return block
+
+
+SUBSTITUTIONS = [  # (README's text, what runs on the bundled sample)
+    ("mmbert-data build ", f"mmbert-data build --input-root {HUB} --tokenizer sample:{HUB} "),
+    ("--tokens 1B", "--tokens 8k --max-epochs 3"),  # the sample holds a few thousand tokens per language
+    ("-o runs/my-decay --init", "-o runs/my-decay --tokens 32768 --batch-size 2 --init"),  # two steps
+]
+
+
+def test_the_readme_decay_from_mmbert_base_runs_as_written(released, tmp_path):
+    block = readme_block()
+    for old, new in SUBSTITUTIONS:
+        assert old in block, f"README's block lost {old!r}: update this test"
+        block = block.replace(old, new)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_CACHE": str(hub_cache(tmp_path / "hf-cache", HUB_NAME, released)),
+        "HF_ENDPOINT": "http://127.0.0.1:9",  # unreachable: the cache serves
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True
     )
-    assert trained.exit_code == 0, trained.output
-    checkpoint = checkpoint_dirs(out)[-1]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    run = tmp_path / "runs" / "my-decay"
+    checkpoint = checkpoint_dirs(run)[-1]
     shape = json.loads((checkpoint / "config.json").read_text())
     assert (shape["vocab_size"], shape["num_layers"], shape["hidden_size"]) == (VOCAB, 3, 64)
     assert (shape["rope_theta_global"], shape["rope_theta_local"], shape["local_attention"]) == (
@@ -87,54 +115,34 @@ def test_a_decay_variant_starts_from_the_released_model_and_is_evaluated_beside_
     )
     bias = load_file(str(checkpoint / "model.safetensors"))["decoder.bias"]
     assert (bias - torch.linspace(-1, 1, VOCAB)).abs().max() < 0.05  # the released weights, trained on
-    assert (out / "eval.json").is_file()  # the phase's own held-out evaluation
-
-    table = tmp_path / "eval.json"
-    build = sample_builds["decay"][0]
-    evaluated = runner.invoke(
-        app,
-        ["eval", str(released), str(out), "--data", str(build), "--max-tokens-per-language", "2k"]
-        + ["--json", str(table)],
-    )
-    assert evaluated.exit_code == 0, evaluated.output
-    before, after = json.loads(table.read_text())["models"]
-    assert (before["name"], after["name"]) == ("mmBERT-base", "decay-eng")
-    assert before["languages"].keys() == after["languages"].keys()
-    for name, figures in before["languages"].items():  # the same masked tokens for both
-        assert after["languages"][name]["predictions"] == figures["predictions"]
-    assert before["overall"]["loss"] != after["overall"]["loss"]
+    assert f"model from --init {HUB_NAME} (" in done.stdout + done.stderr
+    manifest = json.loads((tmp_path / "manifests" / "my-decay.json").read_text())
+    assert {s["language"] for s in manifest["streams"] if s["source"] == "fineweb2"} == {
+        "isl_Latn",
+        "fao_Latn",
+        "bre_Latn",
+        "cym_Latn",
+    }
+    table = done.stdout[done.stdout.index("held-out masked-LM loss") :]
+    assert "mmBERT-base" in table and "my-decay" in table and "low (decay): 3 languages" in table
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf-model")
+    assert model.config.vocab_size == VOCAB and AutoTokenizer.from_pretrained(tmp_path / "hf-model")
 
 
-def test_the_released_model_by_its_hub_name_from_the_cache_or_one_line(
-    released, sample_builds, tmp_path, monkeypatch
-):
-    """With the hub unreachable, the name is found in the Hugging Face cache, laid out as
-    huggingface_hub writes it (``models--org--name/snapshots/REVISION``, ``refs/main``)."""
-    cache = tmp_path / "hf-cache"
-    repo = cache / f"models--{HUB_NAME.replace('/', '--')}"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    (snapshot / "config.json").write_bytes((released / "config.json").read_bytes())
-    save_file(load_file(str(released / "model.safetensors")), str(snapshot / "model.safetensors"))
+def test_a_hub_name_neither_reachable_nor_cached_is_one_line(sample_builds, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    build = sample_builds["decay"][0]
-
-    def evaluate(*models: str) -> dict:
-        table = tmp_path / "eval.json"
-        args = ["--data", str(build), "--max-tokens-per-language", "2k", "--json", str(table)]
-        result = runner.invoke(app, ["eval", *models, *args])
-        assert result.exit_code == 0, result.output
-        return json.loads(table.read_text())
-
-    by_name, by_path = evaluate(HUB_NAME, str(released))["models"]
-    assert by_name["languages"] == by_path["languages"]
-
-    missing = runner.invoke(app, ["eval", "jhu-clsp/mmBERT-large", "--data", str(build)])
-    assert missing.exit_code == 1
-    line = missing.output.strip().splitlines()[-1]  # after the line naming the data
-    assert line.startswith("error: model jhu-clsp/mmBERT-large (not in the local Hugging Face cache) needs")
-    assert "http://127.0.0.1:9 cannot be reached" in line
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    for args in (
+        ["eval", "jhu-clsp/mmBERT-large", "--data", str(sample_builds["decay"][0])],
+        ["merge", "--method", "linear", "jhu-clsp/mmBERT-large", "jhu-clsp/mmBERT-small"]
+        + ["-o", str(tmp_path / "merged")],
+    ):
+        missing = runner.invoke(app, args)
+        assert missing.exit_code == 1
+        line = missing.output.strip().splitlines()[-1]  # after eval's line naming the data
+        assert (
+            "jhu-clsp/mmBERT-large (not in the local Hugging Face cache) needs the Hugging Face hub" in line
+        )
+        assert "http://127.0.0.1:9 cannot be reached" in line
+    assert not (tmp_path / "merged").exists()
