@@ -74,9 +74,9 @@ demo: setup
 	mkdir -p $(DEMO)/manifests
 	$(MIXTURE) --stats $(DEMO)/data/pretrain --output $(DEMO)/manifests/pretrain.json
 	$(MIXTURE) --stats $(DEMO)/data/midtrain --output $(DEMO)/manifests/midtrain.json
-	$(DECAY_MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
 	for v in decay-cont decay-eng; do \
 		$(DECAY_MIXTURE) --phase $$v --stats $(DEMO)/data --output $(DEMO)/manifests/$$v.json || exit 1; done
+	$(DECAY_MIXTURE) --stats $(DEMO)/data/decay --output $(DEMO)/manifests/decay.json --plot $(DEMO)/manifests/shares.png
 	$(TRAIN) --manifest $(DEMO)/manifests/pretrain.json --output $(RUNS)/pretrain --tokens 1M --batch-size 16
 	$(TRAIN) --manifest $(DEMO)/manifests/midtrain.json --output $(RUNS)/midtrain --tokens 400k --batch-size 2 \
 		--init $(RUNS)/pretrain

@@ -3,8 +3,10 @@
 Loss curve: loss and learning rate against tokens, one colour per phase. Several
 runs given in order (pre-training, context extension, decay) are laid end to end on
 one token axis, so the recipe's trapezoid and the loss across phases read as one
-training. Where a run evaluated on held-out data (``--eval-every``), each group's
-mean held-out loss is drawn at those marks, one marker shape per group.
+training; a run started with ``--init`` from another run of the plot (or one of its
+checkpoints) starts where that run was, so the three decays branch from midtrain. Where a
+run evaluated on held-out data (``--eval-every``), each group's mean held-out loss is drawn
+at those marks, one marker shape per group.
 
 Evaluation (``mmbert-train eval --plot``): each language's held-out loss and
 accuracy, one colour of dots per model; languages grouped by the phase that added
@@ -19,6 +21,7 @@ temporary name.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import numpy as np
 
 from mixtures.cache import matplotlib_in_cache
 from mixtures.files import make_parent, write_atomic
+from trainer.checkpoint import STATE_NAME, checkpoint_dirs
 from trainer.metrics import METRICS_NAME, read_records
 
 SMOOTHING_WINDOW = (8, 101)  # the smoothed loss averages over an eighth of a run's steps, at most 101
@@ -58,6 +62,31 @@ def smoothed(values: Sequence[float]) -> list[float]:
     return out
 
 
+def branch_point(run_dir: str | Path, starts: dict[Path, int], default: int) -> int:
+    """Where ``run_dir`` starts on the token axis: at the end of the run (or checkpoint) its newest
+    checkpoint says it was ``--init`` from, when that run is in ``starts`` (run -> its start);
+    else ``default``, the end of the run drawn before it."""
+    found = checkpoint_dirs(run_dir)
+    try:
+        init = json.loads((found[-1] / STATE_NAME).read_text())["config"]["init"] if found else None
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged state: drawn end to end
+        return default
+    if not init:
+        return default
+    source = Path(init).resolve()
+    if source in starts:  # a run: its newest checkpoint
+        checkpoint = next(iter(checkpoint_dirs(source)[-1:]), None)
+        run = source
+    elif source.parent.parent in starts:  # one of a run's checkpoints
+        checkpoint, run = source, source.parent.parent
+    else:
+        return default
+    try:
+        return starts[run] + json.loads((checkpoint / STATE_NAME).read_text())["tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     """Draw the runs' loss and learning rate against tokens (runs end to end) into a PNG at ``path``."""
     matplotlib_in_cache()  # before matplotlib is first imported
@@ -66,9 +95,12 @@ def plot_runs(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     loss_axes, lr_axes = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     offset = 0
+    starts: dict[Path, int] = {}  # each run's place on the token axis
     markers: dict[str, str] = {}
     for index, run_dir in enumerate(run_dirs):
         records = read_metrics(run_dir)
+        offset = branch_point(run_dir, starts, default=offset)
+        starts[Path(run_dir).resolve()] = offset
         colour = f"C{index}"
         tokens = [offset + r["tokens"] for r in records]
         losses = [r["loss"] for r in records]

@@ -104,7 +104,8 @@ def test_slurm_build_with_dedup_equals_the_local_build(cluster, tmp_path, multi_
 @pytest.mark.slurm
 def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     """Tasks cancelled before they ran are the only ones a rerun submits; the finished ones are not run
-    again (their logs are untouched) and the shards equal the local build's."""
+    again (their logs are untouched) and the shards equal the local build's. A rerun while the build's
+    jobs are still queued would run their tasks twice: it is refused in one line."""
     hub = tmp_path / "hub"
     small_hub(hub)
     env = _env(tmp_path)
@@ -114,6 +115,13 @@ def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     first = _build(args, env)
     (job,) = re.findall(r"stage process: 4 of 4 tasks submitted as job (\d+)", first.stderr)
     subprocess.run(["scancel", f"{job}_[2-3]"], check=True)  # `--workers 1`: tasks 2, 3 wait their turn
+    subprocess.run(["scontrol", "hold", f"{job}_1"], check=True)  # queued until released
+    rerun = [sys.executable, "-m", "cli.data", *args]
+    refused = subprocess.run(rerun, env=env, capture_output=True, text=True)
+    subprocess.run(["scontrol", "release", f"{job}_1"], check=True)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert "of this build are still queued" in line and "scancel" in line
     phase_dir = out / "pretrain"
     _wait(phase_dir)  # the stats job, left without its dependency, is cancelled too
     completions = phase_dir / "_logs" / "process" / "completions"
@@ -143,39 +151,6 @@ def test_rerun_after_scancel_resubmits_only_unfinished_tasks(cluster, tmp_path):
     assert _shards(phase_dir) == _shards(local)
     finished = _build(args, env)  # nothing left to submit: the build's statistics, as a local rerun
     assert "submitted" not in finished.stdout + finished.stderr and "stats.json" in finished.stdout
-
-
-@pytest.mark.slurm
-def test_rerun_while_jobs_are_queued_is_refused(cluster, tmp_path):
-    """Submitting a build again while its jobs still run would run its tasks twice: one line says so."""
-    hub = tmp_path / "hub"
-    small_hub(hub)
-    env = _env(tmp_path)
-    out = tmp_path / "slurm"
-    args = build_args(hub, out, "--no-dedup", "--executor", "slurm", "--workers", "1")
-    _build(args, env)
-    queued = _status(out, env)
-    tasks, done, failed, running, pending, unfinished = queued["process"]
-    assert (tasks, failed, unfinished) == (4, 0, 0) and done + running + pending == 4 and pending >= 2
-    assert queued["select"] == queued["stats"] == (1, 0, 0, 0, 1, 0) and queued["heldout"] == (
-        4,
-        0,
-        0,
-        0,
-        4,
-        0,
-    )
-    again = subprocess.run([sys.executable, "-m", "cli.data", *args], env=env, capture_output=True, text=True)
-    subprocess.run(["scancel", "--name", ",".join(_names(out / "pretrain"))], check=False)
-    _wait(out / "pretrain")
-    assert again.returncode == 1
-    (line,) = again.stderr.strip().splitlines()
-    assert "of this build are still queued" in line and "scancel" in line
-
-
-def _names(phase_dir: Path) -> list[str]:
-    tag = job_tag(phase_dir)
-    return [f"mmbert-pretrain-{stage}-{tag}" for stage in ("process", "select", "heldout", "stats")]
 
 
 def test_status_of_a_local_build_names_the_failed_task(tmp_path):

@@ -34,6 +34,7 @@ from tests.trainer.runs import (
 )
 from trainer.checkpoint import checkpoint_dirs, read_state
 from trainer.model import ModelConfig, ModernBertMLM
+from trainer.plot import branch_point
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +176,12 @@ def test_three_phases_chain_and_export_to_transformers(sample_manifests, tmp_pat
     assert min(optimizer_steps.values()) > pretrain_steps  # the optimizer's moments carried across phases
     result = runner.invoke(app, ["plot", *map(str, runs.values()), "-o", str(tmp_path / "loss.png")])
     assert result.exit_code == 0 and (tmp_path / "loss.png").stat().st_size > 10_000
+    # on the plot's token axis, a run --init from a plotted run starts where that run ended, so
+    # decays drawn after one another each branch from midtrain; one from elsewhere follows on
+    midtrain_tokens = json.loads((checkpoint_dirs(runs["midtrain"])[-1] / "state.json").read_text())["tokens"]
+    plotted = {runs["pretrain"].resolve(): 0, runs["midtrain"].resolve(): 100}
+    assert branch_point(runs["decay"], plotted, default=7) == 100 + midtrain_tokens
+    assert branch_point(runs["decay"], {runs["pretrain"].resolve(): 0}, default=7) == 7
 
     with pytest.MonkeyPatch.context() as patch:  # the sample tokenizer lives in the session's cache
         patch.setenv("MMBERT_DATA_CACHE", str(sample_manifests["pretrain"].parents[1] / "cache"))
