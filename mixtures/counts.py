@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtures.errors import MixtureError
-from mixtures.formats import STATS_FORMAT, STATS_VERSION, check_tokenizer, shard_entries
+from mixtures.formats import MANIFEST_FORMAT, STATS_FORMAT, STATS_VERSION, check_tokenizer, shard_entries
 from mixtures.recipe import parse_tokens
 
 try:  # orjson reads a build's stats.json (100k+ shard entries) several times faster
@@ -193,15 +193,25 @@ def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
             raise MixtureError(
                 f"{path} is a build's output, not one of its phases: pass {' or '.join(phases)}"
             )
+        within = next((up for up in path.parents[:3] if (up / "stats.json").is_file()), None)
+        if within is not None and not (path / "stats.json").exists():  # e.g. PHASE/heldout
+            raise MixtureError(f"{path} is inside the build phase {within}: pass {within}")
         path = path / "stats.json"
     try:
         raw_bytes = path.read_bytes()
     except OSError as err:
-        raise MixtureError(f"cannot read build statistics {path}: {err.strerror or err}") from err
+        raise MixtureError(
+            f"cannot read build statistics {path}: {err.strerror or err}; "
+            "pass a build's phase directory (OUTPUT/PHASE, which holds stats.json)"
+        ) from err
     try:
         raw = loads(raw_bytes)
     except JSONDecodeError as err:
         raise MixtureError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+    if isinstance(raw, dict) and raw.get("format") == MANIFEST_FORMAT:
+        built = (raw.get("counts") or {}).get("path")
+        where = f": its build is {Path(built).parent}" if isinstance(built, str) else ""
+        raise MixtureError(f"{path} is a manifest, not a build's statistics{where}")
     if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT:
         raise MixtureError(f"{path}: format: expected {STATS_FORMAT!r}; is this a build's stats.json?")
     if raw.get("version") != STATS_VERSION:

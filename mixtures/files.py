@@ -2,8 +2,9 @@
 
 Every output is written under a temporary name in its own directory and renamed when
 complete: a reader sees the old file or the new one, never a part. There is one
-temporary name (:func:`temporary_path`): hidden, and unique per process, so two
-processes writing the same file never write into each other's.
+temporary name (:func:`temporary_path`): hidden, and unique per host and process, so two
+processes writing the same file never write into each other's; what a killed writer left
+under it is removed by the next write of the same file on that host.
 
 A directory that one process at a time may write (a build's phase directory, a
 training run) is guarded by a :class:`FileLock`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -24,11 +26,38 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+HOST = socket.gethostname()
+
 
 def temporary_path(path: str | Path) -> Path:
-    """The name ``path`` is written under before it is renamed: ``.{name}.{pid}.tmp`` beside it."""
+    """The name ``path`` is written under before it is renamed: ``.{name}.{host}.{pid}.tmp`` beside it."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
+
+
+def remove_dead_temporaries(path: str | Path) -> None:
+    """Remove what writers of ``path`` on this host left under their temporary names when they died
+    (a SIGKILL leaves no time to clean up): a live writer's temporary, or another host's, stays."""
+    path = Path(path)
+    prefix = f".{path.name}.{HOST}."
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = leftover.name[len(prefix) : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                _remove(leftover)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def temporary_pattern(pattern: str) -> str:
@@ -77,6 +106,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` (text as UTF-8) to ``path`` through its temporary name, synced, then rename it."""
     path = Path(path)
     temporary = temporary_path(path)
+    remove_dead_temporaries(path)
     try:
         with writing(path), open(temporary, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -101,6 +131,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     yields, and it becomes ``path`` when the block ends without an error; otherwise it is removed."""
     path = Path(path)
     temporary = temporary_path(path)
+    remove_dead_temporaries(path)
     try:
         with writing(path):
             yield temporary
@@ -117,6 +148,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     temporary = temporary_path(path)
     shutil.rmtree(temporary, ignore_errors=True)  # left by a killed process that had this pid
+    remove_dead_temporaries(path)
     try:
         with writing(path):
             temporary.mkdir(parents=True)

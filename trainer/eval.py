@@ -667,6 +667,14 @@ class PhaseEval:
             f"over {len(self.heldout.streams)} languages (group means: {groups}); {path}"
         )
 
+    def evaluated(self, run: Path, checkpoint: Path) -> bool:
+        """Whether ``RUN/eval.json`` already holds this evaluation of ``checkpoint`` (a finished run's)."""
+        try:
+            (entry,) = json.loads((run / EVAL_NAME).read_text())["models"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return entry.get("where") == str(checkpoint)
+
     def _entry(self, model: ModernBertMLM, name: str, path: str, where: str) -> dict[str, Any]:
         scores = evaluate(model, self.heldout, self.dist, self.dtype)
         return model_entry(name, path, where, self.heldout, self.groups, scores)

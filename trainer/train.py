@@ -138,6 +138,11 @@ def _train(
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     train_step = TrainStep(parallel, optimizer, dist, autocast, config.seed, crash_hook())
     evaluation = PhaseEval.for_run(config, manifest, dist, say)  # None: the build holds nothing out
+    if start.checkpoint is not None and state.tokens >= config.tokens:  # finished before: a rerun
+        finished = start.checkpoint[0]
+        if (evaluation is None or evaluation.evaluated(run, finished)) and (run / "loss.png").exists():
+            say(f"done before: {state.tokens:,} tokens in {state.step} steps; model {finished}")
+            return run
 
     # ---- the loop ----------------------------------------------------------------------------------------
     model.train()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
 from mixtures.files import (
+    HOST,
     OutputError,
+    atomic_directory,
     atomic_output,
     make_parent,
     temporary_path,
@@ -39,6 +42,28 @@ def test_the_temporary_name_is_hidden_and_found_by_its_pattern(tmp_path):
     temporary.write_bytes(b"")
     assert temporary.name.startswith(".") and temporary.parent == tmp_path
     assert list(tmp_path.glob(temporary_pattern("00003-*.arrow"))) == [temporary]
+
+
+def test_the_next_write_removes_what_killed_writers_left_and_only_that(tmp_path):
+    """A SIGKILLed writer leaves its temporary (a file, or a directory of a model being written); the
+    next write of the same output on this host removes it, but not a live writer's or another host's."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is a process that no longer runs
+
+    def write_directory(path):
+        with atomic_directory(path) as staged:
+            (staged / "model.safetensors").write_bytes(b"")
+
+    for name, write in (("eval.json", lambda path: write_atomic(path, "{}")), ("model", write_directory)):
+        path = tmp_path / name
+        left = path.with_name(f".{name}.{HOST}.{dead.pid}.tmp")
+        left.mkdir() if name == "model" else left.write_text("half")
+        live = path.with_name(f".{name}.{HOST}.1.tmp")  # pid 1 always runs
+        elsewhere = path.with_name(f".{name}.another-host.{dead.pid}.tmp")
+        live.write_text("")
+        elsewhere.write_text("")
+        write(path)
+        assert not left.exists() and live.exists() and elsewhere.exists()
 
 
 def test_an_output_that_cannot_be_written_is_one_line_naming_it(tmp_path):

@@ -25,7 +25,7 @@ from cli.train import app
 from mixtures.recipe import load_recipe
 from tests.conftest import write_synthetic_phase
 from tests.fixtures import write_build
-from tests.trainer.runs import fails, metrics, run, tiny
+from tests.trainer.runs import fails, metrics, run, tiny, train
 from trainer.checkpoint import checkpoint_dirs
 from trainer.distributed import Dist
 from trainer.eval import (
@@ -283,6 +283,17 @@ def test_a_phase_ends_with_eval_json_and_eval_every_logs_the_group_means(trained
     assert plot.stat().st_size > 10_000
 
 
+def test_a_finished_run_run_again_with_resume_trains_and_evaluates_nothing(trained, sample_manifests):
+    written = {path: path.read_bytes() for path in trained.rglob("*") if path.is_file()}
+    changed = {path: path.stat().st_mtime_ns for path in (trained / EVAL_NAME, trained / "loss.png")}
+    args = tiny(sample_manifests["pretrain"], trained, "--eval-every", "20k", "--resume", tokens="40k")
+    output = train(*args)
+    assert "done before: " in output
+    assert "held-out evaluation" not in output
+    assert {path: path.read_bytes() for path in trained.rglob("*") if path.is_file()} == written
+    assert {path: path.stat().st_mtime_ns for path in changed} == changed
+
+
 def test_eval_every_evaluates_where_an_uninterrupted_run_does_after_a_resume(
     trained, sample_manifests, tmp_path
 ):
@@ -375,6 +386,15 @@ def test_the_command_refuses_in_one_line(trained, sample_builds, sample_manifest
     assert "no held-out documents" in refused(str(trained), "--data", str(old))
     assert "is a build's output, not one of its phases" in refused(
         str(trained), "--data", str(decay_dir.parent)
+    )
+    assert refused(str(trained), "--data", str(decay_dir / "heldout")).endswith(
+        f"is inside the build phase {decay_dir}: pass {decay_dir}"
+    )
+    assert refused(str(trained), "--data", str(sample_manifests["decay-eng"])).endswith(
+        f"is a manifest, not a build's statistics: its build is {decay_dir}"
+    )
+    assert refused(str(trained), "--data", str(tmp_path / "none")).endswith(
+        "pass a build's phase directory (OUTPUT/PHASE, which holds stats.json)"
     )
 
     other = tmp_path / "other"  # a checkpoint of data made with another tokenizer
