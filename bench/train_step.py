@@ -123,9 +123,7 @@ def setup(manifest_path: str, shape: str, layers: int, setting: Setting):
         seq_len=training.seq_len,
         micro_batch_tokens=config.micro_batch_tokens,
         batch_size_at=lambda tokens: setting.batch,
-        masking=Masking(
-            training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size
-        ),
+        masking=Masking(training.mask_rate, special["mask"], tuple(special.values()), tokenizer.vocab_size),
         seed=config.seed,
         pad_id=special["pad"],
     )
