@@ -65,7 +65,7 @@ MERGES := $(DEMO)/merges
 VARIANTS := decay decay-cont decay-eng
 FILL_MASK := from transformers import pipeline; fill = pipeline('fill-mask', '$(DEMO)/hf'); \
 	text = 'All human beings are born free and equal in ' + fill.tokenizer.mask_token + ' and rights.'; \
-	print(text); [print(f\"  {p['score']:.3f}  {p['sequence']}\") for p in fill(text, top_k=5)]
+	print(text); [print(f\"  {p['score']:.3f}  {p['token_str']!r}\") for p in fill(text, top_k=5)]
 
 demo: setup
 	$(BUILD) --phase pretrain --lid ft176
