@@ -22,6 +22,7 @@ statistic compared with those thresholds means something only when it is made th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -44,6 +45,7 @@ from datatrove.utils.word_tokenizers import (
     WordTokenizer,
     load_tokenizer_assignments,
     simple_span_tokenize,
+    strip_strings,
 )
 
 from mixtures.cache import cache_dir
@@ -151,6 +153,49 @@ def _prepare(class_name: str, code: str) -> None:
         jieba.dt.tmp_dir = str(cache_dir())  # its dictionary cache, else in the system temp folder
 
 
+# Text a spaCy memory zone spans before it is renewed (characters): the lexemes made inside one
+# are freed at its end, so memory stays bounded over a long task.
+ZONE_CHARACTERS = 10_000_000
+
+
+class ZonedSpaCyTokenizer(SpaCyTokenizer):
+    """datatrove's spaCy word tokenizer, giving the same words at a fraction of the cost.
+
+    datatrove opens a spaCy memory zone per text, so every text starts from an empty vocabulary and
+    tokenizer cache and builds every lexeme again (most of the time FineWeb2's filters spend). Here a
+    zone spans many texts, up to ``ZONE_CHARACTERS``, and is then renewed; the words are the same
+    (lexemes and the tokenizer cache memoise, they do not decide). spaCy zones must not be nested,
+    so the sentence methods, which open their own, close it first.
+    """
+
+    def __init__(self, language: str, config=None):
+        super().__init__(language, config)
+        self._zone: contextlib.ExitStack | None = None
+        self._zoned = 0  # characters tokenized in the open zone
+
+    def word_tokenize(self, text: str) -> list[str]:
+        if self._zone is None or self._zoned >= ZONE_CHARACTERS:
+            self.close_zone()
+            self._zone = contextlib.ExitStack()
+            self._zone.enter_context(self.tokenizer.memory_zone())
+        self._zoned += len(text)
+        return strip_strings([token.text for chunk in self._do_tokenize(text) for token in chunk])
+
+    def close_zone(self) -> None:
+        """End the open memory zone (freeing its lexemes), if there is one."""
+        if self._zone is not None:
+            self._zone.close()
+            self._zone, self._zoned = None, 0
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        self.close_zone()
+        return super().sent_tokenize(text)
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        self.close_zone()
+        return super().span_tokenize(text)
+
+
 @functools.cache
 def _tokenizer(class_name: str, code: str) -> WordTokenizer:
     """One loaded tokenizer per (datatrove class, code) and process, shared by the languages using it."""
@@ -163,7 +208,6 @@ def _tokenizer(class_name: str, code: str) -> WordTokenizer:
 _DATATROVE_CLASSES = {
     cls.__name__: cls
     for cls in (
-        SpaCyTokenizer,
         ThaiTokenizer,
         IndicNLPTokenizer,
         KiwiTokenizer,
@@ -172,7 +216,7 @@ _DATATROVE_CLASSES = {
         BurmeseTokenizer,
         WhitespaceTokenizer,
     )
-}
+} | {"SpaCyTokenizer": ZonedSpaCyTokenizer}
 
 
 _FIXES = {
