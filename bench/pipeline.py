@@ -134,6 +134,7 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.utils.lid import FT176LID
+    from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
     from bench.peers import fineweb2_quality_filters
     from pipeline.lid import lid176_model_path
@@ -150,8 +151,15 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     for folder in sorted(Path(f"{hub}/{FINEWEB2}").iterdir()):
         language, config = folder.name, configs(folder.name)
         splitting = word_splitting(language)
-        # datatrove's own tokenizer for the language, unless it needs a download (then our substitute)
-        words = language if splitting.segmenter == splitting.fineweb2 else splitting.words.tokenizer
+        # datatrove's own tokenizer for the language, unless it needs a download (then the same
+        # substitute as ours, in datatrove's class where it is a spaCy one)
+        substitute = splitting.words
+        if splitting.segmenter == splitting.fineweb2:
+            words = language
+        elif substitute.class_name == "SpaCyTokenizer":
+            words = SpaCyTokenizer(substitute.code)
+        else:
+            words = substitute.tokenizer
         executor = LocalPipelineExecutor(
             [
                 ParquetReader(str(folder), glob_pattern="train/*.parquet"),

@@ -181,6 +181,10 @@ class ZonedSpaCyTokenizer(SpaCyTokenizer):
         self._zoned += len(text)
         return strip_strings([token.text for chunk in self._do_tokenize(text) for token in chunk])
 
+    def __getstate__(self) -> dict:
+        """A copy (datatrove copies and pickles pipelines) starts without a zone of its own."""
+        return {**self.__dict__, "_zone": None, "_zoned": 0}
+
     def close_zone(self) -> None:
         """End the open memory zone (freeing its lexemes), if there is one."""
         if self._zone is not None:
