@@ -131,10 +131,10 @@ def plot(
     ),
 ) -> None:
     """Draw loss and learning rate against tokens, one colour per run (phases end to end)."""
-    from trainer.plot import plot_runs
+    from trainer.plot import LOSS_PLOT_NAME, plot_runs
 
     try:
-        path = plot_runs(runs, output or runs[-1] / "loss.png")
+        path = plot_runs(runs, output or runs[-1] / LOSS_PLOT_NAME)
     except (ValueError, OSError) as err:
         raise _fail(err) from err
     typer.echo(f"wrote {path}")

@@ -33,6 +33,7 @@ from mixtures.files import make_parent, write_atomic
 from trainer.checkpoint import STATE_NAME, checkpoint_dirs
 from trainer.metrics import METRICS_NAME, read_records
 
+LOSS_PLOT_NAME = "loss.png"  # a run's own loss curve, RUN/loss.png
 SMOOTHING_WINDOW = (8, 101)  # the smoothed loss averages over an eighth of a run's steps, at most 101
 EVAL_MARKERS = "os^Dvp*"  # one per held-out group in the loss curve, one per model in the evaluation
 LABELLED_LANGUAGES = 60  # up to this many languages, the evaluation plot names them

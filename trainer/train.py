@@ -42,7 +42,7 @@ from trainer.metrics import Meter, cannot_write, flops_per_token, peak_flops
 from trainer.model import IGNORE_INDEX, ModernBertMLM
 from trainer.optim import make_optimizer
 from trainer.parallel import gradient_sync, parallelize
-from trainer.plot import plot_runs
+from trainer.plot import LOSS_PLOT_NAME, plot_runs
 from trainer.schedule import batch_size_at, describe_step, lr_at, micro_batch_sizes
 
 DROPOUT_STREAM = 4  # keeps dropout's seeds apart from the loader's
@@ -140,7 +140,7 @@ def _train(
     evaluation = PhaseEval.for_run(config, manifest, dist, say)  # None: the build holds nothing out
     if start.checkpoint is not None and state.tokens >= config.tokens:  # finished before: a rerun
         finished = start.checkpoint[0]
-        if (evaluation is None or evaluation.evaluated(run, finished)) and (run / "loss.png").exists():
+        if (evaluation is None or evaluation.evaluated(run, finished)) and (run / LOSS_PLOT_NAME).exists():
             say(f"done before: {state.tokens:,} tokens in {state.step} steps; model {finished}")
             return run
 
@@ -170,9 +170,11 @@ def _train(
         evaluation.finish(model, run, saved, guard, say)
     if dist.main:
         try:
-            plot = plot_runs([run], run / "loss.png")
+            plot = plot_runs([run], run / LOSS_PLOT_NAME)
         except OSError as err:
-            raise cannot_write(run / "loss.png", err, f"then draw it with `mmbert-train plot {run}`") from err
+            raise cannot_write(
+                run / LOSS_PLOT_NAME, err, f"then draw it with `mmbert-train plot {run}`"
+            ) from err
         say(f"done: {state.tokens:,} tokens in {state.step} steps; model {saved}; loss curve {plot}")
     return run
 
