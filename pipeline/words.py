@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import regex
 from datatrove.pipeline.formatters.base import BaseFormatter
@@ -156,34 +158,187 @@ def _prepare(class_name: str, code: str) -> None:
 # Text a spaCy memory zone spans before it is renewed (characters): the lexemes made inside one
 # are freed at its end, so memory stays bounded over a long task.
 ZONE_CHARACTERS = 10_000_000
+# Whitespace-delimited chunks whose words are remembered before the memo starts afresh.
+CHUNK_CACHE_SIZE = 200_000
 
 
-class ZonedSpaCyTokenizer(SpaCyTokenizer):
+_CHUNK = re.compile(r"\S+")  # the chunks str.split() gives (\s is str.isspace() in str patterns)
+
+
+class _ChunkWords(NamedTuple):
+    """A chunk's words, and the special-case tokens it begins and ends with (``SpecialCaseSpans.edges``)."""
+
+    words: list[str]
+    starts: tuple[str, ...]
+    ends: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SpecialCaseSpans:
+    """Where spaCy's special-case matcher could join tokens across whitespace.
+
+    spaCy matches its special cases (``Tokenizer.rules``) over a whole text's tokens, as the token
+    sequences the rules split into without special cases, and whitespace does not stop a match.
+    A match over two chunks starts with tokens that end the first chunk and continues with tokens
+    that begin the next; those two tokens follow each other in some rule's sequence. So a text
+    can be split chunk by chunk unless two adjacent chunks end and begin with such a pair
+    (``joins``), or it holds a rule sequence that has a whitespace token of its own
+    (``spaced_match``).
+    """
+
+    pairs: frozenset[tuple[str, str]]  # (token, next token) inside some rule's sequence
+    firsts: frozenset[str]  # the first tokens of those pairs
+    seconds: frozenset[str]  # the second tokens
+    lengths: tuple[int, ...]  # the lengths of firsts and seconds
+    spaced: re.Pattern | None  # rule sequences with a whitespace token, however spaced
+
+    @classmethod
+    def of(cls, tokenizer) -> SpecialCaseSpans | None:
+        """The spans of a spaCy ``Tokenizer``; None for another kind (its chunks may not be apart)."""
+        from spacy.tokenizer import Tokenizer
+
+        if type(tokenizer) is not Tokenizer:
+            return None
+        plain = Tokenizer(  # the same affixes without special cases, as spaCy builds its matcher
+            tokenizer.vocab,
+            prefix_search=tokenizer.prefix_search,
+            suffix_search=tokenizer.suffix_search,
+            infix_finditer=tokenizer.infix_finditer,
+            token_match=tokenizer.token_match,
+            url_match=tokenizer.url_match,
+        )
+        pairs, spaced = set(), []
+        with tokenizer.vocab.memory_zone():
+            for rule in tokenizer.rules or {}:
+                if rule.isspace():  # whitespace tokens are not words, and join nothing
+                    continue
+                tokens = [token.text for token in plain(rule)]
+                if any(token.isspace() for token in tokens):
+                    spaced.append(" ?".join(map(re.escape, tokens)))  # a spaCy token may end in a space
+                pairs.update(p for p in itertools.pairwise(tokens) if not (p[0].isspace() or p[1].isspace()))
+        tokens = {a for a, _ in pairs} | {b for _, b in pairs}
+        return cls(
+            frozenset(pairs),
+            frozenset(a for a, _ in pairs),
+            frozenset(b for _, b in pairs),
+            tuple(sorted({len(token) for token in tokens})),
+            re.compile("|".join(spaced)) if spaced else None,
+        )
+
+    def edges(self, chunk: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The pair tokens ``chunk`` begins with, and those it ends with (as strings)."""
+        fits = [n for n in self.lengths if n <= len(chunk)]
+        starts = tuple(chunk[:n] for n in fits if chunk[:n] in self.seconds)
+        ends = tuple(chunk[-n:] for n in fits if chunk[-n:] in self.firsts)
+        return starts, ends
+
+    def joins(self, ends: tuple[str, ...], starts: tuple[str, ...]) -> bool:
+        """Whether a chunk ending in one of ``ends`` and the next beginning with ``starts`` could join."""
+        return any((a, b) in self.pairs for a in ends for b in starts)
+
+    def spaced_match(self, text: str) -> bool:
+        return self.spaced is not None and self.spaced.search(text) is not None
+
+
+class CachingSpaCyTokenizer(SpaCyTokenizer):
     """datatrove's spaCy word tokenizer, giving the same words at a fraction of the cost.
 
-    datatrove opens a spaCy memory zone per text, so every text starts from an empty vocabulary and
-    tokenizer cache and builds every lexeme again (most of the time FineWeb2's filters spend). Here a
-    zone spans many texts, up to ``ZONE_CHARACTERS``, and is then renewed; the words are the same
-    (lexemes and the tokenizer cache memoise, they do not decide). spaCy zones must not be nested,
-    so the sentence methods, which open their own, close it first.
+    datatrove opens a spaCy memory zone per text, so every text starts from an empty vocabulary,
+    and inside a zone spaCy's tokenizer does not use its chunk cache: every word is split into
+    prefixes, infixes and suffixes by regular expression each time it is met (most of the time
+    FineWeb2's filters spend). Two changes keep the words and drop that cost:
+
+    * one memory zone spans many texts, up to ``ZONE_CHARACTERS``, and is then renewed (lexemes
+      memoise, they do not decide);
+    * for spaCy's rule-based tokenizer, the words of each whitespace-delimited chunk are
+      remembered (up to ``CHUNK_CACHE_SIZE`` chunks), as spaCy's own cache does outside a zone:
+      that tokenizer splits a text at whitespace and tokenizes each chunk on its own
+      (``Tokenizer._tokenize_affixes``). Only its special-case matcher looks across chunks: it
+      can join tokens on both sides of a space into a special case. :class:`SpecialCaseSpans`
+      finds every text where that could happen, and such a text is split whole, as is one
+      holding ``IS_ALPHA``, which datatrove treats apart. The segmenters spaCy wraps (jieba,
+      SudachiPy, pyvi) always see whole texts.
+
+    spaCy zones must not be nested, so the sentence methods, which open their own, close it first.
     """
 
     def __init__(self, language: str, config=None):
         super().__init__(language, config)
         self._zone: contextlib.ExitStack | None = None
         self._zoned = 0  # characters tokenized in the open zone
+        self._spans: SpecialCaseSpans | None = None  # None: whole texts only (or not loaded yet)
+        self._chunks: dict[str, _ChunkWords] = {}
+        self._checked = False
 
     def word_tokenize(self, text: str) -> list[str]:
+        if not self._checked:
+            self._spans = SpecialCaseSpans.of(self.tokenizer.tokenizer)
+            self._checked = True
+        spans = self._spans
+        if spans is None or "IS_ALPHA" in text or spans.spaced_match(text):
+            return self._text_words(text)
+        words: list[str] = []
+        ending: tuple[str, ...] = ()
+        chunks = self._chunks
+        for chunk in text.split():  # str.isspace() delimits, as in spaCy's tokenizer
+            found = chunks.get(chunk) or self._chunk_words(chunk)
+            if ending and found.starts and spans.joins(ending, found.starts):
+                return self._windowed_words(text)
+            words += found.words
+            ending = found.ends
+        return words
+
+    def _windowed_words(self, text: str) -> list[str]:
+        """The words of a text where special cases might join chunks: such chunks are split together.
+
+        A run of chunks linked by possible joins is one window, tokenized as one text (with the
+        whitespace between its chunks); no match crosses from one window into another.
+        """
+        spans, chunks = self._spans, self._chunks
+        words: list[str] = []
+        window: list[tuple[int, int, _ChunkWords]] = []
+        for match in _CHUNK.finditer(text):
+            found = chunks.get(match.group()) or self._chunk_words(match.group())
+            if window and not (
+                window[-1][2].ends and found.starts and spans.joins(window[-1][2].ends, found.starts)
+            ):
+                words += self._window_words(text, window)
+                window = []
+            window.append((match.start(), match.end(), found))
+        return words + self._window_words(text, window)
+
+    def _window_words(self, text: str, window: list[tuple[int, int, _ChunkWords]]) -> list[str]:
+        if len(window) == 1:
+            return window[0][2].words
+        piece = text[window[0][0] : window[-1][1]]
+        self._open_zone(len(piece))
+        return strip_strings([token.text for token in self.tokenizer.tokenizer(piece)])
+
+    def _open_zone(self, characters: int) -> None:
+        """Count ``characters`` against the open zone, renewing it first if it is full."""
         if self._zone is None or self._zoned >= ZONE_CHARACTERS:
             self.close_zone()
             self._zone = contextlib.ExitStack()
             self._zone.enter_context(self.tokenizer.memory_zone())
-        self._zoned += len(text)
+        self._zoned += characters
+
+    def _chunk_words(self, chunk: str) -> _ChunkWords:
+        """One chunk's words (spaCy's tokenizer on the chunk alone), remembered."""
+        self._open_zone(len(chunk))
+        if len(self._chunks) >= CHUNK_CACHE_SIZE:
+            self._chunks.clear()
+        words = strip_strings([token.text for token in self.tokenizer.tokenizer(chunk)])
+        found = self._chunks[chunk] = _ChunkWords(words, *self._spans.edges(chunk))
+        return found
+
+    def _text_words(self, text: str) -> list[str]:
+        """The words of a whole text, as datatrove's tokenizer gives them (without its sentencizer)."""
+        self._open_zone(len(text))
         return strip_strings([token.text for chunk in self._do_tokenize(text) for token in chunk])
 
     def __getstate__(self) -> dict:
-        """A copy (datatrove copies and pickles pipelines) starts without a zone of its own."""
-        return {**self.__dict__, "_zone": None, "_zoned": 0}
+        """A copy (datatrove copies and pickles pipelines) starts without a zone or memo of its own."""
+        return {**self.__dict__, "_zone": None, "_zoned": 0, "_spans": None, "_chunks": {}, "_checked": False}
 
     def close_zone(self) -> None:
         """End the open memory zone (freeing its lexemes), if there is one."""
@@ -198,6 +353,13 @@ class ZonedSpaCyTokenizer(SpaCyTokenizer):
     def span_tokenize(self, text: str) -> list[tuple[int, int]]:
         self.close_zone()
         return super().span_tokenize(text)
+
+
+class CachingWhitespaceTokenizer(WhitespaceTokenizer):
+    """datatrove's fallback tokenizer, whose words are spaCy ``xx``'s: here from the caching class."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return _tokenizer("SpaCyTokenizer", "xx").word_tokenize(text)
 
 
 @functools.cache
@@ -218,9 +380,8 @@ _DATATROVE_CLASSES = {
         KhmerTokenizer,
         LaoTokenizer,
         BurmeseTokenizer,
-        WhitespaceTokenizer,
     )
-} | {"SpaCyTokenizer": ZonedSpaCyTokenizer}
+} | {"SpaCyTokenizer": CachingSpaCyTokenizer, "WhitespaceTokenizer": CachingWhitespaceTokenizer}
 
 
 _FIXES = {

@@ -1,7 +1,8 @@
 """The build's fast word splitting decides as datatrove's own segmenters do, document by document.
 
-The reference is today's path kept here: datatrove's ``SpaCyTokenizer`` as it is (a spaCy memory
-zone per text). The fast path (``pipeline.words.ZonedSpaCyTokenizer``: one zone over many texts)
+The reference is today's path kept here: datatrove's ``SpaCyTokenizer`` and ``WhitespaceTokenizer``
+as they are (a spaCy memory zone per text, every word split afresh). The fast path
+(``pipeline.words.CachingSpaCyTokenizer``: one zone over many texts, each chunk's words remembered)
 must keep and drop the same documents for the same reasons and write the same token ids, over
 every language of the bundled sample and the benchmark generator's documents.
 """
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from datatrove.utils.word_tokenizers import SpaCyTokenizer
+from datatrove.utils.word_tokenizers import SpaCyTokenizer, WhitespaceTokenizer
 
 import pipeline.words
 from bench.pipeline import generate_corpus
@@ -60,6 +61,7 @@ def build(hub: Path, out: Path, sources: tuple[str, ...] | None) -> Path:
 def reference_segmenters(monkeypatch):
     """Today's path: datatrove's spaCy word tokenizer, loaded afresh."""
     monkeypatch.setitem(pipeline.words._DATATROVE_CLASSES, "SpaCyTokenizer", SpaCyTokenizer)
+    monkeypatch.setitem(pipeline.words._DATATROVE_CLASSES, "WhitespaceTokenizer", WhitespaceTokenizer)
     pipeline.words._tokenizer.cache_clear()
     pipeline.words.word_splitting.cache_clear()
     yield

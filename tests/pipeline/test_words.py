@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import unicodedata
 
 import pyarrow.parquet as pq
 import pytest
 from datatrove.data import Document
+from datatrove.utils.word_tokenizers import SpaCyTokenizer
 
 from pipeline import words
 from pipeline.quality import FILTER_FAMILIES, FilterConfigs, LanguageQualityFilter
@@ -174,3 +176,48 @@ def test_shingles_use_the_fast_script_aware_split():
     ]  # fmt: skip
     assert SHINGLE_WORDS.word_tokenize("我爱北京。") == ["我", "爱", "北", "京", "。"]
     assert SHINGLE_WORDS.word_tokenize("संस्कृत भाषा") == ["संस्कृत", "भाषा"]
+
+
+def _tricky_texts(rules: list[str], count: int, seed: int) -> list[str]:
+    """Texts of special cases, words and punctuation, some split by whitespace of every kind."""
+    rng = random.Random(seed)
+    spaces = [" ", "  ", "\n", "\n\n", "\t", "\u00a0", "\u3000", " \n "]
+    punctuation = list(".,;:!?()[]\"'«»-–/…") + [":)", ";-)", "...", "''"]
+    plain = ["chat", "l'", "aujourd'hui", "Mr.", "т.ч.", "в", "1", "Kor.", "e.g.", "n't", "12:30", "U.S.A."]
+    texts = []
+    for _ in range(count):
+        pieces = []
+        for _ in range(rng.randint(1, 30)):
+            r = rng.random()
+            piece = (
+                rng.choice(rules) if r < 0.4 else rng.choice(plain) if r < 0.7 else rng.choice(punctuation)
+            )
+            if rng.random() < 0.3:
+                piece = rng.choice(punctuation) + piece
+            if rng.random() < 0.3 and len(piece) > 1:  # a special case cut by whitespace
+                cut = rng.randint(1, len(piece) - 1)
+                piece = piece[:cut] + rng.choice(spaces) + piece[cut:]
+            pieces += [piece, rng.choice(spaces) if rng.random() < 0.85 else ""]
+        texts.append("".join(pieces))
+    return texts
+
+
+@pytest.mark.parametrize("code", ["fr", "ru", "ms", "gd", "xx"])
+def test_remembered_chunks_give_datatrove_spacy_words_even_where_special_cases_span_spaces(code, monkeypatch):
+    """Chunk by chunk, in windows where special cases might join chunks, or whole: datatrove's words."""
+    reference = SpaCyTokenizer(code)
+    fast = words.CachingSpaCyTokenizer(code)
+    ways = {"windowed": 0, "whole": 0}
+    for way, method in (("windowed", "_windowed_words"), ("whole", "_text_words")):
+        original = getattr(fast, method)
+
+        def counted(text, way=way, original=original):
+            ways[way] += 1
+            return original(text)
+
+        monkeypatch.setattr(fast, method, counted)
+    texts = _tricky_texts(list(reference.tokenizer.tokenizer.rules), 150, seed=len(code))
+    texts += [":- (-8''  12:30", "voir в т.ч. ici", "Il dit : ) et part", "IS_ALPHA x"]
+    for text in texts:
+        assert fast.word_tokenize(text) == reference.word_tokenize(text), repr(text)
+    assert ways["windowed"] > 10 and ways["whole"] >= 1, ways  # every way was compared
