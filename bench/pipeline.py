@@ -25,6 +25,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def train_tokenizer(hub: Path, path: Path) -> None:
     tokenizer.save(str(path))
 
 
-def run_ours(hub: str, out: str, tokenizer: str) -> dict:
+def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1) -> dict:
     from mixtures.recipe import load_recipe
     from pipeline.build import Build
     from pipeline.build_options import BuildOptions
@@ -115,17 +116,32 @@ def run_ours(hub: str, out: str, tokenizer: str) -> dict:
         tokenizer=tokenizer,
         lid="ft176",
         dedup=False,
-        tasks=1,
-        workers=1,
+        tasks=workers,
+        workers=workers,
         sources=("fineweb2",),
     )
+    build = Build(options)
     start = time.perf_counter()
-    stats = Build(options).run()
+    stats = build.run()
     return {
         "seconds": time.perf_counter() - start,
         "kept": sum(s["documents_kept"] for s in stats["streams"]),
         "tokens": sum(s["tokens"] for s in stats["streams"]),
+        "steps": step_seconds(sorted((build.phase_dir / "_logs").glob("*/stats.json"))),
+        "drops": {
+            f"{s['language']} {reason}": n for s in stats["streams"] for reason, n in s["drops"].items()
+        },
     }
+
+
+def step_seconds(stats_files: list[Path]) -> dict[str, float]:
+    """Seconds per pipeline step (all tasks), from the executors' stats.json files."""
+    seconds: dict[str, float] = {}
+    for path in stats_files:
+        for step in json.loads(path.read_text()):
+            name = step["name"].split(": ", 1)[-1]
+            seconds[name] = seconds.get(name, 0.0) + step.get("time_stats", {}).get("total", 0.0)
+    return seconds
 
 
 def run_stock(hub: str, out: str, tokenizer: str) -> dict:
@@ -147,7 +163,7 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     language_filter = LanguageFilter(language_threshold=0.5)
     language_filter.model = LocalFT176()
     configs = FilterConfigs()
-    seconds, kept, tokens = 0.0, 0, 0
+    seconds, kept, tokens, drops = 0.0, 0, 0, {}
     for folder in sorted(Path(f"{hub}/{FINEWEB2}").iterdir()):
         language, config = folder.name, configs(folder.name)
         splitting = word_splitting(language)
@@ -185,7 +201,17 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
         if isinstance(counted.get("tokens"), dict):  # datatrove writes 0 for none and leaves out n == 1
             kept += counted["tokens"].get("n", 1)
             tokens += counted["tokens"]["total"]
-    return {"seconds": seconds, "kept": kept, "tokens": tokens}
+        for step in stats:
+            for key, value in step["stats"].items():
+                reason = "language_score" if "Language" in step["name"] and key == "dropped" else key
+                if reason.startswith("dropped_") or reason == "language_score":
+                    reason = reason.removeprefix("dropped_")
+                    drops[f"{language} {reason}"] = drops.get(f"{language} {reason}", 0) + _total(value)
+    return {"seconds": seconds, "kept": kept, "tokens": tokens, "drops": drops}
+
+
+def _total(value) -> int:
+    return int(value["total"] if isinstance(value, dict) else value)
 
 
 def run_tokenize_stage(hub: str, out: str, tokenizer: str) -> dict:
@@ -221,20 +247,70 @@ def run_tokenize_stage(hub: str, out: str, tokenizer: str) -> dict:
     return {"raw_seconds": raw, "ours_seconds": ours, "documents": len(texts)}
 
 
-def measure(kind: str, hub: Path, out: Path, tokenizer: Path) -> dict:
-    """Run one contender in a fresh process and add its peak resident memory."""
-    # VmHWM is the contender's own peak; ru_maxrss would also count this process's size at the fork
+def measure(kind: str, hub: Path, out: Path, tokenizer: Path, *args) -> dict:
+    """Run one contender in a fresh process; add its peak resident memory and its workers' largest."""
+    # VmHWM is a process's own peak; ru_maxrss would also count this process's size at the fork
     code = (
-        f"import json, re, sys; sys.path.insert(0, {str(ROOT)!r}); "
-        f"from bench.pipeline import run_{kind}; "
-        f"r = run_{kind}({str(hub)!r}, {str(out)!r}, {str(tokenizer)!r}); "
-        "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1]; "
-        "r['peak_rss_mb'] = int(hwm) / 1024; print(json.dumps(r))"
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+        f"from bench.pipeline import run_{kind}, peak_rss_mb, WorkerPeaks; "
+        "peaks = WorkerPeaks(); peaks.start(); "
+        f"r = run_{kind}({str(hub)!r}, {str(out)!r}, {str(tokenizer)!r}, *{args!r}); "
+        "r['peak_rss_mb'] = peak_rss_mb('self'); r['worker_peak_rss_mb'] = peaks.stop(); print(json.dumps(r))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb(pid: int | str) -> float:
+    """A process's peak resident memory so far (VmHWM), in MB; 0 if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
+
+
+class WorkerPeaks(threading.Thread):
+    """Polls the peak memory of this process's descendants (datatrove's worker pool) until stopped."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peaks: dict[int, float] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.done.wait(0.2):
+            for child in me.children(recursive=True):
+                self.peaks[child.pid] = max(self.peaks.get(child.pid, 0.0), peak_rss_mb(child.pid))
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return max(self.peaks.values(), default=0.0)
+
+
+# Where our build and stock datatrove may decide otherwise, by drop reason: our documented departures.
+DEPARTURES = {
+    "language_score": "LID on normalised text, FineWeb2's per-language language_score threshold",
+    "gopher_long_doc": "word-count limit scaled for scripts without spaces and Korean",
+    "no_script": "no_script: text without letters of any script",
+}
+LINE_RULES = "line-ending and blank-line normalisation (every rule sees the normalised text)"
+
+
+def print_differences(ours: dict[str, int], stock: dict[str, int]) -> None:
+    """Per language and drop reason, the documents ours and stock drop, where they differ."""
+    rows = sorted(key for key in ours.keys() | stock.keys() if ours.get(key, 0) != stock.get(key, 0))
+    print(f"decisions that differ ({len(rows)} language/reason pairs; + = ours drops more):")
+    for key in rows:
+        language, reason = key.split(" ", 1)
+        why = DEPARTURES.get(reason, LINE_RULES)
+        print(f"  {language:10} {reason:30} ours {ours.get(key, 0):>5} stock {stock.get(key, 0):>5}  {why}")
 
 
 def main() -> None:
@@ -258,14 +334,30 @@ def main() -> None:
                 f"{kind:8}{documents / r['seconds']:>10,.0f}{size / 1e6 / r['seconds']:>8.2f}{r['kept']:>9,d}"
                 f"{r['tokens']:>12,d}{r['peak_rss_mb']:>13,.0f}"
             )
-        ratio = results["stock"]["seconds"] / results["ours"]["seconds"]
-        print(f"build throughput ratio ours/stock: {ratio:.2f}x (goal >= 1.0)")
+        ours, stock = results["ours"], results["stock"]
+        print("our build, seconds per step (all stages, one worker):")
+        for name, seconds in sorted(ours["steps"].items(), key=lambda item: -item[1]):
+            print(f"  {name:28}{seconds:>8.1f}")
+        ratio = stock["seconds"] / ours["seconds"]
+        print(f"build throughput ratio ours/stock: {ratio:.2f}x (goal >= 3, floor 2)")
+        rss = ours["peak_rss_mb"] / stock["peak_rss_mb"]
+        print(f"peak RSS ours/stock: {rss:.2f}x (goal <= 1.20)")
         stage = measure("tokenize_stage", hub, tmp / "stage", tokenizer)
+        raw = size / 1e6 / stage["raw_seconds"]
+        print(f"build MB/s vs raw encode_batch: {size / 1e6 / ours['seconds'] / raw:.0%} (goal >= 25%)")
         share = stage["raw_seconds"] / stage["ours_seconds"]
         print(
             f"tokenize+write: {size / 1e6 / stage['ours_seconds']:.2f} MB/s vs raw encode_batch "
-            f"{size / 1e6 / stage['raw_seconds']:.2f} MB/s = {share:.0%} (goal >= 70%)"
+            f"{raw:.2f} MB/s = {share:.0%} (goal >= 70%)"
         )
+        two = measure("ours", hub, tmp / "ours-2", tokenizer, 2)
+        print(
+            f"--workers 2: {documents / two['seconds']:,.0f} docs/s, "
+            f"{ours['seconds'] / two['seconds']:.2f}x one worker; peak RSS per worker "
+            f"{two['worker_peak_rss_mb']:,.0f} MB (one worker: {ours['peak_rss_mb']:,.0f} MB); "
+            f"same decisions: {two['drops'] == ours['drops']}"
+        )
+        print_differences(ours["drops"], stock["drops"])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ all 1,929 of them (``pipeline/fineweb2/``, read in place from one archive) and u
 by default; ``--filter-configs DIR`` reads a directory of such files instead. Languages
 without a config get :func:`default_thresholds` (language-agnostic: no stop-word rule).
 
-The filters are datatrove's own classes, set up as FineWeb2's pipeline set them up
+The filters are datatrove's own classes (Gopher repetition's statistics computed faster, with the
+same decisions: ``pipeline.repetition``), set up as FineWeb2's pipeline set them up
 (``fineweb-2-pipeline.py``, step 5): paragraph and duplicate-character rules of Gopher
 repetition off, FineWeb's short-line rule off, its duplicate-line-character ratio 0.1,
 two stop words required. Each language's words are split as FineWeb2 split them when it
@@ -31,10 +32,11 @@ from pathlib import Path
 
 import yaml
 from datatrove.data import Document
-from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from pipeline.labels import is_language_label
+from pipeline.repetition import RepetitionFilter
 from pipeline.streams import SKIPPED, StreamFilter, stream_label
 from pipeline.words import WordSplitting, word_splitting
 
@@ -181,7 +183,7 @@ class FilterConfigs:
 
 
 def _gopher_repetition(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
-    return GopherRepetitionFilter(
+    return RepetitionFilter(
         dup_line_frac=t.dup_line_frac,
         dup_para_frac=0,
         dup_line_char_frac=0,

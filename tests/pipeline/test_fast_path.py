@@ -1,9 +1,10 @@
 """The build's fast word splitting decides as datatrove's own segmenters do, document by document.
 
 The reference is today's path kept here: datatrove's ``SpaCyTokenizer`` and ``WhitespaceTokenizer``
-as they are (a spaCy memory zone per text, every word split afresh). The fast path
-(``pipeline.words.CachingSpaCyTokenizer``: one zone over many texts, each chunk's words remembered)
-must keep and drop the same documents for the same reasons and write the same token ids, over
+as they are (a spaCy memory zone per text, every word split afresh) and its ``GopherRepetitionFilter``.
+The fast path (``pipeline.words.CachingSpaCyTokenizer``: one zone over many texts, each chunk's
+words remembered; ``pipeline.repetition.RepetitionFilter``: n-grams sliced from one text) must keep
+and drop the same documents for the same reasons and write the same token ids, over
 every language of the bundled sample and the benchmark generator's documents.
 """
 
@@ -14,8 +15,10 @@ import json
 from pathlib import Path
 
 import pytest
+from datatrove.pipeline.filters import GopherRepetitionFilter
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WhitespaceTokenizer
 
+import pipeline.quality
 import pipeline.words
 from bench.pipeline import generate_corpus
 from mixtures.recipe import load_recipe
@@ -58,8 +61,9 @@ def build(hub: Path, out: Path, sources: tuple[str, ...] | None) -> Path:
 
 
 @pytest.fixture
-def reference_segmenters(monkeypatch):
-    """Today's path: datatrove's spaCy word tokenizer, loaded afresh."""
+def reference_path(monkeypatch):
+    """Today's path: datatrove's spaCy word tokenizers, loaded afresh, and its repetition filter."""
+    monkeypatch.setattr(pipeline.quality, "RepetitionFilter", GopherRepetitionFilter)
     monkeypatch.setitem(pipeline.words._DATATROVE_CLASSES, "SpaCyTokenizer", SpaCyTokenizer)
     monkeypatch.setitem(pipeline.words._DATATROVE_CLASSES, "WhitespaceTokenizer", WhitespaceTokenizer)
     pipeline.words._tokenizer.cache_clear()
@@ -77,7 +81,7 @@ def test_the_fast_path_keeps_drops_and_tokenizes_as_the_reference(tmp_path, requ
         name: decisions(build(hub, tmp_path / f"fast-{name}", sources))
         for name, (hub, sources) in corpora.items()
     }
-    request.getfixturevalue("reference_segmenters")
+    request.getfixturevalue("reference_path")
     for name, (hub, sources) in corpora.items():
         reference = decisions(build(hub, tmp_path / f"reference-{name}", sources))
         assert fast[name].keys() == reference.keys(), name
