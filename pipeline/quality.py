@@ -7,8 +7,8 @@ all 1,929 of them (``pipeline/fineweb2/``, read in place from one archive) and u
 by default; ``--filter-configs DIR`` reads a directory of such files instead. Languages
 without a config get :func:`default_thresholds` (language-agnostic: no stop-word rule).
 
-The filters are datatrove's own classes (Gopher repetition's statistics computed faster, with the
-same decisions: ``pipeline.repetition``), set up as FineWeb2's pipeline set them up
+The filters are datatrove's own classes (the Gopher ones computing their statistics faster, with
+the same decisions: ``pipeline.gopher``), set up as FineWeb2's pipeline set them up
 (``fineweb-2-pipeline.py``, step 5): paragraph and duplicate-character rules of Gopher
 repetition off, FineWeb's short-line rule off, its duplicate-line-character ratio 0.1,
 two stop words required. Each language's words are split as FineWeb2 split them when it
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import yaml
 from datatrove.data import Document
-from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter
+from datatrove.pipeline.filters import FineWebQualityFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from pipeline.gopher import QualityFilter, RepetitionFilter
 from pipeline.labels import is_language_label
-from pipeline.repetition import RepetitionFilter
 from pipeline.streams import SKIPPED, StreamFilter, stream_label
 from pipeline.words import WordSplitting, word_splitting
 
@@ -205,7 +205,7 @@ def _fineweb_quality(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
 
 
 def _gopher_quality(t: LanguageThresholds, words: WordSplitting) -> BaseFilter:
-    return GopherQualityFilter(
+    return QualityFilter(
         min_doc_words=MIN_DOC_WORDS,
         max_doc_words=max_doc_words(words.language),
         min_avg_word_length=None if "min_avg_word_length" in words.skipped else t.min_avg_word_length,

@@ -1,9 +1,9 @@
 """The build's fast word splitting decides as datatrove's own segmenters do, document by document.
 
 The reference is today's path kept here: datatrove's ``SpaCyTokenizer`` and ``WhitespaceTokenizer``
-as they are (a spaCy memory zone per text, every word split afresh) and its ``GopherRepetitionFilter``.
-The fast path (``pipeline.words.CachingSpaCyTokenizer``: one zone over many texts, each chunk's
-words remembered; ``pipeline.repetition.RepetitionFilter``: n-grams sliced from one text) must keep
+as they are (a spaCy memory zone per text, every word split afresh) and its Gopher filters. The
+fast path (``pipeline.words.CachingSpaCyTokenizer``: one zone over many texts, each chunk's words
+remembered; ``pipeline.gopher``: n-grams sliced from one text, words classified once) must keep
 and drop the same documents for the same reasons and write the same token ids, over
 every language of the bundled sample and the benchmark generator's documents.
 """
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from datatrove.pipeline.filters import GopherRepetitionFilter
+from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 from datatrove.utils.word_tokenizers import SpaCyTokenizer, WhitespaceTokenizer
 
 import pipeline.quality
@@ -62,8 +62,9 @@ def build(hub: Path, out: Path, sources: tuple[str, ...] | None) -> Path:
 
 @pytest.fixture
 def reference_path(monkeypatch):
-    """Today's path: datatrove's spaCy word tokenizers, loaded afresh, and its repetition filter."""
+    """Today's path: datatrove's spaCy word tokenizers, loaded afresh, and its Gopher filters."""
     monkeypatch.setattr(pipeline.quality, "RepetitionFilter", GopherRepetitionFilter)
+    monkeypatch.setattr(pipeline.quality, "QualityFilter", GopherQualityFilter)
     monkeypatch.setitem(pipeline.words._DATATROVE_CLASSES, "SpaCyTokenizer", SpaCyTokenizer)
     monkeypatch.setitem(pipeline.words._DATATROVE_CLASSES, "WhitespaceTokenizer", WhitespaceTokenizer)
     pipeline.words._tokenizer.cache_clear()

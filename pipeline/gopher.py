@@ -1,22 +1,29 @@
-"""Gopher's repetition rules (Rae et al. 2021, arXiv 2112.11446, table A1), as datatrove applies them.
+"""Gopher's repetition and quality rules (Rae et al. 2021, arXiv 2112.11446), as datatrove applies them.
 
-:class:`RepetitionFilter` decides exactly as datatrove's ``GopherRepetitionFilter`` (same checks,
-same order, same reasons), with its n-gram statistics computed faster (:class:`NGrams`): every n-gram
-is a slice of one joined text instead of a join of n words, counting runs in ``collections.Counter``'s
-C loop, and the scan for duplicated n-grams only runs where some n-gram repeats.
+Both filters decide exactly as datatrove's classes they extend (same checks, same order, same
+reasons), computing the same statistics faster:
+
+* :class:`RepetitionFilter` (``GopherRepetitionFilter``, table A1): every n-gram is a slice of one
+  joined text instead of a join of n words (:class:`NGrams`), counting runs in
+  ``collections.Counter``'s C loop, and the scan for duplicated n-grams only runs where some
+  n-gram repeats;
+* :class:`QualityFilter` (``GopherQualityFilter``): what each word is (only punctuation? holding a
+  letter?) is worked out once per distinct word, not per occurrence.
 An n-gram is compared as datatrove compares it, as a string (words joined by a space for the top
 n-gram, without one for duplicated n-grams), so word lists that join alike count alike.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import Counter
 
+import numpy as np
 from datatrove.data import Document
-from datatrove.pipeline.filters import GopherRepetitionFilter
+from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
 from datatrove.pipeline.filters.gopher_repetition_filter import find_duplicates
-from datatrove.utils.text import split_into_words
+from datatrove.utils.text import PUNCTUATION_SET, split_into_words
 
 
 class NGrams:
@@ -94,4 +101,64 @@ class RepetitionFilter(GopherRepetitionFilter):
         for n, n_frac in self.dup_n_grams:
             if grams.duplicated_chars(n) / len(text) > n_frac:
                 return False, f"duplicated_{n}_n_grams"
+        return True
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def is_symbols(word: str) -> bool:
+    """Whether every character of ``word`` is punctuation (datatrove's ``PUNCTUATION_SET``)."""
+    return not any(ch not in PUNCTUATION_SET for ch in word)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def has_letter(word: str) -> bool:
+    """Whether ``word`` holds an alphabetic character (``str.isalpha``)."""
+    return any(c.isalpha() for c in word)
+
+
+class QualityFilter(GopherQualityFilter):
+    """datatrove's ``GopherQualityFilter`` with each distinct word classified once: the same decisions."""
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        text = doc.text
+        words = split_into_words(text, self.language)
+        n_words = len(words)
+        non_symbol_words = [w for w in words if not is_symbols(w)]
+        n_non_symbol_words = len(non_symbol_words)
+        if self.min_doc_words and n_non_symbol_words < self.min_doc_words:
+            return False, "gopher_short_doc"
+        if self.max_doc_words and n_non_symbol_words > self.max_doc_words:
+            return False, "gopher_long_doc"
+        avg_n_words = np.mean([len(w) for w in non_symbol_words])
+        if self.min_avg_word_length and avg_n_words < self.min_avg_word_length:
+            return False, "gopher_below_avg_threshold"
+        if self.max_avg_word_length and avg_n_words > self.max_avg_word_length:
+            return False, "gopher_above_avg_threshold"
+        if self.max_symbol_word_ratio and text.count("#") / n_words > self.max_symbol_word_ratio:
+            return False, "gopher_too_many_hashes"
+        if (
+            self.max_symbol_word_ratio
+            and (text.count("...") + text.count("…")) / n_words > self.max_symbol_word_ratio
+        ):
+            return False, "gopher_too_many_ellipsis"
+        lines = text.splitlines()
+        if (
+            self.max_bullet_lines_ratio
+            and sum(s.lstrip().startswith("•") or s.lstrip().startswith("-") for s in lines) / len(lines)
+            > self.max_bullet_lines_ratio
+        ):
+            return False, "gopher_too_many_bullets"
+        if (
+            self.max_ellipsis_lines_ratio
+            and sum(s.rstrip().endswith("...") or s.rstrip().endswith("…") for s in lines) / len(lines)
+            > self.max_ellipsis_lines_ratio
+        ):
+            return False, "gopher_too_many_end_ellipsis"
+        if (
+            self.max_non_alpha_words_ratio
+            and sum(map(has_letter, words)) / n_words < self.max_non_alpha_words_ratio
+        ):
+            return False, "gopher_below_alpha_threshold"
+        if self.min_stop_words and len(self.stop_words.intersection(set(words))) < self.min_stop_words:
+            return False, "gopher_enough_stop_words"
         return True
