@@ -11,9 +11,12 @@ the same tokenizer, fastText LID-176 and FineWeb2's filters, configs and word to
   datatrove's word tokenizer for it) -> DocumentTokenizer. Languages whose datatrove tokenizer
   needs a download (Stanza, botok) get the same offline substitute as ours.
 
-Each contender runs in its own process, so its peak RSS is its own. A third
-measurement compares our tokenize+write steps with raw `Tokenizer.encode_batch`
-over the same texts. Run: `.venv/bin/python bench/pipeline.py [--mb 50]`.
+Each contender runs in its own process, so its peak RSS is its own. Printed besides: our seconds
+per step (and in word splitting, segmenter loads included), our build's MB/s as a share of raw
+`Tokenizer.encode_batch` over the same texts, our tokenize+write steps against it, our build with
+`--workers 2` (its speed-up over one worker, its workers' largest peak RSS, whether it decided the
+same), and per corpus language and drop reason the documents the two contenders drop differently,
+each with its likely cause. Run: `.venv/bin/python bench/pipeline.py [--mb 50]` on a quiet machine.
 """
 
 from __future__ import annotations
@@ -327,28 +330,34 @@ class WorkerPeaks(threading.Thread):
         return max(self.peaks.values(), default=0.0)
 
 
-# Why our build and the stock pipeline may decide otherwise, by drop reason: our documented departures,
-# and where the two contenders route documents differently.
-DEPARTURES = {
-    "gopher_long_doc": "departure: word-count limit scaled for scripts without spaces and Korean",
-    "no_script": "departure: no_script, text without letters of any script",
+# Why our build and the stock pipeline may decide otherwise: our documented departures, and where
+# the two contenders route documents differently. A difference is put down to routing in a corpus
+# language where LID moved documents (ours drops some for language_score that stock keeps, or back),
+# else to its drop reason's departure.
+CAUSES = {
+    "routing": "ours files a document under the language LID gives it and judges it with that "
+    "language's threshold, config and words (FineWeb2's routing); stock judges a folder as its language",
+    "normalised": "departure: line endings and blank lines normalised before every rule",
+    "word limit": "departure: upper word-count limit scaled for scripts without spaces and Korean",
+    "no_script": "departure: text without letters of any script is dropped as no_script",
 }
-ROUTING = (
-    "routing: ours files a document under the language LID gives it (FineWeb2's routing) and judges it "
-    "with that language's threshold, config and words; stock judges a folder's documents as its language"
-)
-LINE_RULES = "departure: line-ending and blank-line normalisation (every rule sees the normalised text)"
 
 
 def print_differences(ours: dict[str, int], stock: dict[str, int]) -> None:
     """Per corpus language and drop reason, the documents ours and stock drop, where they differ."""
     rows = sorted(key for key in ours.keys() | stock.keys() if ours.get(key, 0) != stock.get(key, 0))
     moved = {key.split(" ", 1)[0] for key in rows if key.endswith(" language_score")}
-    print(f"decisions that differ ({len(rows)} corpus-language/reason pairs):")
+    print(f"decisions that differ ({len(rows)} corpus-language/reason pairs), by likely cause:")
+    for cause, meaning in CAUSES.items():
+        print(f"  {cause:11} {meaning}")
     for key in rows:
         language, reason = key.split(" ", 1)
-        why = DEPARTURES.get(reason) or (ROUTING if language in moved else LINE_RULES)
-        print(f"  {language:10} {reason:30} ours {ours.get(key, 0):>5} stock {stock.get(key, 0):>5}  {why}")
+        cause = (
+            "routing"
+            if language in moved
+            else {"gopher_long_doc": "word limit", "no_script": "no_script"}.get(reason, "normalised")
+        )
+        print(f"  {language:10} {reason:28} ours {ours.get(key, 0):>5} stock {stock.get(key, 0):>5}  {cause}")
 
 
 def main() -> None:
