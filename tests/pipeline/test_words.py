@@ -221,3 +221,18 @@ def test_remembered_chunks_give_datatrove_spacy_words_even_where_special_cases_s
     for text in texts:
         assert fast.word_tokenize(text) == reference.word_tokenize(text), repr(text)
     assert ways["windowed"] > 10 and ways["whole"] >= 1, ways  # every way was compared
+
+
+def test_spacy_s_strings_and_the_chunk_memo_stay_bounded_over_a_long_task(monkeypatch):
+    """Zones are renewed and the memo starts afresh, so a task of many new words holds few of them."""
+    monkeypatch.setattr(words, "ZONE_CHARACTERS", 2_000)
+    monkeypatch.setattr(words, "CHUNK_CACHE_SIZE", 50)
+    fast, reference = words.CachingSpaCyTokenizer("es"), SpaCyTokenizer("es")
+    rng = random.Random(0)
+    held = []
+    for _ in range(150):  # 6,000 words never seen before
+        text = " ".join(f"palabra{rng.randrange(10**9)}," for _ in range(40))
+        assert fast.word_tokenize(text) == reference.word_tokenize(text)
+        held.append((len(fast.tokenizer.vocab.strings), len(fast._chunks)))
+    assert max(strings for strings, _ in held) < 2_000
+    assert max(chunks for _, chunks in held) <= 50
