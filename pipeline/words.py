@@ -237,6 +237,7 @@ class SpecialCaseSpans:
         return any((a, b) in self.pairs for a in ends for b in starts)
 
     def spaced_match(self, text: str) -> bool:
+        """Whether ``text`` holds a rule sequence that has a whitespace token (spaced as spaCy may)."""
         return self.spaced is not None and self.spaced.search(text) is not None
 
 
@@ -254,10 +255,12 @@ class CachingSpaCyTokenizer(SpaCyTokenizer):
       remembered (up to ``CHUNK_CACHE_SIZE`` chunks), as spaCy's own cache does outside a zone:
       that tokenizer splits a text at whitespace and tokenizes each chunk on its own
       (``Tokenizer._tokenize_affixes``). Only its special-case matcher looks across chunks: it
-      can join tokens on both sides of a space into a special case. :class:`SpecialCaseSpans`
-      finds every text where that could happen, and such a text is split whole, as is one
-      holding ``IS_ALPHA``, which datatrove treats apart. The segmenters spaCy wraps (jieba,
-      SudachiPy, pyvi) always see whole texts.
+      can match tokens on both sides of a space. :class:`SpecialCaseSpans` finds every place
+      where that could happen; there the chunks concerned are split together, with the
+      whitespace between them (``_windowed_words``). A text holding a special case with a
+      whitespace token of its own is split whole, as is one holding ``IS_ALPHA``, which
+      datatrove treats apart. The segmenters spaCy wraps (jieba, SudachiPy, pyvi) always see
+      whole texts.
 
     spaCy zones must not be nested, so the sentence methods, which open their own, close it first.
     """
