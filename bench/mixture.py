@@ -8,9 +8,9 @@ shards each), and a stats.json of the build's format. Shards are small real Arro
 streams (one body per stream, so 100 files share a hash); their token counts
 are declared in stats.json, for the compiler, and validate reads a copy of the
 manifest whose shard entries hold the files' own counts (validate checks them
-against the files). Goal: compile < 1 s and validate < 1 s. Each figure
-is the best of --repeat runs, with the page cache warm, and comes with its peer
-measured in the same run:
+against the files). Goals: compile < 1 s, validate without hashing < 1 s, and
+validate with hashing at most 1.5x its peer. Each figure is the best of --repeat
+runs, with the page cache warm, and comes with its peer measured in the same run:
 
 * compile (read stats.json, allocate, build and write the manifest) against a
   bare JSON round trip of the same stats.json (read, parse, dump, write; orjson,
@@ -19,8 +19,13 @@ measured in the same run:
   repeat" loop on the same 1,833 languages;
 * validate without hashing (fingerprint, one stat per shard, one schema per
   stream) against a bare os.stat loop over the same shard paths;
-* validate with hashing (sha256 of every byte, schema of every shard) against a
-  bare hashlib loop over the same files.
+* validate with hashing (sha256 of every byte, schema and counts of every shard,
+  each file read once) against a bare serial hashlib loop over the same files.
+  Validate hashes in ``mixtures.manifest.hash_workers()`` threads, one per core
+  it may run on: one here, since the bench pins itself to one core, so both
+  figures are serial (the printed line says how many threads). Both come after
+  one untimed read of every shard: the first read of a file since it was written
+  updates its atime (relatime), which would fall on whichever ran first.
 
 Run: `.venv/bin/python bench/mixture.py [--languages 1833] [--shards 100] [--repeat 3]`.
 """
@@ -56,12 +61,13 @@ from mixtures.formats import (  # noqa: E402
     shard_metadata,
 )
 from mixtures.languages import CODE, language_table  # noqa: E402
-from mixtures.manifest import build_manifest, validate_manifest, write_manifest  # noqa: E402
+from mixtures.manifest import build_manifest, hash_workers, validate_manifest, write_manifest  # noqa: E402
 from mixtures.recipe import load_recipe  # noqa: E402
 from mixtures.sampling import capped_allocation, temperature_weights  # noqa: E402
 
 TOKENIZER = {"name": "jhu-clsp/mmBERT-base", "sha256": hashlib.sha256(b"bench tokenizer").hexdigest()}
 GOAL_SECONDS = 1.0
+GOAL_HASH_RATIO = 1.5  # hashed validate against the bare sha256 loop
 
 
 def shard_body(source: str, language: str) -> bytes:
@@ -170,9 +176,16 @@ def hash_all(root: Path, paths: list[str]) -> int:
     return len(paths)
 
 
-def report(name: str, ours: float, peer_name: str, peer: float, goal: float | None = None) -> None:
-    verdict = "" if goal is None else ("  (goal < 1 s: met)" if ours < goal else "  (goal < 1 s: MISSED)")
-    print(f"{name:<34} {ours:8.3f} s   {peer_name:<30} {peer:8.3f} s   ratio {ours / peer:6.2f}x{verdict}")
+def report(
+    name: str, ours: float, peer_name: str, peer: float, goal: float | None = None, ratio: float | None = None
+) -> None:
+    """One line: our figure, the peer's, their ratio, and the verdict on the goal (seconds or ratio)."""
+    verdict = ""
+    if goal is not None:
+        verdict = f"  (goal < {goal:g} s: {'met' if ours < goal else 'MISSED'})"
+    if ratio is not None:
+        verdict = f"  (goal <= {ratio:g}x: {'met' if ours <= ratio * peer else 'MISSED'})"
+    print(f"{name:<38} {ours:8.3f} s   {peer_name:<30} {peer:8.3f} s   ratio {ours / peer:6.2f}x{verdict}")
 
 
 def bench_compile(phase_dir: Path, manifest: Path, repeat: int) -> int:
@@ -215,10 +228,13 @@ def bench_validate(phase_dir: Path, manifest: Path, repeat: int) -> tuple[list[s
     assert problems == [], problems[:3]
     stat_s, _ = best_of(repeat, lambda: stat_all(phase_dir, paths))
     report("validate, sizes (--no-hash)", quick_s, "bare os.stat of every shard", stat_s, GOAL_SECONDS)
+    hash_all(phase_dir, paths)  # untimed: the first read since writing updates each file's atime (relatime)
     full_s, problems = best_of(1, lambda: validate_manifest(manifest, check_hashes=True))
     assert problems == [], problems[:3]
     hash_s, _ = best_of(1, lambda: hash_all(phase_dir, paths))
-    report("validate, content (--hash)", full_s, "bare sha256 of every shard", hash_s)
+    threads = hash_workers()
+    name = f"validate, content (--hash, {threads} thread{'s' if threads > 1 else ''})"
+    report(name, full_s, "bare serial sha256 of each shard", hash_s, ratio=GOAL_HASH_RATIO)
     return paths, full_s
 
 

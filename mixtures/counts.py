@@ -23,6 +23,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ try:  # orjson reads a build's stats.json (100k+ shard entries) several times fa
 except ImportError:  # a GPU node with only the trainer's dependencies: its evaluation reads stats.json
     from json import JSONDecodeError, loads
 
+_TOKENS = itemgetter("tokens")
 FINEWEB2_COLUMNS = frozenset({"subset", "split", "code", "script", "utf8_bytes"})
 PLAIN_COLUMNS = frozenset({"language", "tokens"})
 
@@ -324,7 +326,7 @@ def _stream(raw: Any, where: str) -> Stream:
     shards = shard_entries(raw.get("shards"), where)
     heldout = shard_entries(raw.get("heldout"), where, "heldout")
     for key, listed in (("tokens", shards), ("heldout_tokens", heldout)):
-        recorded, held = _count(raw, key, where), sum(shard["tokens"] for shard in listed)
+        recorded, held = _count(raw, key, where), sum(map(_TOKENS, listed))
         if held != recorded:
             raise MixtureError(f"{where}: {key} is {recorded} but its shards hold {held}")
     return Stream(source, language, tokens, shards, heldout)

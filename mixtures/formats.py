@@ -21,8 +21,12 @@ node reading a manifest imports none of the data pipeline:
 
 from __future__ import annotations
 
+import operator
 import re
+import struct
 from dataclasses import asdict, dataclass
+from functools import reduce
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +59,13 @@ SHARD_METADATA = {
 SPECIAL_ROLES = ("pad", "eos", "bos", "unk", "mask")
 
 _NOT_HEX = re.compile(r"[^0-9a-f]")
+_CONTINUATION = b"\xff\xff\xff\xff"  # before each message of an IPC stream since Arrow 0.15
+_END_OF_STREAM = _CONTINUATION + b"\0\0\0\0"
+_MESSAGE_START = struct.Struct("<Ii")  # continuation marker, metadata size
+_INT32, _UINT32, _UINT16 = map(struct.Struct, ("<i", "<I", "<H"))
+_HEX_DIGITS = b"0123456789abcdef"
+SHARD_FIELDS = ("path", "documents", "tokens", "bytes", "sha256")
+_SHARD_GETTERS = tuple(map(operator.itemgetter, SHARD_FIELDS))
 
 
 def expected_metadata(
@@ -131,6 +142,130 @@ def shard_counts(reader: pa.ipc.RecordBatchStreamReader) -> tuple[int, int]:
     return documents, tokens
 
 
+def schema_message(data: bytes) -> bytes | None:
+    """The first message of an Arrow IPC stream (its schema, with its metadata), as bytes; None when
+    ``data`` does not start with one in the current framing (continuation marker, then length)."""
+    if len(data) < 8 or data[:4] != _CONTINUATION:
+        return None
+    end = 8 + _INT32.unpack_from(data, 4)[0]
+    return data[:end] if 8 < end <= len(data) else None
+
+
+class BatchLayout:
+    """The byte layout of a shard's record batch messages, learnt from a shard pyarrow read without
+    fault (:func:`batch_layout`), to read the counts of the stream's other shards from their
+    batch headers without opening a reader.
+
+    A phase has 100k+ shards, and opening a reader costs more than reading and hashing a small
+    one. A writer lays out the flatbuffer header of every batch of a schema the same way; only
+    its numbers differ (the body's size, the batch's length, each column's length and null count,
+    each buffer's offset and size). So one ``struct`` format reads a batch message as the bytes
+    around those numbers, which must be the learnt ones, and the numbers, which must be those of
+    a plain batch: lengths >= 0 and the batch's for both columns, the body and every buffer on 8
+    bytes, the buffers inside the body. A header the same but for such numbers is as valid as the
+    one pyarrow read; for anything else ``counts`` says None, and pyarrow is asked.
+    """
+
+    def __init__(self, message: bytes, numbers: list[tuple[int, str, int]]):
+        """``message``: a batch message's marker, size and header; ``numbers``: where in it each
+        group of int64 numbers is (position, name, how many)."""
+        items, fixed, slots, index, end = ["<Ii"], [0, 1], {}, 2, 8
+        for at, name, count in sorted(numbers):
+            if at < end:
+                raise _NotPlain
+            items += [f"{at - end}s", f"{count}q"]
+            fixed.append(index)
+            slots[name] = slice(index + 1, index + 1 + count)
+            index, end = index + 1 + count, at + 8 * count
+        self._body, self._length = slots["body"], slots["length"]
+        self._nodes, self._buffers = slots["nodes"], slots["buffers"]  # (length, nulls), (offset, size)
+        items.append(f"{len(message) - end}s")
+        fixed.append(index)
+        self._format = struct.Struct("".join(items))
+        self._fixed = operator.itemgetter(*fixed)
+        self._expected = self._fixed(self._format.unpack(message))
+
+    def counts(self, data: bytes, start: int) -> tuple[int, int] | None:
+        """Documents and tokens of the batches from byte ``start`` (just after the schema message) to
+        the end-of-stream marker at the end of ``data``; None unless every batch is of this layout."""
+        documents = tokens = 0
+        try:
+            while data[start : start + 8] != _END_OF_STREAM:
+                values = self._format.unpack_from(data, start)
+                if self._fixed(values) != self._expected:
+                    return None
+                (body,), (length,) = values[self._body], values[self._length]
+                nodes, buffers = values[self._nodes], values[self._buffers]
+                offsets = buffers[0::2]
+                if min(*nodes, *buffers, length) < 0 or nodes[0] != length or nodes[2] != length:
+                    return None
+                if (
+                    max(map(operator.add, offsets, buffers[1::2])) > body
+                    or reduce(operator.or_, offsets, body) % 8
+                ):
+                    return None  # a buffer outside the body, or the body or a buffer off 8 bytes
+                documents, tokens = documents + length, tokens + nodes[4]
+                start += self._format.size + body
+        except struct.error:  # cut short
+            return None
+        return (documents, tokens) if start + 8 == len(data) else None
+
+
+def batch_layout(data: bytes, start: int) -> BatchLayout | None:
+    """The layout of the record batch message at byte ``start`` of a shard's IPC stream (just after
+    its schema message), a shard pyarrow read without fault; None for another layout than the
+    plain one (an uncompressed batch of the three nodes and seven buffers of ``SHARD_SCHEMA``)."""
+    try:
+        marker, size = _MESSAGE_START.unpack_from(data, start)
+        header = data[start + 8 : start + 8 + size]
+        # Message: version, header_type, header, bodyLength; RecordBatch: length, nodes, buffers, compression
+        message = _fields(header, _target(header, 0))
+        batch = _fields(header, _target(header, message[2]))
+        if marker != 0xFFFFFFFF or not message[1] or header[message[1]] != 3 or not message[3]:
+            return None  # not a record batch, or one without a body
+        if len(batch) > 3 and batch[3] or not (batch[0] and batch[1] and batch[2]):
+            return None  # compressed, or without a length, nodes or buffers
+        nodes, buffers = _vector(header, batch[1]), _vector(header, batch[2])
+        if _UINT32.unpack_from(header, nodes)[0] != 3 or _UINT32.unpack_from(header, buffers)[0] != 7:
+            return None
+        numbers = [(8 + message[3], "body", 1), (8 + batch[0], "length", 1)]
+        numbers += [(12 + nodes, "nodes", 6), (12 + buffers, "buffers", 14)]
+        return BatchLayout(data[start : start + 8 + size], numbers)
+    except (struct.error, IndexError, _NotPlain):
+        return None
+
+
+class _NotPlain(Exception):
+    """A flatbuffer that ``batch_counts`` does not read (its caller asks pyarrow instead)."""
+
+
+def _fields(buffer: bytes, position: int) -> list[int]:
+    """Where the fields of the flatbuffer table at ``position`` are (0: absent, so its default)."""
+    vtable = position - _INT32.unpack_from(buffer, position)[0]
+    if position % 4 or vtable < 0 or vtable % 2:
+        raise _NotPlain
+    size = _UINT16.unpack_from(buffer, vtable)[0]
+    if size < 4 or size % 2:
+        raise _NotPlain
+    offsets = struct.unpack_from(f"<{size // 2 - 2}H", buffer, vtable + 4)
+    return [position + offset if offset else 0 for offset in offsets]
+
+
+def _target(buffer: bytes, at: int) -> int:
+    """What the offset field at ``at`` points to (a table, a vector)."""
+    if at % 4:
+        raise _NotPlain
+    return at + _UINT32.unpack_from(buffer, at)[0]
+
+
+def _vector(buffer: bytes, at: int) -> int:
+    """Where the vector of structs of int64 that the field at ``at`` points to starts (its count)."""
+    vector = _target(buffer, at)
+    if (vector + 4) % 8:
+        raise _NotPlain
+    return vector
+
+
 def count_problems(shard: str, recorded: tuple[int | None, int], found: tuple[int, int]) -> list[str]:
     """Where a shard's (documents, tokens) differ from its entry's (documents None: not recorded).
 
@@ -174,21 +309,29 @@ def input_ids_problem(
 
 def shard_entries(raw: Any, where: str, key: str = "shards") -> tuple[dict[str, Any], ...]:
     """A stream's shards as build statistics and manifests list them (see the module docstring);
-    ``key`` names the list in messages (``heldout`` for a stream's held-out shards)."""
+    ``key`` names the list in messages (``heldout`` for a stream's held-out shards).
+
+    Entries of exactly the five fields are kept as they are: copying 100k+ dicts only to
+    drop fields they do not have was most of the cost of reading a build's stats.json.
+    """
+    if _plain_entries(raw):
+        return tuple(raw)
     check_shards(raw, where, key)
-    keys = ("path", "documents", "tokens", "bytes", "sha256")
-    return tuple({key: entry[key] for key in keys if key in entry} for entry in raw)
+    return tuple({key: entry[key] for key in SHARD_FIELDS if key in entry} for entry in raw)
 
 
 def check_shards(raw: Any, where: str, key: str = "shards") -> None:
     """Raise MixtureError naming the first malformed entry of a stream's shard list.
 
-    A phase has 100k+ shards, so the list is checked in bulk (one pass of type
-    tests, then one regex over all the hashes) and only the entry at fault is
-    examined field by field, for the message.
+    A phase has 100k+ shards, so the list is checked in bulk (``_plain_entries``: a few
+    passes per field, each in C) and only a list that fails it is walked entry by entry
+    (an entry without ``documents``, of a file written before they were recorded, is
+    well formed) and the entry at fault examined field by field, for the message.
     """
     if not isinstance(raw, list):
         raise MixtureError(f"{where}: {key}: expected a list")
+    if _plain_entries(raw):
+        return
     index = _first_malformed(raw)
     if index is not None:
         _check_shard(raw[index], f"{where}: {key}[{index}]")
@@ -246,6 +389,32 @@ class TokenizerRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _plain_entries(raw: Any) -> bool:
+    """Whether ``raw`` is a list of entries of exactly the five fields, each well formed.
+
+    Checked column by column (``map`` over the entries, then ``set``, ``min`` and one
+    deletion of the hex digits from all the hashes), which costs a fraction of a Python loop per entry.
+    """
+    try:
+        if not isinstance(raw, list) or set(map(len, raw)) - {5}:
+            return False
+        if not raw:
+            return True
+        path, documents, tokens, size, sha256 = _SHARD_GETTERS
+        paths, hashes = [*map(path, raw)], [*map(sha256, raw)]
+        counts = [*map(documents, raw), *map(tokens, raw), *map(size, raw)]
+        return (
+            "" not in paths
+            and not any(map(str.startswith, paths, repeat("/")))  # TypeError unless all are strings
+            and set(map(type, counts)) == {int}
+            and min(counts) >= 0
+            and set(map(len, hashes)) == {64}
+            and not "".join(hashes).encode().translate(None, _HEX_DIGITS)  # nothing left but hex digits
+        )
+    except (KeyError, TypeError):  # an entry that is not a dict, lacks a field, or a field of another type
+        return False
 
 
 def _first_malformed(raw: list) -> int | None:

@@ -36,7 +36,8 @@ phase of real shards is terabytes) while the rest costs one ``stat`` per shard:
   written; the checks against the files are not, since anyone can compute a
   fingerprint;
 - ``check_hashes=True``: also the sha256 of every shard's content, and the
-  schema and counts of every shard. A same-size edit is caught only here.
+  schema and counts of every shard, parsed from the bytes read to hash it (the
+  streams in threads, see ``data_problems``). A same-size edit is caught only here.
 
 Reading. ``load_manifest`` parses the file once and checks it and its data in
 that one pass, returning a frozen :class:`Manifest` (shard entries are compact
@@ -52,7 +53,10 @@ import hashlib
 import math
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -64,10 +68,13 @@ from mixtures.files import file_sha256, make_parent, write_atomic
 from mixtures.formats import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
+    BatchLayout,
     TokenizerRecord,
+    batch_layout,
     check_shards,
     count_problems,
     expected_metadata,
+    schema_message,
     schema_problems,
     shard_counts,
 )
@@ -127,6 +134,8 @@ _SAMPLING_FIELDS = {
 PROBLEMS_SHOWN = 10  # in the message of a manifest whose data has problems
 _HEAD_BYTES = 1 << 16  # a shard this small is parsed from one read, a larger one memory-mapped
 _READ_BYTES = 1 << 20  # when hashing
+_HASH_WORKERS = 8
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # see _read_whole
 
 
 def build_manifest(mixture: Mixture, recipe: Recipe, counts: Counts, seed: int) -> dict[str, Any]:
@@ -196,7 +205,7 @@ def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
     body = canonical_json(doc)
     fingerprint = hashlib.sha256(body).hexdigest()
     make_parent(path)
-    write_atomic(path, _prefix(fingerprint) + body[1:] + b"\n")
+    write_atomic(path, b"".join((_prefix(fingerprint), memoryview(body)[1:], b"\n")))  # one copy of 100+ MB
     return fingerprint
 
 
@@ -208,6 +217,10 @@ class ShardEntry(NamedTuple):
     tokens: int
     bytes: int
     sha256: str
+
+
+_SHARD_FIELDS = itemgetter(*ShardEntry._fields)  # a manifest's shard entry (a dict) in ShardEntry's order
+_SHARD_ENTRY = partial(tuple.__new__, ShardEntry)  # ShardEntry._make without its Python frame
 
 
 @dataclass(frozen=True)
@@ -312,7 +325,9 @@ def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
     Sizes come from ``lstat`` relative to the open data root, which spares the
     kernel a walk of the full path for each of 100k+ shards. The schema and
     counts are read from the first shard of each stream (every shard with
-    ``check_hashes``).
+    ``check_hashes``). Hashing reads every byte, so its streams are checked in
+    :func:`hash_workers` threads (reads and sha256 release the GIL), the problems
+    listed in stream order whatever order the threads finish in.
     """
     if manifest.data_root is None:
         return []
@@ -325,15 +340,29 @@ def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
             f"missing data root: {root} ({err.strerror}); the manifest finds its data at "
             f"{relative!r} from its own directory, so move manifests and data together"
         ]
-    problems = []
     inside = _Inside(root)
+
+    def check(stream: StreamEntry) -> list[str]:
+        expected = stream_metadata(manifest, stream)
+        return _stream_problems(root_fd, root, stream.shards, expected, check_hashes, inside)
+
+    workers = hash_workers() if check_hashes else 1
     try:
-        for stream in manifest.streams:
-            expected = stream_metadata(manifest, stream)
-            problems += _stream_problems(root_fd, root, stream.shards, expected, check_hashes, inside)
+        if workers == 1:
+            found = list(map(check, manifest.streams))
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                found = list(pool.map(check, manifest.streams))
     finally:
         os.close(root_fd)
-    return problems
+    return [problem for problems in found for problem in problems]
+
+
+def hash_workers() -> int:
+    """Threads that hash shards: one per core this process may run on, at most ``_HASH_WORKERS``
+    (beyond a few, the disk is the limit)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, _HASH_WORKERS))
 
 
 def stream_metadata(manifest: Manifest, stream: StreamEntry) -> dict[str, str | None]:
@@ -380,10 +409,7 @@ def _parse(path: Path) -> tuple[Manifest, str | None]:
                 weight=stream["weight"],
                 expected_epochs=stream["expected_epochs"],
                 capped=stream["capped"],
-                shards=tuple(
-                    ShardEntry(s["path"], s.get("documents"), s["tokens"], s["bytes"], s["sha256"])
-                    for s in stream["shards"]
-                ),
+                shards=_shard_entries(stream["shards"]),
             )
             for stream in doc["streams"]
         ),
@@ -391,6 +417,17 @@ def _parse(path: Path) -> tuple[Manifest, str | None]:
         counts=doc["counts"],
     )
     return manifest, None if recorded == actual else _fingerprint_problem(recorded, actual, path)
+
+
+def _shard_entries(shards: list[dict[str, Any]]) -> tuple[ShardEntry, ...]:
+    """A stream's shard entries as tuples: built in C (``map``) when every entry records its documents,
+    one by one otherwise (a manifest written before documents were recorded)."""
+    try:
+        return tuple(map(_SHARD_ENTRY, map(_SHARD_FIELDS, shards)))
+    except KeyError:
+        return tuple(
+            ShardEntry(s["path"], s.get("documents"), s["tokens"], s["bytes"], s["sha256"]) for s in shards
+        )
 
 
 def _absolute_root(doc: dict[str, Any], path: Path) -> Path | None:
@@ -408,48 +445,104 @@ def _stream_problems(
     check_hashes: bool,
     inside: _Inside,
 ) -> list[str]:
-    """Problems with one stream's shards (see :func:`data_problems`)."""
+    """Problems with one stream's shards (see :func:`data_problems`).
+
+    With ``check_hashes``, each shard is read once (:func:`_read_whole`) and its hash, schema
+    and counts come from those bytes. Its schema and counts are read with pyarrow until one shard
+    of the stream passes; a later shard whose schema message is the same bytes has the same
+    schema, and its counts are read from its batch headers by that shard's layout
+    (``BatchLayout``), without opening a reader. A shard that is anything but as its entry says
+    takes the full path, for the message.
+    """
     problems = []
+    known: tuple[bytes, BatchLayout] | None = None  # of a shard of this stream that passed every check
     for index, shard in enumerate(shards):
-        try:
-            status = os.stat(shard.path, dir_fd=root_fd, follow_symlinks=False)
-            link = stat.S_ISLNK(status.st_mode)
-            directory = shard.path.rpartition("/")[0]
-            outside = inside.problem(shard.path) if link or not inside[directory] else None
-            if link and not outside:
-                status = os.stat(shard.path, dir_fd=root_fd)
-        except FileNotFoundError:
-            problems.append(f"missing shard: {shard.path} (no file {os.path.join(root, shard.path)})")
+        data = _read_whole(root_fd, shard, inside) if check_hashes else None
+        if data is None:
+            problems += _shard_check(root_fd, root, index, shard, expected, check_hashes, inside)
             continue
-        if outside:
-            problems.append(outside)
-            continue
-        if status.st_size != shard.bytes:
-            problems.append(
-                f"changed shard: {shard.path} has {status.st_size:,} bytes, "
-                f"the manifest records {shard.bytes:,}"
-            )
-            continue
-        if check_hashes or index == 0:
-            try:
-                digest, source = _read_shard(os.path.join(root, shard.path), shard.bytes, check_hashes)
-            except OSError as err:  # a directory, say, or a file this user may not read
-                problems.append(f"unreadable shard: {shard.path} ({err.strerror or err})")
+        if known is not None and data.startswith(known[0]):
+            counts = known[1].counts(data, len(known[0]))
+            if counts and counts[1] == shard.tokens and shard.documents in (None, counts[0]):
                 continue
-            if check_hashes and digest != shard.sha256:
-                problems.append(
-                    f"changed shard: {shard.path} content sha256 {digest[:16]}... differs from the "
-                    f"manifest's {shard.sha256[:16]}..."
-                )
-                continue
-            problems += _shard_problems(source, shard, expected)
-        elif 4 * shard.tokens > shard.bytes:  # the ids are uncompressed uint32: at most bytes / 4 of them
-            problems.append(
-                f"count mismatch: shard {shard.path} of {shard.bytes:,} bytes cannot hold the "
-                f"{shard.tokens:,} tokens the manifest records (4 bytes each); "
-                "the manifest does not describe this file; compile it again from the build"
-            )
+        found = _shard_problems(pa.py_buffer(data), shard, expected)
+        if not found and known is None:
+            schema = schema_message(data)
+            layout = schema and batch_layout(data, len(schema))
+            known = (schema, layout) if layout else None
+        problems += found
     return problems
+
+
+def _read_whole(root_fd: int, shard: ShardEntry, inside: _Inside) -> bytes | None:
+    """A small shard's content, read once, when it is a file (not a link) inside the data root of the
+    size and sha256 its entry records; None for anything else, which :func:`_shard_check` then words.
+
+    One ``open`` relative to the data root (refusing a link, not blocking on a pipe) and one
+    ``read`` of a byte more than the recorded size (to see a file that grew) stand for the
+    ``stat`` of the full check. A shard of ``_READ_BYTES`` or more takes the full check, which
+    hashes it in chunks: its reading costs far more than the few calls saved here.
+    """
+    if shard.bytes >= _READ_BYTES or not inside[shard.path.rpartition("/")[0]]:
+        return None
+    try:
+        fd = os.open(shard.path, _OPEN_FLAGS, dir_fd=root_fd)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, shard.bytes + 1)
+    except OSError:  # a directory, say
+        return None
+    finally:
+        os.close(fd)
+    if len(data) != shard.bytes or hashlib.sha256(data).hexdigest() != shard.sha256:
+        return None
+    return data
+
+
+def _shard_check(
+    root_fd: int,
+    root: str,
+    index: int,
+    shard: ShardEntry,
+    expected: dict[str, str | None],
+    check_hashes: bool,
+    inside: _Inside,
+) -> list[str]:
+    """Problems with one shard, every check made in turn and worded (see :func:`data_problems`)."""
+    try:
+        status = os.stat(shard.path, dir_fd=root_fd, follow_symlinks=False)
+        link = stat.S_ISLNK(status.st_mode)
+        directory = shard.path.rpartition("/")[0]
+        outside = inside.problem(shard.path) if link or not inside[directory] else None
+        if link and not outside:
+            status = os.stat(shard.path, dir_fd=root_fd)
+    except FileNotFoundError:
+        return [f"missing shard: {shard.path} (no file {os.path.join(root, shard.path)})"]
+    if outside:
+        return [outside]
+    if status.st_size != shard.bytes:
+        return [
+            f"changed shard: {shard.path} has {status.st_size:,} bytes, the manifest records {shard.bytes:,}"
+        ]
+    if check_hashes or index == 0:
+        try:
+            digest, source = _read_shard(os.path.join(root, shard.path), shard.bytes, check_hashes)
+        except OSError as err:  # a directory, say, or a file this user may not read
+            return [f"unreadable shard: {shard.path} ({err.strerror or err})"]
+        if check_hashes and digest != shard.sha256:
+            return [
+                f"changed shard: {shard.path} content sha256 {digest[:16]}... differs from the "
+                f"manifest's {shard.sha256[:16]}..."
+            ]
+        return _shard_problems(source, shard, expected)
+    if 4 * shard.tokens > shard.bytes:  # the ids are uncompressed uint32: at most bytes / 4 of them
+        return [
+            f"count mismatch: shard {shard.path} of {shard.bytes:,} bytes cannot hold the "
+            f"{shard.tokens:,} tokens the manifest records (4 bytes each); "
+            "the manifest does not describe this file; compile it again from the build"
+        ]
+    return []
 
 
 class _Inside(dict):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+import mixtures.manifest as manifest_module
 from mixtures.compiler import compile_phase
 from mixtures.counts import read_counts_csv
 from mixtures.errors import MixtureError
@@ -29,6 +30,7 @@ from mixtures.manifest import (
 )
 from mixtures.recipe import load_recipe
 from tests.fixtures import (
+    DECAY_STREAMS,
     TOKENIZER,
     TOKENIZER_JSON,
     TOKENIZER_SHA256,
@@ -412,3 +414,50 @@ def test_a_negative_seed_is_refused_on_write_and_read(build, tmp_path):
     doc = compile_to(build, tmp_path / "good.json")
     with pytest.raises(MixtureError, match=r"seed: expected an integer >= 0, got -1"):
         write_manifest({**doc, "seed": -1}, tmp_path / "bad.json")
+
+
+def damage(shard: Path) -> None:
+    """Flip one byte in the middle of ``shard``: same size, other content."""
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def test_hashing_threads_list_the_problems_in_stream_order(manifest, build, monkeypatch):
+    for path in (
+        "wikipedia/fra_Latn/00000.arrow",
+        "fineweb2/fra_Latn/00001.arrow",
+        "code/zxx_Zyyy/00000.arrow",
+    ):
+        damage(build / path)
+    (build / "fineweb2/deu_Latn/00000.arrow").unlink()
+    monkeypatch.setattr(manifest_module, "hash_workers", lambda: 1)
+    serial = validate_manifest(manifest)
+    assert [problem.split(" content")[0] for problem in serial] == [
+        "changed shard: code/zxx_Zyyy/00000.arrow",
+        f"missing shard: fineweb2/deu_Latn/00000.arrow (no file {build}/fineweb2/deu_Latn/00000.arrow)",
+        "changed shard: fineweb2/fra_Latn/00001.arrow",
+        "changed shard: wikipedia/fra_Latn/00000.arrow",
+    ]
+    monkeypatch.setattr(manifest_module, "hash_workers", lambda: 4)
+    assert validate_manifest(manifest) == serial
+
+
+def test_a_shard_of_a_mebibyte_or_more_is_hashed_and_counted_too(tmp_path):
+    build = write_build(
+        tmp_path / "data", streams={**DECAY_STREAMS, ("fineweb2", "fra_Latn"): [3000, 300_000]}
+    )
+    path = tmp_path / "decay.json"
+    doc = compile_to(build, path)
+    fra = next(s for s in doc["streams"] if s["source"] == "fineweb2" and s["language"] == "fra_Latn")
+    large = fra["shards"][1]
+    assert large["bytes"] >= manifest_module._READ_BYTES
+    assert validate_manifest(path) == []
+    large["tokens"] += 1
+    write_manifest(doc, path)
+    fix = "the manifest does not describe this file; compile it again from the build"
+    assert validate_manifest(path) == [
+        f"count mismatch: shard {large['path']} holds 300,000 tokens, the manifest records 300,001; {fix}"
+    ]
+    damage(build / large["path"])
+    assert validate_manifest(path)[0].startswith(f"changed shard: {large['path']} content sha256")
