@@ -212,16 +212,16 @@ class SpecialCaseSpans:
             for rule in tokenizer.rules or {}:
                 if rule.isspace():  # whitespace tokens are not words, and join nothing
                     continue
-                tokens = [token.text for token in plain(rule)]
-                if any(token.isspace() for token in tokens):
-                    spaced.append(" ?".join(map(re.escape, tokens)))  # a spaCy token may end in a space
-                pairs.update(p for p in itertools.pairwise(tokens) if not (p[0].isspace() or p[1].isspace()))
-        tokens = {a for a, _ in pairs} | {b for _, b in pairs}
+                sequence = [token.text for token in plain(rule)]
+                if any(token.isspace() for token in sequence):
+                    spaced.append(" ?".join(map(re.escape, sequence)))  # a spaCy token may end in a space
+                pairs.update(p for p in itertools.pairwise(sequence) if not any(map(str.isspace, p)))
+        firsts, seconds = frozenset(a for a, _ in pairs), frozenset(b for _, b in pairs)
         return cls(
             frozenset(pairs),
-            frozenset(a for a, _ in pairs),
-            frozenset(b for _, b in pairs),
-            tuple(sorted({len(token) for token in tokens})),
+            firsts,
+            seconds,
+            tuple(sorted({len(token) for token in firsts | seconds})),
             re.compile("|".join(spaced)) if spaced else None,
         )
 
