@@ -14,9 +14,10 @@ the same tokenizer, fastText LID-176 and FineWeb2's filters, configs and word to
 Each contender runs in its own process, so its peak RSS is its own. Printed besides: our seconds
 per step (and in word splitting, segmenter loads included), our build's MB/s as a share of raw
 `Tokenizer.encode_batch` over the same texts, our tokenize+write steps against it, our build with
-`--workers 2` (its speed-up over one worker, its workers' largest peak RSS, whether it decided the
-same), and per corpus language and drop reason the documents the two contenders drop differently,
-each with its likely cause. Run: `.venv/bin/python bench/pipeline.py [--mb 50]` on a quiet machine.
+`--workers 2 --tasks 8` (its speed-up over one worker, its workers' largest peak RSS, whether it
+decided the same; more tasks than workers, so a worker that finishes early takes the next task),
+and per corpus language and drop reason the documents the two contenders drop differently, each
+with its likely cause. Run: `.venv/bin/python bench/pipeline.py [--mb 50]` on a quiet machine.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def train_tokenizer(hub: Path, path: Path) -> None:
     tokenizer.save(str(path))
 
 
-def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1) -> dict:
+def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 1) -> dict:
     import pipeline.words
     from mixtures.recipe import load_recipe
     from pipeline.build import Build
@@ -122,7 +123,7 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1) -> dict:
         lid="ft176",
         dedup=False,
         keep_removed=True,  # each dropped document with its reason, as stock's drops are counted
-        tasks=workers,
+        tasks=tasks,
         workers=workers,
         sources=("fineweb2",),
     )
@@ -399,9 +400,9 @@ def main() -> None:
             f"tokenize+write: {size / 1e6 / stage['ours_seconds']:.2f} MB/s vs raw encode_batch "
             f"{raw:.2f} MB/s = {share:.0%} (goal >= 70%)"
         )
-        two = measure("ours", hub, tmp / "ours-2", tokenizer, 2)
+        two = measure("ours", hub, tmp / "ours-2", tokenizer, 2, 8)
         print(
-            f"--workers 2: {documents / two['seconds']:,.0f} docs/s, "
+            f"--workers 2 --tasks 8: {documents / two['seconds']:,.0f} docs/s, "
             f"{ours['seconds'] / two['seconds']:.2f}x one worker; peak RSS per worker "
             f"{two['worker_peak_rss_mb']:,.0f} MB (one worker: {ours['peak_rss_mb']:,.0f} MB); "
             f"same decisions: {two['drops'] == ours['drops']}"
