@@ -25,11 +25,28 @@ def redistribute_until_stable(budget: int, weights: list[float], caps: list[int]
         capped |= over
 
 
-def fineweb2_quality_filters(words: str, config: Any) -> list:
+def fineweb2_quality_filters(
+    words: Any,
+    config: Any,
+    removed: str | None = None,
+    max_doc_words: int = 100_000,
+    skipped: frozenset[str] = frozenset(),
+    min_stop_words: int | None = 2,
+) -> list:
     """FineWeb2's three quality filters as fineweb-2-pipeline.py sets them up: stock datatrove classes
     with one language's config (a ``pipeline.quality.LanguageThresholds``) and the word tokenizer
-    ``words`` (a language label datatrove resolves to its tokenizer, or a tokenizer)."""
+    ``words`` (a language label datatrove resolves to its tokenizer, or a tokenizer).
+
+    ``removed``: a folder where each filter writes the documents it drops (``goph_rep``, ``fw_qual``,
+    ``goph_qual``), as FineWeb2's pipeline does. ``max_doc_words``, ``skipped`` (config keys
+    whose rules are left out) and ``min_stop_words`` are there to replay our departures on stock's
+    classes; their defaults are FineWeb2's.
+    """
     from datatrove.pipeline.filters import FineWebQualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.writers import JsonlWriter
+
+    def excluded(name: str):
+        return JsonlWriter(f"{removed}/{name}") if removed else None
 
     return [
         GopherRepetitionFilter(
@@ -38,8 +55,9 @@ def fineweb2_quality_filters(words: str, config: Any) -> list:
             dup_line_char_frac=0,
             dup_para_char_frac=0,
             dup_line_frac=config.dup_line_frac,
-            top_n_grams=config.top_n_grams,
-            dup_n_grams=config.dup_n_grams,
+            top_n_grams=() if "top_n_grams" in skipped else config.top_n_grams,
+            dup_n_grams=() if "dup_n_grams" in skipped else config.dup_n_grams,
+            exclusion_writer=excluded("goph_rep"),
         ),
         FineWebQualityFilter(
             language=words,
@@ -47,14 +65,17 @@ def fineweb2_quality_filters(words: str, config: Any) -> list:
             char_duplicates_ratio=0.1,
             line_punct_thr=config.line_punct_thr,
             new_line_ratio=config.new_line_ratio,
+            exclusion_writer=excluded("fw_qual"),
         ),
         GopherQualityFilter(
             language=words,
-            max_avg_word_length=config.max_avg_word_length,
-            min_avg_word_length=config.min_avg_word_length,
+            max_doc_words=max_doc_words,
+            max_avg_word_length=None if "max_avg_word_length" in skipped else config.max_avg_word_length,
+            min_avg_word_length=None if "min_avg_word_length" in skipped else config.min_avg_word_length,
             stop_words=list(config.stopwords),
             max_non_alpha_words_ratio=config.max_non_alpha_words_ratio,
-            min_stop_words=2,
+            min_stop_words=min_stop_words,
+            exclusion_writer=excluded("goph_qual"),
         ),
     ]
 

@@ -5,10 +5,11 @@ bundled sample's real documents recombined per language), one worker each, with
 the same tokenizer, fastText LID-176 and FineWeb2's filters, configs and word tokenizers:
 
 * ours:  `Build` with --lid ft176, FineWeb2's configs (the default), no dedup, one task;
-* stock: FineWeb2's filtering as fineweb-2-pipeline.py runs it, one pipeline per language:
-  ParquetReader -> LanguageFilter(ft176) -> GopherRepetitionFilter -> FineWebQualityFilter ->
-  GopherQualityFilter (FineWeb2's settings, the language's config, `language=lang_Script`:
-  datatrove's word tokenizer for it) -> DocumentTokenizer. Languages whose datatrove tokenizer
+* stock: FineWeb2's filtering as fineweb-2-pipeline.py runs it: ParquetReader ->
+  LanguageFilter(ft176, label_only) -> JsonlWriter per label; then per label JsonlReader ->
+  LambdaFilter(language_score >= the config's) -> GopherRepetitionFilter -> FineWebQualityFilter ->
+  GopherQualityFilter (FineWeb2's settings, the label's config, datatrove's word tokenizer for it)
+  -> DocumentTokenizer, each filter writing what it drops. Languages whose datatrove tokenizer
   needs a download (Stanza, botok) get the same offline substitute as ours.
 
 Each contender runs in its own process, so its peak RSS is its own. Printed besides: our seconds
@@ -16,13 +17,15 @@ per step (and in word splitting, segmenter loads included), our build's MB/s as 
 `Tokenizer.encode_batch` over the same texts, our tokenize+write steps against it, our build with
 `--workers 2 --tasks 8` (its speed-up over one worker, its workers' largest peak RSS, whether it
 decided the same; more tasks than workers, so a worker that finishes early takes the next task),
-and per corpus language and drop reason the documents the two contenders drop differently, each
-with its likely cause. Run: `.venv/bin/python bench/pipeline.py [--mb 50]` on a quiet machine.
+and every document the two decide differently, replayed through stock's classes to name the
+departure that makes it (`bench/departures.py`). Run: `.venv/bin/python bench/pipeline.py [--mb 50]`
+on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import random
@@ -38,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for bench.peers and bench.departures
 SAMPLE = ROOT / "pipeline" / "sample" / "hub" / "datasets" / "HuggingFaceFW" / "fineweb-2" / "data"
 FINEWEB2 = "datasets/HuggingFaceFW/fineweb-2/data"
 SENTENCE = re.compile(r"[^.!?。！？।॥።။។།\n]+[.!?。！？।॥።။។།]+")
@@ -132,19 +136,18 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 
     start = time.perf_counter()
     stats = build.run()
     seconds = time.perf_counter() - start
-    drops: dict[str, int] = {}
+    decisions = {}
     for path in sorted(build.phase_dir.glob("removed/**/*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as lines:
             for record in map(json.loads, lines):
-                key = f"{folder_language(record['id'])} {record['metadata']['filter_reason']}"
-                drops[key] = drops.get(key, 0) + 1
+                decisions[record["id"].removeprefix("fineweb2/")] = record["metadata"]["filter_reason"]
     return {
         "seconds": seconds,
         "kept": sum(s["documents_kept"] for s in stats["streams"]),
         "tokens": sum(s["tokens"] for s in stats["streams"]),
         "steps": step_seconds(sorted((build.phase_dir / "_logs").glob("*/stats.json"))),
         "word_splitting": splitting.seconds,
-        "drops": drops,
+        "decisions": decisions,
     }
 
 
@@ -182,41 +185,49 @@ def step_seconds(stats_files: list[Path]) -> dict[str, float]:
 
 def run_stock(hub: str, out: str, tokenizer: str) -> dict:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.filters import LanguageFilter
-    from datatrove.pipeline.readers import ParquetReader
+    from datatrove.pipeline.filters import LambdaFilter
+    from datatrove.pipeline.readers import JsonlReader, ParquetReader
     from datatrove.pipeline.tokens import DocumentTokenizer
-    from datatrove.utils.lid import FT176LID
-    from datatrove.utils.word_tokenizers import SpaCyTokenizer
+    from datatrove.pipeline.writers import JsonlWriter
 
+    from bench.departures import stock_words
     from bench.peers import fineweb2_quality_filters
-    from pipeline.lid import lid176_model_path
     from pipeline.quality import FilterConfigs
-    from pipeline.words import word_splitting
 
-    class LocalFT176(FT176LID):  # the same model file; datatrove would download lid.176.bin
-        MODEL_URL = str(lid176_model_path())
-
-    language_filter = LanguageFilter(language_threshold=0.5)
-    language_filter.model = LocalFT176()
     configs = FilterConfigs()
-    seconds, kept, tokens, drops = 0.0, 0, 0, {}
-    for folder in sorted(Path(f"{hub}/{FINEWEB2}").iterdir()):
+    seconds, kept, tokens = 0.0, 0, 0
+
+    def execute(name: str, steps: list) -> list[dict]:
+        nonlocal seconds
+        executor = LocalPipelineExecutor(steps, tasks=1, workers=1, logging_dir=f"{out}/logs/{name}")
+        start = time.perf_counter()
+        executor.run()
+        seconds += time.perf_counter() - start
+        return json.loads(Path(f"{out}/logs/{name}/stats.json").read_text())
+
+    # fineweb-2-pipeline.py: LID labels every document, a writer files it under its label ...
+    execute(
+        "lid",
+        [
+            ParquetReader(f"{hub}/{FINEWEB2}", glob_pattern="*/train/*.parquet"),
+            stock_language_filter(),
+            LambdaFilter(route_to_label),
+            JsonlWriter(f"{out}/labelled", output_filename="${language}/${rank}.jsonl.gz"),
+        ],
+    )
+    # ... and each label's documents go through its threshold and filters, drops written per filter.
+    for folder in sorted(Path(f"{out}/labelled").iterdir()):
         language, config = folder.name, configs(folder.name)
-        splitting = word_splitting(language)
-        # datatrove's own tokenizer for the language, unless it needs a download (then the same
-        # substitute as ours, in datatrove's class where it is a spaCy one)
-        substitute = splitting.words
-        if splitting.segmenter == splitting.fineweb2:
-            words = language
-        elif substitute.class_name == "SpaCyTokenizer":
-            words = SpaCyTokenizer(substitute.code)
-        else:
-            words = substitute.tokenizer
-        executor = LocalPipelineExecutor(
+        removed = f"{out}/removed/{language}"
+        stats = execute(
+            language,
             [
-                ParquetReader(str(folder), glob_pattern="train/*.parquet"),
-                language_filter,
-                *fineweb2_quality_filters(words, config),
+                JsonlReader(str(folder)),
+                LambdaFilter(
+                    functools.partial(above_language_threshold, threshold=config.language_score),
+                    exclusion_writer=JsonlWriter(f"{removed}/language_score"),
+                ),
+                *fineweb2_quality_filters(stock_words(language), config, removed=removed),
                 DocumentTokenizer(
                     f"{out}/tokens/{language}",
                     tokenizer_name_or_path=tokenizer,
@@ -225,25 +236,45 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
                     shuffle_documents=False,
                 ),
             ],
-            tasks=1,
-            workers=1,
-            logging_dir=f"{out}/logs/{language}",
         )
-        start = time.perf_counter()
-        executor.run()
-        seconds += time.perf_counter() - start
-        stats = json.loads(Path(f"{out}/logs/{language}/stats.json").read_text())
         counted = next((step["stats"] for step in stats if "tokeniz" in step["name"].lower()), {})
         if isinstance(counted.get("tokens"), dict):  # datatrove writes 0 for none and leaves out n == 1
             kept += counted["tokens"].get("n", 1)
             tokens += counted["tokens"]["total"]
-        for step in stats:
-            for key, value in step["stats"].items():
-                reason = "language_score" if "Language" in step["name"] and key == "dropped" else key
-                if reason.startswith("dropped_") or reason == "language_score":
-                    reason = reason.removeprefix("dropped_")
-                    drops[f"{language} {reason}"] = drops.get(f"{language} {reason}", 0) + _total(value)
-    return {"seconds": seconds, "kept": kept, "tokens": tokens, "drops": drops}
+    decisions = {}
+    for path in sorted(Path(f"{out}/removed").glob("*/*/*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for record in map(json.loads, lines):
+                decisions[record["id"]] = record["metadata"].get("filter_reason", path.parent.name)
+    return {"seconds": seconds, "kept": kept, "tokens": tokens, "decisions": decisions}
+
+
+def stock_language_filter():
+    """datatrove's LanguageFilter, labels only (as FineWeb2 runs it), with LID-176 from our cache."""
+    from datatrove.pipeline.filters import LanguageFilter
+    from datatrove.utils.lid import FT176LID
+
+    from pipeline.lid import lid176_model_path
+
+    class LocalFT176(FT176LID):  # the same model file; datatrove would download lid.176.bin
+        MODEL_URL = str(lid176_model_path())
+
+    language_filter = LanguageFilter(label_only=True)
+    language_filter.model = LocalFT176()
+    return language_filter
+
+
+def route_to_label(doc) -> bool:
+    """Files a document under its ``xxx_Script`` label (GlotLID's spelling; LID-176 names no script)."""
+    from bench.departures import stock_label
+
+    doc.metadata["language"] = stock_label(doc.metadata["language"], doc.text)
+    return True
+
+
+def above_language_threshold(doc, threshold: float) -> bool:
+    """fineweb-2-pipeline.py's language-score rule."""
+    return doc.metadata["language_score"] >= threshold
 
 
 def _total(value, kind: type = int):
@@ -331,34 +362,19 @@ class WorkerPeaks(threading.Thread):
         return max(self.peaks.values(), default=0.0)
 
 
-# Why our build and the stock pipeline may decide otherwise: our documented departures, and where
-# the two contenders route documents differently. A difference is put down to routing in a corpus
-# language where LID moved documents (ours drops some for language_score that stock keeps, or back),
-# else to its drop reason's departure.
-CAUSES = {
-    "routing": "ours files a document under the language LID gives it and judges it with that "
-    "language's threshold, config and words (FineWeb2's routing); stock judges a folder as its language",
-    "normalised": "departure: line endings and blank lines normalised before every rule",
-    "word limit": "departure: upper word-count limit scaled for scripts without spaces and Korean",
-    "no_script": "departure: text without letters of any script is dropped as no_script",
-}
+def compare_decisions(hub: Path, ours: dict[str, str], stock: dict[str, str], documents: int) -> None:
+    """Replays every document the two decide differently and prints each one's departure."""
+    from bench.departures import StockReplay, attribute, print_attribution
+    from pipeline.quality import FilterConfigs
 
-
-def print_differences(ours: dict[str, int], stock: dict[str, int]) -> None:
-    """Per corpus language and drop reason, the documents ours and stock drop, where they differ."""
-    rows = sorted(key for key in ours.keys() | stock.keys() if ours.get(key, 0) != stock.get(key, 0))
-    moved = {key.split(" ", 1)[0] for key in rows if key.endswith(" language_score")}
-    print(f"decisions that differ ({len(rows)} corpus-language/reason pairs), by likely cause:")
-    for cause, meaning in CAUSES.items():
-        print(f"  {cause:11} {meaning}")
-    for key in rows:
-        language, reason = key.split(" ", 1)
-        cause = (
-            "routing"
-            if language in moved
-            else {"gopher_long_doc": "word limit", "no_script": "no_script"}.get(reason, "normalised")
-        )
-        print(f"  {language:10} {reason:28} ours {ours.get(key, 0):>5} stock {stock.get(key, 0):>5}  {cause}")
+    differing = {i for i in ours.keys() | stock.keys() if ours.get(i) != stock.get(i)}
+    texts = {}
+    for path in sorted(hub.rglob("*.parquet")):
+        table = pq.read_table(path, columns=["id", "text"]).to_pydict()
+        texts.update((i, t) for i, t in zip(table["id"], table["text"], strict=True) if i in differing)
+    replay = StockReplay(stock_language_filter(), FilterConfigs())
+    none = dict.fromkeys(texts)  # kept
+    print_attribution(attribute(texts, none | ours, none | stock, replay), documents)
 
 
 def main() -> None:
@@ -405,9 +421,9 @@ def main() -> None:
             f"--workers 2 --tasks 8: {documents / two['seconds']:,.0f} docs/s, "
             f"{ours['seconds'] / two['seconds']:.2f}x one worker; peak RSS per worker "
             f"{two['worker_peak_rss_mb']:,.0f} MB (one worker: {ours['peak_rss_mb']:,.0f} MB); "
-            f"same decisions: {two['drops'] == ours['drops']}"
+            f"same decisions: {two['decisions'] == ours['decisions']}"
         )
-        print_differences(ours["drops"], stock["drops"])
+        compare_decisions(hub, ours["decisions"], stock["decisions"], documents)
 
 
 if __name__ == "__main__":
