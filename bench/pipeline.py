@@ -16,7 +16,8 @@ Each contender runs in its own process, so its peak RSS is its own. Printed besi
 per step (and in word splitting, segmenter loads included), our build's MB/s as a share of raw
 `Tokenizer.encode_batch` over the same texts, our tokenize+write steps against it, our build with
 `--workers 2 --tasks 8` (its speed-up over one worker, its workers' largest peak RSS, whether it
-decided the same; more tasks than workers, so a worker that finishes early takes the next task),
+decided the same; more tasks than workers, so a worker that finishes early takes the next task)
+beside this machine's own ceiling for two processes, measured around it on fixed pure-Python work,
 and every document the two decide differently, replayed through stock's classes to name the
 departure that makes it (`bench/departures.py`). Run: `.venv/bin/python bench/pipeline.py [--mb 50]`
 on a quiet machine.
@@ -25,9 +26,11 @@ on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import gzip
 import json
+import multiprocessing
 import random
 import re
 import subprocess
@@ -146,6 +149,10 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 
         "kept": sum(s["documents_kept"] for s in stats["streams"]),
         "tokens": sum(s["tokens"] for s in stats["streams"]),
         "steps": step_seconds(sorted((build.phase_dir / "_logs").glob("*/stats.json"))),
+        "task_seconds": [  # the main stage's tasks, each its steps' seconds
+            sum(step_seconds([path]).values())
+            for path in sorted((build.phase_dir / "_logs" / "process" / "stats").glob("*.json"))
+        ],
         "word_splitting": splitting.seconds,
         "decisions": decisions,
     }
@@ -171,6 +178,40 @@ class Timed:
                 self.seconds += time.perf_counter() - start
 
         setattr(cls, method, timed)
+
+
+def _count_words(rounds: int) -> float:
+    """A fixed amount of pure-Python work (counting words, as the filters do); returns its seconds."""
+    text = " ".join(f"w{i % 997}" for i in range(20_000))
+    start = time.perf_counter()
+    for _ in range(rounds):
+        collections.Counter(text.split())
+    return time.perf_counter() - start
+
+
+def _timed_at_signal(go, rounds: int, results) -> None:
+    go.wait()
+    results.put(_count_words(rounds))
+
+
+def two_process_ceiling(rounds: int = 1000, repeat: int = 3) -> float:
+    """This machine's speed-up from one process to two running the same fixed work at once (each
+    the best of ``repeat``; the two start together and each times itself): what ``--workers 2``
+    could reach here at best (2.0 on two idle, independent cores; less where the two vCPUs share a
+    physical core or the host is busy)."""
+    context = multiprocessing.get_context("fork")
+    one, two = float("inf"), float("inf")
+    for _ in range(repeat):
+        one = min(one, _count_words(rounds))
+        go, results = context.Event(), context.Queue()
+        workers = [context.Process(target=_timed_at_signal, args=(go, rounds, results)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        go.set()
+        two = min(two, max(results.get() for _ in workers))
+        for worker in workers:
+            worker.join()
+    return 2 * one / two
 
 
 def step_seconds(stats_files: list[Path]) -> dict[str, float]:
@@ -416,12 +457,22 @@ def main() -> None:
             f"tokenize+write: {size / 1e6 / stage['ours_seconds']:.2f} MB/s vs raw encode_batch "
             f"{raw:.2f} MB/s = {share:.0%} (goal >= 70%)"
         )
+        before = two_process_ceiling()
         two = measure("ours", hub, tmp / "ours-2", tokenizer, 2, 8)
+        ceiling = (before + two_process_ceiling()) / 2
+        speedup = ours["seconds"] / two["seconds"]
         print(
             f"--workers 2 --tasks 8: {documents / two['seconds']:,.0f} docs/s, "
-            f"{ours['seconds'] / two['seconds']:.2f}x one worker; peak RSS per worker "
+            f"{speedup:.2f}x one worker; peak RSS per worker "
             f"{two['worker_peak_rss_mb']:,.0f} MB (one worker: {ours['peak_rss_mb']:,.0f} MB); "
             f"same decisions: {two['decisions'] == ours['decisions']}"
+        )
+        tasks = two["task_seconds"]
+        print(
+            f"  this machine's own 2-process ceiling (the same pure-Python work in 1 and 2 processes, "
+            f"before and after): {ceiling:.2f}x, so ours reaches {speedup / ceiling:.0%} of it; "
+            f"its 8 tasks took {min(tasks):.0f}-{max(tasks):.0f} s, {sum(tasks):.0f} s in all "
+            f"(one worker's task: {sum(ours['task_seconds']):.0f} s), of {two['seconds']:.0f} s wall"
         )
         compare_decisions(hub, ours["decisions"], stock["decisions"], documents)
 
