@@ -139,11 +139,6 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 
     start = time.perf_counter()
     stats = build.run()
     seconds = time.perf_counter() - start
-    decisions = {}
-    for path in sorted(build.phase_dir.glob("removed/**/*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            for record in map(json.loads, lines):
-                decisions[record["id"].removeprefix("fineweb2/")] = record["metadata"]["filter_reason"]
     return {
         "seconds": seconds,
         "kept": sum(s["documents_kept"] for s in stats["streams"]),
@@ -154,7 +149,7 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 
             for path in sorted((build.phase_dir / "_logs" / "process" / "stats").glob("*.json"))
         ],
         "word_splitting": splitting.seconds,
-        "decisions": decisions,
+        "decisions": read_drops(sorted(build.phase_dir.glob("removed/**/*.jsonl.gz")), "fineweb2/"),
     }
 
 
@@ -212,6 +207,18 @@ def two_process_ceiling(rounds: int = 1000, repeat: int = 3) -> float:
         for worker in workers:
             worker.join()
     return 2 * one / two
+
+
+def read_drops(files: list[Path], id_prefix: str = "") -> dict[str, str]:
+    """Document id (less ``id_prefix``) -> drop reason, from exclusion writers' ``.jsonl.gz`` files:
+    the record's ``filter_reason``, else its folder's name (a ``LambdaFilter`` gives none)."""
+    drops = {}
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for record in map(json.loads, lines):
+                reason = record["metadata"].get("filter_reason", path.parent.name)
+                drops[record["id"].removeprefix(id_prefix)] = reason
+    return drops
 
 
 def step_seconds(stats_files: list[Path]) -> dict[str, float]:
@@ -282,11 +289,7 @@ def run_stock(hub: str, out: str, tokenizer: str) -> dict:
         if isinstance(counted.get("tokens"), dict):  # datatrove writes 0 for none and leaves out n == 1
             kept += counted["tokens"].get("n", 1)
             tokens += counted["tokens"]["total"]
-    decisions = {}
-    for path in sorted(Path(f"{out}/removed").glob("*/*/*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as lines:
-            for record in map(json.loads, lines):
-                decisions[record["id"]] = record["metadata"].get("filter_reason", path.parent.name)
+    decisions = read_drops(sorted(Path(f"{out}/removed").glob("*/*/*.jsonl.gz")))
     return {"seconds": seconds, "kept": kept, "tokens": tokens, "decisions": decisions}
 
 
