@@ -123,9 +123,12 @@ def build(
             return
         stats = build.run(display=_stage_bar, say=lambda note: console.print(escape(note), soft_wrap=True))
     except KeyboardInterrupt:  # Ctrl-C: completed tasks survive it, so say so rather than exit silently
-        from mixtures.slurm import queued_jobs
+        from mixtures.slurm import SlurmError, queued_jobs
 
-        queued = queued_jobs(build.job_tag) if build.options.executor == "slurm" else []
+        try:
+            queued = queued_jobs(build.job_tag) if build.options.executor == "slurm" else []
+        except SlurmError:  # the rerun's own check asks squeue again before it submits anything
+            queued = []
         if queued:  # interrupted while submitting: what went in is in the queue
             typer.echo(
                 f"interrupted: jobs {', '.join(queued)} of this build were submitted and are queued; wait "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import time
 from pathlib import Path
 
 # `Submitted batch job 123`, or on a multi-cluster site `Submitted batch job 123 on cluster c1`
@@ -30,13 +31,26 @@ def job_tag(directory: str | Path) -> str:
     return hashlib.sha256(str(Path(directory).resolve()).encode()).hexdigest()[:8]
 
 
-def queued_jobs(name_suffix: str) -> list[str]:
-    """Ids of the queued or running jobs whose name ends with ``name_suffix`` (empty without squeue)."""
-    try:
-        listed = subprocess.run(
-            ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
+def queued_jobs(name_suffix: str, attempts: int = 3, retry_s: float = 2.0) -> list[str]:
+    """Ids of the queued or running jobs whose name ends with ``name_suffix``; empty where squeue is
+    not installed. A busy controller makes squeue fail now and then ("Socket timed out"), so it is
+    asked ``attempts`` times, ``retry_s`` apart, before SlurmError: reading a failure as "nothing
+    queued" would let a second build run the same tasks, or a phase start before the one it resumes."""
+    for attempt in range(attempts):
+        try:
+            listed = subprocess.run(
+                ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+            break
+        except FileNotFoundError:
+            return []
+        except (OSError, subprocess.SubprocessError) as err:
+            answer = getattr(err, "stderr", None) or str(err)
+            if attempt + 1 == attempts:
+                raise SlurmError(
+                    f"squeue failed {attempts} times ({answer.strip()}): cannot tell which jobs are "
+                    "queued; retry when the Slurm controller answers"
+                ) from err
+            time.sleep(retry_s)
     rows = (line.split(maxsplit=1) for line in listed.splitlines())
     return [job for job, name in rows if name.endswith(name_suffix)]

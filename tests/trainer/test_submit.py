@@ -137,21 +137,25 @@ def test_options_are_checked_and_cpu_jobs_run_one_rank_per_node(tmp_path):
     assert "#SBATCH --dependency=afterok:7:9\n#SBATCH --kill-on-invalid-dep=yes\n" in after
 
 
-def _job_states(job: str) -> list[str]:
-    """The states squeue lists for a job (empty once it has left the queue)."""
-    done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
-    return done.stdout.split() if done.returncode == 0 else []
+def _squeue(job: str, fields: str) -> str | None:
+    """What squeue lists for a job ("" once it has left the queue), or None when squeue itself
+    failed (a busy controller times out): a failed query says nothing about the job."""
+    done = subprocess.run(["squeue", "-h", "-j", job, "-o", fields], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _left_the_queue_starting_a_requeue_now(job: str) -> bool:
-    """Whether the job has left the queue; a requeued job waiting on its begin time (Slurm holds one
-    back about two minutes) is started now, which is all that wait would have done."""
-    done = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True)
-    if done.returncode != 0 or not done.stdout.strip():
-        return True
-    if done.stdout.split() == ["PENDING", "BeginTime"]:
+def _left_the_queue(job: str) -> bool:
+    return _squeue(job, "%T") == ""
+
+
+def _ended_after_requeue(job: str, log: Path) -> bool:
+    """Whether the job has run to its end ("done:" in its log) and left the queue; a requeued job
+    waiting on its begin time (Slurm holds one back about two minutes) is started now, which is
+    all that wait would have done."""
+    listed = _squeue(job, "%T %r")
+    if listed == "PENDING BeginTime":
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
-    return False
+    return listed == "" and log.exists() and "done:" in log.read_text()
 
 
 def _wait_until(condition, timeout_s: float = 300, what: str = "the job") -> None:
@@ -187,8 +191,9 @@ def test_a_submitted_two_rank_job_requeues_at_its_warning_and_resumes_after_scan
     job = _submit(["submit", "--manifest", manifest, "-o", str(warned), *job_flags, *flags])
     _wait_until(lambda: (warned / "metrics.jsonl").exists() and len(metrics(warned)) >= 2, what=f"job {job}")
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)  # the warning, early
-    _wait_until(lambda: _left_the_queue_starting_a_requeue_now(job), timeout_s=600, what=f"job {job}")
-    log = (warned / f"slurm-{job}.out").read_text()
+    log_file = warned / f"slurm-{job}.out"
+    _wait_until(lambda: _ended_after_requeue(job, log_file), timeout_s=600, what=f"job {job}")
+    log = log_file.read_text()
     assert "requeueing job" in log and "resuming" in log and "done:" in log, log[-3000:]
     assert_bitwise_equal(reference, warned)
 
@@ -196,9 +201,9 @@ def test_a_submitted_two_rank_job_requeues_at_its_warning_and_resumes_after_scan
     job = _submit(["submit", "--manifest", manifest, "-o", str(cancelled), *job_flags, *flags])
     _wait_until(lambda: (cancelled / "metrics.jsonl").exists() and len(metrics(cancelled)) >= 2)
     subprocess.run(["scancel", job], check=True)
-    _wait_until(lambda: not _job_states(job), what=f"job {job}")
+    _wait_until(lambda: _left_the_queue(job), what=f"job {job}")
     assert "done:" not in (cancelled / f"slurm-{job}.out").read_text()
     again = _submit(["submit", "--manifest", manifest, "-o", str(cancelled), *job_flags, *flags])
-    _wait_until(lambda: not _job_states(again), timeout_s=600, what=f"job {again}")
+    _wait_until(lambda: _left_the_queue(again), timeout_s=600, what=f"job {again}")
     assert "done:" in (cancelled / f"slurm-{again}.out").read_text()
     assert_bitwise_equal(reference, cancelled)
