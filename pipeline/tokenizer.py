@@ -104,8 +104,13 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
         return _from_json_bytes(path.read_bytes(), spec)
     if path.suffix == ".json" or spec.startswith((".", "/")):
         raise FileNotFoundError(f"tokenizer file {path} does not exist")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     # The hub is asked once first: unreachable, only the cache is looked at, since huggingface_hub
     # would retry for ~25 s ("Retrying in Ns") before falling back to it or failing.
@@ -117,6 +122,17 @@ def load_tokenizer(spec: str) -> LoadedTokenizer:
             f"loading tokenizer {spec} (not in the local Hugging Face cache)",
             reason or "the hub did not answer",
             "pass --tokenizer PATH to a tokenizer.json (or a directory holding one)",
+        ) from None
+    except RepositoryNotFoundError:  # also a gated or private repo without a token
+        raise FileNotFoundError(
+            f"tokenizer {spec}: no such model repository on {constants.ENDPOINT} (or it needs a token: "
+            "HF_TOKEN); pass a hub name such as jhu-clsp/mmBERT-base or --tokenizer PATH"
+        ) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"tokenizer {spec}: the hub repository has no revision main") from None
+    except RemoteEntryNotFoundError:
+        raise FileNotFoundError(
+            f"tokenizer {spec}: the hub repository holds no tokenizer.json; pass --tokenizer PATH"
         ) from None
     return _from_json_bytes(path.read_bytes(), spec)
 

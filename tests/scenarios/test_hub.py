@@ -1,0 +1,112 @@
+"""Builds that read the hub through huggingface_hub's real client, with no ``--input-root``.
+
+The hub is `tests.hub.Hub` on the loopback interface, serving the bundled sample under the real
+repos' names (FineWeb2, DCLM, Dolmino, Wikipedia, OLMoE's arXiv, StarCoderData) and the recipe's
+tokenizer repo. Each build runs `mmbert-data build` in a fresh process, so that ``HF_ENDPOINT``
+and a new ``HF_HOME`` are set before huggingface_hub reads them at import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mixtures.recipe import load_recipe
+from tests.conftest import SAMPLE
+from tests.hub import Hub
+
+MMBERT_DATA = str(Path(sys.executable).with_name("mmbert-data"))
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, sample_builds, sample_root) -> Hub:
+    """The sample's datasets under their hub names, and the recipe's tokenizer repo holding the
+    tokenizer the ``--input-root`` builds used (``sample_builds`` trained it into the cache)."""
+    from pipeline.tokenizer import sample_tokenizer_path
+
+    root = tmp_path_factory.mktemp("hub")
+    shutil.copytree(SAMPLE / "hub" / "datasets", root / "datasets")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MMBERT_DATA_CACHE", str(sample_root / "cache"))
+        tokenizer = sample_tokenizer_path(SAMPLE / "hub")
+    repo = root / "models" / load_recipe().tokenizer
+    repo.mkdir(parents=True)
+    shutil.copy(tokenizer, repo / "tokenizer.json")
+    (root / "models" / "nobody" / "no-tokenizer").mkdir(parents=True)
+    (root / "models" / "nobody" / "no-tokenizer" / "config.json").write_text("{}")
+    with Hub(root) as running:
+        yield running
+
+
+def build(hub: Hub, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`mmbert-data build ARGS` against the emulated hub, with an empty Hugging Face cache."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"))
+    env["MMBERT_DATA_CACHE"] = str(tmp_path / "cache")
+    command = [MMBERT_DATA, "build", "--on-error", "skip", "--output", str(tmp_path / "data"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _shards(phase_dir: Path) -> dict[str, bytes]:
+    """Every shard under a phase directory (training and held out), by its path there."""
+    return {p.relative_to(phase_dir).as_posix(): p.read_bytes() for p in sorted(phase_dir.rglob("*.arrow"))}
+
+
+def _streams(stats: dict) -> list[dict]:
+    return sorted(stats["streams"], key=lambda s: (s["source"], s["language"]))
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "midtrain", "decay"])
+def test_a_build_from_the_hub_equals_the_build_from_its_local_mirror_shard_for_shard(
+    hub, sample_builds, tmp_path, phase
+):
+    """Every source by its ``hf://`` URI, and the same tokenizer as the ``--input-root`` build."""
+    recipe, seen = load_recipe(), len(hub.requests)
+    done = build(hub, tmp_path, "--phase", phase, "--tokenizer", f"sample:{SAMPLE / 'hub'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    local_dir, local_stats = sample_builds[phase]
+    hub_dir = tmp_path / "data" / phase
+    local, remote = _shards(local_dir), _shards(hub_dir)
+    assert len(local) >= 20 and list(remote) == list(local)
+    for path, data in local.items():
+        assert remote[path] == data, path
+    assert _streams(json.loads((hub_dir / "stats.json").read_text())) == _streams(local_stats)
+    # each of the phase's sources was listed through the hub's API
+    listed = {r.split("/")[4] for r in hub.requests[seen:] if r.startswith("GET /api/datasets/")}
+    assert {recipe.sources[name].uri.split("/")[4] for name in recipe.phases[phase].budgets} <= listed
+
+
+def test_the_recipes_tokenizer_comes_from_the_hub_by_name_and_is_cached(hub, tmp_path):
+    recipe = load_recipe()
+    served = (hub.root / "models" / recipe.tokenizer / "tokenizer.json").read_bytes()
+    for _ in range(2):  # the second build finds it in HF_HOME's cache
+        done = build(hub, tmp_path, "--phase", "decay", "--sources", "wikipedia", "--overwrite")
+        assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((tmp_path / "data" / "decay" / "stats.json").read_text())
+    assert stats["tokenizer"]["name"] == recipe.tokenizer
+    assert stats["tokenizer"]["sha256"] == hashlib.sha256(served).hexdigest()
+    assert [p.read_bytes() for p in (tmp_path / "hf-home").rglob("tokenizer.json")] == [served]
+    fetched = [r for r in hub.requests if r == f"GET /{recipe.tokenizer}/resolve/main/tokenizer.json"]
+    assert len(fetched) == 1
+
+
+@pytest.mark.parametrize(
+    "tokenizer, names",
+    [
+        ("nobody/no-such-tokenizer", "no such model repository"),
+        ("nobody/no-tokenizer", "holds no tokenizer.json"),
+    ],
+)
+def test_a_tokenizer_the_hub_does_not_have_is_a_one_line_error_naming_it(hub, tmp_path, tokenizer, names):
+    done = build(hub, tmp_path, "--phase", "decay", "--sources", "wikipedia", "--tokenizer", tokenizer)
+    assert done.returncode == 1
+    message = done.stderr.strip().splitlines()
+    assert len(message) == 1 and tokenizer in message[0] and names in message[0], done.stderr[-2000:]
+    assert not (tmp_path / "data" / "decay" / "stats.json").exists()
