@@ -39,10 +39,33 @@ def hub(tmp_path_factory, sample_builds, sample_root) -> Hub:
     repo = root / "models" / load_recipe().tokenizer
     repo.mkdir(parents=True)
     shutil.copy(tokenizer, repo / "tokenizer.json")
+    _train_glotlid(root / "models" / "cis-lmu" / "glotlid" / "model_v3.bin")
     (root / "models" / "nobody" / "no-tokenizer").mkdir(parents=True)
     (root / "models" / "nobody" / "no-tokenizer" / "config.json").write_text("{}")
     with Hub(root) as running:
         yield running
+
+
+def _train_glotlid(path: Path) -> None:
+    """A tiny fastText classifier with GlotLID's labels (``__label__fra_Latn``), trained on the
+    sample's FineWeb2 documents, under the file name the real repo uses. It trains in a process of
+    its own: inside pytest's, after the trainer's imports, fastText's training can end in NaN."""
+    import pyarrow.parquet as pq
+
+    lines = []
+    for parquet in sorted((SAMPLE / "hub" / "datasets" / "HuggingFaceFW").rglob("*.parquet")):
+        label = parquet.parts[-3]  # data/<lang_Script>/train/...
+        for text in pq.read_table(parquet, columns=["text"]).column("text").to_pylist():
+            if isinstance(text, str) and text.strip():
+                lines.append(f"__label__{label} {' '.join(text.split())}")
+    path.parent.mkdir(parents=True)
+    (corpus := path.with_suffix(".txt")).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    train = (
+        "import sys, fasttext; fasttext.train_supervised(sys.argv[1], dim=16, loss='softmax', minCount=1, "
+        "thread=1, seed=0).save_model(sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", train, str(corpus), str(path)], check=True, capture_output=True)
+    corpus.unlink()
 
 
 def build(hub: Hub, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -110,3 +133,19 @@ def test_a_tokenizer_the_hub_does_not_have_is_a_one_line_error_naming_it(hub, tm
     message = done.stderr.strip().splitlines()
     assert len(message) == 1 and tokenizer in message[0] and names in message[0], done.stderr[-2000:]
     assert not (tmp_path / "data" / "decay" / "stats.json").exists()
+
+
+def test_glotlid_comes_from_the_hub_once_into_datatroves_asset_cache(hub, tmp_path):
+    served = (hub.root / "models" / "cis-lmu" / "glotlid" / "model_v3.bin").read_bytes()
+    seen = len(hub.requests)
+    for _ in range(2):  # the second build finds it in the cache
+        done = build(
+            hub, tmp_path, "--phase", "decay", "--sources", "wikipedia", "--lid", "glotlid", "--overwrite"
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    cached = list((tmp_path / "hf-home").rglob("cis-lmu_glotlid_model_v3.bin"))
+    assert [p.read_bytes() for p in cached] == [served]
+    fetched = [r for r in hub.requests[seen:] if r.startswith("GET /cis-lmu/glotlid/resolve/")]
+    assert fetched and all("model_v3.bin" in r for r in fetched)
+    stats = json.loads((tmp_path / "data" / "decay" / "stats.json").read_text())
+    assert stats["streams"] and all(s["source"] == "wikipedia" for s in stats["streams"])
