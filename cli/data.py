@@ -221,16 +221,30 @@ def download(
     account: str = field_option(SlurmOptions, "account"),
     env: str = field_option(SlurmOptions, "env", "--slurm-env"),
     sbatch_args: list[str] = field_option(SlurmOptions, "sbatch_args", "--sbatch-arg"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the files (size, place in DIR) and the total size; copy nothing."
+    ),
 ) -> None:
-    """Mirror just the files a phase needs (per language), resumable and size-checked: here, or on
-    Slurm (rerun the same command to resubmit only unfinished tasks; `mmbert-data status DIR`)."""
+    """Mirror just the files a phase needs (per language), resumable, size- and checksum-checked:
+    here, or on Slurm (rerun the same command to resubmit only unfinished tasks;
+    `mmbert-data status DIR`)."""
     from pipeline.build import Build
-    from pipeline.download import download_phase, submit_download
+    from pipeline.download import download_phase, plan_download, submit_download
     from pipeline.slurm import submitted_line
 
     try:
         options = _build_options(ctx.params)
         inputs = Build(options).input_files(downloading=True)
+        if dry_run:
+            planned = plan_download(inputs, output)
+            for file in planned:
+                typer.echo(f"{file.size:>12,d}  {file.path}{'  (present)' if file.present else ''}")
+            missing = [f for f in planned if not f.present]
+            typer.echo(
+                f"{len(planned)} file(s), {sum(f.size for f in planned):,d} bytes; to copy: "
+                f"{len(missing)} file(s), {sum(f.size for f in missing):,d} bytes"
+            )
+            return
         if executor == Executor.slurm:
             submitted = submit_download(options, inputs, output)
             typer.echo(submitted_line("download", submitted))

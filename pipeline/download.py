@@ -2,9 +2,11 @@
 
 The mirror keeps each source's layout under ``DIR/<path of its URI>`` (for the hub:
 ``DIR/datasets/<repo>/...``), so a build reads it back with ``--input-root DIR``.
-Files are copied to a temp name, checked against the remote size and renamed;
-files already present with the right size are skipped, so an interrupted
-download continues where it stopped.
+Files are copied to a temp name, checked against the remote size and checksum
+(the hub's sha256 for LFS files and git blob id for others, an S3 object's MD5
+ETag) and renamed; files already present with the right size and checksum are
+skipped, so an interrupted download continues where it stopped and a damaged one
+is fetched again. ``--dry-run`` lists what would be copied, with the total size.
 
 On Slurm (``--executor slurm``) the files are shared out over the tasks of one array
 job, :class:`MirrorFiles` copying each task's share; its logs are in
@@ -14,6 +16,7 @@ resubmits only the tasks without a completion.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterable
@@ -46,6 +49,41 @@ class DownloadResult:
     bytes: int = 0
 
 
+@dataclass(frozen=True)
+class Checksum:
+    """A file's digest as its store publishes it: ``sha256`` (a hub file kept in LFS), ``git-sha1``
+    (another hub file: its git blob id, sha1 of ``blob <size>\\0`` + its bytes) or ``md5`` (an S3
+    object uploaded in one part, whose ETag is the MD5 of its bytes)."""
+
+    algorithm: str
+    digest: str
+
+    @classmethod
+    def published(cls, info: dict) -> Checksum | None:
+        """The checksum in an fsspec ``info()`` of a file, or None when its store gives none."""
+        if isinstance(info.get("lfs"), dict) and info["lfs"].get("sha256"):
+            return cls("sha256", info["lfs"]["sha256"])
+        if info.get("blob_id"):
+            return cls("git-sha1", info["blob_id"])
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        if len(etag) == 32 and "-" not in etag:
+            return cls("md5", etag)
+        return None
+
+    def hasher(self, size: int):
+        """A hashlib object that, fed a file's bytes, gives ``digest`` when the file is right."""
+        if self.algorithm == "git-sha1":
+            return hashlib.sha1(f"blob {size}\0".encode())
+        return hashlib.new(self.algorithm)
+
+    def of_file(self, path: Path) -> str:
+        digest = self.hasher(path.stat().st_size)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
 def mirror_path(reader: SourceReader, path: str, target: Path) -> Path:
     """Where ``path`` (relative to the reader's source root) goes in the mirror ``target``."""
     uri = reader.source.uri
@@ -54,20 +92,57 @@ def mirror_path(reader: SourceReader, path: str, target: Path) -> Path:
     return Path(resolve_uri(uri, str(target))) / path
 
 
+def is_mirrored(destination: Path, size: int, checksum: Checksum | None) -> bool:
+    """Whether ``destination`` already holds the file: its size, and its checksum when there is one."""
+    if not destination.is_file() or destination.stat().st_size != size:
+        return False
+    return checksum is None or checksum.of_file(destination) == checksum.digest
+
+
 def copy_file(reader: SourceReader, path: str, target: Path) -> int | None:
-    """Copy one file into the mirror; return its size, or None when it was there already (same size).
-    Raises OSError when the copy's size is not the remote one."""
+    """Copy one file into the mirror; return its size, or None when it was there already.
+    Raises OSError when the copy's size or checksum is not the remote one (nothing is kept)."""
     folder, destination = reader.data_folder, mirror_path(reader, path, target)
-    size = folder.size(path)
-    if destination.exists() and destination.stat().st_size == size:
+    info = folder.info(path)
+    size, checksum = int(info["size"]), Checksum.published(info)
+    if is_mirrored(destination, size, checksum):
         return None
     destination.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(destination) as tmp:
+        digest = checksum.hasher(size) if checksum else None
         with folder.open(path, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK_BYTES)
+            while chunk := src.read(CHUNK_BYTES):
+                dst.write(chunk)
+                if digest:
+                    digest.update(chunk)
+        remote = folder.resolve_paths(path)
         if tmp.stat().st_size != size:
-            raise OSError(f"{folder.resolve_paths(path)}: copied {tmp.stat().st_size} bytes, expected {size}")
+            raise OSError(f"{remote}: copied {tmp.stat().st_size} bytes, expected {size}; run again")
+        if digest and digest.hexdigest() != checksum.digest:
+            raise OSError(
+                f"{remote}: copied bytes have {checksum.algorithm} {digest.hexdigest()}, "
+                f"expected {checksum.digest}; run again (the file may have changed mid-copy)"
+            )
     return size
+
+
+@dataclass
+class PlannedFile:
+    path: Path  # in the mirror
+    size: int  # bytes
+    present: bool  # already mirrored, by size and checksum
+
+
+def plan_download(inputs: Iterable[tuple[SourceReader, list[str]]], target: Path) -> list[PlannedFile]:
+    """What `download` would do, copying nothing: each file's place in the mirror, size and state."""
+    planned = []
+    for reader, files in inputs:
+        for path in files:
+            info = reader.data_folder.info(path)
+            destination = mirror_path(reader, path, target)
+            present = is_mirrored(destination, int(info["size"]), Checksum.published(info))
+            planned.append(PlannedFile(destination, int(info["size"]), present))
+    return planned
 
 
 def download_phase(

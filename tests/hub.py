@@ -12,6 +12,10 @@ The endpoints served are the ones those clients call:
 - ``POST /api/.../<repo>/paths-info/<rev>``: entries for given paths;
 - ``GET``/``HEAD /[datasets/]<repo>/resolve/<rev>/<path>``: a file, whole or by ``Range`` (206).
 
+Binary files (Parquet, compressed JSON lines, model weights) are described as the hub stores
+them, in LFS: their entries carry ``lfs: {oid: <sha256>, size, pointerSize}``. ``bytes_per_second``
+slows file bodies down, so that a test can stop a client in the middle of a file.
+
 A missing repo, revision or file is a 404 carrying ``X-Error-Code`` (``RepoNotFound``,
 ``RevisionNotFound``, ``EntryNotFound``), from which the clients raise their typed errors. The
 only revision is ``main`` (or the commit ``sha``, a digest of every file's path, size and
@@ -24,6 +28,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,6 +37,8 @@ _DATE = "2026-01-01T00:00:00.000Z"
 _REPO = r"(?P<kind>datasets|models)/(?P<repo>[^/]+/[^/]+)"
 _RESOLVE = re.compile(r"^/(?:(?P<kind>datasets)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+_LFS_SUFFIXES = (".parquet", ".gz", ".zst", ".zstd", ".bin", ".safetensors", ".arrow")
+_CHUNK = 16 << 10
 
 
 class _Missing(Exception):
@@ -68,6 +75,8 @@ class _Repo:
             found = {"type": "directory", "path": name, "oid": oid, "size": 0}
         else:
             found = {"type": "file", "path": name, "oid": _oid(path), "size": path.stat().st_size}
+            if name.endswith(_LFS_SUFFIXES):
+                found["lfs"] = {"oid": _sha256(path), "size": found["size"], "pointerSize": 134}
         if expand:
             found["lastCommit"] = {"id": self.sha, "title": "sample", "date": _DATE}
         return found
@@ -94,6 +103,10 @@ def _oid(path: Path) -> str:
     return _OIDS[key]
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -101,7 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
         self.server.requests.append(f"{self.command} {self.path}")
 
-    def _send(self, status: int, body: bytes | dict | list = b"", headers: dict | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes | dict | list = b"", headers: dict | None = None, file: bool = False
+    ) -> None:
+        """Send ``body`` (JSON unless bytes); a ``file``'s at ``bytes_per_second`` when that is set."""
         headers = dict(headers or {})
         if not isinstance(body, bytes):
             body = json.dumps(body).encode()
@@ -111,8 +127,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, str(value))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        rate = self.server.bytes_per_second if file else None
+        if not rate:
             self.wfile.write(body)
+            return
+        for start in range(0, len(body), _CHUNK):
+            self.wfile.write(body[start : start + _CHUNK])
+            self.wfile.flush()
+            time.sleep(_CHUNK / rate)
 
     def _route(self) -> None:
         url = urlsplit(self.path)
@@ -178,7 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         wanted = _RANGE.match(self.headers.get("Range", ""))
         if wanted is None or not data:
-            return self._send(200, data, headers)
+            return self._send(200, data, headers, file=True)
         first, last = wanted.groups()
         if first:
             start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
@@ -187,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         if start >= len(data):
             return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        self._send(206, data[start : end + 1], headers)
+        self._send(206, data[start : end + 1], headers, file=True)
 
     do_GET = do_HEAD = do_POST = _route
 
@@ -199,12 +223,14 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
         self.requests: list[str] = []
+        self.bytes_per_second: float | None = None
 
 
 class Hub:
     """The emulator, serving ``root`` on ``127.0.0.1`` at a free port, in a background thread.
 
-    ``url`` is what ``HF_ENDPOINT`` is set to; ``requests`` lists every ``METHOD path`` served.
+    ``url`` is what ``HF_ENDPOINT`` is set to; ``requests`` lists every ``METHOD path`` served;
+    setting ``bytes_per_second`` (None: as fast as it can) slows down the files it serves from then on.
     """
 
     def __init__(self, root: Path):
@@ -222,6 +248,14 @@ class Hub:
     @property
     def requests(self) -> list[str]:
         return self._server.requests
+
+    @property
+    def bytes_per_second(self) -> float | None:
+        return self._server.bytes_per_second
+
+    @bytes_per_second.setter
+    def bytes_per_second(self, rate: float | None) -> None:
+        self._server.bytes_per_second = rate
 
     def __enter__(self) -> Hub:
         self._thread.start()

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,13 +69,42 @@ def _train_glotlid(path: Path) -> None:
     corpus.unlink()
 
 
-def build(hub: Hub, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """`mmbert-data build ARGS` against the emulated hub, with an empty Hugging Face cache."""
+def hub_env(hub: Hub, tmp_path: Path) -> dict[str, str]:
+    """The environment of a command against the emulated hub, with an empty Hugging Face cache."""
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"))
     env["MMBERT_DATA_CACHE"] = str(tmp_path / "cache")
+    return env
+
+
+def build(hub: Hub, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`mmbert-data build ARGS` against the emulated hub."""
     command = [MMBERT_DATA, "build", "--on-error", "skip", "--output", str(tmp_path / "data"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, env=hub_env(hub, tmp_path), capture_output=True, text=True, timeout=600)
+
+
+def download(hub: Hub, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`mmbert-data download ARGS` against the emulated hub, into ``tmp_path/mirror``."""
+    command = [MMBERT_DATA, "download", "-o", str(tmp_path / "mirror"), *args]
+    return subprocess.run(command, env=hub_env(hub, tmp_path), capture_output=True, text=True, timeout=600)
+
+
+def needed_files(phase: str) -> dict[str, bytes]:
+    """The files a phase's build reads, by their path under the hub's root (and a mirror's), with
+    their bytes: what `Build.input_files` lists on the bundled sample's local copy."""
+    from pipeline.build import Build
+    from pipeline.build_options import BuildOptions
+
+    root = SAMPLE / "hub"
+    inputs = Build(BuildOptions(recipe=load_recipe(), phase=phase, input_root=str(root))).input_files()
+    paths = [Path(reader.data_folder.resolve_paths(path)) for reader, files in inputs for path in files]
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in paths}
+
+
+def mirrored(mirror: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(mirror).as_posix(): p.read_bytes() for p in sorted(mirror.rglob("*")) if p.is_file()
+    }
 
 
 def _shards(phase_dir: Path) -> dict[str, bytes]:
@@ -149,3 +179,76 @@ def test_glotlid_comes_from_the_hub_once_into_datatroves_asset_cache(hub, tmp_pa
     assert fetched and all("model_v3.bin" in r for r in fetched)
     stats = json.loads((tmp_path / "data" / "decay" / "stats.json").read_text())
     assert stats["streams"] and all(s["source"] == "wikipedia" for s in stats["streams"])
+
+
+def test_download_dry_run_lists_the_phases_files_and_total_then_download_mirrors_exactly_those(hub, tmp_path):
+    needed = needed_files("decay")
+    assert len(needed) >= 20
+    planned = download(hub, tmp_path, "--phase", "decay", "--dry-run")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    *listed, total = planned.stdout.strip().splitlines()
+    mirror = tmp_path / "mirror"
+    assert sorted(Path(line.split()[1]).relative_to(mirror).as_posix() for line in listed) == sorted(needed)
+    size = sum(len(data) for data in needed.values())
+    assert total == f"{len(needed)} file(s), {size:,d} bytes; to copy: {len(needed)} file(s), {size:,d} bytes"
+    assert not mirror.exists(), "a dry run copies nothing"
+    done = download(hub, tmp_path, "--phase", "decay")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert mirrored(mirror) == needed
+    assert (
+        done.stdout.strip().splitlines()[-1]
+        == f"copied {len(needed)} file(s) ({size:,d} bytes), 0 already present"
+    )
+
+
+def test_download_killed_mid_file_resumes_without_refetching_finished_files(hub, tmp_path):
+    """SIGKILL while a file is being copied: no file under its final name is partial, and the rerun
+    fetches only the files not finished, leaving no temporary behind."""
+    needed, mirror = needed_files("decay"), tmp_path / "mirror"
+    command = [MMBERT_DATA, "download", "-o", str(mirror), "--phase", "decay"]
+    hub.bytes_per_second = 256 << 10
+    try:
+        running = subprocess.Popen(
+            command, env=hub_env(hub, tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and running.poll() is None:
+            files = [p for p in mirror.rglob("*") if p.is_file()] if mirror.exists() else []
+            partial = [p for p in files if p.name.endswith(".tmp")]  # a file's transfer under way
+            if partial and len(files) - len(partial) >= 3:
+                break
+            time.sleep(0.01)
+        assert running.poll() is None, (
+            f"the download ended before it could be killed: {running.stderr.read()}"
+        )
+        running.kill()
+        running.wait()
+    finally:
+        hub.bytes_per_second = None
+    finished = {}
+    for path in (p for p in mirror.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
+        name = path.relative_to(mirror).as_posix()
+        assert path.read_bytes() == needed[name], f"{name} is partial under its final name"
+        finished[name] = path.stat().st_mtime_ns
+    assert 3 <= len(finished) < len(needed)
+    seen = len(hub.requests)
+    done = download(hub, tmp_path, "--phase", "decay")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].endswith(f", {len(finished)} already present")
+    assert mirrored(mirror) == needed, "every file complete, and no temporary left"
+    assert {name: (mirror / name).stat().st_mtime_ns for name in finished} == finished
+    fetched = {r.split("/resolve/main/", 1)[1] for r in hub.requests[seen:] if "/resolve/" in r}
+    assert not {name.split("/", 3)[3] for name in finished} & fetched, "a finished file was fetched again"
+
+
+def test_download_fetches_again_a_mirrored_file_whose_checksum_is_wrong(hub, tmp_path):
+    needed, mirror = needed_files("decay"), tmp_path / "mirror"
+    assert download(hub, tmp_path, "--phase", "decay").returncode == 0
+    damaged = sorted(needed)[0]
+    data = bytearray((mirror / damaged).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size, other bytes
+    (mirror / damaged).write_bytes(bytes(data))
+    done = download(hub, tmp_path, "--phase", "decay")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("copied 1 file(s)")
+    assert mirrored(mirror) == needed
