@@ -83,7 +83,8 @@ def build(
     ctx: typer.Context,
     phase: str = _option("phase"),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML (sources, languages, filters, budgets)."),
-    output: Path = _option("output", "--output", "-o"),
+    output: str = _option("output", "--output", "-o"),
+    staging: Path = _option("staging"),
     sources: str = _option("sources"),
     languages: str = _option("languages"),
     input_root: str = _option("input_root"),
@@ -151,7 +152,7 @@ def build(
         typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
         return
     print_stats(stats, Console(), phase_dir=build.phase_dir)
-    typer.echo(f"wrote {build.phase_dir / 'stats.json'}")
+    typer.echo(f"wrote {build.stats_location}")
 
 
 class _StageFigures(ProgressColumn):
@@ -260,7 +261,9 @@ def download(
 
 @app.command()
 def stats(
-    path: Path = typer.Argument(..., help="A phase directory (OUTPUT/PHASE) or its stats.json."),
+    path: str = typer.Argument(
+        ..., help="A phase directory (OUTPUT/PHASE) or its stats.json: a path, or an s3:// URL."
+    ),
     top: int = typer.Option(None, "--top", min=1, help="Only the N streams with the most tokens."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the rows and totals as JSON (for scripts) instead of a table."
@@ -268,17 +271,19 @@ def stats(
 ) -> None:
     """Print a build's per-(source, language) statistics as a table."""
     from mixtures.counts import load_stats
+    from mixtures.storage import StorageError
     from pipeline.stats import print_stats, stats_summary
 
     try:
         loaded = load_stats(path)
-    except ValueError as err:
+    except (ValueError, StorageError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     if as_json:
         typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
     else:
-        print_stats(loaded, Console(), top, path if path.is_dir() else path.parent)
+        local = None if "://" in path else Path(path)
+        print_stats(loaded, Console(), top, local and (local if local.is_dir() else local.parent))
 
 
 @app.command()

@@ -38,6 +38,7 @@ from mixtures.manifest import build_manifest, load_manifest, validate_manifest, 
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
 from mixtures.sampling import SAMPLERS
+from mixtures.storage import StorageError, exists, is_remote, join, modified
 from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
@@ -58,10 +59,11 @@ def mixture(
         "--temperature",
         help="Sampling temperature; without --phase or --stats it also picks the phase.",
     ),
-    stats: Path | None = typer.Option(
+    stats: str | None = typer.Option(
         None,
         "--stats",
-        help="A build's phase directory (or its stats.json), or with --phase the build's --output.",
+        help="A build's phase directory (or its stats.json; a path or s3:// URL), or with --phase the "
+        "build's --output.",
     ),
     counts: Path | None = typer.Option(
         None,
@@ -137,6 +139,8 @@ def mixture(
         console.print(f"counts: {escape(_counts_origin(found))}")
         _warn(console, loaded, found, compiled)
         print_mixture(console, compiled, loaded, top)
+        if output is None and is_remote(found.data_root or ""):
+            raise MixtureError(f"the build is at {found.data_root}: pass --output PATH (a local manifest)")
         output = output or (found.data_root / "manifest.json" if found.data_root else None)
         if output is not None:
             fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)
@@ -146,7 +150,7 @@ def mixture(
             series = _phase_series(console, loaded, found, compiled, output, pool)
             plot_shares(series, pool, plot)
             console.print(f"wrote plot {escape(str(plot))}")
-    except (MixtureError, RecipeError, OSError) as err:
+    except (MixtureError, RecipeError, OSError, StorageError) as err:
         _fail(err)
 
 
@@ -159,7 +163,7 @@ def _counts(
     recipe: Recipe,
     phase: str | None,
     temperature: float | None,
-    stats: Path | None,
+    stats: str | None,
     counts: Path | None,
     bytes_per_token: list[str],
 ) -> tuple[Counts, str]:
@@ -171,8 +175,9 @@ def _counts(
     if bytes_per_token and counts is None:
         raise MixtureError("--bytes-per-token applies to --counts only")
     if stats is not None:
-        if phase is not None and stats.is_dir() and not (stats / "stats.json").exists():
-            stats = stats / recipe.phase(phase).built_as  # the build's --output: its phase's directory
+        within = not str(stats).endswith(".json") and not exists(join(stats, "stats.json"))
+        if phase is not None and within and (is_remote(stats) or Path(stats).is_dir()):
+            stats = join(stats, recipe.phase(phase).built_as)  # the build's --output: its phase's directory
         found = _intact(read_stats(stats))
         built_as = recipe.phase(phase).built_as if phase is not None else found.phase
         if built_as != found.phase:
@@ -209,7 +214,7 @@ def _counts_origin(counts: Counts) -> str:
     origin = counts.origin
     if origin["kind"] != "stats":
         return f"{origin['path']} ({origin['kind']}, for planning)"
-    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(Path(origin["path"]).stat().st_mtime))
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(modified(origin["path"])))
     return (
         f"build statistics {origin['path']} (phase {counts.phase}, tokenizer {counts.tokenizer['name']}, "
         f"written {written})"
@@ -321,7 +326,7 @@ def validate(
     for manifest in manifests:
         try:
             valid &= _validate(console, manifest, hashes, tokenizer)
-        except (MixtureError, RecipeError, OSError) as err:
+        except (MixtureError, RecipeError, OSError, StorageError) as err:
             _fail(err)
     if not valid:
         raise typer.Exit(1)

@@ -84,6 +84,7 @@ def main(
     eval_every: str = option("eval_every"),
     keep: int = option("keep"),
     verify: bool = option("verify", "--verify"),
+    cache_dir: str = option("cache_dir"),
 ) -> None:
     """Train one phase of the recipe from its manifest (or run one of the commands below)."""
     if ctx.invoked_subcommand is not None:

@@ -2,9 +2,10 @@
 
 One directory (``$MMBERT_DATA_CACHE``, default ``~/.cache/mmbert-data``) holds the
 offline LID model, trained demo tokenizers and matplotlib's font cache, so that every
-command finds them without flags and tests can isolate them. It holds assets only,
-never a record of what a command did: every clone and job shares it, so such a
-record would leak one project's state into another's.
+command finds them without flags and tests can isolate them; under ``staging/``, the local
+copies of builds whose output is an object store (safe to delete once they are uploaded).
+It holds assets only, never a record of what a command did: every clone and job shares it,
+so such a record would leak one project's state into another's.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from typing import Any
 from mixtures.errors import MixtureError
 from mixtures.formats import MANIFEST_FORMAT, STATS_FORMAT, STATS_VERSION, check_tokenizer, shard_entries
 from mixtures.recipe import parse_tokens
+from mixtures.storage import StorageError, is_remote, join, read_bytes, sizes
 
 try:  # orjson reads a build's stats.json (100k+ shard entries) several times faster
     from orjson import JSONDecodeError, loads
@@ -102,7 +103,7 @@ class Counts:
 
     streams: tuple[Stream, ...]
     origin: dict[str, Any]
-    data_root: Path | None = None
+    data_root: Path | str | None = None  # a str: a URL (s3://, hf://) the build was published to
     phase: str | None = None
     tokenizer: dict[str, Any] = field(
         default_factory=lambda: {"name": None, "sha256": None, "vocab_size": None, "special_ids": None}
@@ -120,10 +121,14 @@ def changed_shards(counts: Counts) -> list[str]:
     if counts.data_root is None:
         return []
     problems: list[str] = []
+    listed = sizes(counts.data_root) if is_remote(counts.data_root) else None  # one listing, not a HEAD each
     for shard in (shard for stream in counts.streams for shard in (*stream.shards, *stream.heldout)):
         path, recorded = shard["path"], shard["bytes"]
         try:
-            size = (counts.data_root / path).stat().st_size
+            size = listed[path] if listed is not None else (counts.data_root / path).stat().st_size
+        except KeyError:
+            problems.append(f"missing shard: {path} (no object {join(counts.data_root, path)})")
+            continue
         except OSError as err:
             problems.append(f"missing shard: {path} ({err.strerror or err})")
             continue
@@ -174,20 +179,26 @@ def read_stats(path: str | Path) -> Counts:
         streams=streams,
         origin={
             "kind": "stats",
-            "path": str(path.resolve()),
+            "path": path if isinstance(path, str) else str(path.resolve()),
             "sha256": hashlib.sha256(raw_bytes).hexdigest(),
             "phase": phase,  # the build's: a decay variant's manifest reads the decay build
         },
-        data_root=path.parent.resolve(),
+        data_root=path.rsplit("/", 1)[0] if isinstance(path, str) else path.parent.resolve(),
         phase=phase,
         tokenizer=tokenizer,
         recipe_sha256=_string(recipe, "sha256", f"{where}: recipe"),
     )
 
 
-def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
-    """The one reader of ``stats.json``: the file read, its bytes, and its content (format and version
-    checked); every problem is a :class:`MixtureError` naming the file."""
+def _read_stats_file(path: str | Path) -> tuple[Path | str, bytes, dict[str, Any]]:
+    """The one reader of ``stats.json``: the file read (a URL as given), its bytes, and its content
+    (format and version checked); every problem is a :class:`MixtureError` naming the file."""
+    if is_remote(path):
+        url = str(path) if str(path).endswith(".json") else join(path, "stats.json")
+        try:
+            return url, *_parsed_stats(url, read_bytes(url))
+        except StorageError as err:
+            raise MixtureError(f"cannot read build statistics: {err}") from err
     path = Path(path)
     if path.is_dir():
         phases = sorted(str(found.parent) for found in path.glob("*/stats.json"))
@@ -206,6 +217,10 @@ def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
             f"cannot read build statistics {path}: {err.strerror or err}; "
             "pass a build's phase directory (OUTPUT/PHASE, which holds stats.json)"
         ) from err
+    return path, *_parsed_stats(path, raw_bytes)
+
+
+def _parsed_stats(path: Path | str, raw_bytes: bytes) -> tuple[bytes, dict[str, Any]]:
     try:
         raw = loads(raw_bytes)
     except JSONDecodeError as err:
@@ -221,7 +236,7 @@ def _read_stats_file(path: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
             f"{path}: version: expected {STATS_VERSION}, got {raw.get('version')!r}; "
             "build the phase again with this version (`mmbert-data build ... --overwrite`)"
         )
-    return path, raw_bytes, raw
+    return raw_bytes, raw
 
 
 def read_counts_csv(

@@ -79,6 +79,7 @@ from mixtures.formats import (
     shard_counts,
 )
 from mixtures.recipe import RecipeError, TrainingSpec
+from mixtures.storage import StorageError, is_remote, join, read_bytes, sizes
 
 if TYPE_CHECKING:  # the compiler's types, named for the writer only: reading needs none of it
     from mixtures.compiler import Mixture
@@ -199,7 +200,7 @@ def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
     """
     path = Path(path)
     doc = {key: value for key, value in doc.items() if key != "fingerprint"}
-    if isinstance(doc.get("data_root"), str):
+    if isinstance(doc.get("data_root"), str) and not is_remote(doc["data_root"]):
         doc["data_root"] = os.path.relpath(Path(doc["data_root"]).resolve(), path.parent.resolve())
     check_manifest(doc, str(path))
     body = canonical_json(doc)
@@ -263,7 +264,7 @@ class Manifest:
     phase: str
     seed: int
     fingerprint: str
-    data_root: Path | None  # None: compiled from counts for planning, so it lists no shards
+    data_root: Path | str | None  # a str: a URL (s3://, hf://); None: compiled for planning, no shards
     tokenizer: TokenizerRecord
     training: TrainingSpec
     sampling: Sampling
@@ -331,6 +332,8 @@ def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
     """
     if manifest.data_root is None:
         return []
+    if is_remote(manifest.data_root):
+        return _remote_data_problems(manifest, str(manifest.data_root), check_hashes)
     root = str(manifest.data_root)
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
@@ -430,11 +433,51 @@ def _shard_entries(shards: list[dict[str, Any]]) -> tuple[ShardEntry, ...]:
         )
 
 
-def _absolute_root(doc: dict[str, Any], path: Path) -> Path | None:
-    """The manifest's data root as an absolute path, the file's own directory standing for ``.``."""
-    if doc["data_root"] is None:
-        return None
+def _absolute_root(doc: dict[str, Any], path: Path) -> Path | str | None:
+    """The manifest's data root as an absolute path, the file's own directory standing for ``.``
+    (a URL as written)."""
+    if doc["data_root"] is None or is_remote(doc["data_root"]):
+        return doc["data_root"]
     return Path(os.path.normpath(path.parent.resolve() / doc["data_root"]))
+
+
+def _remote_data_problems(manifest: Manifest, root: str, check_hashes: bool) -> list[str]:
+    """`data_problems` for a data root in an object store: sizes from one listing of the root; the
+    first shard of each stream (every shard with ``check_hashes``) read whole, for its sha256,
+    schema and counts. Keys are paths under the root, so no shard can point outside it."""
+    try:
+        listed = sizes(root)
+    except StorageError as err:
+        return [f"unreadable data root: {err}"]
+    problems = []
+    for stream in manifest.streams:
+        expected = stream_metadata(manifest, stream)
+        for index, shard in enumerate(stream.shards):
+            size = listed.get(shard.path)
+            if size is None:
+                problems.append(f"missing shard: {shard.path} (no object {join(root, shard.path)})")
+                continue
+            if size != shard.bytes:
+                problems.append(
+                    f"changed shard: {shard.path} has {size:,} bytes, the manifest records {shard.bytes:,}"
+                )
+                continue
+            if not (check_hashes or index == 0):
+                continue
+            try:
+                data = read_bytes(join(root, shard.path))
+            except StorageError as err:
+                problems.append(f"unreadable shard: {shard.path} ({err})")
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if check_hashes and digest != shard.sha256:
+                problems.append(
+                    f"changed shard: {shard.path} content sha256 {digest[:16]}... differs from the "
+                    f"manifest's {shard.sha256[:16]}..."
+                )
+                continue
+            problems += _shard_problems(pa.py_buffer(data), shard, expected)
+    return problems
 
 
 def _stream_problems(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mixtures.files import write_atomic
 from mixtures.hub import HubUnavailable
+from mixtures.storage import StorageError
 
 ON_ERROR_CHOICES = ("fail", "skip")
 
@@ -27,7 +28,7 @@ class NoInputError(ValueError):
 
 # Errors whose message says all the user needs (what is wrong, where, and the fix): a command prints
 # them in one line; their traceback goes to the task log (`--verbose` shows it).
-USER_ERRORS = (ValueError, FileNotFoundError, HubUnavailable)
+USER_ERRORS = (ValueError, FileNotFoundError, HubUnavailable, StorageError)
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,13 @@ from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets, MinhashDedupCl
 from datatrove.pipeline.writers import JsonlWriter
 from loguru import logger
 
+from mixtures.cache import cache_dir
 from mixtures.counts import changed_shards, damaged_build, load_stats, read_stats
 from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
 from mixtures.slurm import job_tag
+from mixtures.storage import check_access, is_remote, join, publish
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
@@ -75,6 +77,14 @@ from pipeline.stats import StatsCompiler
 from pipeline.streams import StreamCounter
 from pipeline.tokenizer import BatchTokenizer, directory_sha256, load_tokenizer
 from pipeline.words import TextNormalizer
+
+STAGED_ONLY = ("_work", "_logs")  # a phase directory's intermediates and task logs: never published
+
+
+def staging_dir(output: str) -> Path:
+    """Where a build whose ``--output`` is an object store is made before it is published: one
+    directory per output URL in the asset cache, so that a rerun resumes from it."""
+    return cache_dir() / "staging" / hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]
 
 
 class QuietLocalExecutor(LocalPipelineExecutor):
@@ -118,7 +128,19 @@ class Build:
                 f"{options.recipe.path}); run `mmbert-data build --phase {self.spec.built_as}`"
             )
         processing = self.spec.processing
-        self.phase_dir = Path(options.output).resolve() / options.phase
+        output = str(options.output)
+        # An object store has no rename: the build is made (and resumed) in a local staging directory,
+        # then published there file by file (mixtures.storage.publish).
+        self.published: str | None = join(output, options.phase) if is_remote(output) else None
+        if self.published and not output.startswith("s3://"):
+            raise ValueError(f"--output {output}: a build is written to a local path or an s3:// URL")
+        if self.published and options.executor == "slurm" and options.staging is None:
+            raise ValueError(
+                f"--output {output} with --executor slurm: pass --staging DIR, a directory every node "
+                "shares, for the build to be made in before it is uploaded"
+            )
+        staging = options.staging or (staging_dir(output) if self.published else None)
+        self.phase_dir = Path(staging or output).expanduser().resolve() / options.phase
         self.lid = options.lid or processing.lid
         self.dedup = processing.dedup if options.dedup is None else options.dedup
         self.rehydrate = processing.rehydrate if options.rehydrate is None else options.rehydrate
@@ -448,6 +470,9 @@ class Build:
         Raises ``pipeline.guard.BuildConflict`` when another build holds the phase directory
         or it was built with other settings (unless ``overwrite``).
         """
+        for url in (self.published, self.options.input_root):
+            if url and url.startswith("s3://"):
+                check_access(url)  # credentials and bucket, in one line, before anything runs
         self.input_files()
         if self.options.executor == "slurm":
             check_can_submit(self.job_tag, self.phase_dir, "build")
@@ -482,7 +507,14 @@ class Build:
         problems = changed_shards(counts)  # the files they wrote
         if problems:
             raise damaged_build(counts, problems)
+        if self.published:
+            publish(self.phase_dir, self.published, skip=lambda path: path.split("/")[0] in STAGED_ONLY)
         return load_stats(self.phase_dir)
+
+    @property
+    def stats_location(self) -> str:
+        """Where the build's ``stats.json`` is read: under ``--output``, a local path or a URL."""
+        return join(self.published, "stats.json") if self.published else str(self.phase_dir / "stats.json")
 
     def _make_phase_dir(self) -> None:
         try:

@@ -66,7 +66,14 @@ class BuildOptions:
 
     recipe: Recipe
     phase: str = flag("Which phase of the recipe to build (one of its `phases`).")
-    output: Path = flag("Output root; shards go to OUTPUT/PHASE/...", BUILD_OUTPUT)
+    output: str | Path = flag(
+        "Output root, a path or s3://bucket/prefix; shards go to OUTPUT/PHASE/...", BUILD_OUTPUT
+    )
+    staging: Path | None = flag(
+        "With an s3:// --output: the local directory the build is made and resumed in before each file "
+        "is uploaded (default: under MMBERT_DATA_CACHE; on Slurm, one every node shares).",
+        None,
+    )
     sources: tuple[str, ...] | None = flag(
         "Comma-separated subset of the phase's sources, e.g. fineweb2,wikipedia.", None
     )

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -53,8 +54,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 
+from mixtures.cache import cache_dir as cache_root
 from mixtures.formats import count_problems, input_ids_problem, schema_problems
 from mixtures.manifest import Manifest, ShardEntry, StreamEntry, stream_metadata
+from mixtures.storage import StorageError, cached_path, fetch, is_remote, join
 from trainer.masking import Masking
 from trainer.packing import PackedBatch, assemble, pack
 from trainer.schedule import micro_batch_sizes
@@ -192,11 +195,16 @@ class Stream:
 class MixtureData:
     """The manifest's streams with a non-zero target, and their shards (opened lazily)."""
 
-    def __init__(self, manifest: Manifest, seed: int):
+    def __init__(self, manifest: Manifest, seed: int, cache_dir: str | Path | None = None):
+        """``cache_dir``: where the shards of a data root in an object store or the hub are fetched
+        (`mixtures.storage.fetch`) and memory-mapped from; ``MMBERT_DATA_CACHE/shards`` by default."""
         if manifest.data_root is None:
             raise DataError(f"{manifest.path}: compiled from counts for planning, so it lists no shards")
         self.manifest = manifest
-        self.root = manifest.data_root
+        self.remote = str(manifest.data_root) if is_remote(manifest.data_root) else None
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "shards"
+        self.root = cached_path(self.remote, self.cache_dir) if self.remote else Path(manifest.data_root)
+        self.fetched: list[str] = []  # the shards this process downloaded (the others were cached)
         self.streams: list[Stream] = []
         for entry in manifest.streams:
             if entry.target_tokens == 0:
@@ -225,6 +233,7 @@ class MixtureData:
         key = (stream, shard)
         if key not in self._open:
             entry = self.streams[stream].entry.shards[shard]
+            self._local(entry)
             self._open[key] = ShardFile(
                 self.root, entry, self._expected[stream], self.manifest.tokenizer.vocab_size
             )
@@ -242,9 +251,23 @@ class MixtureData:
         start = chunk.index * seq_len
         return self.shard(chunk.stream, shard).tokens(row, start, start + chunk.length)
 
+    def _local(self, shard: ShardEntry) -> Path:
+        """The shard's file here: under the data root, or fetched into the cache on first use."""
+        if not self.remote:
+            return self.root / shard.path
+        url = join(self.remote, shard.path)
+        try:
+            path, downloaded = fetch(url, self.cache_dir, shard.bytes, shard.sha256)
+        except StorageError as err:
+            raise DataError(str(err)) from err
+        if downloaded:
+            self.fetched.append(shard.path)
+            print(f"fetched {url} ({shard.bytes:,} bytes) into {self.cache_dir}", file=sys.stderr, flush=True)
+        return path
+
     def _count_rows(self, entry: StreamEntry, shard: ShardEntry) -> int:
         """Documents in a shard whose manifest entry does not say (read from the file's batches)."""
-        path = str(self.root / shard.path)
+        path = str(self._local(shard))
         try:
             return sum(batch.num_rows for batch in pyarrow.ipc.open_stream(pa.memory_map(path)))
         except (OSError, pa.ArrowInvalid) as err:

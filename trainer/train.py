@@ -238,7 +238,7 @@ def make_loader(
     training = config.training
     special = tokenizer.special_ids
     return MixtureLoader(
-        MixtureData(manifest, seed=config.seed),
+        MixtureData(manifest, seed=config.seed, cache_dir=config.cache_dir),
         seq_len=training.seq_len,
         micro_batch_tokens=config.micro_batch_tokens,
         batch_size_at=lambda tokens: batch_size_at(tokens, training),

@@ -1,0 +1,224 @@
+"""Builds that read from and write to S3 through the real clients (s3fs, botocore), against moto's
+server on the loopback interface (`tests.s3.S3`).
+
+The bundled sample's hub layout is uploaded to ``s3://corpus/hub``, as a user mirrors a phase
+with `mmbert-data download` and ``aws s3 sync``; builds read it with ``--input-root`` and write
+``--output s3://runs/...``, each in a fresh process with the server's endpoint and a test
+credential in its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DECAY_TOKENS, SAMPLE
+from tests.s3 import S3
+
+MMBERT_DATA = str(Path(sys.executable).with_name("mmbert-data"))
+PHASE = "decay"
+
+
+@pytest.fixture(scope="module")
+def s3() -> S3:
+    with S3() as server:
+        server.create_bucket("corpus")
+        server.create_bucket("runs")
+        server.upload(SAMPLE / "hub", "corpus", "hub")
+        yield server
+
+
+def s3_env(s3: S3, sample_root: Path, **changes: str | None) -> dict[str, str]:
+    env = {**os.environ, **s3.env, "MMBERT_DATA_CACHE": str(sample_root / "cache")}
+    for name, value in changes.items():
+        env.pop(name, None) if value is None else env.__setitem__(name, value)
+    return env
+
+
+def build_command(output: str, staging: Path) -> list[str]:
+    """The sample build of ``PHASE`` as `sample_builds` makes it, from S3 and to ``output``."""
+    return [
+        MMBERT_DATA, "build", "--phase", PHASE, "--on-error", "skip",
+        "--input-root", "s3://corpus/hub", "--tokenizer", f"sample:{SAMPLE / 'hub'}",
+        "--output", output, "--staging", str(staging),
+    ]  # fmt: skip
+
+
+def local_files(phase_dir: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(phase_dir).as_posix(): p.read_bytes()
+        for p in sorted(phase_dir.rglob("*"))
+        if p.is_file()
+        and p.relative_to(phase_dir).parts[0] not in ("_work", "_logs")
+        and p.name != "build.lock"
+    }
+
+
+@pytest.fixture(scope="module")
+def published(s3, sample_root, tmp_path_factory) -> Path:
+    """The sample's ``PHASE`` built from ``s3://corpus/hub`` to ``s3://runs/whole``; its staging directory."""
+    staging = tmp_path_factory.mktemp("staging")
+    done = subprocess.run(
+        build_command("s3://runs/whole", staging), env=s3_env(s3, sample_root), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == f"wrote s3://runs/whole/{PHASE}/stats.json"
+    return staging
+
+
+def test_an_s3_build_equals_the_local_build_and_publishes_only_its_outputs(s3, published, sample_builds):
+    objects = s3.objects("runs", f"whole/{PHASE}")
+    local_dir, _ = sample_builds[PHASE]
+    shards = {k: v for k, v in local_files(local_dir).items() if k.endswith(".arrow")}
+    assert len(shards) >= 20
+    assert {k: v for k, v in objects.items() if k.endswith(".arrow")} == shards
+    assert objects == local_files(published / PHASE), "every output, and nothing staged only"
+    assert "stats.json" in objects and not any(k.startswith(("_work/", "_logs/")) for k in objects)
+
+
+def mmbert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([MMBERT_DATA, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_stats_mixture_and_validate_read_a_build_on_s3(
+    s3, published, sample_manifests, sample_root, tmp_path
+):
+    env = s3_env(s3, sample_root)
+    shown = mmbert(env, "stats", f"s3://runs/whole/{PHASE}", "--json")
+    assert shown.returncode == 0, shown.stderr
+    local = mmbert(env, "stats", str(published / PHASE), "--json")
+    assert json.loads(shown.stdout) == json.loads(local.stdout)
+    manifest = tmp_path / "manifest.json"
+    compiled = mmbert(
+        env, "mixture", "--phase", PHASE, "--stats", "s3://runs/whole", "--tokens", str(DECAY_TOKENS),
+        "--output", str(manifest),
+    )  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+    ours, theirs = json.loads(manifest.read_text()), json.loads(sample_manifests[PHASE].read_text())
+    assert ours["data_root"] == f"s3://runs/whole/{PHASE}"
+    assert ours["streams"] == theirs["streams"]
+    for flags in ([], ["--no-hash"]):
+        valid = mmbert(env, "validate", str(manifest), *flags)
+        assert valid.returncode == 0 and "valid" in valid.stdout, valid.stderr
+    shard = next(s["path"] for stream in ours["streams"] for s in stream["shards"])
+    key = f"whole/{PHASE}/{shard}"
+    original = s3.client().get_object(Bucket="runs", Key=key)["Body"].read()
+    try:
+        s3.client().put_object(Bucket="runs", Key=key, Body=bytes(len(original)))  # same size, zeros
+        damaged = mmbert(env, "validate", str(manifest))
+        assert damaged.returncode == 1 and f"changed shard: {shard} content sha256" in damaged.stderr
+        s3.client().delete_object(Bucket="runs", Key=key)
+        missing = mmbert(env, "validate", str(manifest), "--no-hash")
+        assert missing.returncode == 1
+        assert f"missing shard: {shard} (no object s3://runs/{key})" in missing.stderr
+    finally:
+        s3.client().put_object(Bucket="runs", Key=key, Body=original)
+
+
+def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume_as_on_local_files(
+    s3, published, sample_manifests, sample_root, tmp_path, monkeypatch
+):
+    from tests.trainer.runs import assert_bitwise_equal, run, tiny
+    from trainer.checkpoint import checkpoint_dirs
+
+    for name, value in s3_env(s3, sample_root).items():
+        monkeypatch.setenv(name, value)
+    manifest = tmp_path / "manifest.json"
+    compiled = mmbert(
+        dict(os.environ), "mixture", "--phase", PHASE, "--stats", f"s3://runs/whole/{PHASE}",
+        "--tokens", str(DECAY_TOKENS), "--output", str(manifest),
+    )  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+    cache, short = tmp_path / "shards", ("--micro-batch-tokens", "16384", "--batch-size", "2")  # 2 x 8192
+    remote = run(tiny(manifest, tmp_path / "remote", *short, "--cache-dir", str(cache)), processes=2)
+    assert remote.returncode == 0, remote.stdout[-3000:]
+    fetched = [
+        line.split("fetched ", 1)[1].split()[0]
+        for line in remote.stdout.splitlines()
+        if "fetched s3://" in line
+    ]
+    assert fetched and len(fetched) == len(set(fetched)), "a shard was fetched twice on one node"
+    for url in fetched:
+        assert (cache / url.removeprefix("s3://")).is_file()
+    local = run(tiny(sample_manifests[PHASE], tmp_path / "local", *short), processes=2)
+    assert local.returncode == 0, local.stdout[-3000:]
+    assert_bitwise_equal(tmp_path / "remote", tmp_path / "local")
+    # killed after a checkpoint and resumed, from the cache: the same run again
+    again = tiny(manifest, tmp_path / "again", *short, "--cache-dir", str(cache))
+    assert run(again, processes=2, crash_at="2:0").returncode != 0
+    assert checkpoint_dirs(tmp_path / "again")
+    resumed = run([*again, "--resume"], processes=2)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stdout[-3000:]
+    assert "fetched s3://" not in resumed.stdout, "the cache was not used"
+    assert_bitwise_equal(tmp_path / "again", tmp_path / "local")
+
+
+def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_partial_or_stray_object(
+    s3, sample_root, tmp_path
+):
+    """Whole builds: one uninterrupted, one SIGKILLed (its whole process group) at a random moment
+    and run again. Meanwhile every shard that shows under its final key is read back: it must
+    already be the complete file."""
+    env = s3_env(s3, sample_root)
+    started = time.monotonic()
+    whole = subprocess.run(
+        build_command("s3://runs/reference", tmp_path / "reference"), env=env, capture_output=True, text=True
+    )
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    duration = time.monotonic() - started
+    reference = s3.objects("runs", f"reference/{PHASE}")
+    seed = random.randrange(1 << 30)
+    moment = random.Random(seed).uniform(0.1, 0.95) * duration
+    seen: dict[str, bytes] = {}
+    watching = threading.Event()
+
+    def watch() -> None:
+        client = s3.client()
+        while not watching.is_set():
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket="runs", Prefix="killed/"):
+                for item in page.get("Contents", []):
+                    if item["Key"].endswith(".arrow") and item["Key"] not in seen:
+                        seen[item["Key"]] = client.get_object(Bucket="runs", Key=item["Key"])["Body"].read()
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    command = build_command("s3://runs/killed", tmp_path / "killed")
+    running = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(moment)
+    os.killpg(running.pid, signal.SIGKILL)
+    assert running.wait() == -signal.SIGKILL, "the build ended before it was killed"
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    watching.set()
+    watcher.join()
+    assert rerun.returncode == 0, f"seed {seed}, killed after {moment:.1f} s: {rerun.stderr[-3000:]}"
+    assert s3.objects("runs", f"killed/{PHASE}") == reference, f"seed {seed}, killed after {moment:.1f} s"
+    for key, data in seen.items():
+        assert data == reference[key.split(f"killed/{PHASE}/", 1)[1]], (
+            f"{key} was visible incomplete (seed {seed})"
+        )
+
+
+def test_an_s3_output_without_credentials_is_a_one_line_error_before_anything_runs(s3, sample_root, tmp_path):
+    env = s3_env(s3, sample_root, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None)
+    done = subprocess.run(
+        build_command("s3://runs/nocreds", tmp_path / "staging"), env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert (
+        line.startswith("error: s3://") and "no S3 credentials found" in line and "AWS_ACCESS_KEY_ID" in line
+    )
+    assert not (tmp_path / "staging").exists()
+    assert s3.objects("runs", "nocreds") == {}
