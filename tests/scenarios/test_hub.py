@@ -252,3 +252,32 @@ def test_download_fetches_again_a_mirrored_file_whose_checksum_is_wrong(hub, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("copied 1 file(s)")
     assert mirrored(mirror) == needed
+
+
+@pytest.mark.parametrize(
+    "uri, names",
+    [
+        ("hf://datasets/nobody/missing", ["datasets/nobody/missing", "repository not found"]),
+        (
+            "hf://datasets/wikimedia/wikipedia@nope",
+            ["datasets/wikimedia/wikipedia@nope", "revision not found"],
+        ),
+        ("hf://datasets/wikimedia/wikipedia/no-such-folder", ["no input files under", "no-such-folder"]),
+    ],
+    ids=["repo", "revision", "folder"],
+)
+def test_a_source_repo_revision_or_folder_the_hub_lacks_is_a_one_line_error_naming_it(
+    hub, tmp_path, uri, names
+):
+    recipe = tmp_path / "recipe.yaml"
+    text = load_recipe().path.read_text()
+    assert "uri: hf://datasets/wikimedia/wikipedia\n" in text
+    recipe.write_text(text.replace("uri: hf://datasets/wikimedia/wikipedia\n", f"uri: {uri}\n"))
+    done = build(
+        hub, tmp_path, "--phase", "decay", "--recipe", str(recipe), "--sources", "wikipedia",
+        "--tokenizer", f"sample:{SAMPLE / 'hub'}",
+    )  # fmt: skip
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: ") and all(name in line for name in names), line
+    assert not (tmp_path / "data" / "decay" / "stats.json").exists()

@@ -146,3 +146,40 @@ def test_a_hub_name_neither_reachable_nor_cached_is_one_line(sample_builds, tmp_
         )
         assert "http://127.0.0.1:9 cannot be reached" in line
     assert not (tmp_path / "merged").exists()
+
+
+def test_init_and_eval_fetch_mmbert_base_by_its_hub_name_once_from_the_hub(
+    released, sample_manifests, sample_builds, tmp_path
+):
+    """The released model as a repo of the emulated hub (`tests.hub`): `--init` and `eval` name it,
+    huggingface_hub's client fetches it into an empty HF_HOME once, and both run from it."""
+    from tests.hub import Hub
+
+    repo = tmp_path / "hub" / "models" / HUB_NAME
+    repo.mkdir(parents=True)
+    for file in ("config.json", "model.safetensors"):
+        (repo / file).write_bytes((released / file).read_bytes())
+    train_script = str(Path(sys.executable).with_name("mmbert-train"))
+    with Hub(tmp_path / "hub") as hub:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"))
+        env["MMBERT_DATA_CACHE"] = str(
+            sample_manifests["pretrain"].parents[1] / "cache"
+        )  # the sample tokenizer
+        args = ["--manifest", str(sample_manifests["decay"]), "-o", str(tmp_path / "run"), "--init", HUB_NAME]
+        args += ["--tokens", "16384", "--batch-size", "1", "--micro-batch-tokens", "8192"]  # two steps
+        trained = subprocess.run([train_script, *args], env=env, capture_output=True, text=True, timeout=600)
+        assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+        assert f"model from --init {HUB_NAME} (" in trained.stdout + trained.stderr
+        data = str(sample_builds["decay"][0])
+        evaluated = subprocess.run(
+            [train_script, "eval", HUB_NAME, "--data", data, "--max-tokens-per-language", "1k"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+        assert "mmBERT-base" in evaluated.stdout
+        fetches = [r for r in hub.requests if r.startswith(f"GET /{HUB_NAME}/resolve/")]
+        weights = [r for r in fetches if r.endswith("/model.safetensors")]
+    assert len(weights) == 1, f"fetched once, then read from HF_HOME's cache: {fetches}"
+    bias = load_file(str(checkpoint_dirs(tmp_path / "run")[-1] / "model.safetensors"))["decoder.bias"]
+    assert (bias - torch.linspace(-1, 1, VOCAB)).abs().max() < 0.05  # trained on from the hub's weights

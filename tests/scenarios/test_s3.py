@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -64,15 +65,21 @@ def local_files(phase_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def published(s3, sample_root, tmp_path_factory) -> Path:
-    """The sample's ``PHASE`` built from ``s3://corpus/hub`` to ``s3://runs/whole``; its staging directory."""
+def published(s3, sample_root, tmp_path_factory) -> Published:
+    """The sample's ``PHASE`` built from ``s3://corpus/hub`` to ``s3://runs/whole``, uninterrupted."""
     staging = tmp_path_factory.mktemp("staging")
+    started = time.monotonic()
     done = subprocess.run(
         build_command("s3://runs/whole", staging), env=s3_env(s3, sample_root), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == f"wrote s3://runs/whole/{PHASE}/stats.json"
-    return staging
+    return Published(staging, time.monotonic() - started)
+
+
+class Published(NamedTuple):
+    staging: Path  # the build's local staging directory
+    seconds: float  # how long the build took
 
 
 def test_an_s3_build_equals_the_local_build_and_publishes_only_its_outputs(s3, published, sample_builds):
@@ -81,7 +88,7 @@ def test_an_s3_build_equals_the_local_build_and_publishes_only_its_outputs(s3, p
     shards = {k: v for k, v in local_files(local_dir).items() if k.endswith(".arrow")}
     assert len(shards) >= 20
     assert {k: v for k, v in objects.items() if k.endswith(".arrow")} == shards
-    assert objects == local_files(published / PHASE), "every output, and nothing staged only"
+    assert objects == local_files(published.staging / PHASE), "every output, and nothing staged only"
     assert "stats.json" in objects and not any(k.startswith(("_work/", "_logs/")) for k in objects)
 
 
@@ -95,7 +102,7 @@ def test_stats_mixture_and_validate_read_a_build_on_s3(
     env = s3_env(s3, sample_root)
     shown = mmbert(env, "stats", f"s3://runs/whole/{PHASE}", "--json")
     assert shown.returncode == 0, shown.stderr
-    local = mmbert(env, "stats", str(published / PHASE), "--json")
+    local = mmbert(env, "stats", str(published.staging / PHASE), "--json")
     assert json.loads(shown.stdout) == json.loads(local.stdout)
     manifest = tmp_path / "manifest.json"
     compiled = mmbert(
@@ -163,21 +170,15 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
 
 
 def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_partial_or_stray_object(
-    s3, sample_root, tmp_path
+    s3, published, sample_root, tmp_path
 ):
-    """Whole builds: one uninterrupted, one SIGKILLed (its whole process group) at a random moment
-    and run again. Meanwhile every shard that shows under its final key is read back: it must
-    already be the complete file."""
+    """A build SIGKILLed (its whole process group) at a random moment of the uninterrupted one's
+    duration, and run again, ends with the uninterrupted one's objects. Meanwhile every shard that
+    shows under its final key is read back: it must already be the complete file."""
     env = s3_env(s3, sample_root)
-    started = time.monotonic()
-    whole = subprocess.run(
-        build_command("s3://runs/reference", tmp_path / "reference"), env=env, capture_output=True, text=True
-    )
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    duration = time.monotonic() - started
-    reference = s3.objects("runs", f"reference/{PHASE}")
+    reference = s3.objects("runs", f"whole/{PHASE}")
     seed = random.randrange(1 << 30)
-    moment = random.Random(seed).uniform(0.1, 0.95) * duration
+    moment = random.Random(seed).uniform(0.1, 0.95) * published.seconds
     seen: dict[str, bytes] = {}
     watching = threading.Event()
 
