@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from mixtures.recipe import load_recipe
-from tests.conftest import SAMPLE
+from tests.conftest import DECAY_TOKENS, SAMPLE
 from tests.hub import Hub
 
 MMBERT_DATA = str(Path(sys.executable).with_name("mmbert-data"))
@@ -281,3 +281,40 @@ def test_a_source_repo_revision_or_folder_the_hub_lacks_is_a_one_line_error_nami
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and all(name in line for name in names), line
     assert not (tmp_path / "data" / "decay" / "stats.json").exists()
+
+
+def test_a_manifest_whose_data_root_is_on_the_hub_validates_and_trains_as_the_local_one(
+    hub, sample_builds, sample_manifests, tmp_path, monkeypatch
+):
+    """A build published as a dataset repo: `mixture --stats hf://...`, `validate`, then a run that
+    fetches its shards into --cache-dir and ends with the local run's weights."""
+    from tests.trainer.runs import assert_bitwise_equal, run, tiny
+
+    shutil.copytree(sample_builds["decay"][0], hub.root / "datasets" / "me" / "sample-build" / "decay")
+    for name, value in hub_env(hub, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("MMBERT_DATA_CACHE", str(sample_manifests["decay"].parents[1] / "cache"))
+    manifest, root = tmp_path / "manifest.json", "hf://datasets/me/sample-build/decay"
+    compile_args = [
+        "mixture",
+        "--phase",
+        "decay",
+        "--stats",
+        root,
+        "--tokens",
+        str(DECAY_TOKENS),
+        "-o",
+        str(manifest),
+    ]
+    for args in (compile_args, ["validate", str(manifest)]):
+        done = subprocess.run([MMBERT_DATA, *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(manifest.read_text())["data_root"] == root
+    short = ("--micro-batch-tokens", "16384", "--batch-size", "2", "--cache-dir", str(tmp_path / "shards"))
+    remote = run(tiny(manifest, tmp_path / "remote", *short, tokens="40k"))
+    assert remote.returncode == 0, remote.stdout[-3000:]
+    assert f"fetched {root}/" in remote.stdout
+    local = run(tiny(sample_manifests["decay"], tmp_path / "local", *short[:4], tokens="40k"))
+    assert local.returncode == 0, local.stdout[-3000:]
+    assert_bitwise_equal(tmp_path / "remote", tmp_path / "local")
