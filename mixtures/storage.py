@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixtures.files import atomic_output
+from mixtures.files import atomic_output, file_sha256
 
 CHUNK_BYTES = 8 << 20
 SHA256_KEY = "sha256"  # an uploaded object's user metadata (x-amz-meta-sha256): its bytes' digest
@@ -103,22 +103,6 @@ def exists(location: str | Path) -> bool:
         return fs.exists(path)
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    """Put ``data`` under ``url`` in one request: it appears whole, or not at all."""
-    fs, path = filesystem(url)
-    with storage_errors(url):
-        fs.pipe_file(path, data)
-
-
-def info(location: str | Path) -> dict:
-    """fsspec's ``info`` of a file: ``size`` (bytes) and what the store adds (ETag, lfs, ...)."""
-    if not is_remote(location):
-        return {"size": Path(location).stat().st_size, "type": "file"}
-    fs, path = filesystem(str(location))
-    with storage_errors(str(location)):
-        return fs.info(path)
-
-
 def sizes(url: str) -> dict[str, int]:
     """Every object under ``url`` (a prefix), by its key relative to it, with its size in bytes: one
     listing, where a ``stat`` of each would be a request each. Empty when there is none."""
@@ -143,29 +127,18 @@ def modified(location: str | Path) -> float:
 
 
 def check_access(url: str) -> None:
-    """Fail at once, in one line, when ``url``'s bucket cannot be listed: no credentials, no such
-    bucket, no rights, or no store at the endpoint. Run before a long job writes there."""
+    """Fail at once, in one line, when the bucket of ``url`` (``s3://bucket/...``) cannot be reached:
+    no credentials, no such bucket, no rights, or no store at the endpoint. Run before a long job
+    writes there. S3's HEAD bucket raises what is wrong, where ``exists`` would only say False."""
     fs, path = filesystem(url)
     bucket = path.split("/", 1)[0]
     with storage_errors(url):
-        if not hasattr(fs, "call_s3"):
-            if fs.exists(bucket):
-                return
-        else:  # S3's HEAD bucket raises what is wrong (no credentials, say), where exists() says False
-            try:
-                fs.call_s3("head_bucket", Bucket=bucket)
-                return
-            except FileNotFoundError:
-                pass
+        try:
+            fs.call_s3("head_bucket", Bucket=bucket)
+            return
+        except FileNotFoundError:
+            pass
     raise StorageError(f"{url}: bucket {bucket} does not exist; create it or fix the URL")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_path(url: str, cache_dir: Path) -> Path:
@@ -239,23 +212,23 @@ def publish(
         for p in directory.rglob("*")
         if p.is_file() and not p.name.startswith(".") and not skip(p.relative_to(directory).as_posix())
     )
+    present = sizes(url)
     with storage_errors(url):
-        present = {
-            key[len(root) + 1 :]: entry
-            for key, entry in _listing(fs, root).items()
-            if key.startswith(root + "/")
-        }
-        digests = {relative: sha256_of(path) for relative, path in files}
+        digests = {relative: file_sha256(path) for relative, path in files}
+
+        def held(relative: str, path: Path) -> bool:  # the store has these bytes under the key already
+            same_size = present.get(relative) == path.stat().st_size
+            return same_size and _sha256_meta(fs, f"{root}/{relative}") == digests[relative]
+
         result = Published()
-        if last in present and last in digests and _sha256_meta(fs, f"{root}/{last}") != digests[last]:
+        if last in present and last in digests and not held(last, directory / last):
             fs.rm_file(f"{root}/{last}")
             del present[last]
         for relative, path in sorted(files, key=lambda item: item[0] == last):
-            key = f"{root}/{relative}"
-            if relative in present and _sha256_meta(fs, key) == digests[relative]:
+            if relative in present and held(relative, path):
                 result.kept += 1
                 continue
-            fs.put_file(str(path), key, Metadata={SHA256_KEY: digests[relative]})
+            fs.put_file(str(path), f"{root}/{relative}", Metadata={SHA256_KEY: digests[relative]})
             result.uploaded += 1
         strays = sorted(f"{root}/{relative}" for relative in present if relative not in digests)
         if strays:

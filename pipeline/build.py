@@ -45,7 +45,7 @@ from mixtures.storage import check_access, is_remote, join, publish
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
-from pipeline.guard import BuildLock, check_settings
+from pipeline.guard import LOCK_NAME, BuildLock, check_settings
 from pipeline.heldout import (
     HELDOUT_RATE,
     HELDOUT_TOKENS,
@@ -78,7 +78,8 @@ from pipeline.streams import StreamCounter
 from pipeline.tokenizer import BatchTokenizer, directory_sha256, load_tokenizer
 from pipeline.words import TextNormalizer
 
-STAGED_ONLY = ("_work", "_logs")  # a phase directory's intermediates and task logs: never published
+# What a phase directory holds for the build itself (intermediates, task logs, its lock): never published
+STAGED_ONLY = ("_work", "_logs", LOCK_NAME)
 
 
 def staging_dir(output: str) -> Path:
@@ -501,14 +502,14 @@ class Build:
                 for name, executor in chain.items():
                     with watched(executor, name, display):
                         executor.run()
-        if self.options.executor == "slurm" and any(executor.to_run for executor in chain.values()):
-            return None
-        counts = read_stats(self.phase_dir)  # a rerun skips finished tasks: their shards must still be
-        problems = changed_shards(counts)  # the files they wrote
-        if problems:
-            raise damaged_build(counts, problems)
-        if self.published:
-            publish(self.phase_dir, self.published, skip=lambda path: path.split("/")[0] in STAGED_ONLY)
+            if self.options.executor == "slurm" and any(executor.to_run for executor in chain.values()):
+                return None
+            counts = read_stats(self.phase_dir)  # a rerun skips finished tasks: their shards must still be
+            problems = changed_shards(counts)  # the files they wrote
+            if problems:
+                raise damaged_build(counts, problems)
+            if self.published:  # under the lock: one build publishes at a time
+                publish(self.phase_dir, self.published, skip=lambda path: path.split("/")[0] in STAGED_ONLY)
         return load_stats(self.phase_dir)
 
     @property

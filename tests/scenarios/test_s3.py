@@ -172,14 +172,21 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
 def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_partial_or_stray_object(
     s3, published, sample_root, tmp_path
 ):
-    """A build SIGKILLed (its whole process group) at a random moment of the uninterrupted one's
-    duration, and run again, ends with the uninterrupted one's objects. Meanwhile every shard that
-    shows under its final key is read back: it must already be the complete file."""
+    """A build SIGKILLed (its whole process group) at a random moment, and run again, ends with the
+    uninterrupted build's objects. The moment is either a random time within the first 70% of the
+    uninterrupted build's duration (its tasks), or once a random number of its objects has
+    appeared (its upload). Meanwhile every shard that shows under its final key is read back: it
+    must already be the complete file."""
     env = s3_env(s3, sample_root)
     reference = s3.objects("runs", f"whole/{PHASE}")
     seed = random.randrange(1 << 30)
-    moment = random.Random(seed).uniform(0.1, 0.95) * published.seconds
-    seen: dict[str, bytes] = {}
+    chance = random.Random(seed)
+    if chance.random() < 0.5:
+        moment, after_objects = chance.uniform(0.05, 0.7) * published.seconds, len(reference) + 1
+    else:
+        moment, after_objects = float("inf"), chance.randrange(1, len(reference))
+    where = f"seed {seed}: killed after {moment:.1f} s or {after_objects} objects"
+    seen: dict[str, bytes] = {}  # every key listed so far, with the bytes of the shards
     watching = threading.Event()
 
     def watch() -> None:
@@ -187,9 +194,12 @@ def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_part
         while not watching.is_set():
             for page in client.get_paginator("list_objects_v2").paginate(Bucket="runs", Prefix="killed/"):
                 for item in page.get("Contents", []):
-                    if item["Key"].endswith(".arrow") and item["Key"] not in seen:
-                        seen[item["Key"]] = client.get_object(Bucket="runs", Key=item["Key"])["Body"].read()
-            time.sleep(0.05)
+                    if item["Key"] not in seen:
+                        is_shard = item["Key"].endswith(".arrow")
+                        seen[item["Key"]] = (
+                            is_shard and client.get_object(Bucket="runs", Key=item["Key"])["Body"].read()
+                        )
+            time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -197,18 +207,21 @@ def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_part
     running = subprocess.Popen(
         command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    time.sleep(moment)
+    started = time.monotonic()
+    while time.monotonic() - started < moment and len(seen) < after_objects and running.poll() is None:
+        time.sleep(0.01)
     os.killpg(running.pid, signal.SIGKILL)
-    assert running.wait() == -signal.SIGKILL, "the build ended before it was killed"
+    assert running.wait() == -signal.SIGKILL, f"the build ended before it was killed ({where})"
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     watching.set()
     watcher.join()
-    assert rerun.returncode == 0, f"seed {seed}, killed after {moment:.1f} s: {rerun.stderr[-3000:]}"
-    assert s3.objects("runs", f"killed/{PHASE}") == reference, f"seed {seed}, killed after {moment:.1f} s"
+    assert rerun.returncode == 0, f"{where}: {rerun.stderr[-3000:]}"
+    assert s3.objects("runs", f"killed/{PHASE}") == reference, where
     for key, data in seen.items():
-        assert data == reference[key.split(f"killed/{PHASE}/", 1)[1]], (
-            f"{key} was visible incomplete (seed {seed})"
-        )
+        if key.endswith(".arrow"):
+            assert data == reference[key.split(f"killed/{PHASE}/", 1)[1]], (
+                f"{key} was visible incomplete ({where})"
+            )
 
 
 def test_an_s3_output_without_credentials_is_a_one_line_error_before_anything_runs(s3, sample_root, tmp_path):
