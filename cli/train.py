@@ -98,14 +98,15 @@ def main(
     from mixtures.manifest import load_manifest
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError, resolve
-    from trainer.data import DataError
+    from trainer.data import DataError, say_fetched, shard_cache
     from trainer.metrics import RunFileError
     from trainer.model import ModelFormatError
     from trainer.train import train
 
     try:
         overrides = from_params(Overrides, ctx.params, settings=tuple(settings))
-        phase = load_manifest(manifest, check_hashes=overrides.verify)
+        cache = shard_cache(overrides.cache_dir)  # for a manifest whose data is remote
+        phase = load_manifest(manifest, check_hashes=overrides.verify, cache_dir=cache, fetched=say_fetched)
         train(resolve(phase, overrides, out), phase, resume=resume, force=force, device=device)
     except (
         ConfigError,

@@ -49,10 +49,12 @@ thing of a shard's schema and counts as the trainer's reader does
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -79,7 +81,7 @@ from mixtures.formats import (
     shard_counts,
 )
 from mixtures.recipe import RecipeError, TrainingSpec
-from mixtures.storage import StorageError, is_remote, join, read_bytes, sizes
+from mixtures.storage import StorageError, cached_path, fetch, is_remote, join, read_bytes, sizes
 
 if TYPE_CHECKING:  # the compiler's types, named for the writer only: reading needs none of it
     from mixtures.compiler import Mixture
@@ -280,21 +282,53 @@ class Manifest:
         return phase if isinstance(phase, str) and phase else self.phase
 
 
-def load_manifest(path: str | Path, check_hashes: bool = False) -> Manifest:
+def load_manifest(
+    path: str | Path,
+    check_hashes: bool = False,
+    cache_dir: Path | None = None,
+    fetched: Callable[[str, int], None] | None = None,
+) -> Manifest:
     """Read a manifest (parsed once) and check it and its data; raises MixtureError naming the problems.
 
     Checked: the structure, the fingerprint, and every shard at its recorded size
     (``check_hashes``: also its sha256; see the module docstring). A planning
     manifest, which lists no shards, is read as it is.
+
+    With ``cache_dir`` (a trainer's), a data root in an object store or on the hub is read from
+    local copies there (`mixtures.storage.fetch`: each fetched once, size and sha256 checked):
+    ``check_hashes`` fetches every shard first and hashes the copies; otherwise nothing is read
+    now, and each shard is fetched and checked when it is first opened. ``fetched`` hears of each
+    download (its URL and bytes).
     """
     manifest, mismatch = _parse(Path(path))
     if mismatch:
         raise MixtureError(mismatch)
-    problems = data_problems(manifest, check_hashes)
+    if cache_dir is not None and is_remote(manifest.data_root or ""):
+        if not check_hashes:
+            return manifest
+        problems = data_problems(_fetched_copy(manifest, cache_dir, fetched), check_hashes)
+    else:
+        problems = data_problems(manifest, check_hashes)
     if problems:
         shown = "\n  ".join(problems[:PROBLEMS_SHOWN])
         raise MixtureError(f"{path}: {len(problems)} problem(s) with its data:\n  {shown}")
     return manifest
+
+
+def _fetched_copy(
+    manifest: Manifest, cache_dir: Path, fetched: Callable[[str, int], None] | None
+) -> Manifest:
+    """The manifest over local copies of its remote shards, every one fetched into ``cache_dir``."""
+    root = str(manifest.data_root)
+    for shard in (shard for stream in manifest.streams for shard in stream.shards):
+        url = join(root, shard.path)
+        try:
+            _, downloaded = fetch(url, cache_dir, shard.bytes, shard.sha256)
+        except StorageError as err:
+            raise MixtureError(str(err)) from err
+        if downloaded and fetched:
+            fetched(url, shard.bytes)
+    return dataclasses.replace(manifest, data_root=cached_path(root, cache_dir))
 
 
 def validate_manifest(

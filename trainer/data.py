@@ -192,19 +192,29 @@ class Stream:
         return cache[key]
 
 
+def shard_cache(cache_dir: str | Path | None) -> Path:
+    """Where remote shards are fetched to (`mixtures.storage.fetch`): ``--cache-dir``, else
+    ``MMBERT_DATA_CACHE/shards``. One per node is enough: its ranks share it."""
+    return Path(cache_dir) if cache_dir else cache_root() / "shards"
+
+
+def say_fetched(url: str, size: int) -> None:
+    """The line a rank prints for each shard it downloads (a cached one is not mentioned)."""
+    print(f"fetched {url} ({size:,} bytes)", file=sys.stderr, flush=True)
+
+
 class MixtureData:
     """The manifest's streams with a non-zero target, and their shards (opened lazily)."""
 
     def __init__(self, manifest: Manifest, seed: int, cache_dir: str | Path | None = None):
-        """``cache_dir``: where the shards of a data root in an object store or the hub are fetched
-        (`mixtures.storage.fetch`) and memory-mapped from; ``MMBERT_DATA_CACHE/shards`` by default."""
+        """``cache_dir``: where the shards of a data root in an object store or on the hub are
+        fetched on first use and memory-mapped from (see :func:`shard_cache`)."""
         if manifest.data_root is None:
             raise DataError(f"{manifest.path}: compiled from counts for planning, so it lists no shards")
         self.manifest = manifest
         self.remote = str(manifest.data_root) if is_remote(manifest.data_root) else None
-        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "shards"
+        self.cache_dir = shard_cache(cache_dir)
         self.root = cached_path(self.remote, self.cache_dir) if self.remote else Path(manifest.data_root)
-        self.fetched: list[str] = []  # the shards this process downloaded (the others were cached)
         self.streams: list[Stream] = []
         for entry in manifest.streams:
             if entry.target_tokens == 0:
@@ -261,8 +271,7 @@ class MixtureData:
         except StorageError as err:
             raise DataError(str(err)) from err
         if downloaded:
-            self.fetched.append(shard.path)
-            print(f"fetched {url} ({shard.bytes:,} bytes) into {self.cache_dir}", file=sys.stderr, flush=True)
+            say_fetched(url, shard.bytes)
         return path
 
     def _count_rows(self, entry: StreamEntry, shard: ShardEntry) -> int:

@@ -163,10 +163,20 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
     again = tiny(manifest, tmp_path / "again", *short, "--cache-dir", str(cache))
     assert run(again, processes=2, crash_at="2:0").returncode != 0
     assert checkpoint_dirs(tmp_path / "again")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # no store: the cache serves
     resumed = run([*again, "--resume"], processes=2)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stdout[-3000:]
     assert "fetched s3://" not in resumed.stdout, "the cache was not used"
     assert_bitwise_equal(tmp_path / "again", tmp_path / "local")
+    # --verify fetches every shard and hashes the cached copies: one changed byte stops it, naming the shard
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+    damaged = sorted(cache.rglob("*.arrow"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[-16] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    verified = run([*tiny(manifest, tmp_path / "verified", *short, "--cache-dir", str(cache)), "--verify"])
+    assert verified.returncode == 1 and "changed shard: " in verified.stdout, verified.stdout[-3000:]
+    assert damaged.name in verified.stdout
 
 
 def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_partial_or_stray_object(
