@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn
 from rich.text import Text
 
 from cli.mixture import mixture, validate
-from cli.options import choices, field_option, from_params
+from cli.options import choices, field_option, from_params, local_path
 from cli.shard import inspect
 from mixtures.recipe import DEFAULT_RECIPE, LID_BACKENDS, load_recipe
 from pipeline.bad_input import ON_ERROR_CHOICES, USER_ERRORS
@@ -205,6 +205,7 @@ def download(
         "-o",
         "--to",
         help="Mirror directory; build from it later with --input-root DIR. (--to: an older spelling.)",
+        callback=local_path,
     ),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML."),
     sources: str = _option("sources"),
@@ -290,7 +291,9 @@ def stats(
 def status(
     run_dir: Path = typer.Argument(
         ...,
-        help="A build's --output (every phase in it), one phase (OUTPUT/PHASE), or a download's mirror.",
+        help="A build's --output (every phase in it), one phase (OUTPUT/PHASE), or a download's mirror "
+        "(for an s3:// build: its --staging directory).",
+        callback=local_path,
     ),
     wait: bool = typer.Option(
         False, "--wait", help="Wait until no task is queued or running, then exit 1 if any failed or is left."

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.options import choices, token_amount
+from cli.options import choices, local_path, token_amount
 from mixtures.compiler import Mixture, compile_phase, multilingual_source, pool_shares
 from mixtures.counts import (
     Counts,
@@ -103,7 +103,9 @@ def mixture(
         None,
         "--output",
         "-o",
-        help="Manifest to write (default with build statistics: manifest.json beside them).",
+        help="Manifest to write, a local file (default with local build statistics: manifest.json beside "
+        "them).",
+        callback=local_path,
     ),
     plot: Path | None = typer.Option(
         None,
@@ -308,7 +310,9 @@ def _manifest_series(
 
 
 def validate(
-    manifests: list[Path] = typer.Argument(..., metavar="MANIFEST...", help="Manifests to check."),
+    manifests: list[Path] = typer.Argument(
+        ..., metavar="MANIFEST...", help="Manifests (local files) to check.", callback=local_path
+    ),
     hashes: bool = typer.Option(
         True, "--hash/--no-hash", help="Hash every shard (--no-hash: sizes, and one schema per stream)."
     ),

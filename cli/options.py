@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -46,3 +48,13 @@ def token_amount(value: str | None, flag: str = "--tokens") -> int | None:
         return parse_tokens(value)
     except ValueError as err:
         raise RecipeError(f"{flag}: {err}") from err
+
+
+def local_path(value: Path | list[Path] | None) -> Path | list[Path] | None:
+    """A typer callback for parameters that take local paths: a URL is refused, where ``Path``
+    would quietly turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``. The commands
+    that read or write ``s3://`` and ``hf://`` (build, stats, mixture --stats) take strings."""
+    for path in value if isinstance(value, list) else [value]:
+        if path is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):
+            raise typer.BadParameter(f"{str(path).replace(':/', '://', 1)} is a URL; this takes a local path")
+    return value

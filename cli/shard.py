@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.ipc
 import typer
 
+from cli.options import local_path
 from mixtures.errors import MixtureError
 from mixtures.files import file_sha256
 from mixtures.formats import (
@@ -30,10 +31,13 @@ from mixtures.formats import (
     input_ids_problem,
     schema_problems,
 )
+from mixtures.storage import is_remote
 
 
 def inspect(
-    shard: Path = typer.Argument(..., help="A token shard (OUTPUT/PHASE/SOURCE/LANGUAGE/*.arrow)."),
+    shard: Path = typer.Argument(
+        ..., help="A token shard (OUTPUT/PHASE/SOURCE/LANGUAGE/*.arrow).", callback=local_path
+    ),
     documents: int = typer.Option(3, "--documents", "-n", min=0, help="How many documents to print."),
     chars: int = typer.Option(400, "--chars", min=1, help="Print at most this many characters of each."),
     tokenizer: str | None = typer.Option(
@@ -48,7 +52,11 @@ def inspect(
         "(in its phase directory) or in --manifest.",
     ),
     manifest: Path | None = typer.Option(
-        None, "--manifest", "-m", help="With --verify: compare with this manifest's entry instead."
+        None,
+        "--manifest",
+        "-m",
+        help="With --verify: compare with this manifest's entry instead.",
+        callback=local_path,
     ),
 ) -> None:
     """Print a shard's metadata (tokenizer, source, language, phase) and a few decoded documents."""
@@ -134,11 +142,15 @@ def _verify(path: Path, manifest: Path | None, counts: tuple[int, int]) -> str:
             entries = [entry for entry in listed if entry["path"] == relative]
         else:
             record, loaded = manifest, load_manifest(manifest)
+            root = loaded.data_root
+
+            def lists(entry_path: str) -> bool:  # a remote root's shard is a copy: matched by its path
+                if is_remote(root):
+                    return file.as_posix().endswith(f"/{entry_path}")
+                return (root / entry_path).resolve() == file
+
             entries = [
-                entry._asdict()
-                for stream in loaded.streams
-                for entry in stream.shards
-                if (loaded.data_root / entry.path).resolve() == file
+                entry._asdict() for stream in loaded.streams for entry in stream.shards if lists(entry.path)
             ]
     except (MixtureError, IndexError) as err:
         raise ValueError(f"{path}: --verify needs its build's stats.json or --manifest: {err}") from err

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.options import field_option, from_params
+from cli.options import field_option, from_params, local_path
 from mixtures.hub import HubUnavailable
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from trainer.launch import exit_with_agent, ranks_from_slurm
@@ -52,13 +52,14 @@ def option(name: str, *declarations: str, **settings: Any) -> Any:
 def main(
     ctx: typer.Context,
     manifest: Path = typer.Option(
-        None, "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`."
+        None, "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`.", callback=local_path
     ),
     out: Path = typer.Option(
         None,
         "--output",
         "-o",
         "--out",
+        callback=local_path,
         help="Run directory (checkpoints, metrics). Default: runs/PHASE. (--out: an older spelling.)",
     ),
     resume: bool = typer.Option(
@@ -162,6 +163,7 @@ def evaluate(
         "--data",
         help="The build to evaluate on: a phase directory (OUTPUT/PHASE, with stats.json and its held-out "
         "shards), or OUTPUT holding one phase.",
+        callback=local_path,
     ),
     mask_rate: float = eval_option("mask_rate"),
     seed: int = eval_option("seed"),
@@ -247,8 +249,12 @@ def submit_option(name: str, *declarations: str, **settings: Any) -> Any:
 @app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`."),
-    out: Path = typer.Option(None, "--output", "-o", help="Run directory. Default: runs/PHASE."),
+    manifest: Path = typer.Option(
+        ..., "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`.", callback=local_path
+    ),
+    out: Path = typer.Option(
+        None, "--output", "-o", help="Run directory. Default: runs/PHASE.", callback=local_path
+    ),
     nodes: int = submit_option("nodes"),
     gpus_per_node: int = submit_option("gpus_per_node"),
     procs_per_node: int = submit_option("procs_per_node"),

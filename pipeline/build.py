@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +42,11 @@ from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
 from mixtures.slurm import job_tag
-from mixtures.storage import check_access, is_remote, join, publish
+from mixtures.storage import check_access, exists, is_remote, join, publish, read_bytes
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
-from pipeline.guard import LOCK_NAME, BuildLock, check_settings
+from pipeline.guard import LOCK_NAME, SETTINGS_NAME, BuildConflict, BuildLock, check_settings
 from pipeline.heldout import (
     HELDOUT_RATE,
     HELDOUT_TOKENS,
@@ -492,6 +493,8 @@ class Build:
             if lock.taken_over and say:
                 say(lock.takeover_note())
             check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
+            if self.published and not self.options.overwrite:
+                self._check_published_settings(self.settings(loaded.record())[0])
             chain = self.executors(loaded.record())
             if self.options.executor == "slurm":
                 submit_chain(chain)
@@ -511,6 +514,25 @@ class Build:
             if self.published:  # under the lock: one build publishes at a time
                 publish(self.phase_dir, self.published, skip=lambda path: path.split("/")[0] in STAGED_ONLY)
         return load_stats(self.phase_dir)
+
+    def _check_published_settings(self, settings: dict) -> None:
+        """The settings in the published ``build.json`` must be this build's, as in a local phase
+        directory: a build made in another staging directory (another machine, a cleared cache)
+        would otherwise replace it unasked. Raises BuildConflict naming the settings that differ."""
+        remote = join(self.published, SETTINGS_NAME)
+        if not exists(remote):
+            return
+        try:
+            published = json.loads(read_bytes(remote)).get("settings") or {}
+        except (ValueError, AttributeError):
+            published = {}
+        mine = json.loads(json.dumps(settings))
+        changed = sorted(key for key in {*published, *mine} if published.get(key) != mine.get(key))
+        if changed:
+            raise BuildConflict(
+                f"{self.published} holds a build with other settings ({', '.join(changed)}, in its "
+                f"{SETTINGS_NAME}); pass --overwrite to replace it, or write to another --output"
+            )
 
     @property
     def stats_location(self) -> str:

@@ -81,7 +81,9 @@ class BuildOptions:
         "Comma-separated languages instead of the phase's: ISO 639-3 (fra) or with script (srp_Latn).", None
     )
     input_root: str | None = flag(
-        "Local mirror of the hub: hf://datasets/<repo>/... is read from INPUT_ROOT/datasets/<repo>/...", None
+        "A mirror of the hub, a path or s3:// URL: hf://datasets/<repo>/... is read from "
+        "INPUT_ROOT/datasets/<repo>/...",
+        None,
     )
     tokenizer: str | None = flag(
         "tokenizer.json path, hub name, or sample:DIR (a BPE trained on DIR). Default: the recipe's.", None

@@ -54,6 +54,7 @@ from mixtures.files import write_atomic
 from mixtures.formats import TokenizerRecord, expected_metadata
 from mixtures.manifest import Manifest, ShardEntry
 from mixtures.recipe import Recipe, RecipeError, format_tokens, load_recipe
+from mixtures.storage import is_remote
 from trainer.checkpoint import read_init
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataError, ShardFile, piece_lengths
@@ -605,6 +606,11 @@ class PhaseEval:
         streams = [(s.source, s.language) for s in manifest.streams if s.target_tokens > 0]
         options = EvalOptions(max_tokens_per_language=PHASE_SAMPLE_TOKENS)
         try:
+            if is_remote(manifest.data_root):
+                raise EvalError(
+                    f"its build is at {manifest.data_root}; evaluate a local copy with "
+                    "`mmbert-train eval RUN --data OUTPUT/PHASE`"
+                )
             heldout = read_heldout(manifest.data_root, options, streams)
         except (EvalError, DataError) as err:
             if config.eval_every_tokens:

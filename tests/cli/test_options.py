@@ -109,3 +109,26 @@ def test_a_recipe_with_other_phase_names_works(tmp_path):
     assert "phase anneal:" in compiled.output
     unknown = runner.invoke(data.app, ["build", "--recipe", str(recipe), "--phase", "decay"])
     assert unknown.exit_code == 1 and "no phase 'decay' (phases: anneal, warmup)" in unknown.output
+
+
+@pytest.mark.parametrize(
+    "app, args",
+    [
+        (data.app, ["download", "--phase", "decay", "-o", "s3://bucket/mirror"]),
+        (data.app, ["mixture", "--phase", "decay", "-o", "s3://bucket/manifest.json"]),
+        (data.app, ["validate", "hf://datasets/me/manifest.json"]),
+        (data.app, ["inspect", "s3://bucket/decay/fineweb2/fra_Latn/00000-0000.arrow"]),
+        (data.app, ["status", "s3://bucket/build"]),
+        (train.app, ["--manifest", "manifests/decay.json", "-o", "s3://bucket/run"]),
+        (train.app, ["eval", "runs/decay", "--data", "s3://bucket/build/decay"]),
+    ],
+    ids=["download", "mixture", "validate", "inspect", "status", "train", "eval"],
+)
+def test_a_url_where_a_local_path_is_taken_is_refused_and_writes_nothing(app, args, tmp_path, monkeypatch):
+    """``Path`` would turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    url = next(arg for arg in args if "://" in arg)
+    assert f"{url} is a URL; this takes a local path" in " ".join(result.output.split())
+    assert list(tmp_path.iterdir()) == []

@@ -148,6 +148,7 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
     cache, short = tmp_path / "shards", ("--micro-batch-tokens", "16384", "--batch-size", "2")  # 2 x 8192
     remote = run(tiny(manifest, tmp_path / "remote", *short, "--cache-dir", str(cache)), processes=2)
     assert remote.returncode == 0, remote.stdout[-3000:]
+    assert f"its build is at s3://runs/whole/{PHASE}; evaluate a local copy" in remote.stdout
     fetched = [
         line.split("fetched ", 1)[1].split()[0]
         for line in remote.stdout.splitlines()
@@ -171,6 +172,8 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
     # --verify fetches every shard and hashes the cached copies: one changed byte stops it, naming the shard
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
     damaged = sorted(cache.rglob("*.arrow"))[0]
+    inspected = mmbert(dict(os.environ), "inspect", str(damaged), "--verify", "--manifest", str(manifest))
+    assert inspected.returncode == 0, inspected.stderr  # a cached copy is matched to its entry by path
     data = bytearray(damaged.read_bytes())
     data[-16] ^= 0xFF
     damaged.write_bytes(bytes(data))
@@ -246,3 +249,18 @@ def test_an_s3_output_without_credentials_is_a_one_line_error_before_anything_ru
     )
     assert not (tmp_path / "staging").exists()
     assert s3.objects("runs", "nocreds") == {}
+
+
+def test_a_build_with_other_settings_from_another_staging_directory_is_refused(
+    s3, published, sample_root, tmp_path
+):
+    """The output's own build.json decides, as in a local phase directory: a fresh staging directory
+    (another machine, a cleared cache) cannot replace what is published with other settings unasked."""
+    before = s3.objects("runs", f"whole/{PHASE}")
+    command = [*build_command("s3://runs/whole", tmp_path / "elsewhere"), "--sources", "wikipedia"]
+    done = subprocess.run(command, env=s3_env(s3, sample_root), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert f"s3://runs/whole/{PHASE} holds a build with other settings (sources, in its build.json)" in line
+    assert "--overwrite" in line
+    assert s3.objects("runs", f"whole/{PHASE}") == before
