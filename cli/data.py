@@ -152,6 +152,12 @@ def build(
         typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
         return
     print_stats(stats, Console(), phase_dir=build.phase_dir)
+    if build.publication is not None:
+        done = build.publication
+        typer.echo(
+            f"published {build.phase_dir} to {build.published}: {done.uploaded} file(s) uploaded, "
+            f"{done.kept} already there, {done.removed} stray object(s) removed"
+        )
     typer.echo(f"wrote {build.stats_location}")
 
 
@@ -252,7 +258,7 @@ def download(
             typer.echo(submitted_line("download", submitted))
             return
         result = download_phase(
-            inputs, output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}")
+            inputs, output, progress=lambda path, size: console.print(f"{size:>12,d}  {path}", soft_wrap=True)
         )
     except (*USER_ERRORS, OSError) as err:
         typer.echo(f"error: {err}", err=True)

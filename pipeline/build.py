@@ -42,7 +42,7 @@ from mixtures.hub import hub_unavailable, unreachable_reason
 from mixtures.languages import language_code
 from mixtures.recipe import PhaseSpec
 from mixtures.slurm import job_tag
-from mixtures.storage import check_access, exists, is_remote, join, publish, read_bytes
+from mixtures.storage import Published, check_access, exists, is_remote, join, publish, read_bytes
 from pipeline.bad_input import USER_ERRORS, NoInputError
 from pipeline.build_options import BuildOptions
 from pipeline.dedup import LanguageScopedSignature, RankFileReader, Rehydrate, StreamMinhashFilter
@@ -134,6 +134,7 @@ class Build:
         # An object store has no rename: the build is made (and resumed) in a local staging directory,
         # then published there file by file (mixtures.storage.publish).
         self.published: str | None = join(output, options.phase) if is_remote(output) else None
+        self.publication: Published | None = None  # what publishing to ``published`` did, once done
         if self.published and not output.startswith("s3://"):
             raise ValueError(f"--output {output}: a build is written to a local path or an s3:// URL")
         if self.published and options.executor == "slurm" and options.staging is None:
@@ -492,10 +493,17 @@ class Build:
         with BuildLock(self.phase_dir) as lock:
             if lock.taken_over and say:
                 say(lock.takeover_note())
+            record = self.phase_dir / SETTINGS_NAME
+            fresh = self.options.overwrite or not record.exists()
             check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
             if self.published and not self.options.overwrite:
                 self._check_published_settings(self.settings(loaded.record())[0])
-            chain = self.executors(loaded.record())
+            try:
+                chain = self.executors(loaded.record())
+            except BaseException:  # a stage that cannot be set up (a missing LID model): nothing was
+                if fresh:  # built, so the settings just recorded must not refuse the corrected rerun
+                    record.unlink(missing_ok=True)
+                raise
             if self.options.executor == "slurm":
                 submit_chain(chain)
                 for name, executor in chain.items():
@@ -512,7 +520,8 @@ class Build:
             if problems:
                 raise damaged_build(counts, problems)
             if self.published:  # under the lock: one build publishes at a time
-                publish(self.phase_dir, self.published, skip=lambda path: path.split("/")[0] in STAGED_ONLY)
+                staged_only = lambda path: path.split("/")[0] in STAGED_ONLY  # noqa: E731
+                self.publication = publish(self.phase_dir, self.published, skip=staged_only)
         return load_stats(self.phase_dir)
 
     def _check_published_settings(self, settings: dict) -> None:

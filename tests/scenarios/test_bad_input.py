@@ -23,6 +23,7 @@ from tests.corpus import (
     WIKIPEDIA,
     build_args,
     prose,
+    small_hub,
     write_dclm,
     write_dolmino,
     write_fineweb2,
@@ -309,3 +310,15 @@ def test_a_parquet_problem_names_its_row_and_a_json_lines_problem_its_line():
     json_line = InputProblem("dclm", "shard.jsonl.zst", 3, "no text field")
     assert str(json_line) == "shard.jsonl.zst:3: no text field"
     assert str(InputProblem("dclm", "shard.jsonl.zst", None, "unreadable")) == "shard.jsonl.zst: unreadable"
+
+
+def test_a_stage_that_cannot_be_set_up_records_no_settings(tmp_path):
+    """A missing LID model stops the build before build.json is written, so the corrected
+    command (here: the recipe's own LID) is not refused as a build with other settings."""
+    small_hub(tmp_path / "hub")
+    out = tmp_path / "out"
+    missing = runner.invoke(app, build_args(tmp_path / "hub", out, "--lid", "ft176", "--sources", "fineweb2"))
+    assert missing.exit_code == 1 and "fastText LID-176 model not found" in missing.output
+    assert not (out / "pretrain" / "build.json").exists()
+    fixed = runner.invoke(app, build_args(tmp_path / "hub", out, "--sources", "fineweb2"))
+    assert fixed.exit_code == 0, fixed.output

@@ -73,7 +73,10 @@ def published(s3, sample_root, tmp_path_factory) -> Published:
         build_command("s3://runs/whole", staging), env=s3_env(s3, sample_root), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == f"wrote s3://runs/whole/{PHASE}/stats.json"
+    *_, uploaded, wrote = done.stdout.strip().splitlines()
+    assert wrote == f"wrote s3://runs/whole/{PHASE}/stats.json"
+    objects = len(s3.objects("runs", f"whole/{PHASE}"))
+    assert uploaded.endswith(f"{objects} file(s) uploaded, 0 already there, 0 stray object(s) removed")
     return Published(staging, time.monotonic() - started)
 
 
