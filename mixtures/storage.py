@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixtures.files import atomic_output, file_sha256
+from mixtures.files import atomic_output
 
 CHUNK_BYTES = 8 << 20
 SHA256_KEY = "sha256"  # an uploaded object's user metadata (x-amz-meta-sha256): its bytes' digest
@@ -196,14 +196,15 @@ def publish(
     skip: Callable[[str], bool] = lambda relative: False,
     last: str = "stats.json",
 ) -> Published:
-    """Make the objects under ``url`` the files of ``directory`` (those ``skip`` does not exclude,
-    by path relative to it), and nothing else; return what it took.
+    """Make the objects under ``url`` (an ``s3://`` prefix) the files of ``directory`` (those
+    ``skip`` does not exclude, by path relative to it), and nothing else; return what it took.
 
     Each file is put under its final key (its sha256 in the object's metadata); one the store
-    already holds with that sha256 is kept. ``last`` (the file that says the rest is complete) is
-    taken down first when it differs, and put after every other file; objects the directory does not
-    have, and multipart uploads left unfinished by a killed run, are removed at the end. A run
-    killed at any moment leaves only whole objects, and a rerun ends with exactly the directory.
+    already holds with that sha256 (and, for a one-part upload, the ETag of its MD5) is kept.
+    ``last`` (the file that says the rest is complete) is taken down first when it differs, and
+    put after every other file; objects the directory does not have, and multipart uploads left
+    unfinished by a killed run, are removed at the end. A run killed at any moment leaves only
+    whole objects, and a rerun ends with exactly the directory.
     """
     fs, root = filesystem(url)
     root = root.rstrip("/")
@@ -214,11 +215,12 @@ def publish(
     )
     present = sizes(url)
     with storage_errors(url):
-        digests = {relative: file_sha256(path) for relative, path in files}
+        digests = {relative: _digests(path) for relative, path in files}
 
         def held(relative: str, path: Path) -> bool:  # the store has these bytes under the key already
-            same_size = present.get(relative) == path.stat().st_size
-            return same_size and _sha256_meta(fs, f"{root}/{relative}") == digests[relative]
+            if present.get(relative) != path.stat().st_size:
+                return False
+            return _published_as(fs, f"{root}/{relative}", *digests[relative])
 
         result = Published()
         if last in present and last in digests and not held(last, directory / last):
@@ -228,7 +230,7 @@ def publish(
             if relative in present and held(relative, path):
                 result.kept += 1
                 continue
-            fs.put_file(str(path), f"{root}/{relative}", Metadata={SHA256_KEY: digests[relative]})
+            fs.put_file(str(path), f"{root}/{relative}", Metadata={SHA256_KEY: digests[relative][0]})
             result.uploaded += 1
         strays = sorted(f"{root}/{relative}" for relative in present if relative not in digests)
         if strays:
@@ -246,19 +248,33 @@ def _listing(fs: Any, root: str) -> dict[str, dict]:
         return {}
 
 
-def _sha256_meta(fs: Any, key: str) -> str | None:
-    """The sha256 an object was published with (None for an object put otherwise)."""
+def _digests(path: Path) -> tuple[str, str]:
+    """A file's sha256 and MD5, in one read."""
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            sha256.update(chunk)
+            md5.update(chunk)
+    return sha256.hexdigest(), md5.hexdigest()
+
+
+def _published_as(fs: Any, key: str, sha256: str, md5: str) -> bool:
+    """Whether the object under ``key`` was published from bytes of this ``sha256`` and still holds
+    them: its metadata says so, and its ETag, where it is the MD5 of a one-part upload, agrees (an
+    object overwritten since, metadata and all, is put again)."""
+    bucket, _, name = key.partition("/")
     try:
-        return (fs.metadata(key) or {}).get(SHA256_KEY)
-    except (FileNotFoundError, AttributeError):
-        return None
+        head = fs.call_s3("head_object", Bucket=bucket, Key=name)
+    except FileNotFoundError:
+        return False
+    etag = str(head.get("ETag", "")).strip('"')
+    one_part = len(etag) == 32 and "-" not in etag
+    return (head.get("Metadata") or {}).get(SHA256_KEY) == sha256 and (not one_part or etag == md5)
 
 
 def _abort_unfinished_uploads(fs: Any, root: str) -> None:
     """Abort the multipart uploads under ``root`` that a killed run began and never completed
     (invisible as objects, but kept and billed by the store until aborted)."""
-    if not hasattr(fs, "call_s3"):
-        return
     bucket, _, prefix = root.partition("/")
     answer = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/")
     for upload in answer.get("Uploads", []):

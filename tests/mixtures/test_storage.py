@@ -115,3 +115,14 @@ def test_a_missing_bucket_or_credential_is_one_line_naming_the_url(s3, monkeypat
             storage.check_access("s3://bucket/x")
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_publish_puts_again_an_object_changed_since_even_with_its_metadata(s3, tmp_path):
+    directory = _tree(tmp_path / "phase", {"a.arrow": b"right", "stats.json": b"{}"})
+    storage.publish(directory, "s3://bucket/tampered")
+    client = s3.client()
+    meta = client.head_object(Bucket="bucket", Key="tampered/a.arrow")["Metadata"]
+    client.put_object(Bucket="bucket", Key="tampered/a.arrow", Body=b"wrong", Metadata=meta)  # same size
+    again = storage.publish(directory, "s3://bucket/tampered")
+    assert (again.uploaded, again.kept) == (1, 1)
+    assert s3.objects("bucket", "tampered") == {"a.arrow": b"right", "stats.json": b"{}"}
