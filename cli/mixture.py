@@ -121,6 +121,8 @@ def mixture(
     try:
         loaded = load_recipe(recipe)
         found, phase = _counts(loaded, phase, temperature, stats, counts, bytes_per_token or [])
+        if output is None and is_remote(found.data_root or ""):
+            raise MixtureError(f"the build is at {found.data_root}: pass --output PATH (a local manifest)")
         pool_source = multilingual_source(loaded)
         if languages is None:
             wanted = None
@@ -141,8 +143,6 @@ def mixture(
         console.print(f"counts: {escape(_counts_origin(found))}")
         _warn(console, loaded, found, compiled)
         print_mixture(console, compiled, loaded, top)
-        if output is None and is_remote(found.data_root or ""):
-            raise MixtureError(f"the build is at {found.data_root}: pass --output PATH (a local manifest)")
         output = output or (found.data_root / "manifest.json" if found.data_root else None)
         if output is not None:
             fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)

@@ -113,6 +113,14 @@ def test_stats_mixture_and_validate_read_a_build_on_s3(
         "--output", str(manifest),
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
+    nowhere = mmbert(
+        env, "mixture", "--phase", PHASE, "--stats", "s3://runs/whole", "--tokens", str(DECAY_TOKENS)
+    )
+    assert nowhere.returncode == 1
+    assert (
+        nowhere.stderr.strip()
+        == f"error: the build is at s3://runs/whole/{PHASE}: pass --output PATH (a local manifest)"
+    )
     ours, theirs = json.loads(manifest.read_text()), json.loads(sample_manifests[PHASE].read_text())
     assert ours["data_root"] == f"s3://runs/whole/{PHASE}"
     assert ours["streams"] == theirs["streams"]
