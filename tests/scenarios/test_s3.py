@@ -38,11 +38,11 @@ def s3() -> S3:
         yield server
 
 
-def s3_env(s3: S3, sample_root: Path, **changes: str | None) -> dict[str, str]:
+def s3_env(s3: S3, sample_root: Path, *without: str) -> dict[str, str]:
+    """A command's environment: the server's endpoint and credential (less the ``without`` variables),
+    and the session's asset cache, which holds the sample tokenizer."""
     env = {**os.environ, **s3.env, "MMBERT_DATA_CACHE": str(sample_root / "cache")}
-    for name, value in changes.items():
-        env.pop(name, None) if value is None else env.__setitem__(name, value)
-    return env
+    return {name: value for name, value in env.items() if name not in without}
 
 
 def build_command(output: str, staging: Path) -> list[str]:
@@ -55,6 +55,7 @@ def build_command(output: str, staging: Path) -> list[str]:
 
 
 def local_files(phase_dir: Path) -> dict[str, bytes]:
+    """The files of a phase directory that a build publishes, by path, with their bytes."""
     return {
         p.relative_to(phase_dir).as_posix(): p.read_bytes()
         for p in sorted(phase_dir.rglob("*"))
@@ -249,7 +250,7 @@ def test_an_s3_build_killed_at_a_random_moment_and_rerun_ends_equal_with_no_part
 
 
 def test_an_s3_output_without_credentials_is_a_one_line_error_before_anything_runs(s3, sample_root, tmp_path):
-    env = s3_env(s3, sample_root, AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None)
+    env = s3_env(s3, sample_root, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     done = subprocess.run(
         build_command("s3://runs/nocreds", tmp_path / "staging"), env=env, capture_output=True, text=True
     )
