@@ -278,18 +278,18 @@ def stats(
 ) -> None:
     """Print a build's per-(source, language) statistics as a table."""
     from mixtures.counts import load_stats
-    from mixtures.storage import StorageError
+    from mixtures.storage import is_remote
     from pipeline.stats import print_stats, stats_summary
 
     try:
         loaded = load_stats(path)
-    except (ValueError, StorageError) as err:
+    except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     if as_json:
         typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
     else:
-        local = None if "://" in path else Path(path)
+        local = None if is_remote(path) else Path(path)
         print_stats(loaded, Console(), top, local and (local if local.is_dir() else local.parent))
 
 

@@ -248,6 +248,13 @@ def _listing(fs: Any, root: str) -> dict[str, dict]:
         return {}
 
 
+def etag_md5(etag: object) -> str | None:
+    """The MD5 of an object's bytes from its ETag, which holds it for a one-part upload (a multipart
+    upload's ETag, ``<md5 of the parts' md5s>-<parts>``, says nothing of the bytes); else None."""
+    text = str(etag or "").strip('"')
+    return text if len(text) == 32 and "-" not in text else None
+
+
 def _digests(path: Path) -> tuple[str, str]:
     """A file's sha256 and MD5, in one read."""
     sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
@@ -267,9 +274,8 @@ def _published_as(fs: Any, key: str, sha256: str, md5: str) -> bool:
         head = fs.call_s3("head_object", Bucket=bucket, Key=name)
     except FileNotFoundError:
         return False
-    etag = str(head.get("ETag", "")).strip('"')
-    one_part = len(etag) == 32 and "-" not in etag
-    return (head.get("Metadata") or {}).get(SHA256_KEY) == sha256 and (not one_part or etag == md5)
+    etag = etag_md5(head.get("ETag"))
+    return (head.get("Metadata") or {}).get(SHA256_KEY) == sha256 and etag in (None, md5)
 
 
 def _abort_unfinished_uploads(fs: Any, root: str) -> None:

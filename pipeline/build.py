@@ -495,9 +495,10 @@ class Build:
                 say(lock.takeover_note())
             record = self.phase_dir / SETTINGS_NAME
             fresh = self.options.overwrite or not record.exists()
-            check_settings(self.phase_dir, *self.settings(loaded.record()), overwrite=self.options.overwrite)
+            settings, labels = self.settings(loaded.record())
+            check_settings(self.phase_dir, settings, labels, overwrite=self.options.overwrite)
             if self.published and not self.options.overwrite:
-                self._check_published_settings(self.settings(loaded.record())[0])
+                self._check_published_settings(settings)
             try:
                 chain = self.executors(loaded.record())
             except BaseException:  # a stage that cannot be set up (a missing LID model): nothing was

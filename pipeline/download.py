@@ -28,6 +28,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from mixtures.files import atomic_output, write_atomic
 from mixtures.slurm import job_tag
+from mixtures.storage import etag_md5
 from pipeline.build_options import BuildOptions
 from pipeline.slurm import (
     ChainedSlurmExecutor,
@@ -65,10 +66,8 @@ class Checksum:
             return cls("sha256", info["lfs"]["sha256"])
         if info.get("blob_id"):
             return cls("git-sha1", info["blob_id"])
-        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-        if len(etag) == 32 and "-" not in etag:
-            return cls("md5", etag)
-        return None
+        md5 = etag_md5(info.get("ETag") or info.get("etag"))
+        return cls("md5", md5) if md5 else None
 
     def hasher(self, size: int):
         """A hashlib object that, fed a file's bytes, gives ``digest`` when the file is right."""
