@@ -84,6 +84,8 @@ write_conf() {
 ClusterName=local
 SlurmctldHost=$node(127.0.0.1)
 AuthType=auth/munge
+# a requeued job waits this long (Slurm's default: 120 s) for its revoked credential to expire
+AuthInfo=cred_expire=10
 CredType=cred/munge
 SlurmUser=slurm
 StateSaveLocation=$STATE
@@ -102,7 +104,7 @@ SwitchType=switch/none
 MailProg=/bin/true
 ReturnToService=2
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0
+SchedulerParameters=batch_sched_delay=0,bf_interval=5,sched_interval=5
 DependencyParameters=kill_invalid_depend
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
