@@ -84,7 +84,7 @@ def build(
     phase: str = _option("phase"),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe YAML (sources, languages, filters, budgets)."),
     output: str = _option("output", "--output", "-o"),
-    staging: Path = _option("staging"),
+    staging: Path = _option("staging", callback=local_path),
     sources: str = _option("sources"),
     languages: str = _option("languages"),
     input_root: str = _option("input_root"),

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.options import choices, local_path, token_amount
+from cli.options import choices, local_path, location, token_amount
 from mixtures.compiler import Mixture, compile_phase, multilingual_source, pool_shares
 from mixtures.counts import (
     Counts,
@@ -38,7 +38,7 @@ from mixtures.manifest import build_manifest, load_manifest, validate_manifest, 
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
 from mixtures.sampling import SAMPLERS
-from mixtures.storage import StorageError, exists, is_remote, join, modified
+from mixtures.storage import StorageError, exists, is_remote, join, modified, parent
 from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
@@ -99,13 +99,13 @@ def mixture(
     recipe: Path | None = typer.Option(
         None, "--recipe", help="Recipe file (default: the bundled mmBERT recipe)."
     ),
-    output: Path | None = typer.Option(
+    output: str | None = typer.Option(
         None,
         "--output",
         "-o",
-        help="Manifest to write, a local file (default with local build statistics: manifest.json beside "
-        "them).",
-        callback=local_path,
+        help="Manifest to write: a local file or an s3:// URL (default: manifest.json beside the build's "
+        "statistics).",
+        callback=location,
     ),
     plot: Path | None = typer.Option(
         None,
@@ -113,6 +113,7 @@ def mixture(
         help="PNG of every phase's per-language share: the other phases from their manifests "
         "(PHASE.json beside --output, or manifest.json in the build's PHASE directory); when planning "
         "from --counts, as the recipe sets them over the same counts.",
+        callback=local_path,
     ),
     top: int = typer.Option(20, "--top", help="Languages shown in the table (plus the smallest few)."),
 ) -> None:
@@ -121,8 +122,8 @@ def mixture(
     try:
         loaded = load_recipe(recipe)
         found, phase = _counts(loaded, phase, temperature, stats, counts, bytes_per_token or [])
-        if output is None and is_remote(found.data_root or ""):
-            raise MixtureError(f"the build is at {found.data_root}: pass --output PATH (a local manifest)")
+        if output is None and str(found.data_root or "").startswith("hf://"):
+            raise MixtureError(f"the build is at {found.data_root}, which is read-only: pass --output PATH")
         pool_source = multilingual_source(loaded)
         if languages is None:
             wanted = None
@@ -143,7 +144,7 @@ def mixture(
         console.print(f"counts: {escape(_counts_origin(found))}")
         _warn(console, loaded, found, compiled)
         print_mixture(console, compiled, loaded, top)
-        output = output or (found.data_root / "manifest.json" if found.data_root else None)
+        output = output or (join(found.data_root, "manifest.json") if found.data_root else None)
         if output is not None:
             fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)
             console.print(f"wrote manifest {escape(str(output))} (fingerprint {fingerprint[:16]})")
@@ -262,7 +263,7 @@ def _warn(console: Console, recipe: Recipe, counts: Counts, compiled: Mixture) -
 
 
 def _phase_series(
-    console: Console, recipe: Recipe, counts: Counts, compiled: Mixture, output: Path | None, pool: dict
+    console: Console, recipe: Recipe, counts: Counts, compiled: Mixture, output: str | Path | None, pool: dict
 ) -> list[tuple[str, dict[str, float]]]:
     """Every recipe phase's pool shares, the compiled phase as compiled and the others from their manifests.
 
@@ -282,17 +283,17 @@ def _phase_series(
                 raise MixtureError(f"--plot: phase {name} over these counts: {err}") from err
             series.append((f"{name}, tau {here.temperature:g}", here.pool_shares()))
         else:
-            places = [output.parent / f"{name}.json"] if output else []
-            places.append(counts.data_root.parent / name / "manifest.json")
+            places = [join(parent(output), f"{name}.json")] if output else []
+            places.append(join(parent(counts.data_root), name, "manifest.json"))
             series += _manifest_series(console, name, places, pool)
     return series
 
 
 def _manifest_series(
-    console: Console, phase: str, places: list[Path], pool: dict
+    console: Console, phase: str, places: list[str], pool: dict
 ) -> list[tuple[str, dict[str, float]]]:
     """``phase``'s pool shares from the first of ``places`` that holds its manifest (none: a note)."""
-    path = next((place for place in places if place.is_file()), None)
+    path = next((place for place in places if exists(place)), None)
     if path is None:
         console.print(
             f"[yellow]note:[/yellow] --plot: no manifest of phase {phase} at "
@@ -310,8 +311,11 @@ def _manifest_series(
 
 
 def validate(
-    manifests: list[Path] = typer.Argument(
-        ..., metavar="MANIFEST...", help="Manifests (local files) to check.", callback=local_path
+    manifests: list[str] = typer.Argument(
+        ...,
+        metavar="MANIFEST...",
+        help="Manifests to check: local files, s3:// or hf:// URLs.",
+        callback=location,
     ),
     hashes: bool = typer.Option(
         True, "--hash/--no-hash", help="Hash every shard (--no-hash: sizes, and one schema per stream)."
@@ -336,7 +340,7 @@ def validate(
         raise typer.Exit(1)
 
 
-def _validate(console: Console, manifest: Path, hashes: bool, tokenizer: str | None) -> bool:
+def _validate(console: Console, manifest: Path | str, hashes: bool, tokenizer: str | None) -> bool:
     """Print whether ``manifest`` is valid, or its first problems; return whether it is."""
     problems = validate_manifest(manifest, check_hashes=hashes, tokenizer=tokenizer)
     if problems:

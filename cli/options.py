@@ -52,9 +52,24 @@ def token_amount(value: str | None, flag: str = "--tokens") -> int | None:
 
 def local_path(value: Path | list[Path] | None) -> Path | list[Path] | None:
     """A typer callback for parameters that take local paths: a URL is refused, where ``Path``
-    would quietly turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``. The commands
-    that read or write ``s3://`` and ``hf://`` (build, stats, mixture --stats) take strings."""
+    would quietly turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``. Parameters
+    that also take ``s3://`` and ``hf://`` URLs are strings, with `location` as their callback."""
     for path in value if isinstance(value, list) else [value]:
-        if path is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", str(path)):
+        if path is not None and _URL.match(str(path)):
             raise typer.BadParameter(f"{str(path).replace(':/', '://', 1)} is a URL; this takes a local path")
     return value
+
+
+def location(value: str | list[str] | None) -> Path | str | list[Path | str] | None:
+    """A typer callback for string parameters that take a local path or a URL: the path as a
+    ``Path``, the URL (``s3://...``, ``hf://...``) as the string given."""
+    if isinstance(value, list):
+        return [_location(item) for item in value]
+    return None if value is None else _location(value)
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
+def _location(value: str) -> Path | str:
+    return value if _URL.match(value) else Path(value)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.ipc
 import typer
 
-from cli.options import local_path
+from cli.options import local_path, location
 from mixtures.errors import MixtureError
 from mixtures.files import file_sha256
 from mixtures.formats import (
@@ -51,12 +51,12 @@ def inspect(
         help="Also hash the shard and compare it and its counts with its entry in the build's stats.json "
         "(in its phase directory) or in --manifest.",
     ),
-    manifest: Path | None = typer.Option(
+    manifest: str | None = typer.Option(
         None,
         "--manifest",
         "-m",
-        help="With --verify: compare with this manifest's entry instead.",
-        callback=local_path,
+        help="With --verify: compare with this manifest's entry instead (a path or URL).",
+        callback=location,
     ),
 ) -> None:
     """Print a shard's metadata (tokenizer, source, language, phase) and a few decoded documents."""
@@ -125,7 +125,7 @@ def _check(path: Path, table: pa.Table, vocab_size: int) -> tuple[int, int]:
     return rows, tokens
 
 
-def _verify(path: Path, manifest: Path | None, counts: tuple[int, int]) -> str:
+def _verify(path: Path, manifest: Path | str | None, counts: tuple[int, int]) -> str:
     """Compare the shard with its recorded entry (sha256, documents, tokens); return the record's name."""
     from mixtures.counts import load_stats
     from mixtures.manifest import load_manifest

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli.options import field_option, from_params, local_path
+from cli.options import field_option, from_params, local_path, location
 from mixtures.hub import HubUnavailable
 from mixtures.recipe import DEFAULT_RECIPE, RecipeError, load_recipe
 from trainer.launch import exit_with_agent, ranks_from_slurm
@@ -51,8 +51,12 @@ def option(name: str, *declarations: str, **settings: Any) -> Any:
 @app.callback(invoke_without_command=True)
 def main(
     ctx: typer.Context,
-    manifest: Path = typer.Option(
-        None, "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`.", callback=local_path
+    manifest: str = typer.Option(
+        None,
+        "--manifest",
+        "-m",
+        help="Phase manifest from `mmbert-data mixture`: a path or URL.",
+        callback=location,
     ),
     out: Path = typer.Option(
         None,
@@ -130,7 +134,7 @@ def plot(
         ..., metavar="RUN...", help="Run directories, in training order (e.g. the three phases)."
     ),
     output: Path = typer.Option(
-        None, "--output", "-o", help="PNG to write. Default: loss.png in the last run."
+        None, "--output", "-o", help="PNG to write. Default: loss.png in the last run.", callback=local_path
     ),
 ) -> None:
     """Draw loss and learning rate against tokens, one colour per run (phases end to end)."""
@@ -177,7 +181,11 @@ def evaluate(
         None, "--json", metavar="PATH", help="Write every figure as JSON to PATH (- : standard output)."
     ),
     plot_out: Path = typer.Option(
-        None, "--plot", metavar="PNG", help="Draw each language's loss and accuracy per model, by group."
+        None,
+        "--plot",
+        metavar="PNG",
+        help="Draw each language's loss and accuracy per model, by group.",
+        callback=local_path,
     ),
     recipe: Path = typer.Option(DEFAULT_RECIPE, help="Recipe whose phases group the languages."),
     device: str = typer.Option(None, help="cpu | cuda (default: a GPU when there is one)."),
@@ -249,8 +257,12 @@ def submit_option(name: str, *declarations: str, **settings: Any) -> Any:
 @app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    manifest: Path = typer.Option(
-        ..., "--manifest", "-m", help="Phase manifest from `mmbert-data mixture`.", callback=local_path
+    manifest: str = typer.Option(
+        ...,
+        "--manifest",
+        "-m",
+        help="Phase manifest from `mmbert-data mixture`: a path or URL.",
+        callback=location,
     ),
     out: Path = typer.Option(
         None, "--output", "-o", help="Run directory. Default: runs/PHASE.", callback=local_path
@@ -284,7 +296,8 @@ def submit(
     from trainer.submit import SCRIPT_NAME, SubmitOptions, check_not_queued, jobs_of, sbatch_script
     from trainer.submit import submit as sbatch
 
-    train_args = ["--manifest", str(manifest.resolve()), *(arg for arg in ctx.args if arg != "--resume")]
+    where = manifest if isinstance(manifest, str) else str(manifest.resolve())  # a URL, or a path
+    train_args = ["--manifest", where, *(arg for arg in ctx.args if arg != "--resume")]
     try:
         options = from_params(SubmitOptions, ctx.params, sbatch_args=tuple(sbatch_args))
         options.check()
@@ -322,6 +335,7 @@ def export(
         "-o",
         "--out",
         help="Output directory for transformers' AutoModelForMaskedLM. (--out: an older spelling.)",
+        callback=local_path,
     ),
     tokenizer: str = typer.Option(
         None,
@@ -356,6 +370,7 @@ def import_(
         "-o",
         "--out",
         help="Model directory to write (config.json + model.safetensors). (--out: an older spelling.)",
+        callback=local_path,
     ),
 ) -> None:
     """Turn a transformers ModernBERT checkpoint into a model directory to continue training from."""
@@ -378,7 +393,11 @@ def merge(
     ),
     method: str = typer.Option(..., help="ties | linear | ema (of a run's checkpoints, in step order)."),
     out: Path = typer.Option(
-        ..., "--output", "-o", help="Model directory to write (config.json, model.safetensors, merge.json)."
+        ...,
+        "--output",
+        "-o",
+        help="Model directory to write (config.json, model.safetensors, merge.json).",
+        callback=local_path,
     ),
     base: str = typer.Option(
         None, help="ties: the model the others were trained from; task vectors are taken against it."

@@ -11,7 +11,10 @@ The data root is written relative to the manifest's own directory (``.`` for the
 ``manifest.json`` a build's phase directory holds), and read back as an absolute
 path: a data directory moved or copied together with its manifests, to another
 disk or another machine, stays valid, and so does the fingerprint, so a training
-run resumes on the moved data.
+run resumes on the moved data. A data root in an object store or on the hub is
+written as its URL. The manifest itself may be a local file or an ``s3://``
+object (``hf://`` is read, not written); a relative data root in a manifest
+read from a URL is taken relative to the URL's directory.
 
 Canonical form. Keys sorted, compact separators, UTF-8, floats in their
 shortest round-trip form (weights and epochs are ratios of integers, so their
@@ -53,6 +56,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import posixpath
 import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +70,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from mixtures.errors import MixtureError
-from mixtures.files import file_sha256, make_parent, write_atomic
+from mixtures.files import file_sha256
 from mixtures.formats import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -81,7 +85,16 @@ from mixtures.formats import (
     shard_counts,
 )
 from mixtures.recipe import RecipeError, TrainingSpec
-from mixtures.storage import StorageError, cached_path, fetch, is_remote, join, read_bytes, sizes
+from mixtures.storage import (
+    StorageError,
+    cached_path,
+    fetch,
+    is_remote,
+    join,
+    read_bytes,
+    sizes,
+    write_bytes,
+)
 
 if TYPE_CHECKING:  # the compiler's types, named for the writer only: reading needs none of it
     from mixtures.compiler import Mixture
@@ -195,20 +208,29 @@ def canonical_json(doc: dict[str, Any]) -> bytes:
 
 
 def write_manifest(doc: dict[str, Any], path: str | Path) -> str:
-    """Check ``doc``, add its fingerprint, write it atomically (temp name, rename); return the fingerprint.
+    """Check ``doc``, add its fingerprint, write it atomically; return the fingerprint.
 
-    ``doc``'s data root (absolute, or relative to the working directory) is written relative
-    to ``path``'s directory (see the module docstring).
+    ``path`` is a local file (temporary name, then rename) or an ``s3://`` URL (one PUT).
+    ``doc``'s local data root (absolute, or relative to the working directory) is written relative
+    to ``path``'s directory (see the module docstring); a manifest at a URL needs its data root
+    at one too (MixtureError otherwise).
     """
-    path = Path(path)
     doc = {key: value for key, value in doc.items() if key != "fingerprint"}
-    if isinstance(doc.get("data_root"), str) and not is_remote(doc["data_root"]):
-        doc["data_root"] = os.path.relpath(Path(doc["data_root"]).resolve(), path.parent.resolve())
+    root = doc.get("data_root")
+    if isinstance(root, str) and not is_remote(root):
+        if is_remote(path):
+            raise MixtureError(
+                f"{path}: a manifest in an object store needs its data there too, and the build is at "
+                f"{root}; write the manifest to a local path, or build with --output s3://..."
+            )
+        doc["data_root"] = os.path.relpath(Path(root).resolve(), Path(path).parent.resolve())
     check_manifest(doc, str(path))
     body = canonical_json(doc)
     fingerprint = hashlib.sha256(body).hexdigest()
-    make_parent(path)
-    write_atomic(path, b"".join((_prefix(fingerprint), memoryview(body)[1:], b"\n")))  # one copy of 100+ MB
+    try:  # one copy of 100+ MB
+        write_bytes(path, b"".join((_prefix(fingerprint), memoryview(body)[1:], b"\n")))
+    except StorageError as err:
+        raise MixtureError(str(err)) from err
     return fingerprint
 
 
@@ -262,7 +284,7 @@ class Sampling:
 class Manifest:
     """A phase manifest as read from its file: checked, fingerprinted, its data root absolute."""
 
-    path: Path
+    path: Path | str  # a str: a URL (s3://, hf://)
     phase: str
     seed: int
     fingerprint: str
@@ -280,6 +302,11 @@ class Manifest:
         manifest reads the decay build (``counts.phase``; the manifest's own phase before that)."""
         phase = self.counts.get("phase")
         return phase if isinstance(phase, str) and phase else self.phase
+
+    @property
+    def location(self) -> str:
+        """Where the manifest was read from, as another directory names it: an absolute path, or its URL."""
+        return self.path if isinstance(self.path, str) else str(self.path.resolve())
 
 
 def load_manifest(
@@ -300,7 +327,7 @@ def load_manifest(
     now, and each shard is fetched and checked when it is first opened. ``fetched`` hears of each
     download (its URL and bytes).
     """
-    manifest, mismatch = _parse(Path(path))
+    manifest, mismatch = _parse(_location(path))
     if mismatch:
         raise MixtureError(mismatch)
     if cache_dir is not None and is_remote(manifest.data_root or ""):
@@ -340,7 +367,7 @@ def validate_manifest(
     match the manifest's tokenizer. See the module docstring for what
     ``check_hashes`` adds.
     """
-    path = Path(path)
+    path = _location(path)
     try:
         manifest, mismatch = _parse(path)
     except MixtureError as err:
@@ -372,6 +399,8 @@ def data_problems(manifest: Manifest, check_hashes: bool) -> list[str]:
     try:
         root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as err:
+        if isinstance(manifest.path, str):
+            return [f"missing data root: {root} ({err.strerror}), which {manifest.path} names"]
         relative = os.path.relpath(root, manifest.path.parent.resolve())
         return [
             f"missing data root: {root} ({err.strerror}); the manifest finds its data at "
@@ -410,7 +439,12 @@ def stream_metadata(manifest: Manifest, stream: StreamEntry) -> dict[str, str | 
     )
 
 
-def _parse(path: Path) -> tuple[Manifest, str | None]:
+def _location(path: str | Path) -> Path | str:
+    """A manifest's location: a local ``Path``, or a URL kept as a string (``Path`` would fold its ``//``)."""
+    return str(path) if is_remote(path) else Path(path)
+
+
+def _parse(path: Path | str) -> tuple[Manifest, str | None]:
     """The manifest, and its fingerprint problem (None: the file is as written)."""
     doc, recorded, actual = _read(path)
     where = str(path)
@@ -467,12 +501,21 @@ def _shard_entries(shards: list[dict[str, Any]]) -> tuple[ShardEntry, ...]:
         )
 
 
-def _absolute_root(doc: dict[str, Any], path: Path) -> Path | str | None:
+def _absolute_root(doc: dict[str, Any], path: Path | str) -> Path | str | None:
     """The manifest's data root as an absolute path, the file's own directory standing for ``.``
-    (a URL as written)."""
-    if doc["data_root"] is None or is_remote(doc["data_root"]):
-        return doc["data_root"]
-    return Path(os.path.normpath(path.parent.resolve() / doc["data_root"]))
+    (a URL as written; a relative root of a manifest at a URL, joined to its directory)."""
+    root = doc["data_root"]
+    if root is None or is_remote(root):
+        return root
+    if isinstance(path, Path):
+        return Path(os.path.normpath(path.parent.resolve() / root))
+    if os.path.isabs(root):
+        return Path(root)
+    scheme, _, key = path.partition("://")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(key), root))
+    if joined == ".." or joined.startswith("../"):
+        raise MixtureError(f"{path}: data_root: {root!r} leads out of its bucket or repository")
+    return f"{scheme}://{joined}"
 
 
 def _remote_data_problems(manifest: Manifest, root: str, check_hashes: bool) -> list[str]:
@@ -715,12 +758,14 @@ def check_manifest(doc: Any, where: str) -> None:
             )
 
 
-def _read(path: Path) -> tuple[dict[str, Any], str, str]:
+def _read(path: Path | str) -> tuple[dict[str, Any], str, str]:
     """The parsed document, its recorded fingerprint, and the fingerprint of its content."""
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path)
     except OSError as err:
         raise MixtureError(f"cannot read manifest {path}: {err.strerror or err}") from err
+    except StorageError as err:
+        raise MixtureError(f"cannot read manifest {err}") from err
     try:
         doc = loads(raw)
     except JSONDecodeError as err:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixtures.files import atomic_output
+from mixtures.files import atomic_output, make_parent, write_atomic
 
 CHUNK_BYTES = 8 << 20
 SHA256_KEY = "sha256"  # an uploaded object's user metadata (x-amz-meta-sha256): its bytes' digest
@@ -45,6 +45,13 @@ def join(location: str | Path, *parts: str) -> str:
     if not is_remote(location):
         return str(Path(location).joinpath(*parts))
     return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def parent(location: str | Path) -> str:
+    """The directory (or prefix) that holds ``location``."""
+    if not is_remote(location):
+        return str(Path(location).parent)
+    return str(location).rstrip("/").rsplit("/", 1)[0]
 
 
 def filesystem(url: str) -> tuple[Any, str]:
@@ -92,6 +99,25 @@ def read_bytes(location: str | Path) -> bytes:
     fs, path = filesystem(str(location))
     with storage_errors(str(location)):
         return fs.cat_file(path)
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    """Write ``data`` to a local path (temporary name, then rename) or to an ``s3://`` URL (one PUT:
+    the object appears whole or not at all). The hub is read-only here: a `StorageError` says how
+    to put a file there instead."""
+    if not is_remote(location):
+        make_parent(location)
+        write_atomic(location, data)
+        return
+    url = str(location)
+    if not url.startswith("s3://"):
+        raise StorageError(
+            f"{url}: only local paths and s3:// URLs are written; write it locally and upload it "
+            "(`huggingface-cli upload` for the hub)"
+        )
+    fs, path = filesystem(url)
+    with storage_errors(url):
+        fs.pipe_file(path, data)
 
 
 def exists(location: str | Path) -> bool:
@@ -195,9 +221,11 @@ def publish(
     url: str,
     skip: Callable[[str], bool] = lambda relative: False,
     last: str = "stats.json",
+    spare: Callable[[str], bool] = lambda relative: False,
 ) -> Published:
     """Make the objects under ``url`` (an ``s3://`` prefix) the files of ``directory`` (those
-    ``skip`` does not exclude, by path relative to it), and nothing else; return what it took.
+    ``skip`` does not exclude, by path relative to it), and nothing else but the objects ``spare``
+    names (by key relative to ``url``: what others put there); return what it took.
 
     Each file is put under its final key (its sha256 in the object's metadata); one the store
     already holds with that sha256 (and, for a one-part upload, the ETag of its MD5) is kept.
@@ -232,7 +260,9 @@ def publish(
                 continue
             fs.put_file(str(path), f"{root}/{relative}", Metadata={SHA256_KEY: digests[relative][0]})
             result.uploaded += 1
-        strays = sorted(f"{root}/{relative}" for relative in present if relative not in digests)
+        strays = sorted(
+            f"{root}/{relative}" for relative in present if relative not in digests and not spare(relative)
+        )
         if strays:
             fs.rm(strays)
             result.removed = len(strays)

@@ -165,7 +165,7 @@ def resolve(
     every_tokens, every_minutes = parse_save_every(overrides.save_every)
     eval_every = None if overrides.eval_every is None else _tokens(overrides.eval_every, "--eval-every")
     config = TrainConfig(
-        manifest=str(manifest.path.resolve()),
+        manifest=manifest.location,
         out=str(out or Path("runs") / manifest.phase),
         phase=manifest.phase,
         tokens=total,

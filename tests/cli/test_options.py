@@ -115,20 +115,22 @@ def test_a_recipe_with_other_phase_names_works(tmp_path):
     "app, args",
     [
         (data.app, ["download", "--phase", "decay", "-o", "s3://bucket/mirror"]),
-        (data.app, ["mixture", "--phase", "decay", "-o", "s3://bucket/manifest.json"]),
-        (data.app, ["validate", "hf://datasets/me/manifest.json"]),
+        (data.app, ["build", "--phase", "decay", "-o", "s3://bucket/run", "--staging", "s3://bucket/x"]),
+        (data.app, ["mixture", "--phase", "decay", "--plot", "s3://bucket/shares.png"]),
         (data.app, ["inspect", "s3://bucket/decay/fineweb2/fra_Latn/00000-0000.arrow"]),
         (data.app, ["status", "s3://bucket/build"]),
-        (train.app, ["--manifest", "manifests/decay.json", "-o", "s3://bucket/run"]),
+        (train.app, ["--manifest", "s3://bucket/decay.json", "-o", "s3://bucket/run"]),
         (train.app, ["eval", "runs/decay", "--data", "s3://bucket/build/decay"]),
+        (train.app, ["export", "runs/decay", "-o", "s3://bucket/hf"]),
+        (train.app, ["merge", "a", "b", "--method", "linear", "-o", "s3://bucket/merged"]),
     ],
-    ids=["download", "mixture", "validate", "inspect", "status", "train", "eval"],
+    ids=["download", "staging", "plot", "inspect", "status", "train", "eval", "export", "merge"],
 )
 def test_a_url_where_a_local_path_is_taken_is_refused_and_writes_nothing(app, args, tmp_path, monkeypatch):
     """``Path`` would turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``."""
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
-    url = next(arg for arg in args if "://" in arg)
+    url = [arg for arg in args if "://" in arg][-1]  # the last: before it, URLs that are taken
     assert f"{url} is a URL; this takes a local path" in " ".join(result.output.split())
     assert list(tmp_path.iterdir()) == []

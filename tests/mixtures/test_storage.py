@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import posixpath
 import threading
 from pathlib import Path
 
@@ -42,12 +44,15 @@ def test_publish_uploads_what_changed_keeps_the_rest_and_removes_strays(s3, tmp_
         "stats.json": b"{}",
     }
     s3.client().put_object(Bucket="bucket", Key="run/phase/old.arrow", Body=b"stray")
+    s3.client().put_object(Bucket="bucket", Key="run/phase/manifest.json", Body=b"theirs")
     (directory / "a" / "1.arrow").write_bytes(b"ONE")
-    second = storage.publish(directory, "s3://bucket/run/phase", skip=skip)
+    spare = lambda key: key == "manifest.json"  # noqa: E731
+    second = storage.publish(directory, "s3://bucket/run/phase", skip=skip, spare=spare)
     assert (second.uploaded, second.kept, second.removed) == (1, 2, 1)
     assert s3.objects("bucket", "run/phase") == {
         "a/0.arrow": b"zero",
         "a/1.arrow": b"ONE",
+        "manifest.json": b"theirs",
         "stats.json": b"{}",
     }
     head = s3.client().head_object(Bucket="bucket", Key="run/phase/a/1.arrow")
@@ -126,3 +131,38 @@ def test_publish_puts_again_an_object_changed_since_even_with_its_metadata(s3, t
     again = storage.publish(directory, "s3://bucket/tampered")
     assert (again.uploaded, again.kept) == (1, 1)
     assert s3.objects("bucket", "tampered") == {"a.arrow": b"right", "stats.json": b"{}"}
+
+
+def test_a_manifest_is_written_to_and_read_from_s3_its_relative_data_root_beside_it(
+    s3, sample_manifests, tmp_path
+):
+    from mixtures.errors import MixtureError
+    from mixtures.manifest import load_manifest, validate_manifest, write_manifest
+
+    doc = json.loads(sample_manifests["decay"].read_text())
+    with pytest.raises(
+        MixtureError, match=r"^s3://bucket/m\.json: a manifest in an object store needs its data"
+    ):
+        write_manifest({**doc, "data_root": str(tmp_path)}, "s3://bucket/m.json")
+    with pytest.raises(MixtureError, match=r"^hf://datasets/me/d/m\.json: only local paths and s3:// URLs"):
+        write_manifest({**doc, "data_root": "s3://bucket/build/decay"}, "hf://datasets/me/d/m.json")
+    fingerprint = write_manifest({**doc, "data_root": "s3://bucket/build/decay"}, "s3://bucket/m.json")
+    loaded = load_manifest("s3://bucket/m.json", cache_dir=tmp_path)  # as a trainer reads it: data later
+    assert (loaded.path, loaded.location, loaded.fingerprint) == ("s3://bucket/m.json",) * 2 + (fingerprint,)
+    assert loaded.data_root == "s3://bucket/build/decay"
+    # a locally compiled manifest copied up with its build keeps its relative data root (here
+    # ../data/decay, from manifests/): it is read relative to the manifest's key
+    relative = doc["data_root"]
+    assert not relative.startswith("/") and "://" not in relative
+    key = "copied/manifests/decay.json"
+    s3.client().put_object(Bucket="bucket", Key=key, Body=sample_manifests["decay"].read_bytes())
+    problems = validate_manifest(f"s3://bucket/{key}", check_hashes=False)
+    beside = posixpath.normpath(posixpath.join("copied/manifests", relative))
+    assert problems[0].startswith("missing shard: ") and f"(no object s3://bucket/{beside}/" in problems[0]
+    with pytest.raises(MixtureError, match="cannot read manifest s3://bucket/none.json: not found"):
+        load_manifest("s3://bucket/none.json", cache_dir=tmp_path)
+    up = {**doc, "data_root": "../../../x"}
+    s3.client().put_object(Bucket="bucket", Key="up/m.json", Body=json.dumps(up).encode())
+    assert validate_manifest("s3://bucket/up/m.json") == [
+        "s3://bucket/up/m.json: data_root: '../../../x' leads out of its bucket or repository"
+    ]

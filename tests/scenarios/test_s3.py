@@ -114,17 +114,28 @@ def test_stats_mixture_and_validate_read_a_build_on_s3(
         "--output", str(manifest),
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
-    nowhere = mmbert(
-        env, "mixture", "--phase", PHASE, "--stats", "s3://runs/whole", "--tokens", str(DECAY_TOKENS)
-    )
-    assert nowhere.returncode == 1
-    assert (
-        nowhere.stderr.strip()
-        == f"error: the build is at s3://runs/whole/{PHASE}: pass --output PATH (a local manifest)"
-    )
     ours, theirs = json.loads(manifest.read_text()), json.loads(sample_manifests[PHASE].read_text())
     assert ours["data_root"] == f"s3://runs/whole/{PHASE}"
     assert ours["streams"] == theirs["streams"]
+    # without --output, the manifest goes beside the build's stats.json, in the store; a rerun of
+    # the build (which removes what it did not write) keeps it, and it validates from there
+    beside = f"s3://runs/whole/{PHASE}/manifest.json"
+    try:
+        there = mmbert(
+            env, "mixture", "--phase", PHASE, "--stats", "s3://runs/whole", "--tokens", str(DECAY_TOKENS)
+        )
+        assert there.returncode == 0 and f"wrote manifest {beside}" in there.stdout, there.stderr
+        assert s3.objects("runs", f"whole/{PHASE}")["manifest.json"] == manifest.read_bytes()
+        rebuilt = subprocess.run(
+            build_command("s3://runs/whole", published.staging), env=env, capture_output=True, text=True
+        )
+        assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+        assert "manifest.json" in s3.objects("runs", f"whole/{PHASE}")
+        for flags in ([], ["--no-hash"]):
+            valid = mmbert(env, "validate", beside, *flags)
+            assert valid.returncode == 0 and f"{beside}: valid" in valid.stdout, valid.stderr
+    finally:
+        s3.client().delete_object(Bucket="runs", Key=f"whole/{PHASE}/manifest.json")
     for flags in ([], ["--no-hash"]):
         valid = mmbert(env, "validate", str(manifest), *flags)
         assert valid.returncode == 0 and "valid" in valid.stdout, valid.stderr
@@ -151,14 +162,22 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
 
     for name, value in s3_env(s3, sample_root).items():
         monkeypatch.setenv(name, value)
-    manifest = tmp_path / "manifest.json"
+    url = f"s3://runs/manifests/{PHASE}.json"  # the manifest in the store too
     compiled = mmbert(
         dict(os.environ), "mixture", "--phase", PHASE, "--stats", f"s3://runs/whole/{PHASE}",
-        "--tokens", str(DECAY_TOKENS), "--output", str(manifest),
+        "--tokens", str(DECAY_TOKENS), "--output", url,
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
+    script = subprocess.run(
+        [str(Path(sys.executable).with_name("mmbert-train")), "submit", "-m", url, "--dry-run",
+         "-o", str(tmp_path / "job"), "--batch-size", "1"],
+        env=dict(os.environ), capture_output=True, text=True,
+    )  # fmt: skip
+    assert script.returncode == 0 and f"mmbert-train --manifest {url} --batch-size 1" in script.stdout, script
+    manifest = tmp_path / "manifest.json"  # and a local copy, for a resume with the store out of reach
+    manifest.write_bytes(s3.objects("runs", "manifests")[f"{PHASE}.json"])
     cache, short = tmp_path / "shards", ("--micro-batch-tokens", "16384", "--batch-size", "2")  # 2 x 8192
-    remote = run(tiny(manifest, tmp_path / "remote", *short, "--cache-dir", str(cache)), processes=2)
+    remote = run(tiny(url, tmp_path / "remote", *short, "--cache-dir", str(cache)), processes=2)
     assert remote.returncode == 0, remote.stdout[-3000:]
     assert f"its build is at s3://runs/whole/{PHASE}; evaluate a local copy" in remote.stdout
     fetched = [

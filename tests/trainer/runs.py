@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def tiny(manifest: Path, out: Path, *extra: str, tokens: str = "60k") -> list[str]:
+def tiny(manifest: Path | str, out: Path, *extra: str, tokens: str = "60k") -> list[str]:
     """A short CPU run: 16 sequences of 1024 per step, in micro-batches of 4096 tokens (four per step)."""
     return [
         "--manifest",
