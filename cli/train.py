@@ -162,13 +162,14 @@ def evaluate(
         help="Runs (their newest checkpoint), checkpoints, model directories or transformers ModernBERT "
         "directories, side by side.",
     ),
-    data: Path = typer.Option(
+    data: str = typer.Option(
         ...,
         "--data",
         help="The build to evaluate on: a phase directory (OUTPUT/PHASE, with stats.json and its held-out "
-        "shards), or OUTPUT holding one phase.",
-        callback=local_path,
+        "shards), OUTPUT holding one phase, or a phase's s3:// or hf:// URL.",
+        callback=location,
     ),
+    cache_dir: str = option("cache_dir"),
     mask_rate: float = eval_option("mask_rate"),
     seed: int = eval_option("seed"),
     seq_len: int = eval_option("seq_len"),
@@ -217,7 +218,7 @@ def evaluate(
         )
         dist = init_distributed(device)
         say = (lambda line: console.print(escape(line))) if dist.main else (lambda line: None)
-        document = evaluate_models(models, data, options, load_recipe(recipe), dist, say)
+        document = evaluate_models(models, data, options, load_recipe(recipe), dist, say, cache_dir)
         if not dist.main:
             return
         out = Console(stderr=json_out == "-")

@@ -198,6 +198,19 @@ def shard_cache(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir) if cache_dir else cache_root() / "shards"
 
 
+def fetch_shard(root: str, shard: ShardEntry, cache_dir: Path) -> Path:
+    """The local copy of ``shard`` of the data root ``root`` (a URL) in ``cache_dir``, fetched on first
+    use (`mixtures.storage.fetch`: size and sha256 checked, once per node); DataError if that fails."""
+    url = join(root, shard.path)
+    try:
+        path, downloaded = fetch(url, cache_dir, shard.bytes, shard.sha256)
+    except StorageError as err:
+        raise DataError(str(err)) from err
+    if downloaded:
+        say_fetched(url, shard.bytes)
+    return path
+
+
 def say_fetched(url: str, size: int) -> None:
     """The line a rank prints for each shard it downloads (a cached one is not mentioned)."""
     print(f"fetched {url} ({size:,} bytes)", file=sys.stderr, flush=True)
@@ -263,16 +276,7 @@ class MixtureData:
 
     def _local(self, shard: ShardEntry) -> Path:
         """The shard's file here: under the data root, or fetched into the cache on first use."""
-        if not self.remote:
-            return self.root / shard.path
-        url = join(self.remote, shard.path)
-        try:
-            path, downloaded = fetch(url, self.cache_dir, shard.bytes, shard.sha256)
-        except StorageError as err:
-            raise DataError(str(err)) from err
-        if downloaded:
-            say_fetched(url, shard.bytes)
-        return path
+        return fetch_shard(self.remote, shard, self.cache_dir) if self.remote else self.root / shard.path
 
     def _count_rows(self, entry: StreamEntry, shard: ShardEntry) -> int:
         """Documents in a shard whose manifest entry does not say (read from the file's batches)."""

@@ -33,6 +33,7 @@ and the sums are reduced, so a sharded (FSDP2) model evaluates as it trains.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -54,10 +55,10 @@ from mixtures.files import write_atomic
 from mixtures.formats import TokenizerRecord, expected_metadata
 from mixtures.manifest import Manifest, ShardEntry
 from mixtures.recipe import Recipe, RecipeError, format_tokens, load_recipe
-from mixtures.storage import is_remote
+from mixtures.storage import cached_path, is_remote
 from trainer.checkpoint import read_init
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import DataError, ShardFile, piece_lengths
+from trainer.data import DataError, ShardFile, fetch_shard, piece_lengths, shard_cache
 from trainer.distributed import Dist, all_reduce_sum
 from trainer.masking import Masking, choose_positions
 from trainer.metrics import cannot_write
@@ -126,11 +127,12 @@ class HeldOut:
     """What every model is evaluated on: a build's held-out documents, chosen and masked as the
     module docstring says. Shards are opened while they are read, a few at a time."""
 
-    build: Path  # the phase directory holding stats.json
+    build: Path | str  # the phase directory holding stats.json (a str: its URL)
     phase: str
     tokenizer: TokenizerRecord
     options: EvalOptions
     streams: tuple[HeldOutStream, ...]
+    cache_dir: Path | None = None  # where a remote build's shards are fetched (see `shard_cache`)
 
     @property
     def masking(self) -> Masking:
@@ -140,16 +142,25 @@ class HeldOut:
         )
 
     def open(self, stream: HeldOutStream, entry: ShardEntry) -> ShardFile:
-        """A held-out shard, its structure checked as training checks its shards (DataError if damaged)."""
+        """A held-out shard, its structure checked as training checks its shards (DataError if damaged);
+        a remote build's, fetched into the cache on first use."""
         tokenizer = self.tokenizer
         expected = expected_metadata(
             tokenizer.name, tokenizer.sha256, stream.source, stream.language, self.phase
         )
-        return ShardFile(self.build, entry, expected, tokenizer.vocab_size)
+        root = self.build
+        if isinstance(root, str):
+            cache = shard_cache(self.cache_dir)
+            fetch_shard(root, entry, cache)
+            root = cached_path(root, cache)
+        return ShardFile(root, entry, expected, tokenizer.vocab_size)
 
 
-def phase_directory(path: str | Path) -> Path:
-    """The build phase directory ``--data`` names: ``OUTPUT/PHASE``, or ``OUTPUT`` holding one phase."""
+def phase_directory(path: str | Path) -> Path | str:
+    """The build phase directory ``--data`` names: ``OUTPUT/PHASE``, or ``OUTPUT`` holding one phase
+    (a URL: as given, the phase's)."""
+    if is_remote(path):
+        return str(path)
     path = Path(path)
     phases = sorted(found.parent for found in path.glob("*/stats.json"))
     if not (path / "stats.json").exists() and len(phases) == 1:
@@ -158,10 +169,14 @@ def phase_directory(path: str | Path) -> Path:
 
 
 def read_heldout(
-    build: str | Path, options: EvalOptions, streams: Iterable[tuple[str, str]] | None = None
+    build: str | Path,
+    options: EvalOptions,
+    streams: Iterable[tuple[str, str]] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> HeldOut:
-    """The held-out documents of ``build`` (a phase directory, see :func:`phase_directory`), of the
-    (source, language) ``streams`` if given; EvalError when the build holds none."""
+    """The held-out documents of ``build`` (a phase directory, see :func:`phase_directory`, or its
+    ``s3://``/``hf://`` URL, whose shards are fetched into ``cache_dir``), of the (source, language)
+    ``streams`` if given; EvalError when the build holds none."""
     options.check()
     try:
         counts = read_stats(phase_directory(build))
@@ -184,9 +199,10 @@ def read_heldout(
             f"{counts.data_root}: no held-out documents{among} (a build made before builds held data out, or "
             "streams too small to spare one); build the phase again to evaluate on it"
         )
-    heldout = HeldOut(counts.data_root, counts.phase, tokenizer, options, ())
+    cache = None if cache_dir is None else Path(cache_dir)
+    heldout = HeldOut(counts.data_root, counts.phase, tokenizer, options, (), cache)
     taken = tuple(_take(heldout, stream.source, stream.language, stream.heldout) for stream in chosen)
-    return HeldOut(counts.data_root, counts.phase, tokenizer, options, taken)
+    return dataclasses.replace(heldout, streams=taken)
 
 
 def _take(heldout: HeldOut, source: str, language: str, entries: Sequence[dict[str, Any]]) -> HeldOutStream:
@@ -522,10 +538,12 @@ def evaluate_models(
     recipe: Recipe,
     dist: Dist,
     say: Callable[[str], None],
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """``mmbert-train eval``: every model of ``paths`` on the held-out documents of ``build``, one at
-    a time on ``dist.device`` (bf16 autocast on a GPU), as one :func:`report`."""
-    heldout = read_heldout(build, options)
+    a time on ``dist.device`` (bf16 autocast on a GPU), as one :func:`report`. A remote build's
+    shards are fetched into ``cache_dir`` (see :func:`trainer.data.shard_cache`)."""
+    heldout = read_heldout(build, options, cache_dir=cache_dir)
     groups = [language_group(recipe, stream.language) for stream in heldout.streams]
     tokens = sum(sum(stream.lengths) for stream in heldout.streams)
     say(
@@ -606,12 +624,7 @@ class PhaseEval:
         streams = [(s.source, s.language) for s in manifest.streams if s.target_tokens > 0]
         options = EvalOptions(max_tokens_per_language=PHASE_SAMPLE_TOKENS)
         try:
-            if is_remote(manifest.data_root):
-                raise EvalError(
-                    f"its build is at {manifest.data_root}; evaluate a local copy with "
-                    "`mmbert-train eval RUN --data OUTPUT/PHASE`"
-                )
-            heldout = read_heldout(manifest.data_root, options, streams)
+            heldout = read_heldout(manifest.data_root, options, streams, config.cache_dir)
         except (EvalError, DataError) as err:
             if config.eval_every_tokens:
                 raise ConfigError(f"--eval-every: nothing to evaluate on: {err}") from err

@@ -45,8 +45,8 @@ class RunOptions:
     keep: int | None = flag("Keep only the newest N checkpoints.", 3)
     verify: bool = flag("Before training, hash every shard against the manifest (reads all the data).", False)
     cache_dir: str | None = flag(
-        "For a manifest whose data root is s3:// or hf://: the local directory each shard is fetched "
-        "into on first use, once per node (default: MMBERT_DATA_CACHE/shards)."
+        "For data at s3:// or hf:// (a manifest's data root, eval's --data): the local directory each "
+        "shard is fetched into on first use, once per node (default: MMBERT_DATA_CACHE/shards)."
     )
 
 

@@ -120,7 +120,7 @@ def test_a_recipe_with_other_phase_names_works(tmp_path):
         (data.app, ["inspect", "s3://bucket/decay/fineweb2/fra_Latn/00000-0000.arrow"]),
         (data.app, ["status", "s3://bucket/build"]),
         (train.app, ["--manifest", "s3://bucket/decay.json", "-o", "s3://bucket/run"]),
-        (train.app, ["eval", "runs/decay", "--data", "s3://bucket/build/decay"]),
+        (train.app, ["eval", "runs/decay", "--data", "s3://bucket/build/decay", "--plot", "s3://b/e.png"]),
         (train.app, ["export", "runs/decay", "-o", "s3://bucket/hf"]),
         (train.app, ["merge", "a", "b", "--method", "linear", "-o", "s3://bucket/merged"]),
     ],

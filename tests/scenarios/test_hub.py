@@ -311,10 +311,16 @@ def test_a_manifest_whose_data_root_is_on_the_hub_validates_and_trains_as_the_lo
         done = subprocess.run([MMBERT_DATA, *args], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(manifest.read_text())["data_root"] == root
+    shutil.copy(manifest, hub.root / "datasets" / "me" / "sample-build" / "decay" / "manifest.json")
+    on_hub = subprocess.run(  # the manifest read from the hub too
+        [MMBERT_DATA, "validate", f"{root}/manifest.json", "--no-hash"], capture_output=True, text=True
+    )
+    assert on_hub.returncode == 0 and f"{root}/manifest.json: valid" in on_hub.stdout, on_hub.stderr
     short = ("--micro-batch-tokens", "16384", "--batch-size", "2", "--cache-dir", str(tmp_path / "shards"))
     remote = run(tiny(manifest, tmp_path / "remote", *short, tokens="40k"))
     assert remote.returncode == 0, remote.stdout[-3000:]
     assert f"fetched {root}/" in remote.stdout
+    assert json.loads((tmp_path / "remote" / "eval.json").read_text())["build"] == root  # held out: fetched
     local = run(tiny(sample_manifests["decay"], tmp_path / "local", *short[:4], tokens="40k"))
     assert local.returncode == 0, local.stdout[-3000:]
     assert_bitwise_equal(tmp_path / "remote", tmp_path / "local")

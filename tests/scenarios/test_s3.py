@@ -179,7 +179,6 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
     cache, short = tmp_path / "shards", ("--micro-batch-tokens", "16384", "--batch-size", "2")  # 2 x 8192
     remote = run(tiny(url, tmp_path / "remote", *short, "--cache-dir", str(cache)), processes=2)
     assert remote.returncode == 0, remote.stdout[-3000:]
-    assert f"its build is at s3://runs/whole/{PHASE}; evaluate a local copy" in remote.stdout
     fetched = [
         line.split("fetched ", 1)[1].split()[0]
         for line in remote.stdout.splitlines()
@@ -191,6 +190,37 @@ def test_two_ranks_train_from_an_s3_manifest_fetching_each_shard_once_and_resume
     local = run(tiny(sample_manifests[PHASE], tmp_path / "local", *short), processes=2)
     assert local.returncode == 0, local.stdout[-3000:]
     assert_bitwise_equal(tmp_path / "remote", tmp_path / "local")
+    # the end-of-phase evaluation reads the build's held-out shards through the cache too
+    remote_eval, local_eval = (
+        json.loads((tmp_path / run / "eval.json").read_text()) for run in ("remote", "local")
+    )
+    assert remote_eval["build"] == f"s3://runs/whole/{PHASE}"
+    assert any("/heldout/" in url for url in fetched)
+    for key in ("overall", "groups", "languages"):
+        assert remote_eval["models"][0][key] == local_eval["models"][0][key], key
+    train = str(Path(sys.executable).with_name("mmbert-train"))
+    by_url, by_path = (
+        subprocess.run(
+            [
+                train,
+                "eval",
+                str(tmp_path / "remote"),
+                "--data",
+                data,
+                "--cache-dir",
+                str(cache),
+                "--json",
+                "-",
+            ],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )  # fmt: skip
+        for data in (f"s3://runs/whole/{PHASE}", str(published.staging / PHASE))
+    )
+    assert by_url.returncode == 0 and by_path.returncode == 0, by_url.stderr + by_path.stderr
+    assert json.loads(by_url.stdout)["models"] == json.loads(by_path.stdout)["models"]
     # killed after a checkpoint and resumed, from the cache: the same run again
     again = tiny(manifest, tmp_path / "again", *short, "--cache-dir", str(cache))
     assert run(again, processes=2, crash_at="2:0").returncode != 0
