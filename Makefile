@@ -94,7 +94,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=20
 
 # The CPU benchmarks (bench/gpu_check.sh is for a CUDA machine).
 CPU_BENCHMARKS := pipeline mixture model loader train_step eval

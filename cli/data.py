@@ -149,14 +149,25 @@ def build(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from err
     if stats is None:
-        typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
+        if build.published:
+            typer.echo(
+                f"submitted; when the last job finishes ({build.phase_dir}/stats.json appears), run the same "
+                f"command again to publish to {build.published}"
+            )
+        else:
+            typer.echo(f"submitted; stats.json appears in {build.phase_dir} when the last job finishes")
         return
-    print_stats(stats, Console(), phase_dir=build.phase_dir)
+    print_stats(stats, Console(), phase_dir=build.published or build.phase_dir)
     if build.publication is not None:
         done = build.publication
         typer.echo(
             f"published {build.phase_dir} to {build.published}: {done.uploaded} file(s) uploaded, "
-            f"{done.kept} already there, {done.removed} stray object(s) removed"
+            f"{done.kept} already there, {len(done.removed)} stray object(s) removed"
+            + (
+                f" ({', '.join(done.removed[:5])}{', ...' if len(done.removed) > 5 else ''})"
+                if done.removed
+                else ""
+            )
         )
     typer.echo(f"wrote {build.stats_location}")
 
@@ -269,7 +280,7 @@ def download(
 @app.command()
 def stats(
     path: str = typer.Argument(
-        ..., help="A phase directory (OUTPUT/PHASE) or its stats.json: a path, or an s3:// URL."
+        ..., help="A phase directory (OUTPUT/PHASE) or its stats.json: a path, or an s3:// or hf:// URL."
     ),
     top: int = typer.Option(None, "--top", min=1, help="Only the N streams with the most tokens."),
     as_json: bool = typer.Option(
@@ -278,7 +289,7 @@ def stats(
 ) -> None:
     """Print a build's per-(source, language) statistics as a table."""
     from mixtures.counts import load_stats
-    from mixtures.storage import is_remote
+    from mixtures.storage import is_remote, parent
     from pipeline.stats import print_stats, stats_summary
 
     try:
@@ -289,8 +300,8 @@ def stats(
     if as_json:
         typer.echo(json.dumps(stats_summary(loaded, top), indent=1, ensure_ascii=False))
     else:
-        local = None if is_remote(path) else Path(path)
-        print_stats(loaded, Console(), top, local and (local if local.is_dir() else local.parent))
+        a_file = path.rstrip("/").endswith("/stats.json") if is_remote(path) else not Path(path).is_dir()
+        print_stats(loaded, Console(), top, parent(path) if a_file else path)
 
 
 @app.command()

@@ -38,7 +38,7 @@ from mixtures.manifest import build_manifest, load_manifest, validate_manifest, 
 from mixtures.plot import plot_shares
 from mixtures.recipe import Recipe, RecipeError, load_recipe
 from mixtures.sampling import SAMPLERS
-from mixtures.storage import StorageError, exists, is_remote, join, modified, parent
+from mixtures.storage import StorageError, check_writable, exists, is_remote, join, modified, parent
 from mixtures.table import print_mixture
 
 PROBLEMS_SHOWN = 20
@@ -62,8 +62,8 @@ def mixture(
     stats: str | None = typer.Option(
         None,
         "--stats",
-        help="A build's phase directory (or its stats.json; a path or s3:// URL), or with --phase the "
-        "build's --output.",
+        help="A build's phase directory (or its stats.json; a path, or an s3:// or hf:// URL), or with "
+        "--phase the build's --output.",
     ),
     counts: Path | None = typer.Option(
         None,
@@ -124,6 +124,9 @@ def mixture(
         found, phase = _counts(loaded, phase, temperature, stats, counts, bytes_per_token or [])
         if output is None and str(found.data_root or "").startswith("hf://"):
             raise MixtureError(f"the build is at {found.data_root}, which is read-only: pass --output PATH")
+        output = output or (join(found.data_root, "manifest.json") if found.data_root else None)
+        if output is not None and is_remote(output):
+            check_writable(str(output))  # before the compile and its tables
         pool_source = multilingual_source(loaded)
         if languages is None:
             wanted = None
@@ -144,7 +147,6 @@ def mixture(
         console.print(f"counts: {escape(_counts_origin(found))}")
         _warn(console, loaded, found, compiled)
         print_mixture(console, compiled, loaded, top)
-        output = output or (join(found.data_root, "manifest.json") if found.data_root else None)
         if output is not None:
             fingerprint = write_manifest(build_manifest(compiled, loaded, found, seed), output)
             console.print(f"wrote manifest {escape(str(output))} (fingerprint {fingerprint[:16]})")

@@ -50,13 +50,16 @@ def token_amount(value: str | None, flag: str = "--tokens") -> int | None:
         raise RecipeError(f"{flag}: {err}") from err
 
 
-def local_path(value: Path | list[Path] | None) -> Path | list[Path] | None:
-    """A typer callback for parameters that take local paths: a URL is refused, where ``Path``
-    would quietly turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``. Parameters
-    that also take ``s3://`` and ``hf://`` URLs are strings, with `location` as their callback."""
+def local_path(value: T | list[T] | None) -> T | list[T] | None:
+    """A typer callback for parameters that take local paths (``Path`` or ``str``, or a list): a URL
+    is refused, where ``Path`` would quietly turn ``s3://bucket/x`` into the local directory
+    ``s3:/bucket/x``. Parameters that also take ``s3://`` and ``hf://`` URLs are strings, with
+    `location` as their callback."""
     for path in value if isinstance(value, list) else [value]:
-        if path is not None and _URL.match(str(path)):
-            raise typer.BadParameter(f"{str(path).replace(':/', '://', 1)} is a URL; this takes a local path")
+        text = str(path)
+        if path is not None and _URL.match(text):
+            shown = text if "://" in text else text.replace(":/", "://", 1)  # Path folds the //
+            raise typer.BadParameter(f"{shown} is a URL; this takes a local path")
     return value
 
 

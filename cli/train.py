@@ -73,7 +73,7 @@ def main(
         False, "--force", help="Resume or init even when the manifest, tokenizer or settings differ."
     ),
     device: str = typer.Option(None, help="cpu | cuda (default: a GPU when there is one)."),
-    init: str = option("init"),
+    init: str = option("init", callback=local_path),
     tokens: str = option("tokens"),
     batch_size: int = option("batch_size"),
     micro_batch_tokens: int = option("micro_batch_tokens"),
@@ -89,7 +89,7 @@ def main(
     eval_every: str = option("eval_every"),
     keep: int = option("keep"),
     verify: bool = option("verify", "--verify"),
-    cache_dir: str = option("cache_dir"),
+    cache_dir: str = option("cache_dir", callback=local_path),
 ) -> None:
     """Train one phase of the recipe from its manifest (or run one of the commands below)."""
     if ctx.invoked_subcommand is not None:
@@ -161,6 +161,7 @@ def evaluate(
         metavar="MODEL...",
         help="Runs (their newest checkpoint), checkpoints, model directories or transformers ModernBERT "
         "directories, side by side.",
+        callback=local_path,
     ),
     data: str = typer.Option(
         ...,
@@ -169,7 +170,7 @@ def evaluate(
         "shards), OUTPUT holding one phase, or a phase's s3:// or hf:// URL.",
         callback=location,
     ),
-    cache_dir: str = option("cache_dir"),
+    cache_dir: str = option("cache_dir", callback=local_path),
     mask_rate: float = eval_option("mask_rate"),
     seed: int = eval_option("seed"),
     seq_len: int = eval_option("seq_len"),
@@ -179,7 +180,11 @@ def evaluate(
         0, "--top", min=0, help="Under each group, its N languages with the most tokens."
     ),
     json_out: str = typer.Option(
-        None, "--json", metavar="PATH", help="Write every figure as JSON to PATH (- : standard output)."
+        None,
+        "--json",
+        metavar="PATH",
+        help="Write every figure as JSON to PATH (- : standard output).",
+        callback=local_path,
     ),
     plot_out: Path = typer.Option(
         None,
@@ -391,6 +396,7 @@ def merge(
         metavar="MODEL...",
         help="Run directories (their newest checkpoint), checkpoints, model directories or transformers "
         "ModernBERT directories; for --method ema, one run directory.",
+        callback=local_path,
     ),
     method: str = typer.Option(..., help="ties | linear | ema (of a run's checkpoints, in step order)."),
     out: Path = typer.Option(

@@ -110,11 +110,7 @@ def write_bytes(location: str | Path, data: bytes) -> None:
         write_atomic(location, data)
         return
     url = str(location)
-    if not url.startswith("s3://"):
-        raise StorageError(
-            f"{url}: only local paths and s3:// URLs are written; write it locally and upload it "
-            "(`huggingface-cli upload` for the hub)"
-        )
+    check_writable(url)
     fs, path = filesystem(url)
     with storage_errors(url):
         fs.pipe_file(path, data)
@@ -150,6 +146,17 @@ def modified(location: str | Path) -> float:
     fs, path = filesystem(str(location))
     with storage_errors(str(location)):
         return fs.modified(path).timestamp()
+
+
+def check_writable(url: str) -> None:
+    """Fail at once, in one line, unless ``url`` is an ``s3://`` URL whose bucket can be reached
+    (`check_access`): the hub and other stores are read, not written, here."""
+    if not url.startswith("s3://"):
+        raise StorageError(
+            f"{url}: only local paths and s3:// URLs are written; write it locally and upload it "
+            "(`huggingface-cli upload` for the hub)"
+        )
+    check_access(url)
 
 
 def check_access(url: str) -> None:
@@ -213,7 +220,7 @@ def fetch(url: str, cache_dir: Path, size: int, sha256: str) -> tuple[Path, bool
 class Published:
     uploaded: int = 0  # files put
     kept: int = 0  # files the store already had, by sha256
-    removed: int = 0  # objects under the prefix that the directory does not have
+    removed: tuple[str, ...] = ()  # the keys under the prefix that the directory does not have
 
 
 def publish(
@@ -225,7 +232,8 @@ def publish(
 ) -> Published:
     """Make the objects under ``url`` (an ``s3://`` prefix) the files of ``directory`` (those
     ``skip`` does not exclude, by path relative to it), and nothing else but the objects ``spare``
-    names (by key relative to ``url``: what others put there); return what it took.
+    names (by key relative to ``url``: what others made from ``last``, kept while ``last`` is
+    the same); return what it took.
 
     Each file is put under its final key (its sha256 in the object's metadata); one the store
     already holds with that sha256 (and, for a one-part upload, the ETag of its MD5) is kept.
@@ -251,7 +259,8 @@ def publish(
             return _published_as(fs, f"{root}/{relative}", *digests[relative])
 
         result = Published()
-        if last in present and last in digests and not held(last, directory / last):
+        changed = last in digests and not (last in present and held(last, directory / last))
+        if changed and last in present:
             fs.rm_file(f"{root}/{last}")
             del present[last]
         for relative, path in sorted(files, key=lambda item: item[0] == last):
@@ -261,11 +270,11 @@ def publish(
             fs.put_file(str(path), f"{root}/{relative}", Metadata={SHA256_KEY: digests[relative][0]})
             result.uploaded += 1
         strays = sorted(
-            f"{root}/{relative}" for relative in present if relative not in digests and not spare(relative)
+            relative for relative in present if relative not in digests and (changed or not spare(relative))
         )
         if strays:
-            fs.rm(strays)
-            result.removed = len(strays)
+            fs.rm([f"{root}/{relative}" for relative in strays])
+            result.removed = tuple(strays)
         _abort_unfinished_uploads(fs, root)
         fs.invalidate_cache(root)
     return result

@@ -522,7 +522,8 @@ class Build:
                 raise damaged_build(counts, problems)
             if self.published:  # under the lock: one build publishes at a time
                 staged_only = lambda path: path.split("/")[0] in STAGED_ONLY  # noqa: E731
-                manifest = lambda key: "/" not in key and key.endswith(".json")  # noqa: E731  (`mixture`'s)
+                # manifests compiled beside stats.json stay while it does
+                manifest = lambda key: "/" not in key and key.endswith(".json")  # noqa: E731
                 self.publication = publish(self.phase_dir, self.published, skip=staged_only, spare=manifest)
         return load_stats(self.phase_dir)
 

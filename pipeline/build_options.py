@@ -67,7 +67,8 @@ class BuildOptions:
     recipe: Recipe
     phase: str = flag("Which phase of the recipe to build (one of its `phases`).")
     output: str | Path = flag(
-        "Output root, a path or s3://bucket/prefix; shards go to OUTPUT/PHASE/...", BUILD_OUTPUT
+        "Output root, a path or s3://bucket/prefix (the hub is not written); shards go to OUTPUT/PHASE/...",
+        BUILD_OUTPUT,
     )
     staging: Path | None = flag(
         "With an s3:// --output: the local directory the build is made and resumed in before each file "

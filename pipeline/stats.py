@@ -27,6 +27,7 @@ from mixtures.files import write_atomic
 from mixtures.formats import HELDOUT_DIR, STATS_FORMAT, STATS_VERSION
 from mixtures.languages import count_languages, language_code
 from mixtures.recipe import format_tokens
+from mixtures.storage import join
 from pipeline.streams import DROPPED, SKIPPED, parse_label
 from pipeline.words import word_splitting
 
@@ -188,11 +189,12 @@ def stats_summary(stats: dict, top: int | None = None) -> dict:
 
 
 def print_stats(
-    stats: dict, console: Console | None = None, top: int | None = None, phase_dir: Path | None = None
+    stats: dict, console: Console | None = None, top: int | None = None, phase_dir: str | Path | None = None
 ) -> None:
     """The per-(source, language) table a user checks after a build (``top``: see ``stats_summary``).
 
-    ``phase_dir`` (where ``stats`` was read) makes the bad-input report a path one can open from here.
+    ``phase_dir`` (where ``stats`` was read: a path or URL) makes the held-out and bad-input reports
+    places one can open from here.
     """
     console = console or Console()
     if not console.is_terminal:
@@ -233,7 +235,7 @@ def print_stats(
         table.add_row("...", f"{summary['streams'] - len(rows)} more")
     console.print(table)
     if totals["documents_heldout"]:
-        heldout_dir = phase_dir / HELDOUT_DIR if phase_dir else Path(HELDOUT_DIR)
+        heldout_dir = join(phase_dir, HELDOUT_DIR) if phase_dir else HELDOUT_DIR
         console.print(
             f"held out for evaluation, never trained on: {totals['documents_heldout']} documents, "
             f"{format_tokens(totals['heldout_tokens'])} tokens in {totals['heldout_shards']} shards "
@@ -252,7 +254,7 @@ def print_stats(
             )
     errors = stats["errors"]
     if errors["count"]:
-        report = phase_dir / errors["report"] if phase_dir else errors["report"]
+        report = join(phase_dir, errors["report"]) if phase_dir else errors["report"]
         console.print(
             f"[yellow]{errors['count']} bad input file(s)/record(s) skipped; see {escape(str(report))}[/]",
             soft_wrap=True,

@@ -123,8 +123,28 @@ def test_a_recipe_with_other_phase_names_works(tmp_path):
         (train.app, ["eval", "runs/decay", "--data", "s3://bucket/build/decay", "--plot", "s3://b/e.png"]),
         (train.app, ["export", "runs/decay", "-o", "s3://bucket/hf"]),
         (train.app, ["merge", "a", "b", "--method", "linear", "-o", "s3://bucket/merged"]),
+        (train.app, ["merge", "s3://bucket/a", "b", "--method", "linear", "-o", "merged"]),
+        (train.app, ["--manifest", "m.json", "--cache-dir", "s3://bucket/cache"]),
+        (train.app, ["--manifest", "m.json", "--init", "s3://bucket/run"]),
+        (train.app, ["eval", "s3://bucket/run", "--data", "build/decay"]),
+        (train.app, ["eval", "runs/decay", "--data", "build/decay", "--json", "s3://bucket/e.json"]),
     ],
-    ids=["download", "staging", "plot", "inspect", "status", "train", "eval", "export", "merge"],
+    ids=[
+        "download",
+        "staging",
+        "plot",
+        "inspect",
+        "status",
+        "train",
+        "eval",
+        "export",
+        "merge",
+        "merge-model",
+        "cache-dir",
+        "init",
+        "eval-model",
+        "eval-json",
+    ],  # fmt: skip
 )
 def test_a_url_where_a_local_path_is_taken_is_refused_and_writes_nothing(app, args, tmp_path, monkeypatch):
     """``Path`` would turn ``s3://bucket/x`` into the local directory ``s3:/bucket/x``."""

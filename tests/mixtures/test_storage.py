@@ -37,7 +37,7 @@ def test_publish_uploads_what_changed_keeps_the_rest_and_removes_strays(s3, tmp_
     )
     skip = lambda path: path.startswith("_work/")  # noqa: E731
     first = storage.publish(directory, "s3://bucket/run/phase", skip=skip)
-    assert (first.uploaded, first.kept, first.removed) == (3, 0, 0)
+    assert (first.uploaded, first.kept, first.removed) == (3, 0, ())
     assert s3.objects("bucket", "run/phase") == {
         "a/0.arrow": b"zero",
         "a/1.arrow": b"one",
@@ -48,7 +48,7 @@ def test_publish_uploads_what_changed_keeps_the_rest_and_removes_strays(s3, tmp_
     (directory / "a" / "1.arrow").write_bytes(b"ONE")
     spare = lambda key: key == "manifest.json"  # noqa: E731
     second = storage.publish(directory, "s3://bucket/run/phase", skip=skip, spare=spare)
-    assert (second.uploaded, second.kept, second.removed) == (1, 2, 1)
+    assert (second.uploaded, second.kept, second.removed) == (1, 2, ("old.arrow",))
     assert s3.objects("bucket", "run/phase") == {
         "a/0.arrow": b"zero",
         "a/1.arrow": b"ONE",
@@ -57,6 +57,9 @@ def test_publish_uploads_what_changed_keeps_the_rest_and_removes_strays(s3, tmp_
     }
     head = s3.client().head_object(Bucket="bucket", Key="run/phase/a/1.arrow")
     assert head["Metadata"][storage.SHA256_KEY] == hashlib.sha256(b"ONE").hexdigest()
+    (directory / "stats.json").write_bytes(b'{"new": 1}')  # another build: what was made from it goes
+    third = storage.publish(directory, "s3://bucket/run/phase", skip=skip, spare=spare)
+    assert third.removed == ("manifest.json",) and "manifest.json" not in s3.objects("bucket", "run/phase")
 
 
 def test_publish_puts_the_completion_file_last_and_takes_a_stale_one_down_first(s3, tmp_path, monkeypatch):

@@ -114,6 +114,15 @@ def test_stats_mixture_and_validate_read_a_build_on_s3(
         "--output", str(manifest),
     )  # fmt: skip
     assert compiled.returncode == 0, compiled.stderr
+    nowhere = mmbert(
+        env, "mixture", "--phase", PHASE, "--stats", "s3://runs/whole", "--tokens", str(DECAY_TOKENS),
+        "-o", "s3://nobucket/decay.json",
+    )  # fmt: skip
+    assert nowhere.returncode == 1 and nowhere.stdout == "", nowhere.stdout  # refused before compiling
+    assert (
+        nowhere.stderr.strip()
+        == "error: s3://nobucket/decay.json: bucket nobucket does not exist; create it or fix the URL"
+    )
     ours, theirs = json.loads(manifest.read_text()), json.loads(sample_manifests[PHASE].read_text())
     assert ours["data_root"] == f"s3://runs/whole/{PHASE}"
     assert ours["streams"] == theirs["streams"]
