@@ -13,8 +13,9 @@ the same tokenizer, fastText LID-176 and FineWeb2's filters, configs and word to
   needs a download (Stanza, botok) get the same offline substitute as ours.
 
 Each contender runs in its own process, so its peak RSS is its own. Printed besides: our seconds
-per step (and in word splitting, segmenter loads included), our build's MB/s as a share of raw
-`Tokenizer.encode_batch` over the same texts, our tokenize+write steps against it, our build with
+per step and per word segmenter (its loads apart, and the cap word splitting alone sets), our
+build's MB/s as a share of raw `Tokenizer.encode_batch` over the same texts, our tokenize+write
+steps against it, our build with
 `--workers 2 --tasks 8` (its speed-up over one worker, its workers' largest peak RSS, whether it
 decided the same; more tasks than workers, so a worker that finishes early takes the next task)
 beside this machine's own ceiling for two processes, measured around it on fixed pure-Python work,
@@ -116,7 +117,6 @@ def train_tokenizer(hub: Path, path: Path) -> None:
 
 
 def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 1) -> dict:
-    import pipeline.words
     from mixtures.recipe import load_recipe
     from pipeline.build import Build
     from pipeline.build_options import BuildOptions
@@ -135,7 +135,7 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 
         sources=("fineweb2",),
     )
     build = Build(options)
-    splitting = Timed(pipeline.words.LanguageWords, "word_tokenize")  # one worker: in this process
+    splitting = SplitTimes()  # one worker: in this process
     start = time.perf_counter()
     stats = build.run()
     seconds = time.perf_counter() - start
@@ -148,7 +148,8 @@ def run_ours(hub: str, out: str, tokenizer: str, workers: int = 1, tasks: int = 
             sum(step_seconds([path]).values())
             for path in sorted((build.phase_dir / "_logs" / "process" / "stats").glob("*.json"))
         ],
-        "word_splitting": splitting.seconds,
+        "word_splitting": splitting.seconds(),
+        "segmenter_loads": splitting.loads(),
         "decisions": read_drops(sorted(build.phase_dir.glob("removed/**/*.jsonl.gz")), "fineweb2/"),
     }
 
@@ -158,21 +159,44 @@ def folder_language(doc_id: str) -> str:
     return doc_id.split(":")[-1].rsplit("-", 1)[0]
 
 
-class Timed:
-    """Adds up the seconds spent in one method of a class (in this process), loads included."""
+class SplitTimes:
+    """Seconds of word splitting per segmenter in this process (``LanguageWords``), loads apart.
 
-    def __init__(self, cls: type, method: str):
-        self.seconds = 0.0
-        original = getattr(cls, method)
+    ``seconds()`` maps a segmenter (``describe``'s name) to its seconds splitting texts, loads
+    excluded; ``loads()`` to its seconds loading (first use, model files and imports included).
+    """
 
-        def timed(*args, **kwargs):
+    def __init__(self):
+        from pipeline.words import LanguageWords, describe
+
+        self.total: collections.Counter[str] = collections.Counter()
+        self.load: collections.Counter[str] = collections.Counter()
+        tokenize, load = LanguageWords.word_tokenize, LanguageWords.tokenizer.fget
+
+        def timed_load(words):
+            if words._loaded is not None:
+                return words._loaded
             start = time.perf_counter()
             try:
-                return original(*args, **kwargs)
+                return load(words)
             finally:
-                self.seconds += time.perf_counter() - start
+                self.load[describe(words.class_name, words.code)] += time.perf_counter() - start
 
-        setattr(cls, method, timed)
+        def timed_tokenize(words, text):
+            start = time.perf_counter()
+            try:
+                return tokenize(words, text)
+            finally:
+                self.total[describe(words.class_name, words.code)] += time.perf_counter() - start
+
+        LanguageWords.tokenizer = property(timed_load)
+        LanguageWords.word_tokenize = timed_tokenize
+
+    def seconds(self) -> dict[str, float]:
+        return {name: seconds - self.load[name] for name, seconds in self.total.items()}
+
+    def loads(self) -> dict[str, float]:
+        return dict(self.load)
 
 
 def _count_words(rounds: int) -> float:
@@ -443,11 +467,18 @@ def main() -> None:
                 f"{r['tokens']:>12,d}{r['peak_rss_mb']:>13,.0f}"
             )
         ours, stock = results["ours"], results["stock"]
+        splitting, loads = ours["word_splitting"], ours["segmenter_loads"]
+        split_seconds = sum(splitting.values()) + sum(loads.values())
         print("our build, seconds per step (all stages, one worker; word splitting, segmenter loads")
-        print(f"included, is inside the first filter to split a document: {ours['word_splitting']:.1f} s):")
+        print(f"included, is inside the first filter to split a document: {split_seconds:.1f} s):")
         for name, seconds in sorted(ours["steps"].items(), key=lambda item: -item[1]):
             if seconds >= 0.05:
                 print(f"  {name:28}{seconds:>8.1f}")
+        print(f"word splitting per segmenter (seconds splitting + loading; {len(splitting)} segmenters):")
+        for name in sorted(splitting, key=lambda name: -(splitting[name] + loads.get(name, 0.0)))[:8]:
+            print(f"  {name:28}{splitting[name]:>8.1f} +{loads.get(name, 0.0):>5.1f}")
+        print(f"  {'the others':28}{sum(sorted(splitting.values())[:-8]):>8.1f}")
+        print(f"  {'all loads':28}{sum(loads.values()):>8.1f}")
         ratio = stock["seconds"] / ours["seconds"]
         print(f"build throughput ratio ours/stock: {ratio:.2f}x (goal >= 3, floor 2)")
         rss = ours["peak_rss_mb"] / stock["peak_rss_mb"]
@@ -455,6 +486,12 @@ def main() -> None:
         stage = measure("tokenize_stage", hub, tmp / "stage", tokenizer)
         raw = size / 1e6 / stage["raw_seconds"]
         print(f"build MB/s vs raw encode_batch: {size / 1e6 / ours['seconds'] / raw:.0%} (goal >= 25%)")
+        print(
+            f"  word splitting alone ({split_seconds:.1f} s, FineWeb2's segmenters) caps a build that "
+            f"makes these words at {size / 1e6 / split_seconds:.2f} MB/s = "
+            f"{size / 1e6 / split_seconds / raw:.0%} of raw encode_batch; the rest of ours: "
+            f"{ours['seconds'] - split_seconds:.1f} s"
+        )
         share = stage["raw_seconds"] / stage["ours_seconds"]
         print(
             f"tokenize+write: {size / 1e6 / stage['ours_seconds']:.2f} MB/s vs raw encode_batch "
