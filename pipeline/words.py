@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass, field
 from functools import partial
@@ -148,11 +149,31 @@ def _prepare(class_name: str, code: str) -> None:
         # khmer-nltk sets its logger to DEBUG with its own console handler when imported; a filter
         # added before that stays, and keeps its "Loaded model" line off the build's console
         logging.getLogger("khmer-nltk").addFilter(lambda record: record.levelno >= logging.WARNING)
+    if class_name == "SpaCyTokenizer":
+        _import_thinc_without_torch()
     if class_name == "SpaCyTokenizer" and code == "zh":
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
         jieba.dt.tmp_dir = str(cache_dir())  # its dictionary cache, else in the system temp folder
+
+
+def _import_thinc_without_torch() -> None:
+    """Import thinc (spaCy imports it first) with torch hidden from it, unless torch is imported already.
+
+    thinc imports torch where it is installed, to offer GPU layers that spaCy's tokenizers never
+    use; torch would cost every build process about 1 s and 220 MB of memory. A ``None`` in
+    ``sys.modules`` makes thinc's ``import torch`` raise ``ImportError``, which it reads as "no
+    torch". Only thinc's own import sees that; torch imports as usual afterwards.
+    """
+    if "torch" in sys.modules or "thinc.compat" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import thinc.compat  # noqa: F401
+    finally:
+        if sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
 
 
 # Text a spaCy memory zone spans before it is renewed (characters): the lexemes made inside one
@@ -335,9 +356,11 @@ class CachingSpaCyTokenizer(SpaCyTokenizer):
         return found
 
     def _text_words(self, text: str) -> list[str]:
-        """The words of a whole text, as datatrove's tokenizer gives them (without its sentencizer)."""
+        """The words of a whole text, as datatrove's tokenizer gives them, its sentencizer left out
+        (it marks sentence starts, which words do not need)."""
         self._open_zone(len(text))
-        return strip_strings([token.text for chunk in self._do_tokenize(text) for token in chunk])
+        with self.tokenizer.select_pipes(disable="sentencizer"):
+            return strip_strings([token.text for chunk in self._do_tokenize(text) for token in chunk])
 
     def __getstate__(self) -> dict:
         """A copy (datatrove copies and pickles pipelines) starts without a zone or memo of its own."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import unicodedata
 
 import pyarrow.parquet as pq
@@ -116,6 +118,18 @@ def test_words_are_split_once_per_document_and_segmenters_load_once():
     # Asturian and Occitan are split with spaCy's Spanish class, as Spanish itself: loaded once.
     assert word_splitting("ast_Latn").words.tokenizer is word_splitting("spa_Latn").words.tokenizer
     assert word_splitting("fra_Latn") is splitting
+
+
+def test_spacy_segmenters_load_without_torch_which_still_imports_afterwards():
+    check = (
+        "import sys; from pipeline.words import word_splitting; "
+        "assert word_splitting('fra_Latn').words.word_tokenize(\"l'homme\") == [\"l'\", 'homme']; "
+        "assert 'torch' not in sys.modules, 'spaCy imported torch'; "
+        "import torch, thinc.compat; assert torch.ones(2).sum() == 2 and not thinc.compat.has_torch"
+    )
+    command = [sys.executable, "-c", check]
+    done = subprocess.run(command, cwd=SAMPLE.parents[1], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_tibetan_falls_back_to_syllables_and_skips_word_rules():
