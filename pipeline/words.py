@@ -151,11 +151,11 @@ def _prepare(class_name: str, code: str) -> None:
         logging.getLogger("khmer-nltk").addFilter(lambda record: record.levelno >= logging.WARNING)
     if class_name == "SpaCyTokenizer":
         _import_thinc_without_torch()
-    if class_name == "SpaCyTokenizer" and code == "zh":
-        import jieba
+        if code == "zh":
+            import jieba
 
-        jieba.setLogLevel(logging.WARNING)
-        jieba.dt.tmp_dir = str(cache_dir())  # its dictionary cache, else in the system temp folder
+            jieba.setLogLevel(logging.WARNING)
+            jieba.dt.tmp_dir = str(cache_dir())  # its dictionary cache, else in the system temp folder
 
 
 def _import_thinc_without_torch() -> None:
